@@ -1,0 +1,159 @@
+"""``ffr`` — the command line. The same entry points serve people, DVC stages and components."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", help="YAML file overriding the defaults")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (dotted, e.g. finetune.lr=1e-4); repeatable")
+    return p
+
+
+def cmd_data_demo(args) -> int:
+    from ffr.data.demo import DemoSpec, make_demo
+    from ffr.data.manifest import format_group_counts
+
+    spec = DemoSpec(seed=args.seed) if args.seed is not None else DemoSpec()
+    m = make_demo(args.out, spec)
+    print(f"demo dataset: {len(m)} real images in {Path(args.out).resolve()}")
+    print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
+    return 0
+
+
+def cmd_data_validate(args) -> int:
+    from ffr.data.manifest import Manifest, format_group_counts
+
+    m = Manifest.load(args.manifest, check_files=not args.no_files)
+    print(f"{args.manifest}: OK, {len(m)} rows")
+    print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
+    return 0
+
+
+def cmd_data_split(args) -> int:
+    from ffr.data.manifest import Manifest
+    from ffr.data.splits import bias_rate_split
+
+    m = Manifest.load(args.manifest)
+    out, report = bias_rate_split(m, args.bias_rate, args.seed, args.min_val_per_group)
+    out_dir = Path(args.out)
+    out.save(out_dir)
+    report.save(out_dir / "split_report.json")
+    print(report.format())
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ffr.config import load_config
+    from ffr.experiment import compare
+    from ffr.report import markdown_table
+
+    cfg = load_config(args.config, args.set)
+    records = compare(cfg, args.out, progress=not args.quiet)
+    print()
+    print(markdown_table(records))
+    print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
+    return 0
+
+
+def cmd_probe_domain_gap(args) -> int:
+    from ffr.data.manifest import Manifest
+    from ffr.probes import domain_gap
+
+    real = Manifest.load(args.real).select(split=args.split, source="real")
+    synth = Manifest.load(args.synthetic).select(source="synthetic")
+    result = domain_gap(real, synth, image_size=args.image_size, seed=args.seed)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    print(f"domain gap (real vs synthetic accuracy): {result['accuracy']:.3f}")
+    return 0
+
+
+def cmd_synthesize(args) -> int:
+    from ffr.data.manifest import DatasetCard
+    from ffr.synthesis import create_backend, synthesize
+
+    card = DatasetCard.load(args.card)
+    counts = {g: args.per_group for g in card.groups}
+    backend = create_backend(args.backend, card)
+    m = synthesize(backend, card, counts, args.out, base_seed=args.seed, progress=True)
+    m.save(args.out)
+    print(f"{len(m)} synthetic images in {Path(args.out).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ffr`` argument parser (reused by every launcher)."""
+    from ffr import __version__
+
+    parser = argparse.ArgumentParser(prog="ffr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ffr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets: the built-in demo, validation, bias-rate splits")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("demo", help="build the offline demo benchmark (real MNIST digits on real textures)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_data_demo)
+    p = dsub.add_parser("validate", help="validate a manifest; every problem is listed")
+    p.add_argument("manifest", help="dataset directory or manifest.csv")
+    p.add_argument("--no-files", action="store_true", help="skip opening the image files")
+    p.set_defaults(func=cmd_data_validate)
+    p = dsub.add_parser("split", help="subsample train/val to a bias rate")
+    p.add_argument("manifest")
+    p.add_argument("--bias-rate", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-val-per-group", type=int, default=10)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data_split)
+
+    p = sub.add_parser("synthesize", help="render N synthetic images per group with a backend")
+    p.add_argument("--card", required=True, help="card.json of the dataset")
+    p.add_argument("--backend", default="procedural")
+    p.add_argument("--per-group", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("compare", parents=[_config_parent()],
+                       help="strategies × bias rates × seeds on a dataset (the demo by default)")
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+
+    probe = sub.add_parser("probe", help="diagnostics")
+    psub = probe.add_subparsers(dest="probe_command", required=True)
+    p = psub.add_parser("domain-gap", help="accuracy of a classifier telling real from synthetic images")
+    p.add_argument("--real", required=True, help="real dataset directory")
+    p.add_argument("--synthetic", required=True, help="synthetic dataset directory")
+    p.add_argument("--split", default="train")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_probe_domain_gap)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ffr`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"ffr: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

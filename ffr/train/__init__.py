@@ -1,0 +1,1 @@
+"""Training: backbones, objectives and the one training loop."""

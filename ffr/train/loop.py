@@ -1,0 +1,184 @@
+"""The one training loop: per-epoch validation, checkpoint selection by worst-group accuracy on
+the real validation split, state-dict checkpoints loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ffr.data.loading import BatchTransform, TensorData
+from ffr.metrics import GroupTally, flat_metrics, metrics_from_tally
+from ffr.train.backbones import Classifier, create_model
+from ffr.train.objectives import Objective, ObjectiveContext, training_groups
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one call of the training loop."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "adam"          # adam | sgd
+    momentum: float = 0.9            # sgd only
+    augment: bool = False            # the paper uses no augmentation
+    normalize: str = "imagenet"
+    group_by: str = "auto"           # groups the objective optimises over (see training_groups)
+    eval_batch_size: int = 512
+
+
+@dataclass
+class FitResult:
+    """The selected checkpoint and what led to it."""
+
+    model: Classifier
+    best_epoch: int
+    best_val: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch once, at an entry point."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: adam, sgd")
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
+            batch_size: int = 512) -> torch.Tensor:
+    """Predicted class of every row of ``data``."""
+    model.eval()
+    tf = BatchTransform(normalize)
+    out = []
+    for start in range(0, len(data), batch_size):
+        x = tf(data.images[start:start + batch_size].to(device))
+        out.append(model(x).argmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def evaluate(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
+             batch_size: int = 512) -> dict:
+    """Group metrics (:mod:`ffr.metrics`) of ``model`` on ``data``."""
+    pred = predict(model, data, device, normalize, batch_size)
+    tally = GroupTally(data.card.n_groups).add(pred, data.labels, data.groups)
+    return metrics_from_tally(tally, data.card)
+
+
+def _better(new: dict, best: dict | None) -> bool:
+    """Worst-group accuracy first; balanced accuracy breaks ties."""
+    if best is None:
+        return True
+    key = lambda m: (m["worst_group_acc"] if m["worst_group_acc"] is not None else -1.0,
+                     m["balanced_acc"] if m["balanced_acc"] is not None else -1.0)
+    return key(new) > key(best)
+
+
+def fit(model: Classifier, train: TensorData, val: TensorData, objective: Objective, cfg: TrainConfig,
+        device: torch.device, seed: int = 0, log: Callable[[dict], None] | None = None,
+        progress: bool = False, desc: str = "train") -> FitResult:
+    """Train ``model`` on ``train`` with ``objective``; after every epoch evaluate on the real
+    validation split ``val`` and keep the checkpoint with the best worst-group accuracy.
+
+    Returns the selected model (a copy; ``model`` holds the last epoch's weights). ``log`` is called
+    once per epoch with stable metric names (``train/loss``, ``val/worst_group_acc``, ...).
+    """
+    if len(train) == 0:
+        raise ValueError(f"{desc}: the training set is empty")
+    model.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    tf = BatchTransform(cfg.normalize, cfg.augment)
+    group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
+                                          len(train.card.bias_values), len(train.card.classes), cfg.group_by)
+    objective.setup(ObjectiveContext(group_ids, n_groups, device))
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    best_state, best_val, best_epoch, history = None, None, -1, []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = objective.epoch_indices(len(train), gen)
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            if len(idx) < 2 and len(order) > 1:
+                continue  # a batch of one breaks BatchNorm statistics
+            x = tf(train.images[idx].to(device), gen, train=True)
+            y = train.labels[idx].to(device)
+            g = group_ids[idx].to(device)
+            loss = objective.loss(model(x), y, g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        val_metrics = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size)
+        record = {"epoch": epoch, "train/loss": float(np.mean(losses)) if losses else float("nan"),
+                  **flat_metrics(val_metrics, "val"), **objective.state()}
+        history.append(record)
+        if log is not None:
+            log(record)
+        if _better(val_metrics, best_val):
+            best_val, best_epoch = val_metrics, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if bar is not None:
+            bar.set_postfix(val_wga=f"{val_metrics['worst_group_acc'] or 0:.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    selected = copy.deepcopy(model)
+    selected.load_state_dict(best_state)
+    finalized = objective.finalize(selected, train, val, device)
+    if finalized is not selected:  # e.g. DFR replaced the head: report what is returned
+        best_val = evaluate(finalized, val, device, cfg.normalize, cfg.eval_batch_size)
+    return FitResult(finalized, best_epoch, best_val, history)
+
+
+def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> Path:
+    """Write ``{"state_dict", "meta"}`` atomically. ``meta`` holds plain values only (backbone
+    name, classes, image size, normalisation), so the file loads with ``weights_only=True``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    """Rebuild the model a checkpoint describes; never unpickles code (``weights_only=True``)."""
+    blob = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
+        raise ValueError(f"{path} is not an ffr checkpoint (expected keys 'state_dict' and 'meta')")
+    meta = blob["meta"]
+    model = create_model(meta["backbone"], len(meta["classes"]))
+    model.load_state_dict(blob["state_dict"])
+    return model, meta
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny datasets written to disk in the real manifest format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ffr.data.manifest import DatasetCard, Manifest
+
+
+def write_png(path, seed: int, size: int = 8) -> None:
+    """A small random RGB PNG (distinct per seed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def card() -> DatasetCard:
+    return DatasetCard(name="toy", classes=["cat", "dog"], bias_values=["indoor", "outdoor"],
+                       majority_bias={"cat": "indoor", "dog": "outdoor"})
+
+
+@pytest.fixture
+def make_dataset(tmp_path, card):
+    """``make_dataset({(split, label, bias): n, ...})`` writes PNGs + manifest + card and
+    returns the dataset directory."""
+
+    def make(counts: dict, name: str = "ds"):
+        root = tmp_path / name
+        rows, seed = [], 0
+        for (split, label, bias), n in counts.items():
+            for i in range(n):
+                rel = f"{split}/{label}/{bias}/{i:04d}.png"
+                write_png(root / rel, seed)
+                seed += 1
+                rows.append({"path": rel, "label": label, "bias": bias, "split": split, "source": "real"})
+        Manifest.from_records(rows, card, root).save(root)
+        return root
+
+    return make
