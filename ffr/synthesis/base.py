@@ -62,20 +62,33 @@ def image_relpath(label: str, bias: str, index: int) -> str:
     return f"{group_key(label, bias)}/{index:06d}.png"
 
 
+def plan_requests(backend: SynthesisBackend, counts: dict[tuple[str, str], int], base_seed: int = 0,
+                  shard: int = 0, num_shards: int = 1) -> list[ImageRequest]:
+    """The requests of shard ``shard`` of ``num_shards``: image ``index`` of a group belongs to
+    shard ``index % num_shards``. Seeds and prompts depend on (base seed, group, index) only, so
+    the union of all shards is the same set of images whatever ``num_shards`` is."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
+    requests: list[ImageRequest] = []
+    for (label, bias), n in counts.items():
+        for i in range(shard, int(n), num_shards):
+            req = ImageRequest(label, bias, i, image_seed(base_seed, label, bias, i))
+            requests.append(ImageRequest(label, bias, i, req.seed, backend.prompt_for(req)))
+    return requests
+
+
 def synthesize(backend: SynthesisBackend, card: DatasetCard, counts: dict[tuple[str, str], int],
                out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = 64,
-               split: str = "train", progress: bool = False) -> Manifest:
-    """Render ``counts[(label, bias)]`` images per group into ``out_dir`` and return their manifest.
+               split: str = "train", progress: bool = False, shard: int = 0,
+               num_shards: int = 1) -> Manifest:
+    """Render ``counts[(label, bias)]`` images per group (this shard's part of them) into
+    ``out_dir`` and return their manifest.
 
     Images already on disk at their deterministic path are kept, not re-rendered, so an
     interrupted run continues where it stopped. Files are written atomically (temp + rename).
     """
     out_dir = Path(out_dir)
-    requests: list[ImageRequest] = []
-    for (label, bias), n in counts.items():
-        for i in range(int(n)):
-            req = ImageRequest(label, bias, i, image_seed(base_seed, label, bias, i))
-            requests.append(ImageRequest(label, bias, i, req.seed, backend.prompt_for(req)))
+    requests = plan_requests(backend, counts, base_seed, shard, num_shards)
     todo = [r for r in requests if not (out_dir / image_relpath(r.label, r.bias, r.index)).is_file()]
     bar = None
     if progress:
