@@ -170,13 +170,27 @@ def _grid(search: dict, strategy: str) -> list[dict]:
     return [dict(zip(keys, vals)) for vals in itertools.product(*(space[k] for k in keys))]
 
 
+def _diff(value, default):
+    """The parts of ``value`` that differ from ``default`` (nested dicts compared key by key)."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: _diff(v, default.get(k)) for k, v in value.items() if k not in default or v != default[k]}
+        return out
+    return value
+
+
 def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict) -> str:
-    """A directory name that changes whenever anything the cell depends on changes."""
-    relevant = asdict(cfg)
+    """A directory name that changes whenever anything the cell depends on changes.
+
+    Only the settings that differ from the defaults enter the hash, so adding a new option (with
+    a default) to the config does not invalidate cells that are already finished.
+    """
+    from ffr import __version__
+
+    relevant = _diff(asdict(cfg), asdict(ExperimentConfig()))
     for k in ("strategies", "bias_rates", "seeds", "search", "overrides"):
-        relevant.pop(k)
-    blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams},
-                      sort_keys=True, default=str)
+        relevant.pop(k, None)
+    blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams,
+                       "version": __version__}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
 
