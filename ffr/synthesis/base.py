@@ -25,8 +25,9 @@ META_KEY = "ffr"            # PNG text chunk holding an image's record
 REJECT_INFO = "ffr_reject"  # a backend may set ``image.info[REJECT_INFO] = reason`` (e.g. NSFW-blanked)
 
 
-class SynthesisError(RuntimeError):
-    """Generation cannot go on (attempt cap hit, or the output folder holds another run's images)."""
+class SynthesisError(ValueError):
+    """Generation cannot go on: the attempt cap was hit, the output folder holds another run's
+    images, or an import source is too small. (A ValueError, so the CLI reports it in one line.)"""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ffr.registry import Registry
 
@@ -33,13 +32,10 @@ def make_filter(spec):
         if name is None:
             raise ValueError(f"filter spec {spec!r} has no 'name'")
         return FILTERS.get(name)(**opts)
+    from ffr.config import parse_set
+
     name, _, rest = str(spec).partition(":")
-    opts = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"filter spec {spec!r}: expected key=value, got {item!r}")
-        opts[key.strip()] = yaml.safe_load(value)
+    opts = dict(parse_set(item) for item in filter(None, (s.strip() for s in rest.split(","))))
     return FILTERS.get(name.strip())(**opts)
 
 

@@ -35,6 +35,29 @@ def shard_record_dir(out_dir: str | os.PathLike, shard: int, num_shards: int,
     return Path(out_dir) / "shards" / f"{tag}.{shard:03d}-of-{num_shards:03d}"
 
 
+def synthesize_dataset(backend: str, card: DatasetCard, counts: dict[tuple[str, str], int],
+                       out_dir: str | os.PathLike, backend_options: dict | None = None, base_seed: int = 0,
+                       shard: int = 0, num_shards: int = 1, batch_size: int = 8, filters: Sequence = (),
+                       max_attempts: int = 10, split: str = "train", progress: bool = False,
+                       record_dir: str | os.PathLike | None = None) -> tuple[SynthesisRun, Path]:
+    """The one entry point behind ``ffr synthesize`` (and the pipeline's synthesis step): build the
+    backend, render this shard's images into ``out_dir`` and save the run's record in ``record_dir``
+    (default: ``out_dir`` itself for an unsharded run, else :func:`shard_record_dir`). Returns the
+    run and the record directory."""
+    from ffr.synthesis.base import create_backend, run_synthesis
+
+    impl = create_backend(backend, card, **(backend_options or {}))
+    run = run_synthesis(impl, card, counts, out_dir, base_seed=base_seed, batch_size=batch_size, split=split,
+                        progress=progress, shard=shard, num_shards=num_shards, filters=filters,
+                        max_attempts=max_attempts)
+    if record_dir is None:
+        subset = None if set(counts) == set(card.groups) else [g for g in card.groups if g in counts]
+        record_dir = out_dir if num_shards == 1 else shard_record_dir(out_dir, shard, num_shards, subset)
+    options = {k: v for k, v in (backend_options or {}).items() if k not in ("prompts", "model")}
+    save_run(run, record_dir, {"backend": backend, "backend_options": options})
+    return run, Path(record_dir)
+
+
 def save_run(run: SynthesisRun, directory: str | os.PathLike, extra_info: dict | None = None,
              contact_sheet_per_group: int = 8) -> Path:
     """Write a run's manifest, card, rejections, info and contact sheet into ``directory``."""
@@ -72,7 +95,7 @@ def read_rejections(path: Path) -> list[dict]:
 def contact_sheet(manifest: Manifest, path: str | os.PathLike, per_group: int = 8, thumb: int = 64) -> Path:
     """A PNG grid: one row per group of the card (its name and image count on the left), the group's
     first ``per_group`` images (in path order) as thumbnails."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     font = ImageFont.load_default()
     frame = manifest.frame
@@ -87,8 +110,7 @@ def contact_sheet(manifest: Manifest, path: str | os.PathLike, per_group: int = 
         paths = sorted(frame.loc[(frame["label"] == label) & (frame["bias"] == bias), "path"])[:per_group]
         for col, rel in enumerate(paths):
             with Image.open(manifest.root / rel) as im:
-                im = im.convert("RGB")
-                im.thumbnail((thumb, thumb))
+                im = ImageOps.contain(im.convert("RGB"), (thumb, thumb))  # small images are enlarged too
                 sheet.paste(im, (label_w + col * (thumb + 4) + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +181,10 @@ def collect(record_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     import pandas as pd
 
     card = DatasetCard.from_dict({**m0.card.to_dict(), "root": "."})
-    frame = pd.concat(frames, ignore_index=True).sort_values("path", kind="stable")
+    frame = pd.concat(frames, ignore_index=True)
+    # The order of a single run: groups in card order, then index.
+    order = [card.group_index(l, b) for l, b in zip(frame["label"], frame["bias"])]
+    frame = frame.assign(_group=order).sort_values(["_group", "path"], kind="stable").drop(columns="_group")
     merged = Manifest(frame, card, out_dir)
     keys = {group_key(l, b): (l, b) for l, b in card.groups}
     expected = {image_relpath(*keys[g], i) for g, c in coverage.items() for i in range(int(c["n"]))}
