@@ -71,7 +71,7 @@ def test_shards_filters_and_retries_give_the_same_files(tmp_path, card):
     for s in range(3):
         run = run_synthesis(FakeBackend(odd_gray), card, counts, tmp_path / "three", base_seed=3, batch_size=2,
                             shard=s, num_shards=3, filters=["grayscale"], max_attempts=30)
-        assert set(run.manifest.frame["path"].str[-10:-4].astype(int) % 3) == {s}
+        assert set(run.manifest.frame["path"].str[-10:-4].astype(int) // 2 % 3) == {s}  # blocks of batch_size
         shard_rejections += run.rejections
     assert files(tmp_path / "one") == files(tmp_path / "three")
     key = lambda r: (r["group"], r["index"], r["attempt"])  # noqa: E731

@@ -50,8 +50,10 @@ class ImageRequest:
 class SynthesisBackend(Protocol):
     """What a backend provides. ``generator`` names it in manifest rows (e.g. ``procedural-v1`` or a
     model id with revision). Optional: ``settings`` (dict of everything else that shapes the pixels,
-    checked when a run resumes), ``reserve(counts)`` (told the full per-group counts before a run),
-    ``row_for(request)`` (manifest fields overriding prompt/seed/generator, e.g. for imported images)."""
+    checked when a run resumes), ``batch_invariant`` (True when an image cannot depend on the batch
+    it is rendered in; see :func:`run_synthesis`), ``reserve(counts)`` (told the full per-group
+    counts before a run), ``row_for(request)`` (manifest fields overriding prompt/seed/generator,
+    e.g. for imported images)."""
 
     generator: str
 
@@ -90,14 +92,15 @@ def make_request(backend: SynthesisBackend, base_seed: int, label: str, bias: st
 
 
 def plan_requests(backend: SynthesisBackend, counts: dict[tuple[str, str], int], base_seed: int = 0,
-                  shard: int = 0, num_shards: int = 1) -> list[ImageRequest]:
+                  shard: int = 0, num_shards: int = 1, block: int = 1) -> list[ImageRequest]:
     """The first-attempt requests of shard ``shard`` of ``num_shards``: image ``index`` of a group
-    belongs to shard ``index % num_shards``. Seeds and prompts depend on (base seed, group, index)
-    only, so the union of all shards is the same set of images whatever ``num_shards`` is."""
+    belongs to shard ``(index // block) % num_shards`` (``index % num_shards`` for ``block`` 1).
+    Seeds and prompts depend on (base seed, group, index) only, so the union of all shards is the
+    same set of images whatever ``num_shards`` is."""
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
     return [make_request(backend, base_seed, label, bias, i)
-            for (label, bias), n in counts.items() for i in range(shard, int(n), num_shards)]
+            for (label, bias), n in counts.items() for i in range(int(n)) if (i // block) % num_shards == shard]
 
 
 def fingerprint_dir(path: str | os.PathLike, edge_bytes: int = 1 << 20) -> str:
@@ -149,6 +152,14 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
     :class:`SynthesisError` names the group. Finished images are verified (the PNG decodes and its
     record matches this run) and kept; leftovers of a killed write (``*.png.tmp``) are removed.
     Files are written atomically (temp + rename).
+
+    Batches are *slot-stable* unless the backend declares ``batch_invariant = True``: float kernels
+    (a UNet's matrix products on CPU or GPU) may round differently by batch size and by position in
+    the batch, so every attempt at image ``index`` is rendered in slot ``index % batch_size`` of a
+    batch of exactly ``batch_size`` (empty slots are padded with a repeated request whose output is
+    discarded), and shards own whole blocks of ``batch_size`` indices. Given the same batch size,
+    hardware and library versions, the files are then byte-identical whatever the number of shards,
+    the interruptions or the rejections.
     """
     from ffr.synthesis.filters import make_filter
 
@@ -163,7 +174,9 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
     out_dir = Path(out_dir)
     signature = {"generator": backend.generator, "settings": dict(getattr(backend, "settings", {}) or {}),
                  "filters": [f.spec for f in filters]}
-    requests = plan_requests(backend, counts, base_seed, shard, num_shards)
+    invariant = bool(getattr(backend, "batch_invariant", False))
+    n_slots = 1 if invariant else int(batch_size)
+    requests = plan_requests(backend, counts, base_seed, shard, num_shards, block=n_slots)
 
     records: dict[tuple[str, str, int], dict] = {}
     todo, foreign = [], []
@@ -189,17 +202,31 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(requests), initial=resumed, desc=f"synthesize ({backend.generator})", unit="img")
-    queue = deque((r, []) for r in todo)  # (request, rejected attempts before it)
-    generated = 0
+    # One queue per batch slot (a single queue for batch-invariant backends); items are
+    # (request, rejected attempts before it).
+    slots = [deque() for _ in range(n_slots)]
+    for r in todo:
+        slots[r.index % n_slots].append((r, []))
+    generated = padding = 0
     try:
-        while queue:
-            batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
-            reqs = [r for r, _ in batch]
+        while any(slots):
+            if invariant:
+                q = slots[0]
+                batch = [(0, q.popleft()) for _ in range(min(batch_size, len(q)))]
+                reqs = [item[0] for _, item in batch]
+            else:
+                batch = [(j, q.popleft()) for j, q in enumerate(slots) if q]
+                filler = batch[0][1][0]
+                by_slot = {j: item[0] for j, item in batch}
+                reqs = [by_slot.get(j, filler) for j in range(n_slots)]
+                padding += n_slots - len(batch)
             images = backend.generate(reqs)
-            generated += len(images)
+            if not invariant:
+                images = [images[j] for j, _ in batch]
+                reqs = [item[0] for _, item in batch]
+            generated += len(batch)
             reasons = _apply_filters(filters, images, reqs)
-            retries = []
-            for (req, rejected), img, reason in zip(batch, images, reasons):
+            for (slot, (req, rejected)), img, reason in zip(batch, images, reasons):
                 if reason is not None:
                     rejected = rejected + [{"attempt": req.attempt, "seed": req.seed, "reason": reason}]
                     if req.attempt + 1 >= max_attempts:
@@ -208,7 +235,7 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
                             f"(max_attempts={max_attempts}); last reason: {reason}. Loosen the filters, "
                             "change the group's prompts, or allow more attempts.")
                     retry = make_request(backend, base_seed, req.label, req.bias, req.index, req.attempt + 1)
-                    retries.append((retry, rejected))
+                    slots[slot].appendleft((retry, rejected))  # an image finishes before new ones start
                     continue
                 record = {"label": req.label, "bias": req.bias, "index": req.index, "attempt": req.attempt,
                           "seed": req.seed, "prompt": req.prompt, **signature, "rejected": rejected}
@@ -218,7 +245,6 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
                 records[(req.label, req.bias, req.index)] = record
                 if bar is not None:
                     bar.update(1)
-            queue.extendleft(reversed(retries))  # retries first: an image finishes before new ones start
     finally:
         if bar is not None:
             bar.close()
@@ -229,9 +255,9 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
     manifest = Manifest.from_records([_row(rec, split) for rec in ordered], card, out_dir)
     info = {"generator": backend.generator, "settings": signature["settings"], "filters": signature["filters"],
             "base_seed": int(base_seed), "split": split, "shard": shard, "num_shards": num_shards,
-            "max_attempts": max_attempts, "counts": {group_key(*g): int(n) for g, n in counts.items()},
-            "images": len(ordered), "resumed": resumed, "generated": generated,
-            "rejected": len(rejections)}
+            "max_attempts": max_attempts, "block": n_slots,
+            "counts": {group_key(*g): int(n) for g, n in counts.items()}, "images": len(ordered),
+            "resumed": resumed, "generated": generated, "padding": padding, "rejected": len(rejections)}
     return SynthesisRun(manifest, rejections, info)
 
 

@@ -112,7 +112,9 @@ class DiffusersBackend:
             raise ValueError(f"unknown dtype {dtype!r}; use auto, float16, bfloat16 or float32")
 
         model = str(model)
-        kwargs: dict = {"torch_dtype": torch_dtype}
+        # Newer diffusers name the argument ``dtype`` and deprecate ``torch_dtype``; older ones know only the latter.
+        from diffusers.utils import deprecation_utils
+        kwargs: dict = {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": torch_dtype}
         if model.startswith("s3://"):
             path, model_id = fetch_s3_model(model, cache_dir), model
         elif Path(model).is_dir():

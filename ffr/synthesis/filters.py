@@ -102,10 +102,8 @@ class ClipScoreFilter:
             inputs = self.processor(text=txt, images=[im.convert("RGB") for im in ims], return_tensors="pt",
                                     padding=True, truncation=True)
             with torch.inference_mode():
-                img = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
-                tx = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
-                                                  attention_mask=inputs["attention_mask"].to(self.device))
-                cos = torch.nn.functional.cosine_similarity(img.float(), tx.float(), dim=-1)
+                res = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+                cos = torch.nn.functional.cosine_similarity(res.image_embeds.float(), res.text_embeds.float(), dim=-1)
             out.append((100 * cos).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 

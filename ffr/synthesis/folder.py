@@ -23,6 +23,8 @@ class FolderBackend:
     """Images of each group from a folder per group or from a manifest (see the module docstring).
     ``generator`` names the source in manifest rows that do not carry their own."""
 
+    batch_invariant = True  # files are read, not computed: no batch-dependent rounding
+
     def __init__(self, card: DatasetCard, source: str, generator: str | None = None, **opts):
         if opts:
             raise TypeError(f"unknown option(s) for the folder backend: {sorted(opts)}")

@@ -24,7 +24,7 @@ REJECTIONS_FILE = "rejections.csv"
 INFO_FILE = "synthesis.json"
 CONTACT_SHEET_FILE = "contact_sheet.png"
 REJECTION_FIELDS = ("group", "label", "bias", "index", "attempt", "seed", "reason")
-_RUN_KEYS = ("generator", "settings", "filters", "base_seed", "split", "max_attempts")
+_RUN_KEYS = ("generator", "settings", "filters", "base_seed", "split", "max_attempts", "block")
 
 
 def shard_record_dir(out_dir: str | os.PathLike, shard: int, num_shards: int,

@@ -115,6 +115,7 @@ class ProceduralBackend:
     """
 
     generator = "procedural-v1"
+    batch_invariant = True  # each image is drawn on its own: batching cannot change it
 
     def __init__(self, card: DatasetCard, image_size: int = 32,
                  digits: dict[str, tuple[int, ...]] | None = None, **opts):
