@@ -126,6 +126,12 @@ def test_rerun_refuses_to_mix_runs(tmp_path, card):
         run_synthesis(FakeBackend(), card, {("cat", "indoor"): 2}, tmp_path, base_seed=2)
     with pytest.raises(SynthesisError, match=r"filters"):
         run_synthesis(FakeBackend(), card, {("cat", "indoor"): 2}, tmp_path, base_seed=1, filters=["grayscale"])
+    foreign = tmp_path / "cat_indoor" / "000001.png"
+    Image.new("RGB", (8, 8), "red").save(foreign)  # somebody else's image: reported, never overwritten
+    before = foreign.read_bytes()
+    with pytest.raises(SynthesisError, match=r"000001.png: it decodes but carries no ffr record"):
+        run_synthesis(FakeBackend(), card, {("cat", "indoor"): 2}, tmp_path, base_seed=1)
+    assert foreign.read_bytes() == before and read_record(foreign) is None
 
 
 def test_grayscale_filter_and_specs():

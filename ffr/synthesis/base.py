@@ -184,11 +184,12 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
         dest = out_dir / image_relpath(r.label, r.bias, r.index)
         dest.with_name(dest.name + ".tmp").unlink(missing_ok=True)
         record = _read_record(dest)
-        if record is None:  # missing or unreadable: render it (again)
+        if record is None:  # missing, or a killed/corrupted write that does not decode: render it (again)
             dest.unlink(missing_ok=True)
             todo.append(r)
             continue
-        problem = _mismatch(record, r, signature, backend, base_seed)
+        problem = "it decodes but carries no ffr record" if record is _NO_RECORD else \
+            _mismatch(record, r, signature, backend, base_seed)
         if problem:
             foreign.append(f"{dest}: {problem}")
         records[(r.label, r.bias, r.index)] = record
@@ -285,10 +286,14 @@ def _write_png(img, dest: Path, record: dict) -> None:
     os.replace(tmp, dest)
 
 
+_NO_RECORD: dict = {}  # sentinel: the image decodes but carries no (valid) record
+
+
 def read_record(path: str | os.PathLike) -> dict | None:
     """The record an ffr-written PNG carries, or None when the file is missing, does not decode in
     full, or carries no record."""
-    return _read_record(Path(path))
+    record = _read_record(Path(path))
+    return None if record is _NO_RECORD else record
 
 
 def _read_record(path: Path) -> dict | None:
@@ -300,10 +305,13 @@ def _read_record(path: Path) -> dict | None:
         with Image.open(path) as im:
             im.load()  # decode every pixel: a truncated or corrupted file fails here
             text = im.info.get(META_KEY)
-        record = json.loads(text) if text else None
     except (OSError, ValueError, SyntaxError):
         return None
-    return record if isinstance(record, dict) else None
+    try:
+        record = json.loads(text) if text else None
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else _NO_RECORD
 
 
 def _mismatch(record: dict, req: ImageRequest, signature: dict, backend, base_seed: int) -> str | None:
