@@ -201,10 +201,10 @@ def test_model_from_s3_is_downloaded_once(tiny_sd, wb_card, tmp_path, monkeypatc
         b = create_backend("diffusers", wb_card, model="s3://models/sd/tiny", prompts="waterbirds",
                            cache_dir=str(tmp_path), **SIZE)
         assert b.generator == f"diffusers:s3://models/sd/tiny@{fingerprint_dir(tiny_sd)}"
+        with pytest.raises(FileNotFoundError, match="no objects under s3://models/nothing"):
+            s3.download_prefix("s3://models/nothing", tmp_path / "x")
         calls = []
         monkeypatch.setattr(s3, "download_prefix", lambda *a: calls.append(a))
         create_backend("diffusers", wb_card, model="s3://models/sd/tiny", prompts="waterbirds",
                        cache_dir=str(tmp_path), **SIZE)
-        assert calls == []
-        with pytest.raises(FileNotFoundError, match="no objects under s3://models/nothing"):
-            s3.download_prefix("s3://models/nothing", tmp_path / "x")
+        assert calls == []  # the cached copy is used
