@@ -22,19 +22,20 @@ def _byte_chars() -> list[str]:
     return [chr(b) if b in keep else chr(next(shifted)) for b in range(256)]
 
 
-def tiny_tokenizer(directory: str | os.PathLike):
-    """A CLIPTokenizer loaded from a byte-level ``vocab.json`` with no merges (every byte, alone and
-    word-final, plus CLIP's special tokens; any text tokenizes) written to ``directory``;
+def tiny_tokenizer():
+    """A CLIPTokenizer loaded from a byte-level ``vocab.json`` and an empty ``merges.txt`` (every
+    byte, alone and word-final, plus CLIP's special tokens: any text tokenizes, one token per byte);
     ``model_max_length`` 77, like CLIP's."""
+    import tempfile
+
     from transformers import CLIPTokenizer
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     chars = _byte_chars()
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(directory, model_max_length=77, local_files_only=True)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+        (Path(d) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(d, model_max_length=77, local_files_only=True)
 
 
 def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 32) -> Path:
@@ -54,7 +55,7 @@ def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, sample_size: 
     vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=32)
-    tokenizer = tiny_tokenizer(out_dir / "_tokenizer_src")
+    tokenizer = tiny_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
@@ -65,9 +66,6 @@ def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, sample_size: 
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(out_dir)
-    for f in (out_dir / "_tokenizer_src").iterdir():
-        f.unlink()
-    (out_dir / "_tokenizer_src").rmdir()
     return out_dir
 
 
@@ -79,7 +77,7 @@ def build_tiny_clip(out_dir: str | os.PathLike, seed: int = 0, image_size: int =
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer(out_dir / "_tokenizer_src")
+    tokenizer = tiny_tokenizer()
     text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                           num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -91,7 +89,4 @@ def build_tiny_clip(out_dir: str | os.PathLike, seed: int = 0, image_size: int =
                               tokenizer=tokenizer)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    for f in (out_dir / "_tokenizer_src").iterdir():
-        f.unlink()
-    (out_dir / "_tokenizer_src").rmdir()
     return out_dir
