@@ -27,7 +27,7 @@ from ffr.data.loading import TensorData, load_images
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
 from ffr.train.backbones import create_model
-from ffr.train.loop import evaluate, fit, resolve_device, save_checkpoint, seed_everything
+from ffr.train.loop import evaluate, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
 from ffr.train.objectives import create_objective
 
 
@@ -97,13 +97,29 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
 
 
 def stage_config(cfg: ExperimentConfig, stage: str):
+    """The training settings of stage ``train`` (none/usb/asb), ``pretrain`` or ``finetune`` (FFR)."""
     return {"train": cfg.train, "pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
+
+
+def stage_key(train: Manifest, val: Manifest, tcfg, objective: str, cfg: ExperimentConfig, seed: int,
+              init_key: str | None) -> str:
+    """Identity of one training stage: its data, settings, seed and starting point. Two cells
+    whose stage has the same key share it (e.g. FFR's step 1 under every step-2 variant)."""
+    blob = json.dumps({"train": train.digest(), "val": val.digest(), "cfg": asdict(tcfg), "objective": objective,
+                       "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.data.image_size,
+                       "seed": seed, "init": init_key}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
              bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
-             hparams: dict | None = None, progress: bool = False) -> dict:
-    """Run one grid cell and return its record (also written to ``cell_dir/record.json``)."""
+             hparams: dict | None = None, progress: bool = False,
+             stage_cache: str | os.PathLike | None = None) -> dict:
+    """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
+
+    With ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
+    ``stage_cache/<key>/`` instead of being trained again.
+    """
     t0 = time.time()
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -114,37 +130,54 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     report.save(cell_dir / "split_report.json")
     plan = balance(strategy, split.select(split="train", source="real"), pool)
     (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
-    val = bank.tensors(split.select(split="val", source="real"))
-    test = bank.tensors(split.select(split="test", source="real"))
-    n_classes = len(real.card.classes)
+    val_manifest = split.select(split="val", source="real")
+    val, test = bank.tensors(val_manifest), bank.tensors(split.select(split="test", source="real"))
     models: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     stages = []
     history_path = cell_dir / "history.jsonl"
     history_path.unlink(missing_ok=True)
     for stage in plan.stages:
-        tcfg = stage_config(cfg, "train" if stage.name == "train" else stage.name)
+        tcfg = stage_config(cfg, stage.name)
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
         # configured objective.
-        objective = create_objective("erm" if stage.name == "pretrain" else cfg.objective)
-        model = create_model(cfg.backbone, n_classes, cfg.weights)
-        if stage.init_from:
-            model.load_state_dict(models[stage.init_from].state_dict())
+        objective = "erm" if stage.name == "pretrain" else cfg.objective
+        key = stage_key(stage.train, val_manifest, tcfg, objective, cfg, seed, keys.get(stage.init_from))
+        keys[stage.name] = key
+        sdir = Path(stage_cache) / key if stage_cache else cell_dir / stage.name
+        if (sdir / "stage.json").is_file():
+            model, _ = load_checkpoint(sdir / "model.pt", device)
+            done = json.loads((sdir / "stage.json").read_text())
+            best_epoch, best_val = done["best_epoch"], done["val"]
+        else:
+            sdir.mkdir(parents=True, exist_ok=True)
+            seed_everything(seed)  # per stage, so a stage's result does not depend on the cache
+            model = create_model(cfg.backbone, len(real.card.classes), cfg.weights)
+            if stage.init_from:
+                model.load_state_dict(models[stage.init_from].state_dict())
+            (sdir / "history.jsonl").unlink(missing_ok=True)
 
-        def log(rec, _stage=stage.name):
-            with history_path.open("a") as f:
-                f.write(json.dumps({"stage": _stage, **rec}) + "\n")
+            def log(rec, _path=sdir / "history.jsonl"):
+                with _path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
 
-        result = fit(model, bank.tensors(stage.train), val, objective, tcfg, device, seed=seed, log=log,
-                     progress=progress, desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
-        models[stage.name] = result.model
-        meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
-                "bias_values": list(real.card.bias_values), "image_size": cfg.data.image_size,
-                "normalize": tcfg.normalize, "stage": stage.name, "strategy": strategy,
-                "best_epoch": result.best_epoch}
-        save_checkpoint(cell_dir / f"{stage.name}.pt", result.model, meta)
-        stages.append({"name": stage.name, "n_train": len(stage.train), "best_epoch": result.best_epoch,
-                       "val": result.best_val,
-                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
+            result = fit(model, bank.tensors(stage.train), val, create_objective(objective), tcfg, device,
+                         seed=seed, log=log, progress=progress,
+                         desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
+            model, best_epoch, best_val = result.model, result.best_epoch, result.best_val
+            meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
+                    "bias_values": list(real.card.bias_values), "image_size": cfg.data.image_size,
+                    "normalize": tcfg.normalize, "stage": stage.name, "objective": objective,
+                    "best_epoch": best_epoch}
+            save_checkpoint(sdir / "model.pt", model, meta)
+            _write_json(sdir / "stage.json", {"key": key, "best_epoch": best_epoch, "val": best_val})
+        models[stage.name] = model
+        with history_path.open("a") as f:
+            for line in (sdir / "history.jsonl").read_text().splitlines():
+                f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
+        stages.append({"name": stage.name, "key": key, "checkpoint": str(sdir / "model.pt"),
+                       "n_train": len(stage.train), "best_epoch": best_epoch, "val": best_val,
+                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
     final = stages[-1]
     record = {
         "strategy": strategy, "objective": cfg.objective, "bias_rate": float(bias_rate), "seed": int(seed),
@@ -234,7 +267,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         else:
             if bank is None:
                 bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
-            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp)
+            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, stage_cache=out / "stages")
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
