@@ -240,10 +240,31 @@ def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, Exper
     return cells
 
 
+def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
+               cells: list, threads: int | None = None) -> list[dict]:
+    """Run ``cells`` one after the other (in a worker process when ``threads`` is set)."""
+    if threads:
+        torch.set_num_threads(threads)
+    bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+    records = []
+    for strategy, rate, seed, hp, eff in cells:
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, stage_cache=out / "stages"))
+    return records
+
+
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None) -> list[dict]:
+            on_cell: Callable[[dict], None] | None = None, workers: int = 1) -> list[dict]:
     """Run the grid (skipping finished cells), choose hyperparameters per (strategy, bias rate)
-    by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``."""
+    by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
+
+    With ``workers`` > 1 the unfinished cells run in that many processes (the CPU threads shared
+    among them). Cells that differ only in hyperparameters run in one process, one after the
+    other, so the stages they share (FFR's step 1) are trained once.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
     from ffr.report import mark_selected, write_results
 
     out = Path(out_dir)
@@ -253,30 +274,46 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     needs_pool = any(s != "none" for s in cfg.strategies)
     pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
-    bank = None
-    records = []
+    done: dict[str, dict] = {}
+    todo: dict[tuple, list] = {}
+    for cell in cells:
+        strategy, rate, seed, hp, eff = cell
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        if (cdir / "record.json").is_file():
+            done[cdir.name] = json.loads((cdir / "record.json").read_text())
+        else:
+            todo.setdefault((strategy, rate, seed), []).append(cell)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(cells), desc="compare", unit="cell")
+        bar = tqdm(total=len(cells), initial=len(done), desc="compare", unit="cell")
+
+    def finished(batch: list[dict]) -> None:
+        for record in batch:
+            if bar is not None:
+                bar.set_postfix(last=f"{record['strategy']} r={record['bias_rate']} s={record['seed']} "
+                                     f"wga={record['test']['worst_group_acc']:.2f}")
+                bar.update(1)
+
+    if workers <= 1 or len(todo) <= 1:
+        for group in todo.values():
+            finished(_run_cells(cfg, real, pool, out, group))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads) for group in todo.values()]
+            for fut in as_completed(futures):
+                finished(fut.result())
+    if bar is not None:
+        bar.close()
+    records = []
     for strategy, rate, seed, hp, eff in cells:
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
-        done = cdir / "record.json"
-        if done.is_file():
-            record = json.loads(done.read_text())
-        else:
-            if bank is None:
-                bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
-            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, stage_cache=out / "stages")
+        record = done.get(cdir.name) or json.loads((cdir / "record.json").read_text())
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
             on_cell(record)
-        if bar is not None:
-            bar.set_postfix(last=f"{strategy} r={rate} s={seed} wga={record['test']['worst_group_acc']:.2f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     records = mark_selected(records)
     write_results(records, out)
     return records

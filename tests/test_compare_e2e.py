@@ -31,7 +31,8 @@ def _config(tmp_path, **extra):
 
 def test_compare_tiny_grid_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["compare", "--config", str(_config(tmp_path)), "--out", str(out), "--quiet"]) == 0
+    # two worker processes; the rerun below is sequential and must find every cell done
+    assert main(["compare", "--config", str(_config(tmp_path)), "--out", str(out), "--quiet", "--workers", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| erm | 0.9 | ffr |" in printed and "| erm | 0.9 | none |" in printed
 
