@@ -55,7 +55,7 @@ def cmd_compare(args) -> int:
     from ffr.report import markdown_table
 
     cfg = load_config(args.config, args.set)
-    records = compare(cfg, args.out, progress=not args.quiet)
+    records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers)
     print()
     print(markdown_table(records))
     print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="strategies × bias rates × seeds on a dataset (the demo by default)")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_compare)
 
     probe = sub.add_parser("probe", help="diagnostics")

@@ -31,7 +31,8 @@ def _config(tmp_path, **extra):
 
 def test_compare_tiny_grid_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["compare", "--config", str(_config(tmp_path)), "--out", str(out), "--quiet"]) == 0
+    # two worker processes; the rerun below is sequential and must find every cell done
+    assert main(["compare", "--config", str(_config(tmp_path)), "--out", str(out), "--quiet", "--workers", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| erm | 0.9 | ffr |" in printed and "| erm | 0.9 | none |" in printed
 
@@ -55,6 +56,11 @@ def test_compare_tiny_grid_and_resume(tmp_path, capsys):
     means = {lr: sum(r["val"]["worst_group_acc"] for r in rs) / len(rs) for lr, rs in by_lr.items()}
     chosen = {lr for lr, rs in by_lr.items() if all(r["selected"] for r in rs)}
     assert len(chosen) == 1 and means[chosen.pop()] == max(means.values())
+    # FFR's step 1 is trained once per (bias rate, seed) and shared by both step-2 learning rates
+    for seed in (0, 1):
+        keys = {r["stages"][0]["key"] for r in ffr if r["seed"] == seed}
+        assert len(keys) == 1
+    assert len(list((out / "stages").glob("*/model.pt"))) == 2 * 3 + 2 * (1 + 2)
     # the same synthetic budget for usb, asb and ffr
     budgets = {r["strategy"]: sum(r["synthetic_per_group"].values()) for r in records if r["seed"] == 0}
     assert budgets["none"] == 0
