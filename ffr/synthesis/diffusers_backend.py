@@ -52,13 +52,11 @@ def fetch_s3_model(uri: str, cache_dir: str | os.PathLike | None = None) -> Path
     shutil.rmtree(tmp, ignore_errors=True)
     download_prefix(uri, tmp)
     (tmp / _COMPLETE).write_text(uri + "\n")
-    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier copy
-    try:
-        os.replace(tmp, dest)
-    except OSError:  # another process finished the same download first
+    if (dest / _COMPLETE).is_file():  # another process finished the same download meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (dest / _COMPLETE).is_file():
-            raise
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier copy
+    os.replace(tmp, dest)
     return dest
 
 

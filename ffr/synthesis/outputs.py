@@ -53,8 +53,7 @@ def synthesize_dataset(backend: str, card: DatasetCard, counts: dict[tuple[str, 
     if record_dir is None:
         subset = None if set(counts) == set(card.groups) else [g for g in card.groups if g in counts]
         record_dir = out_dir if num_shards == 1 else shard_record_dir(out_dir, shard, num_shards, subset)
-    options = {k: v for k, v in (backend_options or {}).items() if k not in ("prompts", "model")}
-    save_run(run, record_dir, {"backend": backend, "backend_options": options})
+    save_run(run, record_dir, {"backend": backend, "backend_options": dict(backend_options or {})})
     return run, Path(record_dir)
 
 
@@ -65,7 +64,7 @@ def save_run(run: SynthesisRun, directory: str | os.PathLike, extra_info: dict |
     run.manifest.save(directory)
     write_rejections(run.rejections, directory / REJECTIONS_FILE)
     info = {**run.info, **(extra_info or {})}
-    (directory / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (directory / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
     contact_sheet(run.manifest, directory / CONTACT_SHEET_FILE, per_group=contact_sheet_per_group)
     return directory
 
@@ -136,7 +135,8 @@ def collect(record_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         if not info_path.is_file():
             problems.append(f"{d}: no {INFO_FILE} (not the record directory of a synthesis run)")
             continue
-        runs.append((d, json.loads(info_path.read_text()), Manifest.load(d)))
+        # Paths only here: the merged manifest is validated in full (every image decoded) below.
+        runs.append((d, json.loads(info_path.read_text()), Manifest.load(d, check_files=False)))
     if problems:
         raise ManifestError("collect", problems)
     d0, info0, m0 = runs[0]
