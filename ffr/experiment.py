@@ -18,52 +18,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
-
 from ffr.balance import balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
-from ffr.data.loading import TensorData, load_images
+from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
+from ffr.train import distributed as dist
 from ffr.train.backbones import create_model
 from ffr.train.loop import evaluate, fit, resolve_device, save_checkpoint, seed_everything
 from ffr.train.objectives import create_objective
 
 
-class ImageBank:
-    """Decoded images of several manifests, decoded once and gathered by absolute path, so the
-    cells of a grid never decode an image twice."""
-
-    def __init__(self, manifests: list[Manifest], image_size: int):
-        self.image_size = image_size
-        self._index: dict[str, int] = {}
-        self.images = torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-        for m in manifests:
-            self._add(m)
-
-    def _add(self, manifest: Manifest) -> list[str]:
-        paths = [str(p) for p in manifest.abs_paths()]
-        new = [i for i, p in enumerate(paths) if p not in self._index]
-        if new:
-            sub = Manifest(manifest.frame.iloc[new], manifest.card, manifest.root)
-            base = len(self.images)
-            for j, i in enumerate(new):
-                self._index[paths[i]] = base + j
-            self.images = torch.cat([self.images, load_images(sub, self.image_size)])
-        return paths
-
-    def tensors(self, manifest: Manifest) -> TensorData:
-        """The rows of ``manifest`` as :class:`TensorData` (images decoded on first sight)."""
-        paths = self._add(manifest)
-        idx = torch.tensor([self._index[p] for p in paths], dtype=torch.long)
-        return TensorData(
-            images=self.images[idx],
-            labels=torch.from_numpy(manifest.labels()),
-            biases=torch.from_numpy(manifest.biases()),
-            sources=torch.from_numpy(manifest.is_synthetic().astype(np.int64)),
-            card=manifest.card,
-        )
+def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None,
+                     cache_dir: str | os.PathLike, progress: bool = False) -> ImageCache:
+    """The decoded-image cache of the real data and the synthetic pool at the configured
+    resolution (built once under ``cache_dir``; every cell of a grid reads it)."""
+    every = Manifest.concat([real] + ([pool] if pool is not None else []))
+    return open_cache(every, cfg.data.image_size, cache_dir, progress=progress)
 
 
 def prepare_real(cfg: ExperimentConfig, workdir: str | os.PathLike) -> Manifest:
@@ -101,26 +72,30 @@ def stage_config(cfg: ExperimentConfig, stage: str):
 
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
-             bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
+             bias_rate: float, seed: int, cell_dir: str | os.PathLike, cache: ImageCache | None = None,
              hparams: dict | None = None, progress: bool = False) -> dict:
-    """Run one grid cell and return its record (also written to ``cell_dir/record.json``)."""
+    """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
+    Images come from ``cache`` (default: one built under ``cell_dir/cache``)."""
     t0 = time.time()
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    bank = bank or ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+    if cache is None:
+        cache = open_image_cache(cfg, real, pool, cell_dir / "cache")
     seed_everything(seed)
     split, report = bias_rate_split(real, bias_rate, seed, cfg.data.min_val_per_group)
-    report.save(cell_dir / "split_report.json")
     plan = balance(strategy, split.select(split="train", source="real"), pool)
-    (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
-    val = bank.tensors(split.select(split="val", source="real"))
-    test = bank.tensors(split.select(split="test", source="real"))
+    if dist.is_main():  # under torchrun every rank runs the cell; one writes its files
+        report.save(cell_dir / "split_report.json")
+        (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
+    val = cache.tensors(split.select(split="val", source="real"))
+    test = cache.tensors(split.select(split="test", source="real"))
     n_classes = len(real.card.classes)
     models: dict[str, Any] = {}
     stages = []
     history_path = cell_dir / "history.jsonl"
-    history_path.unlink(missing_ok=True)
+    if dist.is_main():
+        history_path.unlink(missing_ok=True)
     for stage in plan.stages:
         tcfg = stage_config(cfg, "train" if stage.name == "train" else stage.name)
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
@@ -134,7 +109,7 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
             with history_path.open("a") as f:
                 f.write(json.dumps({"stage": _stage, **rec}) + "\n")
 
-        result = fit(model, bank.tensors(stage.train), val, objective, tcfg, device, seed=seed, log=log,
+        result = fit(model, cache.tensors(stage.train), val, objective, tcfg, device, seed=seed, log=log,
                      progress=progress, desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
         models[stage.name] = result.model
         meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
@@ -144,7 +119,7 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         save_checkpoint(cell_dir / f"{stage.name}.pt", result.model, meta)
         stages.append({"name": stage.name, "n_train": len(stage.train), "best_epoch": result.best_epoch,
                        "val": result.best_val,
-                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
+                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp)})
     final = stages[-1]
     record = {
         "strategy": strategy, "objective": cfg.objective, "bias_rate": float(bias_rate), "seed": int(seed),
@@ -157,6 +132,8 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
 
 
 def _write_json(path: Path, data) -> None:
+    if not dist.is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -201,12 +178,15 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    real = prepare_real(cfg, out)
-    needs_pool = any(s != "none" for s in cfg.strategies)
-    pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
+    dist.init_from_env()
+    with dist.main_first():  # under torchrun rank 0 writes the data, the others then read it
+        if dist.is_main():
+            save_config(cfg, out / "config.yaml")
+        real = prepare_real(cfg, out)
+        needs_pool = any(s != "none" for s in cfg.strategies)
+        pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
-    bank = None
+    caches: dict[int, ImageCache] = {}  # by resolution (a search may vary data.image_size)
     records = []
     bar = None
     if progress:
@@ -218,9 +198,10 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         if done.is_file():
             record = json.loads(done.read_text())
         else:
-            if bank is None:
-                bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
-            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp)
+            size = eff.data.image_size
+            if size not in caches:
+                caches[size] = open_image_cache(eff, real, pool, out / "cache", progress)
+            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, caches[size], hp)
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
@@ -231,5 +212,6 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     if bar is not None:
         bar.close()
     records = mark_selected(records)
-    write_results(records, out)
+    if dist.is_main():
+        write_results(records, out)
     return records
