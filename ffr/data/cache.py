@@ -200,15 +200,16 @@ def build(paths: list[str], image_size: int, data_path: Path, workers: int | Non
     h = hashlib.sha256()
     step = max(1, min(1024, RELEASE_BYTES // rec))  # decode a few MiB at a time: memory stays bounded
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", buffering=0) as f:  # chunks are large: write them straight through
             for start in range(0, len(paths), step):
                 chunk = np.empty((min(step, len(paths) - start), s, s, 3), dtype=np.uint8)
                 decode_into(chunk, paths[start:start + step], s, workers)
-                h.update(memoryview(chunk).cast("B"))
-                f.write(memoryview(chunk).cast("B"))
+                h.update(chunk)
+                view = memoryview(chunk).cast("B")
+                while view:  # a raw write may be partial
+                    view = view[f.write(view):]
                 if progress is not None:
                     progress(start + len(chunk))
-            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, data_path)
     finally:

@@ -66,4 +66,5 @@ def configure(device: torch.device, num_threads: int = 0, deterministic: bool = 
             torch.set_num_threads(n)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call imports inductor: seconds
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
