@@ -41,12 +41,24 @@ def test_configure_sets_threads_and_determinism():
         assert torch.get_num_threads() == 1
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert torch.are_deterministic_algorithms_enabled()
+        runtime.configure(torch.device("cpu"), num_threads=0, deterministic=True)
+        assert torch.get_num_threads() == runtime.cpu_budget() >= 1   # load-independent
         runtime.configure(torch.device("cpu"), num_threads=0, deterministic=False)
-        assert torch.get_num_threads() == runtime.cpu_budget() >= 1
+        assert 1 <= torch.get_num_threads() <= runtime.cpu_budget()
         assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.set_num_threads(before)
         runtime.configure(torch.device("cpu"), before, False)
+
+
+def test_auto_threads_leave_busy_cpus_alone(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_budget", lambda: 8)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.0, 0, 0))   # only us
+    assert runtime.auto_threads() == 8
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (4.2, 0, 0))   # ~3 other busy threads
+    assert runtime.auto_threads() == 5
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (30.0, 0, 0))  # oversubscribed
+    assert runtime.auto_threads() == 1 and runtime.auto_threads(deterministic=True) == 8
 
 
 def test_batch_transform_matches_the_textbook_formula():

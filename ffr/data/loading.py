@@ -142,17 +142,17 @@ class BatchTransform:
         self._constants: dict = {}
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
-        x = x.float()
+        scale, offset = self._affine(x.device)
         if train and self.augment:
-            x = _flip_crop(x, self.crop_padding, generator)
-        scale, shift = self._affine(x.device)
-        return x.mul_(scale).sub_(shift)  # (x / 255 - mean) / std in two in-place passes
+            x = _flip_crop(x.float(), self.crop_padding, generator)
+            return x.mul_(scale).add_(offset)
+        return torch.addcmul(offset, x, scale)  # (x / 255 - mean) / std: uint8 in, one pass
 
     def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._constants:  # built once per device: no host-to-device copy per batch
             mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
             std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-            self._constants[device] = ((1.0 / (255.0 * std)).to(device), (mean / std).to(device))
+            self._constants[device] = ((1.0 / (255.0 * std)).to(device), (-mean / std).to(device))
         return self._constants[device]
 
 

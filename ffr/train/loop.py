@@ -38,7 +38,7 @@ class TrainConfig:
     amp: str = "auto"                # auto | bf16 | fp16 | off (see ffr.train.runtime.autocast_dtype)
     channels_last: bool = True       # NHWC memory format: faster convolutions on CPU and GPU
     deterministic: bool = False      # deterministic kernels; turns cudnn.benchmark off
-    num_threads: int = 0             # CPU threads (0: the CPUs this process may use)
+    num_threads: int = 0             # CPU threads (0: the usable CPUs not kept busy by others)
 
 
 @dataclass

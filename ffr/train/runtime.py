@@ -25,6 +25,19 @@ def cpu_budget() -> int:
     return max(1, n)
 
 
+def auto_threads(deterministic: bool = False) -> int:
+    """Threads for torch's CPU kernels: every usable CPU, minus those other processes keep busy
+    (the 1-minute load average, ourselves excluded). On an oversubscribed machine OpenMP
+    threads wait on each other: 2 threads ran a small CNN 2.5x slower than 1 under a load of
+    18 on 2 CPUs. ``deterministic`` skips the load term (thread count can change float
+    rounding, so a rerun must not depend on the load)."""
+    n = cpu_budget()
+    if deterministic or not hasattr(os, "getloadavg"):
+        return n
+    busy = max(0.0, os.getloadavg()[0] - 1.0)
+    return max(1, min(n, round(n - busy)))
+
+
 def cpu_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16). Without it oneDNN
     emulates bf16 and autocast is several times *slower* than fp32 (measured by
@@ -57,11 +70,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def configure(device: torch.device, num_threads: int = 0, deterministic: bool = False) -> None:
-    """Process-wide settings for training on ``device``: the CPU thread count (0: every CPU
-    this process may use), cuDNN autotuning (off, with deterministic algorithms, when
+    """Process-wide settings for training on ``device``: the CPU thread count (0:
+    :func:`auto_threads`), cuDNN autotuning (off, with deterministic algorithms, when
     ``deterministic``)."""
     if torch.device(device).type == "cpu":
-        n = num_threads or cpu_budget()
+        n = num_threads or auto_threads(deterministic)
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
     torch.backends.cudnn.benchmark = not deterministic
