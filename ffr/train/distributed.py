@@ -101,6 +101,16 @@ def mean(value: float) -> float:
     return float(t.item()) / world_size()
 
 
+def from_main(value):
+    """Rank 0's ``value`` on every rank (a decision all ranks must share, e.g. whether a file
+    rank 0 writes already exists)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 

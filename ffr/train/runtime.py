@@ -10,6 +10,15 @@ from pathlib import Path
 import torch
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+_thread_cap: int | None = None  # set by cap_threads in a worker process that shares the CPUs
+
+
+def cap_threads(n: int) -> None:
+    """Limit this process to ``n`` CPU threads, e.g. one of several worker processes sharing the
+    machine: :func:`cpu_budget` (and so every later ``fit``) stays within it."""
+    global _thread_cap
+    _thread_cap = max(1, int(n))
+    torch.set_num_threads(_thread_cap)
 
 
 def cpu_budget() -> int:
@@ -22,7 +31,7 @@ def cpu_budget() -> int:
             n = min(n, max(1, int(int(quota) // int(period))))
     except (OSError, ValueError):
         pass
-    return max(1, n)
+    return max(1, min(n, _thread_cap or n))
 
 
 def auto_threads(deterministic: bool = False) -> int:
