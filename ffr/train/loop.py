@@ -16,7 +16,8 @@ import torch
 from ffr.data.loading import BatchTransform, TensorData
 from ffr.metrics import GroupTally, flat_metrics, metrics_from_tally
 from ffr.train.backbones import Classifier, create_model
-from ffr.train.objectives import Objective, ObjectiveContext, training_groups
+from ffr.train.finetune import StageControls
+from ffr.train.objectives import Objective, ObjectiveContext, training_group_names, training_groups
 
 
 @dataclass
@@ -33,6 +34,12 @@ class TrainConfig:
     normalize: str = "imagenet"
     group_by: str = "auto"           # groups the objective optimises over (see training_groups)
     eval_batch_size: int = 512
+    # Step-2 options (ffr.train.finetune): what a stage keeps from the weights it starts from.
+    freeze_bn: bool = False          # BatchNorm statistics and affine parameters not trained
+    freeze_stages: int = 0           # first k stages of the feature extractor not trained
+    backbone_lr_mult: float = 1.0    # feature extractor lr = lr * this; head lr = lr
+    l2sp: float = 0.0                # weight of the L2-SP pull toward the initial weights
+    lpft_epochs: int = 0             # first epochs train the head alone (LP-FT)
 
 
 @dataclass
@@ -97,6 +104,14 @@ def _better(new: dict, best: dict | None) -> bool:
     return key(new) > key(best)
 
 
+def objective_context(train: TensorData, cfg: TrainConfig, device: torch.device, seed: int = 0) -> ObjectiveContext:
+    """What an objective is set up with for training on ``train`` under ``cfg``."""
+    group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
+                                          len(train.card.bias_values), len(train.card.classes), cfg.group_by)
+    return ObjectiveContext(group_ids, n_groups, device, group_names=training_group_names(train.card, n_groups),
+                            normalize=cfg.normalize, eval_batch_size=cfg.eval_batch_size, seed=seed)
+
+
 def fit(model: Classifier, train: TensorData, val: TensorData, objective: Objective, cfg: TrainConfig,
         device: torch.device, seed: int = 0, log: Callable[[dict], None] | None = None,
         progress: bool = False, desc: str = "train") -> FitResult:
@@ -111,17 +126,18 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
     tf = BatchTransform(cfg.normalize, cfg.augment)
-    group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
-                                          len(train.card.bias_values), len(train.card.classes), cfg.group_by)
-    objective.setup(ObjectiveContext(group_ids, n_groups, device))
-    opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    ctx = objective_context(train, cfg, device, seed)
+    group_ids = ctx.group_ids
+    objective.setup(ctx)
+    controls = StageControls(model, cfg)
+    opt = _optimizer(controls.param_groups(), cfg)
     best_state, best_val, best_epoch, history = None, None, -1, []
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False)
     for epoch in range(cfg.epochs):
-        model.train()
+        controls.start_epoch(model, epoch)
         order = objective.epoch_indices(len(train), gen)
         losses = []
         for start in range(0, len(order), cfg.batch_size):
@@ -132,6 +148,9 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             y = train.labels[idx].to(device)
             g = group_ids[idx].to(device)
             loss = objective.loss(model(x), y, g)
+            penalty = controls.penalty()
+            if penalty is not None:
+                loss = loss + penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -150,6 +169,7 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             bar.update(1)
     if bar is not None:
         bar.close()
+    controls.release(model)
     selected = copy.deepcopy(model)
     selected.load_state_dict(best_state)
     finalized = objective.finalize(selected, train, val, device)
@@ -164,6 +184,7 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    meta = {**meta, "feature_norm": bool(getattr(model, "feature_norm", False))}
     torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
     os.replace(tmp, path)
     return path
@@ -177,6 +198,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     meta = blob["meta"]
     model = create_model(meta["backbone"], len(meta["classes"]))
     model.load_state_dict(blob["state_dict"])
+    model.feature_norm = bool(meta.get("feature_norm", False))
     return model, meta
 
 
