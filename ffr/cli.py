@@ -62,6 +62,21 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from ffr.config import load_config
+    from ffr.experiment import sweep
+    from ffr.report import markdown_table, wga_pivot
+
+    cfg = load_config(args.config, args.set)
+    records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots)
+    print()
+    print(markdown_table(records))
+    print()
+    print(wga_pivot(records))
+    print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
+    return 0
+
+
 def cmd_probe_domain_gap(args) -> int:
     from ffr.data.manifest import Manifest
     from ffr.probes import domain_gap
@@ -129,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", parents=[_config_parent()],
+                       help="the full grid: datasets × bias rates × objectives × strategies × seeds × "
+                            "hyperparameters, resumable, with tables and plots")
+    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=cmd_sweep)
 
     probe = sub.add_parser("probe", help="diagnostics")
     psub = probe.add_subparsers(dest="probe_command", required=True)

@@ -27,7 +27,8 @@ from ffr.data.loading import TensorData, load_images
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
 from ffr.train.backbones import create_model
-from ffr.train.loop import evaluate, fit, resolve_device, save_checkpoint, seed_everything
+from ffr.train.loop import (evaluate, fit, load_checkpoint, objective_context, resolve_device, save_checkpoint,
+                            seed_everything)
 from ffr.train.objectives import create_objective
 
 
@@ -67,13 +68,16 @@ class ImageBank:
 
 
 def prepare_real(cfg: ExperimentConfig, workdir: str | os.PathLike) -> Manifest:
-    """The real dataset: the built-in demo (generated under ``workdir/data``) or a dataset
-    directory holding ``manifest.csv`` + ``card.json``."""
+    """The real dataset: the built-in demo (generated under ``workdir/data``), or ``data.dataset``
+    read by adapter ``data.adapter`` (default ``csv``: a directory holding ``manifest.csv`` +
+    ``card.json``) with ``data.options``."""
     if cfg.data.dataset == "demo":
         from ffr.data.demo import DemoSpec, make_demo
 
         return make_demo(Path(workdir) / "data", DemoSpec(**cfg.data.demo))
-    return Manifest.load(cfg.data.dataset)
+    from ffr.data.adapters import load_dataset
+
+    return load_dataset(cfg.data.adapter, cfg.data.dataset, **cfg.data.options)
 
 
 def pool_need(cfg: ExperimentConfig, real: Manifest) -> dict[tuple[str, str], int]:
@@ -100,10 +104,55 @@ def stage_config(cfg: ExperimentConfig, stage: str):
     return {"train": cfg.train, "pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
 
 
+def objectives_of(cfg: ExperimentConfig) -> list[str]:
+    """The objectives a grid runs: ``objectives``, or the single ``objective``."""
+    return list(cfg.objectives) or [cfg.objective]
+
+
+def objective_for(cfg: ExperimentConfig, name: str):
+    """Objective ``name`` with its options from ``cfg.objective_options[name]``."""
+    return create_objective(name, **(cfg.objective_options.get(name) or {}))
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (names and values)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def stage_key(cfg: ExperimentConfig, tcfg, trainer, train: Manifest, val: Manifest, init: str | None,
+              seed: int, device: torch.device) -> str:
+    """Everything one call of the training loop depends on, hashed: a stage with the same key
+    trains the same model, whichever cell (strategy, objective, hyperparameters) asks for it."""
+    blob = json.dumps({"train_cfg": asdict(tcfg), "objective": trainer.name, "options": trainer.options,
+                       "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.data.image_size,
+                       "train": train.digest(), "val": val.digest(), "init": init, "seed": seed,
+                       "device": device.type}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _trained_stage(cache: Path | None, key: str):
+    """A stage's selected model and fit summary from the stage cache, or ``None``."""
+    if cache is None or not (cache / key / "fit.json").is_file():
+        return None
+    model, _ = load_checkpoint(cache / key / "model.pt")
+    return model, json.loads((cache / key / "fit.json").read_text())
+
+
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
              bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
-             hparams: dict | None = None, progress: bool = False) -> dict:
-    """Run one grid cell and return its record (also written to ``cell_dir/record.json``)."""
+             hparams: dict | None = None, progress: bool = False, stage_cache: str | os.PathLike | None = None,
+             dataset: str | None = None) -> dict:
+    """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
+
+    With ``stage_cache`` (a directory), every stage's trained model is kept there under
+    :func:`stage_key` and reused by any later cell with an identical stage: FFR's step 1 is shared
+    by every objective, and DFR (which trains exactly like ERM, ``Objective.trains_as``) re-fits
+    only the last layer of the ERM cell's model.
+    """
     t0 = time.time()
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -125,29 +174,53 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         tcfg = stage_config(cfg, "train" if stage.name == "train" else stage.name)
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
         # configured objective.
-        objective = create_objective("erm" if stage.name == "pretrain" else cfg.objective)
+        objective = objective_for(cfg, "erm" if stage.name == "pretrain" else cfg.objective)
+        trainer = objective_for(cfg, objective.trains_as) if objective.trains_as else objective
+        torch.manual_seed(seed)  # the same initial weights whether or not earlier stages were cached
         model = create_model(cfg.backbone, n_classes, cfg.weights)
         if stage.init_from:
             model.load_state_dict(models[stage.init_from].state_dict())
-
-        def log(rec, _stage=stage.name):
-            with history_path.open("a") as f:
-                f.write(json.dumps({"stage": _stage, **rec}) + "\n")
-
-        result = fit(model, bank.tensors(stage.train), val, objective, tcfg, device, seed=seed, log=log,
-                     progress=progress, desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
-        models[stage.name] = result.model
+        train = bank.tensors(stage.train)
         meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
                 "bias_values": list(real.card.bias_values), "image_size": cfg.data.image_size,
-                "normalize": tcfg.normalize, "stage": stage.name, "strategy": strategy,
-                "best_epoch": result.best_epoch}
-        save_checkpoint(cell_dir / f"{stage.name}.pt", result.model, meta)
-        stages.append({"name": stage.name, "n_train": len(stage.train), "best_epoch": result.best_epoch,
-                       "val": result.best_val,
-                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
+                "normalize": tcfg.normalize, "stage": stage.name, "strategy": strategy}
+        key = stage_key(cfg, tcfg, trainer, stage.train, split.select(split="val", source="real"),
+                        state_digest(model) if stage.init_from else None, seed, device)
+        cached = _trained_stage(Path(stage_cache) if stage_cache else None, key)
+        if cached is not None:
+            model, fitted = cached
+            model.to(device)
+            with history_path.open("a") as f:
+                f.writelines(json.dumps({"stage": stage.name, **rec}) + "\n" for rec in fitted["history"])
+        else:
+            def log(rec, _stage=stage.name):
+                with history_path.open("a") as f:
+                    f.write(json.dumps({"stage": _stage, **rec}) + "\n")
+
+            result = fit(model, train, val, trainer, tcfg, device, seed=seed, log=log, progress=progress,
+                         desc=f"{strategy} {cfg.objective} r={bias_rate} s={seed} {stage.name}")
+            model = result.model
+            fitted = {"best_epoch": result.best_epoch, "val": result.best_val, "history": result.history,
+                      "state": trainer.state()}
+            if stage_cache:
+                save_checkpoint(Path(stage_cache) / key / "model.pt", model, meta)
+                _write_json(Path(stage_cache) / key / "fit.json", fitted)
+        best_val, state = fitted["val"], fitted["state"]
+        if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
+            objective.setup(objective_context(train, tcfg, device, seed))
+            model = objective.finalize(model, train, val, device)
+            best_val, state = evaluate(model, val, device, tcfg.normalize, tcfg.eval_batch_size), objective.state()
+        models[stage.name] = model
+        save_checkpoint(cell_dir / f"{stage.name}.pt", model, {**meta, "best_epoch": fitted["best_epoch"]})
+        stages.append({"name": stage.name, "n_train": len(stage.train), "best_epoch": fitted["best_epoch"],
+                       "objective": objective.name, "objective_state": state, "stage_key": key,
+                       "val": best_val,
+                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
     final = stages[-1]
     record = {
+        "dataset": dataset or dataset_name(cfg),
         "strategy": strategy, "objective": cfg.objective, "bias_rate": float(bias_rate), "seed": int(seed),
+        "objective_options": cfg.objective_options.get(cfg.objective) or {},
         "hparams": hparams or {}, "val": final["val"], "test": final["test"],
         "stages": stages, "synthetic_per_group": plan.synthetic_per_group,
         "split": report.after, "seconds": round(time.time() - t0, 2),
@@ -162,8 +235,31 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _grid(search: dict, strategy: str) -> list[dict]:
+def dataset_name(cfg: ExperimentConfig) -> str:
+    """A short name for the dataset of ``cfg`` (``demo`` or the dataset folder's name)."""
+    return "demo" if cfg.data.dataset == "demo" else Path(cfg.data.dataset).name
+
+
+def _stage_names(strategy: str) -> tuple[str, ...]:
+    return ("pretrain", "finetune") if strategy == "ffr" else ("train",)
+
+
+def _concerns(key: str, strategy: str, objective: str) -> bool:
+    """Whether search key ``key`` can change a cell of ``strategy`` × ``objective``: a stage's
+    settings concern only strategies with that stage, an objective's options only that objective.
+    Other keys would only repeat identical cells."""
+    head, _, rest = key.partition(".")
+    if head in ("train", "pretrain", "finetune"):
+        return head in _stage_names(strategy)
+    if head == "objective_options":
+        return rest.partition(".")[0] == objective
+    return True
+
+
+def _grid(search: dict, strategy: str, objective: str | None = None) -> list[dict]:
     space = {**search.get("*", {}), **search.get(strategy, {})}
+    if objective is not None:
+        space = {k: v for k, v in space.items() if _concerns(k, strategy, objective)}
     if not space:
         return [{}]
     keys = sorted(space)
@@ -173,8 +269,11 @@ def _grid(search: dict, strategy: str) -> list[dict]:
 def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict) -> str:
     """A directory name that changes whenever anything the cell depends on changes."""
     relevant = asdict(cfg)
-    for k in ("strategies", "bias_rates", "seeds", "search", "overrides"):
+    for k in ("strategies", "bias_rates", "seeds", "search", "overrides", "objectives", "objective_options",
+              "datasets"):
         relevant.pop(k)
+    if cfg.objective_options.get(cfg.objective):  # only the cell's own objective's options matter
+        relevant["objective_options"] = cfg.objective_options[cfg.objective]
     blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams},
                       sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -182,21 +281,25 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
 
 
 def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, ExperimentConfig]]:
-    """Every (strategy, bias rate, seed, hparams, effective config) of the grid."""
+    """Every (strategy, bias rate, seed, hparams, effective config) of the grid, for every
+    objective (the effective config's ``objective``)."""
     cells = []
-    for strategy in cfg.strategies:
-        for hp in _grid(cfg.search, strategy):
-            eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **hp})
-            for rate in cfg.bias_rates:
-                for seed in cfg.seeds:
-                    cells.append((strategy, float(rate), int(seed), hp, eff))
+    for objective in objectives_of(cfg):
+        for strategy in cfg.strategies:
+            for hp in _grid(cfg.search, strategy, objective):
+                eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **hp, "objective": objective})
+                for rate in cfg.bias_rates:
+                    for seed in cfg.seeds:
+                        cells.append((strategy, float(rate), int(seed), hp, eff))
     return cells
 
 
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run the grid (skipping finished cells), choose hyperparameters per (strategy, bias rate)
-    by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``."""
+            on_cell: Callable[[dict], None] | None = None, dataset: str | None = None) -> list[dict]:
+    """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×
+    seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
+    by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
+    Trained stages are shared between cells through ``out_dir/stages`` (:func:`run_cell`)."""
     from ffr.report import mark_selected, write_results
 
     out = Path(out_dir)
@@ -220,16 +323,46 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         else:
             if bank is None:
                 bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
-            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp)
+            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp,
+                              stage_cache=out / "stages", dataset=dataset)
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
             on_cell(record)
         if bar is not None:
-            bar.set_postfix(last=f"{strategy} r={rate} s={seed} wga={record['test']['worst_group_acc']:.2f}")
+            bar.set_postfix(last=f"{eff.objective} {strategy} r={rate} s={seed} "
+                                 f"wga={record['test']['worst_group_acc']:.2f}")
             bar.update(1)
     if bar is not None:
         bar.close()
     records = mark_selected(records)
     write_results(records, out)
+    return records
+
+
+def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
+          on_cell: Callable[[dict], None] | None = None, plots: bool = True) -> list[dict]:
+    """``ffr sweep``: :func:`compare` for every dataset of ``cfg.datasets`` (each in
+    ``out_dir/<name>``; or the one dataset of ``cfg.data`` in ``out_dir`` itself), then the
+    combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.plots`) in ``out_dir``.
+    Resumable: a rerun recomputes nothing that finished."""
+    from ffr.report import mark_selected, write_results
+
+    out = Path(out_dir)
+    if not cfg.datasets:
+        records = compare(cfg, out, progress, on_cell)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        records = []
+        for name, overrides in cfg.datasets.items():
+            eff = with_overrides(cfg, dict(overrides or {}))
+            eff.datasets = {}
+            records += compare(eff, out / name, progress, on_cell, dataset=name)
+        records = mark_selected(records)
+        write_results(records, out)
+    if plots:
+        from ffr.plots import write_plots
+
+        write_plots(records, out)
     return records
