@@ -1,0 +1,148 @@
+"""``ffr sweep``: the grid over objectives, resumable after a kill, its tables and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ffr.config import ExperimentConfig, from_dict
+from ffr.experiment import _grid, plan_cells, sweep
+from ffr.report import wga_pivot
+
+TINY = {
+    "data": {"dataset": "demo", "image_size": 16, "demo": {"per_digit": 10, "image_size": 16}},
+    "objectives": ["erm", "groupdro", "dfr"],
+    "strategies": ["none", "ffr"],
+    "bias_rates": [0.9],
+    "seeds": [0],
+    "train": {"epochs": 2, "batch_size": 32},
+    "pretrain": {"epochs": 2, "batch_size": 32},
+    "finetune": {"epochs": 2, "batch_size": 32},
+    "objective_options": {"dfr": {"n_refits": 3}, "groupdro": {"eta": 0.05}},
+    "device": "cpu",
+}
+
+
+def tiny_cfg(**extra) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, {**TINY, **extra})
+
+
+def comparable(records):
+    """Records without wall-clock fields."""
+    return sorted((json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) for r in records))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep_ref")
+    return out, sweep(tiny_cfg(), out, progress=False)
+
+
+@pytest.mark.slow
+def test_sweep_outputs(reference):
+    out, records = reference
+    assert len(records) == 3 * 2
+    assert {r["objective"] for r in records} == {"erm", "groupdro", "dfr"}
+    assert all(r["dataset"] == "demo" and r["selected"] for r in records)
+    saved = json.loads((out / "results.json").read_text())
+    assert comparable(saved) == comparable(records)
+    md = (out / "results.md").read_text()
+    assert "| groupdro | 0.9 | ffr |" in md and "| strategy | erm | groupdro | dfr |" in md
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("dataset,objective,bias_rate,strategy")
+    for name in ("wga_vs_bias_rate.png", "group_accuracy.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # DFR shares ERM's training: same stage key, and its final model has a refitted head
+    by = {(r["objective"], r["strategy"]): r for r in records}
+    assert by[("dfr", "none")]["stages"][0]["stage_key"] == by[("erm", "none")]["stages"][0]["stage_key"]
+    assert by[("dfr", "none")]["stages"][0]["objective_state"]["dfr/C"] in (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+    # FFR's step 1 is trained once for all objectives
+    keys = {r["stages"][0]["stage_key"] for r in records if r["strategy"] == "ffr"}
+    assert len(keys) == 1
+    # GroupDRO's options reach the objective and its group weights are logged
+    assert by[("groupdro", "none")]["objective_options"] == {"eta": 0.05}
+    assert any(k.startswith("groupdro/q/") for k in by[("groupdro", "none")]["stages"][0]["objective_state"])
+    # stages: none × {erm, groupdro} + ffr step 1 + ffr step 2 × {erm, groupdro}
+    assert len(list((out / "stages").iterdir())) == 5
+
+
+@pytest.mark.slow
+def test_sweep_killed_midway_resumes_to_the_same_results(reference, tmp_path):
+    _, expected = reference
+    seen = []
+
+    def crash(record):
+        seen.append(record)
+        if len(seen) == 3:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tiny_cfg(), tmp_path, progress=False, on_cell=crash)
+    done = sorted(tmp_path.glob("cells/*/record.json"))
+    assert len(done) == 3
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+    resumed = sweep(tiny_cfg(), tmp_path, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # finished cells were not recomputed
+    assert comparable(resumed) == comparable(expected)
+
+
+@pytest.mark.slow
+def test_sweep_killed_by_a_signal_resumes_to_the_same_results(reference, tmp_path):
+    """A real kill (SIGKILL) of the CLI process in the middle of the grid."""
+    _, expected = reference
+    import yaml
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ffr.cli", "sweep", "--config", str(cfg_path), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and len(list(out.glob("cells/*/record.json"))) < 2:
+            time.sleep(0.05)
+        killed = proc.poll() is None
+        if killed:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if killed:
+        assert len(list(out.glob("cells/*/record.json"))) < len(expected)
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    resumed = json.loads((out / "results.json").read_text())
+    assert comparable(resumed) == comparable(expected)
+
+
+def test_search_keys_only_multiply_the_cells_they_concern():
+    cfg = tiny_cfg(search={"*": {"objective_options.groupdro.eta": [0.01, 0.1], "finetune.lr": [1e-3, 1e-4]}})
+    assert _grid(cfg.search, "none", "erm") == [{}]
+    assert len(_grid(cfg.search, "none", "groupdro")) == 2
+    assert len(_grid(cfg.search, "ffr", "erm")) == 2
+    assert len(_grid(cfg.search, "ffr", "groupdro")) == 4
+    cells = plan_cells(cfg)
+    # erm: none 1 + ffr 2; groupdro: none 2 + ffr 4; dfr: none 1 + ffr 2
+    assert len(cells) == 12
+    assert {c[4].objective for c in cells} == {"erm", "groupdro", "dfr"}
+    assert all(c[4].objective_options["groupdro"]["eta"] == c[3]["objective_options.groupdro.eta"]
+               for c in cells if "objective_options.groupdro.eta" in c[3])
+
+
+def test_pivot_table_layout():
+    rec = lambda obj, strat, wga: {"dataset": "d", "objective": obj, "strategy": strat, "bias_rate": 0.9,
+                                   "seed": 0, "hparams": {}, "selected": True,
+                                   "val": {"worst_group_acc": 0.5, "balanced_acc": 0.5, "average_acc": 0.5},
+                                   "test": {"worst_group_acc": wga, "balanced_acc": 0.6, "average_acc": 0.7}}
+    text = wga_pivot([rec("dfr", "ffr", 0.25), rec("erm", "ffr", 0.5), rec("erm", "none", 0.125)])
+    lines = text.splitlines()
+    assert lines[0] == "**test worst group acc, d, bias rate 0.9**"
+    assert lines[2] == "| strategy | erm | dfr |"
+    assert lines[4] == "| none | 0.125 ± 0.000 | — |"
+    assert lines[5] == "| ffr | 0.500 ± 0.000 | 0.250 ± 0.000 |"
