@@ -36,6 +36,21 @@ def cmd_data_validate(args) -> int:
     return 0
 
 
+def cmd_data_import(args) -> int:
+    from ffr.config import parse_set
+    from ffr.data.adapters import load_dataset
+    from ffr.data.manifest import format_group_counts
+
+    options = dict(parse_set(o) for o in args.option)
+    if args.no_files:
+        options["check_files"] = False
+    m = load_dataset(args.adapter, args.source, **options)
+    path = m.save(args.out)
+    print(f"{args.adapter}: {len(m)} images → {path}")
+    print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
+    return 0
+
+
 def cmd_data_split(args) -> int:
     from ffr.data.manifest import Manifest
     from ffr.data.splits import bias_rate_split
@@ -123,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="dataset directory or manifest.csv")
     p.add_argument("--no-files", action="store_true", help="skip opening the image files")
     p.set_defaults(func=cmd_data_validate)
+    p = dsub.add_parser("import", help="read a dataset as distributed (waterbirds, celeba, celeba_hq, utkface, "
+                                        "spuco_animals, folder, csv) into manifest.csv + card.json")
+    p.add_argument("adapter")
+    p.add_argument("source", help="the dataset's folder")
+    p.add_argument("--out", required=True, help="folder for manifest.csv and card.json")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="adapter option, e.g. label=Blond_Hair; repeatable")
+    p.add_argument("--no-files", action="store_true", help="do not open every image to check it")
+    p.set_defaults(func=cmd_data_import)
     p = dsub.add_parser("split", help="subsample train/val to a bias rate")
     p.add_argument("manifest")
     p.add_argument("--bias-rate", type=float, required=True)
