@@ -107,6 +107,27 @@ def cmd_probe_domain_gap(args) -> int:
     return 0
 
 
+def cmd_probe_shortcut(args) -> int:
+    from ffr.data.manifest import Manifest
+    from ffr.probes import format_shortcut, probe_checkpoint
+    from ffr.train.loop import resolve_device
+
+    parts = [Manifest.load(d) for d in args.manifest]
+    m = Manifest.concat(parts) if len(parts) > 1 else parts[0]
+    real = m.frame["source"] == "real"
+    m = Manifest(m.frame[~real | (m.frame["split"] == args.split)], m.card, m.root)
+    device = resolve_device(args.device)
+    results = [probe_checkpoint(ckpt, m, device, args.seed, args.cache) for ckpt in args.model]
+    text = json.dumps(results if len(results) > 1 else results[0], indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    print()
+    print(format_shortcut(results))
+    return 0
+
+
 def cmd_synthesize(args) -> int:
     from ffr.data.manifest import DatasetCard
     from ffr.synthesis import create_backend, synthesize
@@ -187,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
     p.set_defaults(func=cmd_probe_domain_gap)
+    p = psub.add_parser("shortcut", help="the (B, G) shortcut: real-vs-synthetic linear probe per group on a "
+                                         "model's features, and minority-group accuracy on real vs synthetic images")
+    p.add_argument("--model", required=True, action="append", help="checkpoint (.pt); repeatable")
+    p.add_argument("--manifest", required=True, action="append",
+                   help="dataset directory with real and/or synthetic rows; repeatable (concatenated)")
+    p.add_argument("--split", default="test", help="split of the real rows to use (synthetic rows: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", help="embeddings cache folder (default: embeddings/ beside each checkpoint)")
+    p.add_argument("--out", help="write the JSON report here")
+    p.set_defaults(func=cmd_probe_shortcut)
     return parser
 
 
