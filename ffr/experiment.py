@@ -282,6 +282,20 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
 
 
+def dotted(hp: dict, prefix: str = "") -> dict:
+    """Flatten a hyperparameter choice into dotted overrides. A search value may be a mapping —
+    a set of overrides under its key, e.g. ``finetune: [{}, {l2sp: 0.1}, {lpft_epochs: 3}]`` — so
+    alternatives that set several keys together are one axis, not a product."""
+    out = {}
+    for k, v in hp.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(dotted(v, key))
+        else:
+            out[key] = v
+    return out
+
+
 def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, ExperimentConfig]]:
     """Every (strategy, bias rate, seed, hparams, effective config) of the grid, for every
     objective (the effective config's ``objective``)."""
@@ -289,7 +303,7 @@ def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, Exper
     for objective in objectives_of(cfg):
         for strategy in cfg.strategies:
             for hp in _grid(cfg.search, strategy, objective):
-                eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **hp, "objective": objective})
+                eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **dotted(hp), "objective": objective})
                 for rate in cfg.bias_rates:
                     for seed in cfg.seeds:
                         cells.append((strategy, float(rate), int(seed), hp, eff))

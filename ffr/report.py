@@ -117,6 +117,28 @@ def wga_pivot(records: list[dict], metric: str = "worst_group_acc") -> str:
     return "\n".join(out).rstrip()
 
 
+def candidates_table(records: list[dict]) -> str:
+    """Every hyperparameter candidate of the cells that had several (validation WGA decides,
+    marked ✓), with its test WGA — how the searched variants compare. Empty without a search."""
+    by: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by[(r.get("dataset") or "", r["objective"], r["bias_rate"], r["strategy"])][_hp_key(r.get("hparams"))].append(r)
+    lines = []
+    for (ds, obj, rate, strat), cands in sorted(by.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        if len(cands) < 2:
+            continue
+        for hp, rs in sorted(cands.items()):
+            val = [r["val"]["worst_group_acc"] for r in rs]
+            test = [r["test"]["worst_group_acc"] for r in rs]
+            lines.append(f"| {ds} | {obj} | {rate} | {strat} | `{hp}` | {_pm(_mean(val), _std(val))} | "
+                         f"{_pm(_mean(test), _std(test))} | {'✓' if rs[0].get('selected') else ''} |")
+    if not lines:
+        return ""
+    return "\n".join(["**hyperparameter candidates** (chosen by validation WGA)", "",
+                      "| dataset | objective | bias rate | strategy | hparams | val WGA | test WGA | selected |",
+                      "|---|---|---|---|---|---|---|---|"] + lines)
+
+
 def write_results(records: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
     """``results.json`` (every record), ``results.md`` and ``results.csv`` (the selected summary)."""
     out = Path(out_dir)
@@ -124,7 +146,9 @@ def write_results(records: list[dict], out_dir: str | os.PathLike) -> dict[str, 
     tmp = paths["json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(records, indent=2) + "\n")
     os.replace(tmp, paths["json"])
-    paths["md"].write_text(markdown_table(records) + "\n\n" + wga_pivot(records) + "\n")
+    cands = candidates_table(records)
+    paths["md"].write_text(markdown_table(records) + "\n\n" + wga_pivot(records) + "\n"
+                           + (f"\n{cands}\n" if cands else ""))
     rows = summary_rows(records)
     with paths["csv"].open("w", newline="") as f:
         if rows:

@@ -146,3 +146,31 @@ def test_pivot_table_layout():
     assert lines[2] == "| strategy | erm | dfr |"
     assert lines[4] == "| none | 0.125 ± 0.000 | — |"
     assert lines[5] == "| ffr | 0.500 ± 0.000 | 0.250 ± 0.000 |"
+
+
+def test_search_alternatives_are_one_axis():
+    variants = [{}, {"l2sp": 0.1, "lpft_epochs": 1}, {"freeze_stages": 2}]
+    cfg = tiny_cfg(search={"ffr": {"finetune": variants}})
+    assert _grid(cfg.search, "ffr", "erm") == [{"finetune": v} for v in variants]
+    assert _grid(cfg.search, "none", "erm") == [{}]
+    effs = [c[4] for c in plan_cells(cfg) if c[0] == "ffr" and c[4].objective == "erm"]
+    assert [(e.finetune.l2sp, e.finetune.lpft_epochs, e.finetune.freeze_stages) for e in effs] == \
+        [(0.0, 0, 0), (0.1, 1, 0), (0.0, 0, 2)]
+    assert effs[1].finetune.epochs == 2   # the rest of the stage config is kept
+
+
+def test_candidates_table_marks_the_validation_choice():
+    from ffr.report import candidates_table, mark_selected
+
+    def rec(hp, val, test, seed):
+        return {"dataset": "d", "objective": "erm", "strategy": "ffr", "bias_rate": 0.99, "seed": seed,
+                "hparams": hp, "val": {"worst_group_acc": val, "balanced_acc": val},
+                "test": {"worst_group_acc": test, "balanced_acc": test}}
+
+    records = mark_selected([rec({"finetune": {"l2sp": 0.1}}, 0.6, 0.1, 0), rec({"finetune": {"l2sp": 0.1}}, 0.8, 0.3, 1),
+                             rec({}, 0.5, 0.9, 0), rec({}, 0.5, 0.9, 1)])
+    lines = candidates_table(records).splitlines()
+    assert len(lines) == 6
+    assert lines[5] == "| d | erm | 0.99 | ffr | `{}` | 0.500 ± 0.000 | 0.900 ± 0.000 |  |"
+    assert lines[4] == '| d | erm | 0.99 | ffr | `{"finetune": {"l2sp": 0.1}}` | 0.700 ± 0.141 | 0.200 ± 0.141 | ✓ |'
+    assert candidates_table([rec({}, 0.5, 0.9, 0)]) == ""
