@@ -70,7 +70,7 @@ def cmd_compare(args) -> int:
     from ffr.report import markdown_table
 
     cfg = load_config(args.config, args.set)
-    records = compare(cfg, args.out, progress=not args.quiet)
+    records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers)
     print()
     print(markdown_table(records))
     print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
@@ -83,7 +83,7 @@ def cmd_sweep(args) -> int:
     from ffr.report import markdown_table, wga_pivot
 
     cfg = load_config(args.config, args.set)
-    records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots)
+    records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers)
     print()
     print(markdown_table(records))
     print()
@@ -141,6 +141,55 @@ def cmd_synthesize(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from ffr.config import load_config
+    from ffr.data.manifest import format_group_counts
+    from ffr.stages import prepare
+
+    cfg = load_config(args.config, args.set)
+    m = prepare(cfg.data.dataset, args.out, args.bias_rate, args.seed, cfg.data.min_val_per_group,
+                cfg.data.demo, args.source)
+    print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
+    return 0
+
+
+def cmd_balance(args) -> int:
+    from ffr.stages import balance_stage
+
+    summary = balance_stage(args.strategy, args.real, args.synthetic, args.out)
+    for st in summary["stages"]:
+        print(f"{st['name']}: {st['n']} images ({st['synthetic']} synthetic) {st['groups']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ffr.config import load_config
+    from ffr.experiment import stage_config
+    from ffr.stages import train_stage
+
+    cfg = load_config(args.config, args.set)
+    objective = "erm" if args.stage == "pretrain" else cfg.objective
+    summary = train_stage(args.train, args.val, args.out, stage_config(cfg, args.stage), cfg.backbone, objective,
+                          objective_options=cfg.objective_options.get(objective), init=args.init, weights=cfg.weights, image_size=cfg.data.image_size,
+                          seed=args.seed, device=cfg.device, stage=args.stage)
+    v = summary["val"]
+    print(f"{args.stage}: best epoch {summary['best_epoch']}, val WGA {v['worst_group_acc']:.3f}, "
+          f"balanced {v['balanced_acc']:.3f} -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ffr.stages import evaluate_stage
+
+    m = evaluate_stage(args.model, args.data, args.split, args.out)
+    print(f"{args.split}: worst-group {m['worst_group_acc']:.3f} ({m['worst_group']}), "
+          f"balanced {m['balanced_acc']:.3f}, average {m['average_acc']:.3f}")
+    for g, v in m["groups"].items():
+        acc = "absent" if v["acc"] is None else f"{v['acc']:.3f}"
+        print(f"  {g:<24} {acc:>8}  n={v['n']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ffr`` argument parser (reused by every launcher)."""
     from ffr import __version__
@@ -184,10 +233,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_synthesize)
 
+    p = sub.add_parser("prepare", parents=[_config_parent()], help="load a dataset and split it to a bias rate")
+    p.add_argument("--bias-rate", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", help="where the demo dataset is built (default: next to --out)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("balance", help="the training set(s) of a strategy: none, usb, asb, ffr")
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--real", required=True, help="prepared (split) real dataset directory")
+    p.add_argument("--synthetic", help="synthetic pool directory (all strategies but none)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_balance)
+
+    p = sub.add_parser("train", parents=[_config_parent()], help="one call of the training loop")
+    p.add_argument("--train", required=True, help="training manifest directory")
+    p.add_argument("--val", required=True, help="dataset directory whose real 'val' rows select the checkpoint")
+    p.add_argument("--stage", choices=["train", "pretrain", "finetune"], default="train")
+    p.add_argument("--init", help="checkpoint to start from (FFR step 2: step 1's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="group metrics of a checkpoint on a split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("compare", parents=[_config_parent()],
                        help="strategies × bias rates × seeds on a dataset (the demo by default)")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", parents=[_config_parent()],
@@ -196,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_sweep)
 
     probe = sub.add_parser("probe", help="diagnostics")
@@ -210,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe_domain_gap)
     p = psub.add_parser("shortcut", help="the (B, G) shortcut: real-vs-synthetic linear probe per group on a "
                                          "model's features, and minority-group accuracy on real vs synthetic images")
-    p.add_argument("--model", required=True, action="append", help="checkpoint (.pt); repeatable")
+    p.add_argument("--model", required=True, action="append",
+                   help="checkpoint (.pt) or a finished grid cell's directory; repeatable")
     p.add_argument("--manifest", required=True, action="append",
                    help="dataset directory with real and/or synthetic rows; repeatable (concatenated)")
     p.add_argument("--split", default="test", help="split of the real rows to use (synthetic rows: all)")

@@ -103,6 +103,7 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
 
 
 def stage_config(cfg: ExperimentConfig, stage: str):
+    """The training settings of stage ``train`` (none/usb/asb), ``pretrain`` or ``finetune`` (FFR)."""
     return {"train": cfg.train, "pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
 
 
@@ -116,44 +117,31 @@ def objective_for(cfg: ExperimentConfig, name: str):
     return create_objective(name, **(cfg.objective_options.get(name) or {}))
 
 
-def state_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's state dict (names and values)."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _identity(objective) -> str:
+    """What of an objective a stage key depends on: its name and options."""
+    return objective.name + (json.dumps(objective.options, sort_keys=True) if objective.options else "")
 
 
-def stage_key(cfg: ExperimentConfig, tcfg, trainer, train: Manifest, val: Manifest, init: str | None,
-              seed: int, device: torch.device) -> str:
-    """Everything one call of the training loop depends on, hashed: a stage with the same key
-    trains the same model, whichever cell (strategy, objective, hyperparameters) asks for it."""
-    blob = json.dumps({"train_cfg": asdict(tcfg), "objective": trainer.name, "options": trainer.options,
+def stage_key(train: Manifest, val: Manifest, tcfg, objective: str, cfg: ExperimentConfig, seed: int,
+              init_key: str | None) -> str:
+    """Identity of one training stage: its data, settings, seed and starting point. Two cells
+    whose stage has the same key share it (e.g. FFR's step 1 under every step-2 variant)."""
+    blob = json.dumps({"train": train.digest(), "val": val.digest(), "cfg": asdict(tcfg), "objective": objective,
                        "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.data.image_size,
-                       "train": train.digest(), "val": val.digest(), "init": init, "seed": seed,
-                       "device": device.type}, sort_keys=True, default=str)
+                       "seed": seed, "init": init_key}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _trained_stage(cache: Path | None, key: str):
-    """A stage's selected model and fit summary from the stage cache, or ``None``."""
-    if cache is None or not (cache / key / "fit.json").is_file():
-        return None
-    model, _ = load_checkpoint(cache / key / "model.pt")
-    return model, json.loads((cache / key / "fit.json").read_text())
 
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
              bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
-             hparams: dict | None = None, progress: bool = False, stage_cache: str | os.PathLike | None = None,
-             dataset: str | None = None) -> dict:
+             hparams: dict | None = None, progress: bool = False,
+             stage_cache: str | os.PathLike | None = None, dataset: str | None = None) -> dict:
     """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
 
-    With ``stage_cache`` (a directory), every stage's trained model is kept there under
-    :func:`stage_key` and reused by any later cell with an identical stage: FFR's step 1 is shared
-    by every objective, and DFR (which trains exactly like ERM, ``Objective.trains_as``) re-fits
-    only the last layer of the ERM cell's model.
+    With ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
+    ``stage_cache/<key>/`` instead of being trained again. An objective that trains like another
+    (``Objective.trains_as``: DFR trains like ERM) shares that objective's stage and only applies
+    its :meth:`~ffr.train.objectives.Objective.finalize` (DFR's last-layer retraining) in the cell.
     """
     t0 = time.time()
     cell_dir = Path(cell_dir)
@@ -165,59 +153,60 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     report.save(cell_dir / "split_report.json")
     plan = balance(strategy, split.select(split="train", source="real"), pool)
     (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
-    val = bank.tensors(split.select(split="val", source="real"))
-    test = bank.tensors(split.select(split="test", source="real"))
-    n_classes = len(real.card.classes)
+    val_manifest = split.select(split="val", source="real")
+    val, test = bank.tensors(val_manifest), bank.tensors(split.select(split="test", source="real"))
     models: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     stages = []
     history_path = cell_dir / "history.jsonl"
     history_path.unlink(missing_ok=True)
     for stage in plan.stages:
-        tcfg = stage_config(cfg, "train" if stage.name == "train" else stage.name)
+        tcfg = stage_config(cfg, stage.name)
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
         # configured objective.
         objective = objective_for(cfg, "erm" if stage.name == "pretrain" else cfg.objective)
         trainer = objective_for(cfg, objective.trains_as) if objective.trains_as else objective
-        torch.manual_seed(seed)  # the same initial weights whether or not earlier stages were cached
-        model = create_model(cfg.backbone, n_classes, cfg.weights)
-        if stage.init_from:
-            model.load_state_dict(models[stage.init_from].state_dict())
-        train = bank.tensors(stage.train)
-        meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
-                "bias_values": list(real.card.bias_values), "image_size": cfg.data.image_size,
-                "normalize": tcfg.normalize, "stage": stage.name, "strategy": strategy}
-        key = stage_key(cfg, tcfg, trainer, stage.train, split.select(split="val", source="real"),
-                        state_digest(model) if stage.init_from else None, seed, device)
-        cached = _trained_stage(Path(stage_cache) if stage_cache else None, key)
-        if cached is not None:
-            model, fitted = cached
-            model.to(device)
-            with history_path.open("a") as f:
-                f.writelines(json.dumps({"stage": stage.name, **rec}) + "\n" for rec in fitted["history"])
+        key = stage_key(stage.train, val_manifest, tcfg, _identity(trainer), cfg, seed, keys.get(stage.init_from))
+        keys[stage.name] = key
+        sdir = Path(stage_cache) / key if stage_cache else cell_dir / stage.name
+        if (sdir / "stage.json").is_file():
+            model, _ = load_checkpoint(sdir / "model.pt", device)
+            done = json.loads((sdir / "stage.json").read_text())
+            best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
         else:
-            def log(rec, _stage=stage.name):
-                with history_path.open("a") as f:
-                    f.write(json.dumps({"stage": _stage, **rec}) + "\n")
+            sdir.mkdir(parents=True, exist_ok=True)
+            seed_everything(seed)  # per stage, so a stage's result does not depend on the cache
+            model = create_model(cfg.backbone, len(real.card.classes), cfg.weights)
+            if stage.init_from:
+                model.load_state_dict(models[stage.init_from].state_dict())
+            (sdir / "history.jsonl").unlink(missing_ok=True)
 
-            result = fit(model, train, val, trainer, tcfg, device, seed=seed, log=log, progress=progress,
+            def log(rec, _path=sdir / "history.jsonl"):
+                with _path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+
+            result = fit(model, bank.tensors(stage.train), val, trainer, tcfg, device,
+                         seed=seed, log=log, progress=progress,
                          desc=f"{strategy} {cfg.objective} r={bias_rate} s={seed} {stage.name}")
-            model = result.model
-            fitted = {"best_epoch": result.best_epoch, "val": result.best_val, "history": result.history,
-                      "state": trainer.state()}
-            if stage_cache:
-                save_checkpoint(Path(stage_cache) / key / "model.pt", model, meta)
-                _write_json(Path(stage_cache) / key / "fit.json", fitted)
-        best_val, state = fitted["val"], fitted["state"]
+            model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
+            save_checkpoint(sdir / "model.pt", model, _meta(cfg, real, tcfg, stage.name, trainer.name, best_epoch))
+            _write_json(sdir / "stage.json", {"key": key, "best_epoch": best_epoch, "val": best_val,
+                                              "objective_state": state})
+        checkpoint = sdir / "model.pt"
         if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
+            train = bank.tensors(stage.train)
             objective.setup(objective_context(train, tcfg, device, seed))
             model = objective.finalize(model, train, val, device)
             best_val, state = evaluate(model, val, device, tcfg.normalize, tcfg.eval_batch_size), objective.state()
+            checkpoint = save_checkpoint(cell_dir / f"{stage.name}_{objective.name}.pt", model,
+                                         _meta(cfg, real, tcfg, stage.name, objective.name, best_epoch))
         models[stage.name] = model
-        save_checkpoint(cell_dir / f"{stage.name}.pt", model, {**meta, "best_epoch": fitted["best_epoch"]})
-        stages.append({"name": stage.name, "n_train": len(stage.train), "best_epoch": fitted["best_epoch"],
-                       "objective": objective.name, "objective_state": state, "stage_key": key,
-                       "val": best_val,
-                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
+        with history_path.open("a") as f:
+            for line in (sdir / "history.jsonl").read_text().splitlines():
+                f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
+        stages.append({"name": stage.name, "key": key, "checkpoint": str(checkpoint), "objective": objective.name,
+                       "objective_state": state, "n_train": len(stage.train), "best_epoch": best_epoch,
+                       "val": best_val, "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
     final = stages[-1]
     record = {
         "dataset": dataset or dataset_name(cfg),
@@ -229,6 +218,12 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     }
     _write_json(cell_dir / "record.json", record)
     return record
+
+
+def _meta(cfg: ExperimentConfig, real: Manifest, tcfg, stage: str, objective: str, best_epoch: int) -> dict:
+    return {"backbone": cfg.backbone, "classes": list(real.card.classes), "bias_values": list(real.card.bias_values),
+            "image_size": cfg.data.image_size, "normalize": tcfg.normalize, "stage": stage, "objective": objective,
+            "best_epoch": best_epoch}
 
 
 def _write_json(path: Path, data) -> None:
@@ -268,16 +263,30 @@ def _grid(search: dict, strategy: str, objective: str | None = None) -> list[dic
     return [dict(zip(keys, vals)) for vals in itertools.product(*(space[k] for k in keys))]
 
 
+def _diff(value, default):
+    """The parts of ``value`` that differ from ``default`` (nested dicts compared key by key)."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: _diff(v, default.get(k)) for k, v in value.items() if k not in default or v != default[k]}
+        return out
+    return value
+
+
 def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict) -> str:
-    """A directory name that changes whenever anything the cell depends on changes."""
-    relevant = asdict(cfg)
+    """A directory name that changes whenever anything the cell depends on changes.
+
+    Only the settings that differ from the defaults enter the hash, so adding a new option (with
+    a default) to the config does not invalidate cells that are already finished.
+    """
+    from ffr import __version__
+
+    relevant = _diff(asdict(cfg), asdict(ExperimentConfig()))
     for k in ("strategies", "bias_rates", "seeds", "search", "overrides", "objectives", "objective_options",
               "datasets"):
-        relevant.pop(k)
+        relevant.pop(k, None)
     if cfg.objective_options.get(cfg.objective):  # only the cell's own objective's options matter
         relevant["objective_options"] = cfg.objective_options[cfg.objective]
-    blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams,
+                       "version": __version__}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
 
@@ -310,12 +319,33 @@ def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, Exper
     return cells
 
 
+def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
+               cells: list, threads: int | None = None, dataset: str | None = None) -> list[dict]:
+    """Run ``cells`` one after the other (in a worker process when ``threads`` is set)."""
+    if threads:
+        torch.set_num_threads(threads)
+    bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+    records = []
+    for strategy, rate, seed, hp, eff in cells:
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, stage_cache=out / "stages",
+                                dataset=dataset))
+    return records
+
+
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None, dataset: str | None = None) -> list[dict]:
+            on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None) -> list[dict]:
     """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×
     seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
-    Trained stages are shared between cells through ``out_dir/stages`` (:func:`run_cell`)."""
+
+    With ``workers`` > 1 the unfinished cells run in that many processes (the CPU threads shared
+    among them). Cells that differ only in hyperparameters run in one process, one after the
+    other, so the stages they share (FFR's step 1) are trained once.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
     from ffr.report import mark_selected, write_results
 
     out = Path(out_dir)
@@ -325,39 +355,54 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     needs_pool = any(s != "none" for s in cfg.strategies)
     pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
-    bank = None
-    records = []
+    done: dict[str, dict] = {}
+    todo: dict[tuple, list] = {}
+    for cell in cells:
+        strategy, rate, seed, hp, eff = cell
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        if (cdir / "record.json").is_file():
+            done[cdir.name] = json.loads((cdir / "record.json").read_text())
+        else:
+            # cells of one (strategy, rate, seed) share stages (FFR's step 1, ERM for DFR): one process
+            todo.setdefault((strategy, rate, seed), []).append(cell)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(cells), desc="compare", unit="cell")
+        bar = tqdm(total=len(cells), initial=len(done), desc="compare", unit="cell")
+
+    def finished(batch: list[dict]) -> None:
+        for record in batch:
+            if bar is not None:
+                bar.set_postfix(last=f"{record['objective']} {record['strategy']} r={record['bias_rate']} s={record['seed']} "
+                                     f"wga={record['test']['worst_group_acc']:.2f}")
+                bar.update(1)
+
+    if workers <= 1 or len(todo) <= 1:
+        for group in todo.values():
+            finished(_run_cells(cfg, real, pool, out, group, dataset=dataset))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset) for group in todo.values()]
+            for fut in as_completed(futures):
+                finished(fut.result())
+    if bar is not None:
+        bar.close()
+    records = []
     for strategy, rate, seed, hp, eff in cells:
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
-        done = cdir / "record.json"
-        if done.is_file():
-            record = json.loads(done.read_text())
-        else:
-            if bank is None:
-                bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
-            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp,
-                              stage_cache=out / "stages", dataset=dataset)
+        record = done.get(cdir.name) or json.loads((cdir / "record.json").read_text())
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
             on_cell(record)
-        if bar is not None:
-            bar.set_postfix(last=f"{eff.objective} {strategy} r={rate} s={seed} "
-                                 f"wga={record['test']['worst_group_acc']:.2f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     records = mark_selected(records)
     write_results(records, out)
     return records
 
 
 def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-          on_cell: Callable[[dict], None] | None = None, plots: bool = True) -> list[dict]:
+          on_cell: Callable[[dict], None] | None = None, plots: bool = True, workers: int = 1) -> list[dict]:
     """``ffr sweep``: :func:`compare` for every dataset of ``cfg.datasets`` (each in
     ``out_dir/<name>``; or the one dataset of ``cfg.data`` in ``out_dir`` itself), then the
     combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.plots`) in ``out_dir``.
@@ -366,7 +411,7 @@ def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = Tr
 
     out = Path(out_dir)
     if not cfg.datasets:
-        records = compare(cfg, out, progress, on_cell)
+        records = compare(cfg, out, progress, on_cell, workers)
     else:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -374,7 +419,7 @@ def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = Tr
         for name, overrides in cfg.datasets.items():
             eff = with_overrides(cfg, dict(overrides or {}))
             eff.datasets = {}
-            records += compare(eff, out / name, progress, on_cell, dataset=name)
+            records += compare(eff, out / name, progress, on_cell, workers, dataset=name)
         records = mark_selected(records)
         write_results(records, out)
     if plots:

@@ -18,6 +18,7 @@ real test split.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -97,14 +98,39 @@ def shortcut_probe(model, data: TensorData, device: torch.device | str = "cpu", 
     return out
 
 
+def cell_checkpoint(cell_dir: str | os.PathLike) -> tuple[Path, str]:
+    """The final model of a finished grid cell (``record.json``'s last stage) and a label
+    ``<strategy> <objective> r=<rate> s=<seed>``."""
+    cell_dir = Path(cell_dir)
+    record = json.loads(_require_file(cell_dir / "record.json").read_text())
+    last = record["stages"][-1]
+    # the recorded path may be relative to where the grid ran: look beside the grid too
+    candidates = [Path(last["checkpoint"]), cell_dir.parent.parent / "stages" / last["key"] / "model.pt",
+                  cell_dir / Path(last["checkpoint"]).name]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{cell_dir}: checkpoint not found (tried {[str(c) for c in candidates]})")
+    return path, f"{record['strategy']} {record['objective']} r={record['bias_rate']} s={record['seed']}"
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"not found: {path}")
+    return path
+
+
 def probe_checkpoint(checkpoint: str | os.PathLike, manifest: Manifest, device: str | torch.device = "cpu",
                      seed: int = 0, cache_dir: str | os.PathLike | None = None) -> dict:
     """:func:`shortcut_probe` of a saved checkpoint (its image size and normalisation from its
-    metadata), features cached on disk in ``cache_dir`` (default: ``embeddings/`` beside the
-    checkpoint) keyed by the checkpoint's bytes and the manifest's digest."""
+    metadata) or of a grid cell's directory (its final model), features cached on disk in
+    ``cache_dir`` (default: ``embeddings/`` beside the checkpoint) keyed by the checkpoint's bytes
+    and the manifest's digest."""
     from ffr.train.embeddings import cached_embed, embedding_key
     from ffr.train.loop import load_checkpoint
 
+    label = None
+    if Path(checkpoint).is_dir():
+        checkpoint, label = cell_checkpoint(checkpoint)
     device = torch.device(device)
     model, meta = load_checkpoint(checkpoint, device)
     size, normalize = int(meta["image_size"]), meta.get("normalize", "imagenet")
@@ -115,7 +141,7 @@ def probe_checkpoint(checkpoint: str | os.PathLike, manifest: Manifest, device: 
     cache = Path(cache_dir) if cache_dir else Path(checkpoint).parent / "embeddings"
     feats, hit = cached_embed(model, data, device, key, cache, normalize)
     out = shortcut_probe(model, data, device, normalize, features=feats, seed=seed)
-    return {"model": str(checkpoint), "strategy": meta.get("strategy"), "stage": meta.get("stage"),
+    return {"model": str(checkpoint), "label": label or f"{meta.get('stage', '')} {meta.get('objective', '')}".strip(),
             "features_cached": hit, **out}
 
 
@@ -126,7 +152,7 @@ def format_shortcut(results: list[dict]) -> str:
     f = lambda v: "—" if v is None else f"{v:.3f}"
     for r in results:
         m = r["minority"]
-        lines.append(f"| {r.get('strategy') or ''} `{Path(r['model']).parent.name}/{Path(r['model']).name}` | "
+        lines.append(f"| {r['label']} | "
                      f"{f(r['probe_acc_mean'])} | {f(m['model_acc_real'])} | {f(m['model_acc_synthetic'])} | "
                      f"{f(m['synthetic_minus_real'])} |")
     return "\n".join(lines)

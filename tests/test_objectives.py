@@ -189,3 +189,23 @@ def test_fold_head_matches_dfr_logits():
     with torch.no_grad():
         out = folded(torch.as_tensor(x, dtype=torch.float32)).numpy()
     assert out == pytest.approx(head.logits(x).T, abs=1e-4)
+
+
+def test_dfr_model_survives_a_checkpoint(tmp_path):
+    from ffr.train.backbones import create_model
+    from ffr.train.loop import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 2)
+    x = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        feats = model.eval().embed(x).numpy()
+    head = dfr_fit(np.concatenate([feats] * 4), np.array([0, 1] * 12), np.array([0, 1, 2, 3] * 6), 2,
+                   Cs=(1.0,), n_refits=2)
+    folded = fold_head(model, head).eval()
+    path = save_checkpoint(tmp_path / "dfr.pt", folded, {"backbone": "small_cnn", "classes": ["a", "b"]})
+    loaded, meta = load_checkpoint(path)
+    assert meta["feature_norm"] and loaded.feature_norm
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), folded(x), atol=1e-6)
+        assert torch.allclose(folded(x), torch.as_tensor(head.logits(feats).T, dtype=torch.float32), atol=1e-4)

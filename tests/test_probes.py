@@ -93,7 +93,7 @@ def test_probe_checkpoint_caches_features_and_cli(tmp_path, capsys):
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "m" / "model.pt", create_model("small_cnn", 2),
                            {"backbone": "small_cnn", "classes": CARD.classes, "image_size": 8,
-                            "normalize": "imagenet", "strategy": "usb", "stage": "train"})
+                            "normalize": "imagenet", "objective": "erm", "stage": "train"})
     m = Manifest.concat([Manifest.load(tmp_path / "real"), Manifest.load(tmp_path / "synth")])
     first = probe_checkpoint(ckpt, m)
     second = probe_checkpoint(ckpt, m)
@@ -105,8 +105,8 @@ def test_probe_checkpoint_caches_features_and_cli(tmp_path, capsys):
     assert main(["probe", "shortcut", "--model", str(ckpt), "--manifest", str(tmp_path / "real"),
                  "--manifest", str(tmp_path / "synth"), "--device", "cpu", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
-    assert saved["n_real"] == 24 and saved["n_synthetic"] == 24 and saved["strategy"] == "usb"
-    assert "| usb `m/model.pt` |" in capsys.readouterr().out
+    assert saved["n_real"] == 24 and saved["n_synthetic"] == 24 and saved["label"] == "train erm"
+    assert "| train erm |" in capsys.readouterr().out
     # real rows of another split are left out
     assert main(["probe", "shortcut", "--model", str(ckpt), "--manifest", str(tmp_path / "real"),
                  "--manifest", str(tmp_path / "synth"), "--split", "val", "--device", "cpu"]) == 2

@@ -34,9 +34,10 @@ def tiny_cfg(**extra) -> ExperimentConfig:
     return from_dict(ExperimentConfig, {**TINY, **extra})
 
 
-def comparable(records):
-    """Records without wall-clock fields."""
-    return sorted((json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) for r in records))
+def comparable(records, out):
+    """Records without wall-clock fields, with the output folder's path replaced."""
+    return sorted(json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True).replace(str(out), "OUT")
+                  for r in records)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_sweep_outputs(reference):
     assert {r["objective"] for r in records} == {"erm", "groupdro", "dfr"}
     assert all(r["dataset"] == "demo" and r["selected"] for r in records)
     saved = json.loads((out / "results.json").read_text())
-    assert comparable(saved) == comparable(records)
+    assert comparable(saved, out) == comparable(records, out)
     md = (out / "results.md").read_text()
     assert "| groupdro | 0.9 | ffr |" in md and "| strategy | erm | groupdro | dfr |" in md
     assert (out / "results.csv").read_text().splitlines()[0].startswith("dataset,objective,bias_rate,strategy")
@@ -60,10 +61,11 @@ def test_sweep_outputs(reference):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # DFR shares ERM's training: same stage key, and its final model has a refitted head
     by = {(r["objective"], r["strategy"]): r for r in records}
-    assert by[("dfr", "none")]["stages"][0]["stage_key"] == by[("erm", "none")]["stages"][0]["stage_key"]
+    assert by[("dfr", "none")]["stages"][0]["key"] == by[("erm", "none")]["stages"][0]["key"]
+    assert by[("dfr", "none")]["stages"][0]["checkpoint"] != by[("erm", "none")]["stages"][0]["checkpoint"]
     assert by[("dfr", "none")]["stages"][0]["objective_state"]["dfr/C"] in (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
     # FFR's step 1 is trained once for all objectives
-    keys = {r["stages"][0]["stage_key"] for r in records if r["strategy"] == "ffr"}
+    keys = {r["stages"][0]["key"] for r in records if r["strategy"] == "ffr"}
     assert len(keys) == 1
     # GroupDRO's options reach the objective and its group weights are logged
     assert by[("groupdro", "none")]["objective_options"] == {"eta": 0.05}
@@ -73,29 +75,34 @@ def test_sweep_outputs(reference):
 
 
 @pytest.mark.slow
-def test_sweep_killed_midway_resumes_to_the_same_results(reference, tmp_path):
-    _, expected = reference
-    seen = []
+def test_sweep_killed_midway_resumes_to_the_same_results(reference, tmp_path, monkeypatch):
+    import ffr.experiment as experiment
 
-    def crash(record):
-        seen.append(record)
-        if len(seen) == 3:
+    ref_out, expected = reference
+    real_run_cell, calls = experiment.run_cell, []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # killed during the fourth cell
             raise KeyboardInterrupt("killed")
+        return real_run_cell(*args, **kwargs)
 
+    monkeypatch.setattr(experiment, "run_cell", crash)
     with pytest.raises(KeyboardInterrupt):
-        sweep(tiny_cfg(), tmp_path, progress=False, on_cell=crash)
+        sweep(tiny_cfg(), tmp_path, progress=False)
+    monkeypatch.setattr(experiment, "run_cell", real_run_cell)
     done = sorted(tmp_path.glob("cells/*/record.json"))
     assert len(done) == 3
     mtimes = {p: p.stat().st_mtime_ns for p in done}
     resumed = sweep(tiny_cfg(), tmp_path, progress=False)
     assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # finished cells were not recomputed
-    assert comparable(resumed) == comparable(expected)
+    assert comparable(resumed, tmp_path) == comparable(expected, ref_out)
 
 
 @pytest.mark.slow
 def test_sweep_killed_by_a_signal_resumes_to_the_same_results(reference, tmp_path):
     """A real kill (SIGKILL) of the CLI process in the middle of the grid."""
-    _, expected = reference
+    ref_out, expected = reference
     import yaml
 
     cfg_path = tmp_path / "tiny.yaml"
@@ -118,7 +125,7 @@ def test_sweep_killed_by_a_signal_resumes_to_the_same_results(reference, tmp_pat
         assert len(list(out.glob("cells/*/record.json"))) < len(expected)
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     resumed = json.loads((out / "results.json").read_text())
-    assert comparable(resumed) == comparable(expected)
+    assert comparable(resumed, out) == comparable(expected, ref_out)
 
 
 def test_search_keys_only_multiply_the_cells_they_concern():

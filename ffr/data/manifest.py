@@ -249,19 +249,19 @@ class Manifest:
     def labels(self) -> np.ndarray:
         """Class indices (into ``card.classes``)."""
         idx = {c: i for i, c in enumerate(self.card.classes)}
-        return self.frame["label"].map(idx).to_numpy(dtype=np.int64)
+        return self.frame["label"].map(idx).to_numpy(dtype=np.int64, copy=True)
 
     def biases(self) -> np.ndarray:
         """Bias-value indices (into ``card.bias_values``)."""
         idx = {b: i for i, b in enumerate(self.card.bias_values)}
-        return self.frame["bias"].map(idx).to_numpy(dtype=np.int64)
+        return self.frame["bias"].map(idx).to_numpy(dtype=np.int64, copy=True)
 
     def groups(self) -> np.ndarray:
         """Group indices: label * n_bias + bias."""
         return self.labels() * len(self.card.bias_values) + self.biases()
 
     def is_synthetic(self) -> np.ndarray:
-        return (self.frame["source"] == "synthetic").to_numpy()
+        return (self.frame["source"] == "synthetic").to_numpy(copy=True)
 
     def group_counts(self) -> dict[tuple[str, str], int]:
         """Rows per (label, bias) group, every group of the card present (0 when empty)."""

@@ -1,0 +1,137 @@
+"""The pipeline's stages as plain functions over directories: the one implementation behind the
+CLI stage commands, the DVC stages and the Kubeflow components.
+
+Every stage reads explicit inputs (dataset directories, checkpoints) and writes one output
+directory or file; none finds another stage's output by scanning folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ffr.balance import balance, pool_requirement
+from ffr.data.manifest import Manifest
+from ffr.data.splits import bias_rate_split
+from ffr.train.loop import TrainConfig
+
+
+def _write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def prepare(dataset: str, out_dir: str | os.PathLike, bias_rate: float, seed: int = 0,
+            min_val_per_group: int = 10, demo: dict | None = None,
+            source_dir: str | os.PathLike | None = None) -> Manifest:
+    """Load a dataset (``demo`` builds the built-in benchmark under ``source_dir``, default
+    ``out_dir/../source``) and write its bias-rate split to ``out_dir`` (manifest.csv, card.json,
+    split_report.json). Returns the split manifest."""
+    out_dir = Path(out_dir)
+    if dataset == "demo":
+        from ffr.data.demo import DemoSpec, make_demo
+
+        real = make_demo(Path(source_dir) if source_dir else out_dir.parent / "source", DemoSpec(**(demo or {})))
+    else:
+        real = Manifest.load(dataset)
+    split, report = bias_rate_split(real, bias_rate, seed, min_val_per_group)
+    split.save(out_dir)
+    report.save(out_dir / "split_report.json")
+    return split
+
+
+def synthetic_need(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr")) -> dict[tuple[str, str], int]:
+    """Synthetic images per group that serve ``strategies`` on the prepared dataset ``real_dir``."""
+    real = Manifest.load(real_dir, check_files=False)
+    return pool_requirement(list(strategies), [real.select(split="train", source="real").group_counts()])
+
+
+def balance_stage(strategy: str, real_dir: str | os.PathLike, synthetic_dir: str | os.PathLike | None,
+                  out_dir: str | os.PathLike) -> dict:
+    """Write the training set of every stage of ``strategy`` to ``out_dir/<stage>/`` and the plan
+    to ``out_dir/plan.json``; returns the plan summary."""
+    real = Manifest.load(real_dir)
+    pool = Manifest.load(synthetic_dir) if synthetic_dir else None
+    plan = balance(strategy, real, pool)
+    out = Path(out_dir)
+    for stage in plan.stages:
+        stage.train.save(out / stage.name)
+    summary = plan.summary()
+    _write_json(out / "plan.json", summary)
+    return summary
+
+
+def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_path: str | os.PathLike,
+                cfg: TrainConfig | None = None, backbone: str = "small_cnn", objective: str = "erm",
+                objective_options: dict | None = None, init: str | os.PathLike | None = None,
+                weights: str | None = None, image_size: int = 32, seed: int = 0,
+                device: str = "auto", stage: str = "train") -> dict:
+    """Train on the manifest in ``train_dir`` (all its rows), select the checkpoint by worst-group
+    accuracy on the real ``val`` split of ``val_dir``, and write it to ``out_path`` with
+    ``<out_path>.history.jsonl`` and ``<out_path>.json`` (best epoch and validation metrics).
+    ``init`` is a checkpoint whose weights start the run (FFR's step 2 starts from step 1)."""
+    from ffr.data.loading import TensorData
+    from ffr.train.backbones import create_model
+    from ffr.train.loop import fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+    from ffr.train.objectives import create_objective
+
+    cfg = cfg or TrainConfig()
+    seed_everything(seed)
+    train = Manifest.load(train_dir)
+    val = Manifest.load(val_dir).select(split="val", source="real")
+    if len(val) == 0:
+        raise ValueError(f"{val_dir}: no real rows in split 'val' to select checkpoints with")
+    dev = resolve_device(device)
+    model = create_model(backbone, len(train.card.classes), weights)
+    if init is not None:
+        start, meta = load_checkpoint(init)
+        if meta["classes"] != list(train.card.classes):
+            raise ValueError(f"{init}: checkpoint classes {meta['classes']} differ from the dataset's {train.card.classes}")
+        model.load_state_dict(start.state_dict())
+    out_path = Path(out_path)
+    history = out_path.with_name(out_path.name + ".history.jsonl")
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.unlink(missing_ok=True)
+
+    def log(rec):
+        with history.open("a") as f:
+            f.write(json.dumps({"stage": stage, **rec}) + "\n")
+
+    result = fit(model, TensorData.from_manifest(train, image_size), TensorData.from_manifest(val, image_size),
+                 create_objective(objective, **(objective_options or {})), cfg, dev, seed=seed, log=log)
+    meta = {"backbone": backbone, "classes": list(train.card.classes), "bias_values": list(train.card.bias_values),
+            "image_size": image_size, "normalize": cfg.normalize, "stage": stage, "objective": objective,
+            "best_epoch": result.best_epoch, "train_digest": train.digest()}
+    save_checkpoint(out_path, result.model, meta)
+    summary = {"checkpoint": str(out_path), "best_epoch": result.best_epoch, "val": result.best_val, "meta": meta}
+    _write_json(out_path.with_name(out_path.name + ".json"), summary)
+    return summary
+
+
+def evaluate_stage(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test",
+                   out_path: str | os.PathLike | None = None, device: str = "auto") -> dict:
+    """Group metrics of ``checkpoint`` on the real rows of ``split`` in ``data_dir``, plus the
+    confusion matrix; written to ``out_path`` (JSON) when given."""
+    from ffr.data.loading import TensorData
+    from ffr.metrics import GroupTally, confusion_matrix, metrics_from_tally
+    from ffr.train.loop import load_checkpoint, predict, resolve_device
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    data = Manifest.load(data_dir).select(split=split, source="real")
+    if list(data.card.classes) != meta["classes"]:
+        raise ValueError(f"{checkpoint}: model classes {meta['classes']} differ from {data_dir}'s {data.card.classes}")
+    tensors = TensorData.from_manifest(data, int(meta["image_size"]))
+    pred = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"))
+    metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups), data.card)
+    metrics["split"] = split
+    metrics["confusion"] = confusion_matrix(pred, tensors.labels, len(data.card.classes)).tolist()
+    metrics["classes"] = list(data.card.classes)
+    metrics["data_digest"] = data.digest()
+    if out_path is not None:
+        _write_json(Path(out_path), metrics)
+    return metrics
