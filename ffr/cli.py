@@ -109,15 +109,21 @@ def cmd_probe_domain_gap(args) -> int:
 
 def cmd_probe_shortcut(args) -> int:
     from ffr.data.manifest import Manifest
-    from ffr.probes import format_shortcut, probe_checkpoint
+    from ffr.probes import cells_from_results, format_shortcut, probe_checkpoint, summarize_shortcut
     from ffr.train.loop import resolve_device
 
+    models = list(args.model)
+    if args.from_results:
+        where = {k: v.split(",") for k, v in (w.split("=", 1) for w in args.where)}
+        models += cells_from_results(args.from_results, where)
+    if not models:
+        raise ValueError("give --model and/or --from-results")
     parts = [Manifest.load(d) for d in args.manifest]
     m = Manifest.concat(parts) if len(parts) > 1 else parts[0]
     real = m.frame["source"] == "real"
     m = Manifest(m.frame[~real | (m.frame["split"] == args.split)], m.card, m.root)
     device = resolve_device(args.device)
-    results = [probe_checkpoint(ckpt, m, device, args.seed, args.cache) for ckpt in args.model]
+    results = [probe_checkpoint(ckpt, m, device, args.seed, args.cache) for ckpt in models]
     text = json.dumps(results if len(results) > 1 else results[0], indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +131,9 @@ def cmd_probe_shortcut(args) -> int:
     print(text)
     print()
     print(format_shortcut(results))
+    if len(results) > 1:
+        print()
+        print(summarize_shortcut(results))
     return 0
 
 
@@ -291,8 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe_domain_gap)
     p = psub.add_parser("shortcut", help="the (B, G) shortcut: real-vs-synthetic linear probe per group on a "
                                          "model's features, and minority-group accuracy on real vs synthetic images")
-    p.add_argument("--model", required=True, action="append",
+    p.add_argument("--model", action="append", default=[],
                    help="checkpoint (.pt) or a finished grid cell's directory; repeatable")
+    p.add_argument("--from-results", metavar="RESULTS_JSON",
+                   help="probe the selected cells of a grid's results.json (filtered by --where)")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="with --from-results: keep records whose field is one of the values, e.g. "
+                        "strategy=usb,asb,ffr; repeatable")
     p.add_argument("--manifest", required=True, action="append",
                    help="dataset directory with real and/or synthetic rows; repeatable (concatenated)")
     p.add_argument("--split", default="test", help="split of the real rows to use (synthetic rows: all)")

@@ -156,3 +156,37 @@ def format_shortcut(results: list[dict]) -> str:
                      f"{f(r['probe_acc_mean'])} | {f(m['model_acc_real'])} | {f(m['model_acc_synthetic'])} | "
                      f"{f(m['synthetic_minus_real'])} |")
     return "\n".join(lines)
+
+
+def cells_from_results(results: str | os.PathLike, where: dict[str, list[str]] | None = None) -> list[Path]:
+    """The directories of the selected cells of a grid's ``results.json`` whose fields match
+    ``where`` (field → accepted values as strings, e.g. ``{"strategy": ["usb", "ffr"]}``)."""
+    results = Path(results)
+    records = json.loads(_require_file(results).read_text())
+    out = []
+    for r in records:
+        if not r.get("selected", True) or any(str(r.get(k)) not in vs for k, vs in (where or {}).items()):
+            continue
+        cands = [results.parent / "cells" / r["cell"], results.parent / str(r.get("dataset")) / "cells" / r["cell"]]
+        out.append(next((c for c in cands if c.is_dir()), cands[0]))
+    if not out:
+        raise ValueError(f"{results}: no selected cell matches {where}")
+    return out
+
+
+def summarize_shortcut(results: list[dict]) -> str:
+    """Mean ± std over seeds of the shortcut figures, one row per model label without its seed."""
+    from collections import defaultdict
+
+    from ffr.report import _mean, _pm, _std
+
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        by[r["label"].rsplit(" s=", 1)[0]].append(r)
+    lines = ["| model | seeds | probe real-vs-synthetic acc | minority acc real | minority acc synthetic | synthetic − real |",
+             "|---|---|---|---|---|---|"]
+    for label, rs in by.items():
+        cols = [[r["probe_acc_mean"] for r in rs]] + [[r["minority"][k] for r in rs] for k in
+                                                       ("model_acc_real", "model_acc_synthetic", "synthetic_minus_real")]
+        lines.append(f"| {label} | {len(rs)} | " + " | ".join(_pm(_mean(c), _std(c)) for c in cols) + " |")
+    return "\n".join(lines)

@@ -181,3 +181,20 @@ def test_candidates_table_marks_the_validation_choice():
     assert lines[5] == "| d | erm | 0.99 | ffr | `{}` | 0.500 ± 0.000 | 0.900 ± 0.000 |  |"
     assert lines[4] == '| d | erm | 0.99 | ffr | `{"finetune": {"l2sp": 0.1}}` | 0.700 ± 0.141 | 0.200 ± 0.141 | ✓ |'
     assert candidates_table([rec({}, 0.5, 0.9, 0)]) == ""
+
+
+@pytest.mark.slow
+def test_shortcut_probe_of_a_sweeps_selected_cells(reference, capsys):
+    from ffr.cli import main
+
+    out, _ = reference
+    pool = next((out / "synthetic").iterdir())
+    assert main(["probe", "shortcut", "--from-results", str(out / "results.json"), "--where", "strategy=ffr",
+                 "--where", "objective=erm,dfr", "--manifest", str(out / "data"), "--manifest", str(pool),
+                 "--device", "cpu", "--out", str(out / "shortcut.json")]) == 0
+    text = capsys.readouterr().out
+    assert "| ffr erm r=0.9 | 1 |" in text and "| ffr dfr r=0.9 | 1 |" in text
+    saved = json.loads((out / "shortcut.json").read_text())
+    assert [r["label"] for r in saved] == ["ffr erm r=0.9 s=0", "ffr dfr r=0.9 s=0"]
+    assert saved[1]["model"].endswith("finetune_dfr.pt")     # DFR's refitted model, not ERM's
+    assert all(r["n_real"] == 20 for r in saved)              # the real test split only
