@@ -83,6 +83,16 @@ def cmd_sweep(args) -> int:
     from ffr.report import markdown_table, wga_pivot
 
     cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from ffr.config import with_overrides
+        from ffr.experiment import grid_cost, prepare_real
+
+        for name, overrides in (cfg.datasets or {"": {}}).items():
+            eff = with_overrides(cfg, dict(overrides or {}))
+            cost = grid_cost(eff, prepare_real(eff, Path(args.out) / name))
+            print(f"{name or 'grid'}: {cost['cells']} cells, {cost['trained_stages']} trained stages, "
+                  f"{cost['train_images']:,} training and {cost['val_images']:,} validation image passes")
+        return 0
     records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers)
     print()
     print(markdown_table(records))
@@ -285,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the grid's cost (cells, trained stages, image passes) and stop")
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_sweep)
 

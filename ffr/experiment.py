@@ -333,6 +333,35 @@ def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out
     return records
 
 
+def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
+    """What the grid of ``cfg`` on ``real`` costs, without training: cells, distinct trained stages
+    (after sharing: FFR's step 1 across objectives and variants, ERM's model for DFR), and the
+    images those stages pass through the model in training and in per-epoch validation."""
+    from ffr.balance import synthetic_budget
+
+    splits: dict[tuple, tuple[int, int, dict]] = {}
+    stages: dict[str, tuple[int, int]] = {}
+    cells = plan_cells(cfg)
+    for strategy, rate, seed, hp, eff in cells:
+        if (rate, seed) not in splits:
+            split, _ = bias_rate_split(real, rate, seed, cfg.data.min_val_per_group)
+            counts = split.select(split="train", source="real").group_counts()
+            splits[(rate, seed)] = (sum(counts.values()), len(split.select(split="val", source="real")), counts)
+        n_real, n_val, counts = splits[(rate, seed)]
+        n_syn = sum(synthetic_budget(strategy, counts).values())
+        plan = [("pretrain", n_syn), ("finetune", n_real)] if strategy == "ffr" else [("train", n_real + n_syn)]
+        init = None
+        for name, n in plan:
+            tcfg = stage_config(eff, name)
+            objective = objective_for(eff, "erm" if name == "pretrain" else eff.objective)
+            trainer = objective_for(eff, objective.trains_as) if objective.trains_as else objective
+            init = json.dumps([name if name == "pretrain" else strategy, rate, seed, asdict(tcfg),
+                               _identity(trainer), init], sort_keys=True, default=str)
+            stages[init] = (n * tcfg.epochs, n_val * tcfg.epochs)
+    return {"cells": len(cells), "trained_stages": len(stages),
+            "train_images": sum(t for t, _ in stages.values()), "val_images": sum(v for _, v in stages.values())}
+
+
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
             on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None) -> list[dict]:
     """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×

@@ -198,3 +198,16 @@ def test_shortcut_probe_of_a_sweeps_selected_cells(reference, capsys):
     assert [r["label"] for r in saved] == ["ffr erm r=0.9 s=0", "ffr dfr r=0.9 s=0"]
     assert saved[1]["model"].endswith("finetune_dfr.pt")     # DFR's refitted model, not ERM's
     assert all(r["n_real"] == 20 for r in saved)              # the real test split only
+
+
+@pytest.mark.slow
+def test_grid_cost_counts_what_the_sweep_trains(reference):
+    from ffr.data.manifest import Manifest
+    from ffr.experiment import grid_cost
+
+    out, records = reference
+    cost = grid_cost(tiny_cfg(), Manifest.load(out / "data"))
+    assert cost["cells"] == len(records)
+    assert cost["trained_stages"] == len(list((out / "stages").iterdir()))
+    trained = {st["key"]: st["n_train"] * 2 for r in records for st in r["stages"]}   # 2 epochs a stage
+    assert cost["train_images"] == sum(trained.values())
