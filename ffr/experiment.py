@@ -97,7 +97,8 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
     backend = create_backend(cfg.synthesis.backend, real.card, **cfg.synthesis.options)
     out = Path(workdir) / "synthetic" / f"{cfg.synthesis.backend}-seed{cfg.synthesis.seed}"
     pool = synthesize(backend, real.card, need, out, base_seed=cfg.synthesis.seed,
-                      batch_size=cfg.synthesis.batch_size, progress=progress)
+                      batch_size=cfg.synthesis.batch_size, progress=progress, filters=cfg.synthesis.filters,
+                      max_attempts=cfg.synthesis.max_attempts)
     pool.save(out)  # an explicit artifact: probes and later stages load it by path
     return pool
 

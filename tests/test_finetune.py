@@ -8,7 +8,7 @@ from torch import nn
 
 from ffr.data.loading import TensorData
 from ffr.data.manifest import DatasetCard
-from ffr.train.backbones import create_model
+from ffr.train.backbones import BACKBONES, create_model
 from ffr.train.finetune import StageControls
 from ffr.train.loop import TrainConfig, fit
 from ffr.train.objectives import create_objective
@@ -40,11 +40,11 @@ def train(model, epochs=1, **opts):
     return fit(model, tiny_data(), tiny_data(16, 1), create_objective("erm"), cfg, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("backbone,n", [("small_cnn", 3), ("resnet18_small", 5)])
-def test_stages_cover_the_feature_extractor(backbone, n):
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_stages_cover_the_feature_extractor(backbone):
     model = create_model(backbone, 2)
     stages = model.stages()
-    assert len(stages) == n
+    assert len(stages) == (5 if backbone.startswith("resnet") else 3)
     staged = {id(p) for s in stages for p in s.parameters()}
     assert staged == {id(p) for p in model.features.parameters()}
 
