@@ -36,6 +36,21 @@ def cmd_data_validate(args) -> int:
     return 0
 
 
+def cmd_data_import(args) -> int:
+    from ffr.config import parse_set
+    from ffr.data.adapters import load_dataset
+    from ffr.data.manifest import format_group_counts
+
+    options = dict(parse_set(o) for o in args.option)
+    if args.no_files:
+        options["check_files"] = False
+    m = load_dataset(args.adapter, args.source, **options)
+    path = m.save(args.out)
+    print(f"{args.adapter}: {len(m)} images → {path}")
+    print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
+    return 0
+
+
 def cmd_data_split(args) -> int:
     from ffr.data.manifest import Manifest
     from ffr.data.splits import bias_rate_split
@@ -62,6 +77,31 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from ffr.config import load_config
+    from ffr.experiment import sweep
+    from ffr.report import markdown_table, wga_pivot
+
+    cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from ffr.config import with_overrides
+        from ffr.experiment import grid_cost, prepare_real
+
+        for name, overrides in (cfg.datasets or {"": {}}).items():
+            eff = with_overrides(cfg, dict(overrides or {}))
+            cost = grid_cost(eff, prepare_real(eff, Path(args.out) / name))
+            print(f"{name or 'grid'}: {cost['cells']} cells, {cost['trained_stages']} trained stages, "
+                  f"{cost['train_images']:,} training and {cost['val_images']:,} validation image passes")
+        return 0
+    records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers)
+    print()
+    print(markdown_table(records))
+    print()
+    print(wga_pivot(records))
+    print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
+    return 0
+
+
 def cmd_probe_domain_gap(args) -> int:
     from ffr.data.manifest import Manifest
     from ffr.probes import domain_gap
@@ -74,6 +114,36 @@ def cmd_probe_domain_gap(args) -> int:
         Path(args.out).write_text(text + "\n")
     print(text)
     print(f"domain gap (real vs synthetic accuracy): {result['accuracy']:.3f}")
+    return 0
+
+
+def cmd_probe_shortcut(args) -> int:
+    from ffr.data.manifest import Manifest
+    from ffr.probes import cells_from_results, format_shortcut, probe_checkpoint, summarize_shortcut
+    from ffr.train.loop import resolve_device
+
+    models = list(args.model)
+    if args.from_results:
+        where = {k: v.split(",") for k, v in (w.split("=", 1) for w in args.where)}
+        models += cells_from_results(args.from_results, where)
+    if not models:
+        raise ValueError("give --model and/or --from-results")
+    parts = [Manifest.load(d) for d in args.manifest]
+    m = Manifest.concat(parts) if len(parts) > 1 else parts[0]
+    real = m.frame["source"] == "real"
+    m = Manifest(m.frame[~real | (m.frame["split"] == args.split)], m.card, m.root)
+    device = resolve_device(args.device)
+    results = [probe_checkpoint(ckpt, m, device, args.seed, args.cache) for ckpt in models]
+    text = json.dumps(results if len(results) > 1 else results[0], indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    print()
+    print(format_shortcut(results))
+    if len(results) > 1:
+        print()
+        print(summarize_shortcut(results))
     return 0
 
 
@@ -178,8 +248,8 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set)
     objective = "erm" if args.stage == "pretrain" else cfg.objective
     summary = train_stage(args.train, args.val, args.out, stage_config(cfg, args.stage), cfg.backbone, objective,
-                          init=args.init, weights=cfg.weights, image_size=cfg.data.image_size,
-                          seed=args.seed, device=cfg.device, stage=args.stage)
+                          objective_options=cfg.objective_options.get(objective), init=args.init,
+                          weights=cfg.weights, image_size=cfg.data.image_size, seed=args.seed, device=cfg.device, stage=args.stage)
     v = summary["val"]
     print(f"{args.stage}: best epoch {summary['best_epoch']}, val WGA {v['worst_group_acc']:.3f}, "
           f"balanced {v['balanced_acc']:.3f} -> {args.out}")
@@ -216,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="dataset directory or manifest.csv")
     p.add_argument("--no-files", action="store_true", help="skip opening the image files")
     p.set_defaults(func=cmd_data_validate)
+    p = dsub.add_parser("import", help="read a dataset as distributed (waterbirds, celeba, celeba_hq, utkface, "
+                                        "spuco_animals, folder, csv) into manifest.csv + card.json")
+    p.add_argument("adapter")
+    p.add_argument("source", help="the dataset's folder")
+    p.add_argument("--out", required=True, help="folder for manifest.csv and card.json")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="adapter option, e.g. label=Blond_Hair; repeatable")
+    p.add_argument("--no-files", action="store_true", help="do not open every image to check it")
+    p.set_defaults(func=cmd_data_import)
     p = dsub.add_parser("split", help="subsample train/val to a bias rate")
     p.add_argument("manifest")
     p.add_argument("--bias-rate", type=float, required=True)
@@ -290,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("sweep", parents=[_config_parent()],
+                       help="the full grid: datasets × bias rates × objectives × strategies × seeds × "
+                            "hyperparameters, resumable, with tables and plots")
+    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the grid's cost (cells, trained stages, image passes) and stop")
+    p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
+    p.set_defaults(func=cmd_sweep)
+
     probe = sub.add_parser("probe", help="diagnostics")
     psub = probe.add_subparsers(dest="probe_command", required=True)
     p = psub.add_parser("domain-gap", help="accuracy of a classifier telling real from synthetic images")
@@ -300,6 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
     p.set_defaults(func=cmd_probe_domain_gap)
+    p = psub.add_parser("shortcut", help="the (B, G) shortcut: real-vs-synthetic linear probe per group on a "
+                                         "model's features, and minority-group accuracy on real vs synthetic images")
+    p.add_argument("--model", action="append", default=[],
+                   help="checkpoint (.pt) or a finished grid cell's directory; repeatable")
+    p.add_argument("--from-results", metavar="RESULTS_JSON",
+                   help="probe the selected cells of a grid's results.json (filtered by --where)")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="with --from-results: keep records whose field is one of the values, e.g. "
+                        "strategy=usb,asb,ffr; repeatable")
+    p.add_argument("--manifest", required=True, action="append",
+                   help="dataset directory with real and/or synthetic rows; repeatable (concatenated)")
+    p.add_argument("--split", default="test", help="split of the real rows to use (synthetic rows: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", help="embeddings cache folder (default: embeddings/ beside each checkpoint)")
+    p.add_argument("--out", help="write the JSON report here")
+    p.set_defaults(func=cmd_probe_shortcut)
     return parser
 
 

@@ -18,7 +18,8 @@ from ffr.metrics import GroupTally, flat_metrics, metrics_from_tally
 from ffr.train import distributed as dist
 from ffr.train.runtime import autocast_dtype, configure
 from ffr.train.backbones import Classifier, create_model
-from ffr.train.objectives import Objective, ObjectiveContext, training_groups
+from ffr.train.finetune import StageControls
+from ffr.train.objectives import Objective, ObjectiveContext, training_group_names, training_groups
 
 
 @dataclass
@@ -39,6 +40,12 @@ class TrainConfig:
     channels_last: bool = True       # NHWC memory format: faster convolutions on CPU and GPU
     deterministic: bool = False      # deterministic kernels; turns cudnn.benchmark off
     num_threads: int = 0             # CPU threads (0: the usable CPUs not kept busy by others)
+    # Step-2 options (ffr.train.finetune): what a stage keeps from the weights it starts from.
+    freeze_bn: bool = False          # BatchNorm statistics and affine parameters not trained
+    freeze_stages: int = 0           # first k stages of the feature extractor not trained
+    backbone_lr_mult: float = 1.0    # feature extractor lr = lr * this; head lr = lr
+    l2sp: float = 0.0                # weight of the L2-SP pull toward the initial weights
+    lpft_epochs: int = 0             # first epochs train the head alone (LP-FT)
 
 
 @dataclass
@@ -111,6 +118,14 @@ def _better(new: dict, best: dict | None) -> bool:
     return key(new) > key(best)
 
 
+def objective_context(train: TensorData, cfg: TrainConfig, device: torch.device, seed: int = 0) -> ObjectiveContext:
+    """What an objective is set up with for training on ``train`` under ``cfg``."""
+    group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
+                                          len(train.card.bias_values), len(train.card.classes), cfg.group_by)
+    return ObjectiveContext(group_ids, n_groups, device, group_names=training_group_names(train.card, n_groups),
+                            normalize=cfg.normalize, eval_batch_size=cfg.eval_batch_size, seed=seed)
+
+
 def fit(model: Classifier, train: TensorData, val: TensorData, objective: Objective, cfg: TrainConfig,
         device: torch.device, seed: int = 0, log: Callable[[dict], None] | None = None,
         progress: bool = False, desc: str = "train") -> FitResult:
@@ -133,17 +148,18 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     gen = torch.Generator().manual_seed(seed)  # the epoch order: the same on every rank
     aug_gen = torch.Generator().manual_seed(seed * 7919 + dist.rank() + 1)
     tf = BatchTransform(cfg.normalize, cfg.augment)
-    group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
-                                          len(train.card.bias_values), len(train.card.classes), cfg.group_by)
-    objective.setup(ObjectiveContext(group_ids, n_groups, device))
-    opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    ctx = objective_context(train, cfg, device, seed)
+    group_ids = ctx.group_ids
+    objective.setup(ctx)
+    controls = StageControls(model, cfg)
+    opt = _optimizer(controls.param_groups(), cfg)
     best_state, best_val, best_epoch, history = None, None, -1, []
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False)
     for epoch in range(cfg.epochs):
-        model.train()
+        controls.start_epoch(model, epoch)  # train mode, minus what the stage keeps frozen
         order = dist.shard(objective.epoch_indices(len(train), gen))
         batch_size = dist.per_rank_batch(cfg.batch_size)
         loss_sum, steps = torch.zeros((), device=device), 0
@@ -158,6 +174,9 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = net(x)
             loss = objective.loss(logits.float(), y, g)
+            penalty = controls.penalty()
+            if penalty is not None:
+                loss = loss + penalty
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -179,6 +198,7 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             bar.update(1)
     if bar is not None:
         bar.close()
+    controls.release(model)
     selected = copy.deepcopy(model)
     selected.load_state_dict(best_state)
     finalized = objective.finalize(selected, train, val, device)
@@ -196,6 +216,7 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> P
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    meta = {**meta, "feature_norm": bool(getattr(model, "feature_norm", False))}
     torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
     os.replace(tmp, path)
     return path
@@ -209,6 +230,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     meta = blob["meta"]
     model = create_model(meta["backbone"], len(meta["classes"]))
     model.load_state_dict(blob["state_dict"])
+    model.feature_norm = bool(meta.get("feature_norm", False))
     return model, meta
 
 
