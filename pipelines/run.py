@@ -273,15 +273,17 @@ def check_endpoint(host: str, timeout: float = 10.0) -> None:
 
 
 def _client(host: str, namespace: str | None):
-    check_endpoint(host)
     import kfp
 
-    return kfp.Client(host=host, namespace=namespace or "kubeflow")
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": so do we
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return kfp.Client(host=host, namespace=namespace or "kubeflow")
 
 
-def _package(name: str, params: dict, platform: Platform | None, tmp: str) -> str:
-    pipeline = get_pipeline(name, platform)
-    _check_params(name, pipeline, params)
+def _package(host: str, name: str, params: dict, platform: Platform | None, tmp: str) -> str:
+    """Check the parameters, then the endpoint, then compile: the cheap failures come first."""
+    _check_params(name, get_pipeline(name, platform), params)
+    check_endpoint(host)
     return str(compile_pipeline(name, Path(tmp) / f"{name}.yaml", platform))
 
 
@@ -290,7 +292,7 @@ def submit(host: str, name: str = "ffr", params: dict | None = None, experiment:
     """Create a run of pipeline ``name`` on the Kubeflow Pipelines API at ``host``; returns its id."""
     params = dict(params or {})
     with tempfile.TemporaryDirectory() as tmp:
-        package = _package(name, params, platform, tmp)
+        package = _package(host, name, params, platform, tmp)
         client = _client(host, namespace)
         exp = client.create_experiment(experiment, namespace=namespace)
         run = client.run_pipeline(exp.experiment_id, run_name or f"{name} {datetime.now():%Y-%m-%d %H:%M:%S}",
@@ -306,7 +308,7 @@ def schedule(host: str, cron: str, name: str = "ffr", params: dict | None = None
     cron = validate_cron(cron)
     params = dict(params or {})
     with tempfile.TemporaryDirectory() as tmp:
-        package = _package(name, params, platform, tmp)
+        package = _package(host, name, params, platform, tmp)
         client = _client(host, namespace)
         exp = client.create_experiment(experiment, namespace=namespace)
         job = client.create_recurring_run(exp.experiment_id, job_name or f"{name} ({cron})", cron_expression=cron,
