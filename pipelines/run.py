@@ -143,6 +143,19 @@ def _subprocess_path():
             os.environ["PYTHONPATH"] = old
 
 
+@contextlib.contextmanager
+def _keep_print():
+    """Restore ``builtins.print`` afterwards: the runner indents task logs by swapping it, and
+    two ParallelFor threads doing so at once can leave the indenting version installed."""
+    import builtins
+
+    original = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = original
+
+
 def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.PathLike = "runs",
               progress: bool = True) -> LocalRun:
     """Run pipeline ``name`` with the KFP local runner (subprocesses in this Python environment).
@@ -180,7 +193,7 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             # Resources, display names and secrets are cluster settings; locally they do nothing.
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-            with contextlib.redirect_stdout(_Tee(log, console)):
+            with contextlib.redirect_stdout(_Tee(log, console)), _keep_print():
                 task = pipeline(**params)
         output = Path(task.output.path)
         results = load_results(output)
