@@ -158,5 +158,23 @@ def build_comparison_pipeline(platform: Platform | None = None):
     return comparison_pipeline
 
 
-ffr_pipeline = build_ffr_pipeline()
-comparison_pipeline = build_comparison_pipeline()
+_BUILT: dict = {}
+
+
+def get_pipeline(name: str, platform: Platform | None = None):
+    """The pipeline registered as ``name``, built for ``platform`` (default: a CPU cluster).
+    Built once per platform and process: kfp's task setters inspect the call stack, which makes
+    building a pipeline take seconds."""
+    platform = platform or Platform()
+    key = (name, repr(platform))
+    if key not in _BUILT:
+        _BUILT[key] = PIPELINES.get(name)(platform)
+    return _BUILT[key]
+
+
+def __getattr__(attr: str):
+    # ``ffr_pipeline`` and ``comparison_pipeline``, the default builds, made on first use only.
+    names = {"ffr_pipeline": "ffr", "comparison_pipeline": "comparison"}
+    if attr in names:
+        return get_pipeline(names[attr])
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -24,17 +24,12 @@ from pathlib import Path
 
 import ffr
 from ffr.visuals import format_group_table
-from pipelines.definitions import PIPELINES
+from pipelines.definitions import get_pipeline
 from pipelines.platform import Platform
 
 
 class PipelineError(ValueError):
     """A pipeline could not be built, run, compiled, submitted or scheduled; the message says why."""
-
-
-def get_pipeline(name: str, platform: Platform | None = None):
-    """The pipeline registered as ``name``, built for ``platform``."""
-    return PIPELINES.get(name)(platform)
 
 
 def pipeline_parameters(pipeline) -> dict:

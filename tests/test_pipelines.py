@@ -22,8 +22,8 @@ from ffr.cli import main  # noqa: E402
 from ffr.data.manifest import group_key  # noqa: E402
 from ffr.stages import prepare  # noqa: E402
 from ffr.visuals import format_group_table  # noqa: E402
-from pipelines import PIPELINES, Platform  # noqa: E402
-from pipelines.run import PipelineError, compile_pipeline, get_pipeline, pipeline_parameters, run_local  # noqa: E402
+from pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
+from pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
 
 TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1,
         "device": "cpu"}
