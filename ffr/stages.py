@@ -66,35 +66,41 @@ def manifest_summary(manifest: Manifest) -> dict:
 def synthesis_work(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr"), num_shards: int = 1) -> list[dict]:
     """The synthesis fan-out of a prepared dataset: one item per (group, shard) that has images to
     render — ``{"label", "bias", "count", "shard", "num_shards"}``, ``count`` being the group's
-    whole need (:func:`synthetic_need`); shard ``i`` renders the indices ``i mod num_shards``."""
+    whole need (:func:`synthetic_need`), split over at most ``num_shards`` shards (never more
+    shards than images)."""
     if int(num_shards) < 1:
         raise ValueError(f"num_shards must be at least 1, got {num_shards}")
-    return [{"label": label, "bias": bias, "count": n, "shard": i, "num_shards": int(num_shards)}
-            for (label, bias), n in synthetic_need(real_dir, strategies).items() if n > 0
-            for i in range(min(int(num_shards), n))]
+    work = []
+    for (label, bias), n in synthetic_need(real_dir, strategies).items():
+        k = min(int(num_shards), n)
+        work += [{"label": label, "bias": bias, "count": n, "shard": i, "num_shards": k} for i in range(k)]
+    return work
 
 
 def synthesize_stage(card_path: str | os.PathLike, work: dict, out_dir: str | os.PathLike,
-                     backend: str = "procedural", seed: int = 0, batch_size: int = 64,
-                     options: dict | None = None) -> Manifest:
-    """Render one work item of :func:`synthesis_work` into ``out_dir`` (images + manifest).
-    Numbers in ``work`` may arrive as floats (pipeline runners serialise them so)."""
-    from ffr.synthesis import create_backend, synthesize
+                     backend: str = "procedural", seed: int = 0, batch_size: int = 8,
+                     options: dict | None = None, filters=(), max_attempts: int = 10) -> Manifest:
+    """Render one work item of :func:`synthesis_work` into ``out_dir`` (images, manifest and the
+    run's record, see :func:`ffr.synthesis.outputs.synthesize_dataset`). Numbers in ``work`` may
+    arrive as floats (pipeline runners serialise them so)."""
+    from ffr.synthesis.outputs import synthesize_dataset
 
-    card = DatasetCard.load(card_path)
-    engine = create_backend(backend, card, **(options or {}))
     counts = {(str(work["label"]), str(work["bias"])): int(work["count"])}
-    m = synthesize(engine, card, counts, out_dir, base_seed=seed, batch_size=batch_size,
-                   shard=int(work.get("shard", 0)), num_shards=int(work.get("num_shards", 1)))
-    m.save(out_dir)
-    return m
+    run, _ = synthesize_dataset(backend, DatasetCard.load(card_path), counts, out_dir, options, base_seed=seed,
+                                shard=int(work.get("shard", 0)), num_shards=int(work.get("num_shards", 1)),
+                                batch_size=batch_size, filters=list(filters), max_attempts=max_attempts,
+                                record_dir=out_dir)
+    return run.manifest
 
 
 def collect_stage(shard_dirs: list, card_path: str | os.PathLike, out_dir: str | os.PathLike) -> Manifest:
-    """One synthetic pool in ``out_dir`` from the shard datasets ``shard_dirs`` (their images
-    linked in, see :func:`materialize`); an empty pool of ``card_path``'s card when there are none."""
-    shards = [materialize(Manifest.load(d), out_dir) for d in shard_dirs]
-    pool = Manifest.concat(shards) if shards else Manifest.from_records([], DatasetCard.load(card_path), out_dir)
+    """One synthetic pool in ``out_dir`` from the shard runs ``shard_dirs`` (checked and merged by
+    :func:`ffr.synthesis.outputs.collect`); an empty pool of ``card_path``'s card when there are none."""
+    from ffr.synthesis.outputs import collect
+
+    if shard_dirs:
+        return collect(list(shard_dirs), out_dir)
+    pool = Manifest.from_records([], DatasetCard.load(card_path), out_dir)
     pool.save(out_dir)
     return pool
 

@@ -25,7 +25,8 @@ DEFAULT_BASELINES = [{"strategy": "none", "lr": 1e-3}, {"strategy": "usb", "lr":
 
 
 def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per_group, demo_per_digit,
-          synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, num_shards):
+          synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
+          num_shards):
     """prepare → synthesize (ParallelFor over groups × shards) → collect; returns (prepare, collect)."""
     prep = p.apply(prepare_data(source=source, bias_rate=bias_rate, seed=seed, min_val_per_group=min_val_per_group,
                                 demo_per_digit=demo_per_digit, synthesis_for=synthesis_for, num_shards=num_shards),
@@ -33,7 +34,8 @@ def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per
     with dsl.ParallelFor(prep.outputs["Output"], name="synthesis-fan-out") as work:
         shard = p.apply(synthesize_shard(card=prep.outputs["card"], work=work, backend=synthesis_backend,
                                          seed=synthesis_seed, batch_size=synthesis_batch_size,
-                                         backend_options=synthesis_options), SYNTHESIS, "synthesize shard")
+                                         backend_options=synthesis_options, filters=synthesis_filters),
+                        SYNTHESIS, "synthesize shard")
     pool = p.apply(collect_shards(card=prep.outputs["card"], shards=dsl.Collected(shard.outputs["shard"])),
                    DATA, "collect synthetic pool")
     return prep, pool
@@ -79,8 +81,9 @@ def build_ffr_pipeline(platform: Platform | None = None):
         demo_per_digit: int = 0,
         synthesis_backend: str = "procedural",
         synthesis_seed: int = 0,
-        synthesis_batch_size: int = 64,
+        synthesis_batch_size: int = 8,
         synthesis_options: dict = {},
+        synthesis_filters: List[str] = [],
         num_shards: int = 2,
         backbone: str = "small_cnn",
         weights: str = "",
@@ -96,7 +99,8 @@ def build_ffr_pipeline(platform: Platform | None = None):
         """prepare → synthesize (groups × shards) → collect → balance (ffr) → train step 1 →
         train step 2 (init = step 1) → evaluate. Returns the test metrics."""
         prep, pool = _data(p, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
-                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, num_shards)
+                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
+                           num_shards)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device)
         # The register step (MLflow model registry, tracking issue) follows step 2 and the evaluation.
@@ -121,8 +125,9 @@ def build_comparison_pipeline(platform: Platform | None = None):
         demo_per_digit: int = 0,
         synthesis_backend: str = "procedural",
         synthesis_seed: int = 0,
-        synthesis_batch_size: int = 64,
+        synthesis_batch_size: int = 8,
         synthesis_options: dict = {},
+        synthesis_filters: List[str] = [],
         num_shards: int = 2,
         backbone: str = "small_cnn",
         weights: str = "",
@@ -141,7 +146,8 @@ def build_comparison_pipeline(platform: Platform | None = None):
         "lr"}``, in parallel: balance → train → evaluate) and FFR (balance → step 1 → step 2 →
         evaluate), then one comparison report. Returns the comparison summary."""
         prep, pool = _data(p, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
-                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, num_shards)
+                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
+                           num_shards)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device)
         with dsl.ParallelFor(baselines, name="baselines") as b:

@@ -1,0 +1,1 @@
+"""Adapters to external services (object storage, tracking, orchestration): the only place they are imported."""
