@@ -367,9 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("run", parents=[_pipeline_parent()],
-                       help="run a Kubeflow pipeline locally (KFP local runner, no cluster) and print its group metrics")
+                       help="run a Kubeflow pipeline locally (KFP local runner, no cluster); print its group metrics")
     p.add_argument("--runs-dir", default="runs", help="each run gets a new folder <runs-dir>/<pipeline>-<timestamp>/")
-    p.add_argument("--quiet", action="store_true", help="print only the final table (the full log is in the run folder)")
+    p.add_argument("--quiet", action="store_true", help="print only the final table (the log is in the run folder)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("compile", parents=[_pipeline_parent(), _cluster_parent()], help="write a pipeline's YAML")
     p.add_argument("--out", help="output file (default <pipeline>-pipeline.yaml)")

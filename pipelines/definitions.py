@@ -99,8 +99,8 @@ def build_ffr_pipeline(platform: Platform | None = None):
         """prepare → synthesize (groups × shards) → collect → balance (ffr) → train step 1 →
         train step 2 (init = step 1) → evaluate. Returns the test metrics."""
         prep, pool = _data(p, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
-                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
-                           num_shards)
+                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
+                           synthesis_filters, num_shards)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device)
         # The register step (MLflow model registry, tracking issue) follows step 2 and the evaluation.
@@ -146,8 +146,8 @@ def build_comparison_pipeline(platform: Platform | None = None):
         "lr"}``, in parallel: balance → train → evaluate) and FFR (balance → step 1 → step 2 →
         evaluate), then one comparison report. Returns the comparison summary."""
         prep, pool = _data(p, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
-                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
-                           num_shards)
+                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
+                           synthesis_filters, num_shards)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device)
         with dsl.ParallelFor(baselines, name="baselines") as b:
