@@ -268,6 +268,82 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _platform(args):
+    """Cluster settings from the command line (the kfp glue in ``pipelines`` is imported lazily:
+    the core package never imports kfp)."""
+    import os
+
+    if getattr(args, "image", None):
+        os.environ["FFR_IMAGE"] = args.image  # read when the components are defined
+    from pipelines.platform import Platform
+
+    return Platform(gpu=args.gpu, accelerator_type=args.accelerator_type, accelerator_limit=args.accelerator_limit)
+
+
+def cmd_run(args) -> int:
+    from pipelines.run import main_table, parse_params, run_local
+
+    run = run_local(args.pipeline, parse_params(args.param), args.runs_dir, progress=not args.quiet)
+    print()
+    print(main_table(run))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import compile_pipeline
+
+    out = compile_pipeline(args.pipeline, args.out or f"{args.pipeline}-pipeline.yaml", platform)
+    print(f"pipeline {args.pipeline!r} compiled to {out}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import parse_params, submit
+
+    run_id = submit(args.host, args.pipeline, parse_params(args.param), args.experiment, args.run_name, platform,
+                    args.namespace)
+    print(f"run {run_id} created on {args.host}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import parse_params, schedule
+
+    job_id = schedule(args.host, args.cron, args.pipeline, parse_params(args.param), args.experiment, args.name,
+                      platform, args.namespace)
+    print(f"recurring run {job_id} created on {args.host} (cron {args.cron!r})")
+    return 0
+
+
+def _pipeline_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("pipeline", nargs="?", default="ffr", help="ffr (default) or comparison")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter (value parsed as YAML, e.g. pretrain_epochs=5); repeatable")
+    return p
+
+
+def _cluster_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--gpu", action="store_true", help="request accelerators for synthesis and training")
+    p.add_argument("--accelerator-type", default="nvidia.com/gpu")
+    p.add_argument("--accelerator-limit", type=int, default=1)
+    p.add_argument("--image", help="component image (repository, or reference with tag); default "
+                                   "$FFR_IMAGE or ghcr.io/ffr-project/ffr:<version>")
+    return p
+
+
+def _endpoint_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--host", required=True, help="Kubeflow Pipelines API URL, e.g. http://localhost:8080")
+    p.add_argument("--experiment", default="ffr")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ffr`` argument parser (reused by every launcher)."""
     from ffr import __version__
@@ -379,6 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the grid's cost (cells, trained stages, image passes) and stop")
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("run", parents=[_pipeline_parent()],
+                       help="run a Kubeflow pipeline locally (KFP local runner, no cluster); print its group metrics")
+    p.add_argument("--runs-dir", default="runs", help="each run gets a new folder <runs-dir>/<pipeline>-<timestamp>/")
+    p.add_argument("--quiet", action="store_true", help="print only the final table (the log is in the run folder)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("compile", parents=[_pipeline_parent(), _cluster_parent()], help="write a pipeline's YAML")
+    p.add_argument("--out", help="output file (default <pipeline>-pipeline.yaml)")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("submit", parents=[_pipeline_parent(), _cluster_parent(), _endpoint_parent()],
+                       help="create a run on a Kubeflow Pipelines endpoint")
+    p.add_argument("--run-name")
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("schedule", parents=[_pipeline_parent(), _cluster_parent(), _endpoint_parent()],
+                       help="create a recurring run (scheduled retraining) on a Kubeflow Pipelines endpoint")
+    p.add_argument("--cron", required=True,
+                   help="6 fields: second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * *'")
+    p.add_argument("--name", help="recurring run name")
+    p.set_defaults(func=cmd_schedule)
 
     probe = sub.add_parser("probe", help="diagnostics")
     psub = probe.add_subparsers(dest="probe_command", required=True)
