@@ -25,7 +25,9 @@ from ffr.balance import balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
 from ffr.data.loading import TensorData, load_images
 from ffr.data.manifest import Manifest
+from ffr.metrics import flat_metrics
 from ffr.data.splits import bias_rate_split
+from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
 from ffr.train.backbones import create_model
 from ffr.train.loop import evaluate, fit, resolve_device, save_checkpoint, seed_everything
 from ffr.train.objectives import create_objective
@@ -102,9 +104,13 @@ def stage_config(cfg: ExperimentConfig, stage: str):
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
              bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
-             hparams: dict | None = None, progress: bool = False) -> dict:
-    """Run one grid cell and return its record (also written to ``cell_dir/record.json``)."""
+             hparams: dict | None = None, progress: bool = False, tracker: Tracker | None = None) -> dict:
+    """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
+    ``tracker`` gets the cell's parameters and test evaluation, and a nested run per stage."""
     t0 = time.time()
+    tracker = tracker or NullTracker()
+    tracker.log_params({"strategy": strategy, "bias_rate": bias_rate, "seed": seed,
+                        **flatten(hparams or {}, "hparams."), **flatten(cfg)})
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -116,6 +122,8 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
     val = bank.tensors(split.select(split="val", source="real"))
     test = bank.tensors(split.select(split="test", source="real"))
+    tracker.log_dataset(split.select(split="val", source="real"), "validation")
+    tracker.log_dataset(split.select(split="test", source="real"), "test")
     n_classes = len(real.card.classes)
     models: dict[str, Any] = {}
     stages = []
@@ -123,6 +131,9 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     history_path.unlink(missing_ok=True)
     for stage in plan.stages:
         tcfg = stage_config(cfg, "train" if stage.name == "train" else stage.name)
+        st = tracker.child(stage.name)
+        st.log_params({"stage": stage.name, "init_from": stage.init_from, **flatten(tcfg, f"{stage.name}.")})
+        st.log_dataset(stage.train, "train")
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
         # configured objective.
         objective = create_objective("erm" if stage.name == "pretrain" else cfg.objective)
@@ -133,6 +144,7 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         def log(rec, _stage=stage.name):
             with history_path.open("a") as f:
                 f.write(json.dumps({"stage": _stage, **rec}) + "\n")
+            st.log_metrics(*epoch_metrics(rec))
 
         result = fit(model, bank.tensors(stage.train), val, objective, tcfg, device, seed=seed, log=log,
                      progress=progress, desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
@@ -145,6 +157,11 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         stages.append({"name": stage.name, "n_train": len(stage.train), "best_epoch": result.best_epoch,
                        "val": result.best_val,
                        "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
+        st.log_history(result.history)
+        st.log_evaluation(stages[-1]["test"], "test")
+        if stage is plan.stages[-1]:
+            st.log_model(result.model, meta)
+        st.close()
     final = stages[-1]
     record = {
         "strategy": strategy, "objective": cfg.objective, "bias_rate": float(bias_rate), "seed": int(seed),
@@ -153,6 +170,8 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         "split": report.after, "seconds": round(time.time() - t0, 2),
     }
     _write_json(cell_dir / "record.json", record)
+    tracker.log_metrics(flat_metrics(record["val"], "val"))
+    tracker.log_evaluation(record["test"], "test")
     return record
 
 
@@ -194,14 +213,17 @@ def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, Exper
 
 
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None) -> list[dict]:
+            on_cell: Callable[[dict], None] | None = None, tracker: Tracker | None = None) -> list[dict]:
     """Run the grid (skipping finished cells), choose hyperparameters per (strategy, bias rate)
-    by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``."""
+    by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
+    ``tracker`` gets the config, a nested run per cell run here, and the result tables."""
+    tracker = tracker or NullTracker()
     from ffr.report import mark_selected, write_results
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    tracker.log_params(flatten(cfg))
     real = prepare_real(cfg, out)
     needs_pool = any(s != "none" for s in cfg.strategies)
     pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
@@ -220,7 +242,9 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         else:
             if bank is None:
                 bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
-            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp)
+            cell_tracker = tracker.child(cdir.name)
+            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, tracker=cell_tracker)
+            cell_tracker.close()
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
@@ -232,4 +256,6 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         bar.close()
     records = mark_selected(records)
     write_results(records, out)
+    for name in ("results.md", "results.csv", "results.json"):
+        tracker.log_artifact(str(out / name))
     return records
