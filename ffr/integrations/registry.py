@@ -148,7 +148,12 @@ def register(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluatio
             raise
     tags = {**evaluation.tags("test"), **{f"lineage.{k}": str(v) for k, v in (lineage or {}).items()},
             STATUS_TAG: "pending"}
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    source, model_id = model_uri, None
+    if model_uri.startswith("models:/m-"):  # an MLflow 3 logged model: register its artifacts
+        model_id = model_uri.removeprefix("models:/").split("/")[0]
+        logged = client.get_logged_model(model_id)
+        source, run_id = logged.artifact_location, run_id or logged.source_run_id
+    mv = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
         client.set_model_version_tag(name, mv.version, STATUS_TAG, "registered")
@@ -189,3 +194,52 @@ def promote(tracking_uri: str, name: str, version: str, policy: GatePolicy | Non
         if current is not None:
             client.set_model_version_tag(name, current.version, "gate.replaced_by", str(version))
     return decision
+
+
+
+def _run_tree(client, run_id: str) -> list:
+    """``run_id`` and all its nested runs, parents first."""
+    root = client.get_run(run_id)
+    runs, i = [root], 0
+    while i < len(runs):
+        parent = runs[i]
+        runs.extend(client.search_runs([parent.info.experiment_id],
+                                       f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                       order_by=["attributes.start_time ASC"]))
+        i += 1
+    return runs
+
+
+def _evaluation_from_run(run, prefix: str = "test") -> Evaluation:
+    m, head = run.data.metrics, f"{prefix}/group/"
+    groups = {k[len(head):-len("/n")]: m.get(k[:-len("/n")] + "/acc")
+              for k in m if k.startswith(head) and k.endswith("/n")}
+    return Evaluation(float(m[f"{prefix}/worst_group_acc"]), groups, run.data.tags[f"data.{prefix}.eval_digest"])
+
+
+@guarded("reading the run")
+def from_run(tracking_uri: str, run_id: str) -> tuple[str, Evaluation, dict[str, str], str]:
+    """What to register from an MLflow run (a pipeline run, a ``compare`` cell, a stage):
+    ``(model_uri, test evaluation, lineage, source run id)``. The model is the last one logged in
+    the run or its nested runs; the evaluation, the test evaluation logged beside it (or the only
+    one in the tree). Lineage: the git commit, the pipeline run id, every ``data.*`` tag."""
+    client = client_for(tracking_uri)
+    runs = _run_tree(client, run_id)
+    with_model = [r for r in runs if "ffr.model_uri" in r.data.tags]
+    if not with_model:
+        raise TrackingError(f"run {run_id} and its nested runs logged no model")
+    model_run = max(with_model, key=lambda r: r.info.start_time)
+    evaluated = [r for r in runs if "data.test.eval_digest" in r.data.tags and "test/worst_group_acc" in r.data.metrics]
+    if model_run in evaluated:
+        eval_run = model_run
+    elif len(evaluated) == 1:
+        eval_run = evaluated[0]
+    else:
+        raise TrackingError(f"run {run_id}: {len(evaluated)} test evaluations and none beside the model of run "
+                            f"{model_run.info.run_id}; pass the run that holds both, or --evaluation")
+    lineage = {"run_id": run_id, "model_run_id": model_run.info.run_id, "eval_run_id": eval_run.info.run_id}
+    for r in runs:
+        for k, v in r.data.tags.items():
+            if k.startswith("data.") or k in ("ffr.git_commit", "ffr.pipeline_run_id", "mlflow.source.git.commit"):
+                lineage.setdefault(k.removeprefix("ffr."), v)
+    return model_run.data.tags["ffr.model_uri"], _evaluation_from_run(eval_run), lineage, model_run.info.run_id

@@ -32,6 +32,8 @@ from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
                                  NoCredentialsError, PartialCredentialsError)
 
+from ffr.integrations import ServiceError
+
 T = TypeVar("T")
 
 ENDPOINT_VARS = ("FFR_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
@@ -41,7 +43,7 @@ _TRANSIENT_CODES = {"RequestTimeout", "RequestTimeoutException", "SlowDown", "Th
                     "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 
 
-class S3Error(RuntimeError):
+class S3Error(ServiceError):
     """An S3 operation failed for a reason the user must fix (credentials, bucket, key), or kept
     failing after its retries."""
 

@@ -23,12 +23,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from ffr.integrations import ServiceError
 from ffr.metrics import flat_metrics
 
 # Bounded retries for every request the MLflow client makes (MLflow's own defaults wait minutes).
@@ -38,7 +40,7 @@ MODEL_NAME = "model"
 _BAD_KEY = re.compile(r"[^\w\-. /:]")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(ServiceError):
     """The tracking server or registry could not be used; the message says which and why."""
 
 
@@ -215,8 +217,10 @@ class MlflowTracker:
                 info.update(dataset_digests(local, manifest.root))
             info["uri"] = location if is_remote(location) else str(Path(location).resolve())
         source = info.get("uri") or str(manifest.root)
-        ds = mlflow.data.from_pandas(manifest.frame, source=source, name=f"{manifest.card.name}-{context}",
-                                     digest=info.get("dvc_md5", info["digest"][:32]))
+        with warnings.catch_warnings():  # schema hints about the optional integer 'seed' column
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(manifest.frame, source=source, name=f"{manifest.card.name}-{context}",
+                                         digest=info.get("dvc_md5", info["digest"][:32]))
         tags = [InputTag("mlflow.data.context", context)] + [InputTag(f"ffr.{k}", v) for k, v in info.items()]
         self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags)])
         self.set_tags({f"data.{context}.{k}": v for k, v in info.items()})
@@ -254,8 +258,11 @@ class MlflowTracker:
 
     # -- model
     def log_model(self, model, meta: dict) -> None:
-        """Log the model as ``mlflow.pytorch`` (pickle serialisation: any batch size), normalisation
-        included, with a signature over float images in [0, 1] and a 2-image input example."""
+        """Log the model as ``mlflow.pytorch``, normalisation included, with a signature over float
+        images in [0, 1] and a 2-image input example. Serialised as a ``torch.export`` graph ("pt2":
+        loading runs no pickled code and needs no ``ffr``); the 2-image example makes the batch
+        dimension symbolic, so the loaded model takes any batch size (a 1-image example would
+        freeze it at 1)."""
         import mlflow
         from mlflow.models import infer_signature
 
@@ -267,7 +274,7 @@ class MlflowTracker:
         signature = infer_signature(example.numpy(), out)
         with _active(self.run_id):
             info = mlflow.pytorch.log_model(serving, name=MODEL_NAME, signature=signature,
-                                            input_example=example.numpy(), serialization_format="pickle",
+                                            input_example=example.numpy(), serialization_format="pt2",
                                             metadata={"ffr": _plain(meta)}, pip_requirements=[])
         self.model_uri = info.model_uri
         self.set_tags({"ffr.model_uri": info.model_uri, "ffr.model_classes": json.dumps(meta["classes"])})
@@ -323,17 +330,35 @@ def _wga_by_epoch(ax, history: list[dict]) -> None:
     ax.set_title("validation accuracy by epoch")
 
 
+def local_store(run_dir: str | os.PathLike) -> tuple[str, str]:
+    """A local MLflow store inside a run folder: (SQLite tracking URI, artifact location)."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{run_dir / 'mlflow.db'}", (run_dir / "mlartifacts").as_uri()
+
+
+def _experiment(name: str, artifact_location: str | None) -> str:
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
 @contextlib.contextmanager
 def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None = None,
-               tags: dict[str, Any] | None = None, system_metrics: bool = True) -> Iterator[MlflowTracker]:
+               tags: dict[str, Any] | None = None, system_metrics: bool = True,
+               artifact_location: str | None = None) -> Iterator[MlflowTracker]:
     """A parent MLflow run as a tracker; nested runs left open by an exception end as FAILED with
     it. Lineage tags: the git commit of the working directory and ``tags`` (e.g. the pipeline run
-    id). System metrics (CPU, memory, GPU) are sampled while it is open."""
+    id). System metrics (CPU, memory, GPU) are sampled while it is open. ``artifact_location``
+    applies when the experiment is created (a local store keeps its artifacts beside it)."""
     import mlflow
 
     configure(tracking_uri)
     try:
-        mlflow.set_experiment(experiment)
+        mlflow.set_experiment(experiment_id=_experiment(experiment, artifact_location))
         run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics,
                                tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(),
                                                             **(tags or {})}.items() if v is not None})
