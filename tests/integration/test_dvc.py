@@ -77,6 +77,8 @@ def test_repro_sweep_push_and_pull_into_a_fresh_clone(tmp_path, s3_env, bucket):
     assert 0 <= metrics["worst_group_acc"] <= 1
     shown = json.loads(run([dvc, "metrics", "show", "--json"], proj, env))
     assert "worst_group_acc" in json.dumps(shown)
+    plots = json.loads(run([dvc, "plots", "show", "--json"], proj, env))
+    assert {"plots/test_groups.csv", "plots/finetune_history.csv"} <= set(json.dumps(plots).replace('"', " ").split())
     locked = locked_outputs(proj / "dvc.lock")
     assert locked["data/prepared"] == dir_digest(proj / "data" / "prepared")
     assert locked["data/source"] == dir_digest(proj / "data" / "source")
