@@ -210,11 +210,23 @@ def _run_tree(client, run_id: str) -> list:
     return runs
 
 
-def _evaluation_from_run(run, prefix: str = "test") -> Evaluation:
+def _evaluation_from_run(run, digest: str, prefix: str = "test") -> Evaluation:
     m, head = run.data.metrics, f"{prefix}/group/"
     groups = {k[len(head):-len("/n")]: m.get(k[:-len("/n")] + "/acc")
               for k in m if k.startswith(head) and k.endswith("/n")}
-    return Evaluation(float(m[f"{prefix}/worst_group_acc"]), groups, run.data.tags[f"data.{prefix}.eval_digest"])
+    return Evaluation(float(m[f"{prefix}/worst_group_acc"]), groups, digest)
+
+
+def _test_digest(run, runs: list) -> str | None:
+    """The test rows' digest recorded on ``run`` or, failing that, on its nearest ancestor (a
+    ``compare`` cell logs the test dataset once and its stages' evaluations under it)."""
+    by_id = {r.info.run_id: r for r in runs}
+    while run is not None:
+        for k in ("data.test.eval_digest", "data.test.digest"):
+            if k in run.data.tags:
+                return run.data.tags[k]
+        run = by_id.get(run.data.tags.get("mlflow.parentRunId"))
+    return None
 
 
 @guarded("reading the run")
@@ -229,7 +241,7 @@ def from_run(tracking_uri: str, run_id: str) -> tuple[str, Evaluation, dict[str,
     if not with_model:
         raise TrackingError(f"run {run_id} and its nested runs logged no model")
     model_run = max(with_model, key=lambda r: r.info.start_time)
-    evaluated = [r for r in runs if "data.test.eval_digest" in r.data.tags and "test/worst_group_acc" in r.data.metrics]
+    evaluated = [r for r in runs if "test/worst_group_acc" in r.data.metrics]
     if model_run in evaluated:
         eval_run = model_run
     elif len(evaluated) == 1:
@@ -237,9 +249,13 @@ def from_run(tracking_uri: str, run_id: str) -> tuple[str, Evaluation, dict[str,
     else:
         raise TrackingError(f"run {run_id}: {len(evaluated)} test evaluations and none beside the model of run "
                             f"{model_run.info.run_id}; pass the run that holds both, or --evaluation")
+    digest = _test_digest(eval_run, runs)
+    if digest is None:
+        raise TrackingError(f"run {eval_run.info.run_id}: its test evaluation does not name its test data "
+                            "(no data.test.digest tag)")
     lineage = {"run_id": run_id, "model_run_id": model_run.info.run_id, "eval_run_id": eval_run.info.run_id}
     for r in runs:
         for k, v in r.data.tags.items():
             if k.startswith("data.") or k in ("ffr.git_commit", "ffr.pipeline_run_id", "mlflow.source.git.commit"):
                 lineage.setdefault(k.removeprefix("ffr."), v)
-    return model_run.data.tags["ffr.model_uri"], _evaluation_from_run(eval_run), lineage, model_run.info.run_id
+    return model_run.data.tags["ffr.model_uri"], _evaluation_from_run(eval_run, digest), lineage, model_run.info.run_id

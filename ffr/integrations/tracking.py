@@ -220,9 +220,9 @@ class MlflowTracker:
         with warnings.catch_warnings():  # schema hints about the optional integer 'seed' column
             warnings.simplefilter("ignore", UserWarning)
             ds = mlflow.data.from_pandas(manifest.frame, source=source, name=f"{manifest.card.name}-{context}",
-                                         digest=info.get("dvc_md5", info["digest"][:32]))
+                                         digest=info.get("dvc_md5", info["digest"][:32]))._to_mlflow_entity()
         tags = [InputTag("mlflow.data.context", context)] + [InputTag(f"ffr.{k}", v) for k, v in info.items()]
-        self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags)])
+        self.client.log_inputs(self.run_id, [DatasetInput(ds, tags)])
         self.set_tags({f"data.{context}.{k}": v for k, v in info.items()})
 
     # -- evaluations and figures

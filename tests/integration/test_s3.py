@@ -6,26 +6,23 @@ from __future__ import annotations
 
 import os
 
-import boto3
 import pytest
 import torch
 
-from ffr.config import load_config
-from ffr.data.manifest import Manifest
-from ffr.data.splits import bias_rate_split
-from ffr.integrations import s3
-from ffr.train.backbones import create_model
-from ffr.train.loop import load_checkpoint, save_checkpoint
+boto3 = pytest.importorskip("boto3")
+
+from ffr.config import load_config  # noqa: E402
+from ffr.data.manifest import Manifest  # noqa: E402
+from ffr.data.splits import bias_rate_split  # noqa: E402
+from ffr.integrations import s3  # noqa: E402
+from ffr.train.backbones import create_model  # noqa: E402
+from ffr.train.loop import load_checkpoint, save_checkpoint  # noqa: E402
 
 COUNTS = {(s, l, b): 4 for s in ("train", "val", "test") for l in ("cat", "dog") for b in ("indoor", "outdoor")}
 
 
 def _s3(endpoint=None):
     return boto3.client("s3", endpoint_url=endpoint or os.environ["FFR_S3_ENDPOINT_URL"])
-
-
-def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_dataset_round_trip(make_dataset, bucket):

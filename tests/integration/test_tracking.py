@@ -97,3 +97,35 @@ def test_server_down_is_a_clear_error_after_bounded_retries(monkeypatch):
     with pytest.raises(TrackingError, match=r"not reachable \(3 attempts"):
         with mlflow_run(dead, "never"):
             pass
+
+
+@pytest.mark.slow
+def test_cli_local_store_in_the_run_folder_and_promote(tmp_path, capsys, monkeypatch):
+    """`ffr compare --mlflow` (no server: a store inside the run folder, as `make demo` uses) and
+    `ffr promote --run-id` on one of its cells."""
+    pytest.importorskip("mlflow")
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ffr.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    sets = [a for s in TINY if not s.startswith("strategies") for a in ("--set", s)]
+    assert main(["compare", "--out", str(out), "--quiet", "--mlflow", *sets, "--set", "strategies=[ffr]"]) == 0
+    uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    cell = client.search_runs([client.get_experiment_by_name("ffr").experiment_id], "params.strategy = 'ffr'")[0]
+    assert main(["promote", "--mlflow-dir", str(out), "--name", "demo-model", "--run-id", cell.info.run_id,
+                 "--floor", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "registered demo-model version 1" in printed and "demo-model@champion -> version 1" in printed
+    tags = client.get_model_version("demo-model", "1").tags
+    assert tags["lineage.run_id"] == cell.info.run_id
+    assert tags["test.test_digest"] == tags["lineage.data.test.digest"] == cell.data.tags["data.test.digest"]
+    assert float(tags["test.worst_group_acc"]) == cell.data.metrics["test/worst_group_acc"]
+    assert (out / "mlartifacts").is_dir()
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/demo-model@champion")
+    assert np.asarray(pyfunc.predict(np.random.rand(3, 3, 32, 32).astype(np.float32))).shape == (3, 2)
