@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ffr compare --out $(DEMO_OUT) --config configs/demo.yaml
+	$(VENV)/bin/ffr compare --out $(DEMO_OUT) --config configs/demo.yaml --workers 2
 
 test: $(STAMP)
 	$(PY) -m pytest -q

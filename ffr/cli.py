@@ -85,7 +85,7 @@ def cmd_compare(args) -> int:
 
     cfg = load_config(args.config, args.set)
     with _tracker(args, "compare", args.out) as tracker:
-        records = compare(cfg, args.out, progress=not args.quiet, tracker=tracker)
+        records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers, tracker=tracker)
     print()
     print(markdown_table(records))
     print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
@@ -107,21 +107,75 @@ def cmd_probe_domain_gap(args) -> int:
     return 0
 
 
-def cmd_synthesize(args) -> int:
-    from ffr.data.manifest import DatasetCard
-    from ffr.synthesis import create_backend, synthesize
+def _synthesis_counts(args, card) -> dict:
+    """Images per group from --per-group, --count GROUP=N, or --real + --strategy; --group restricts."""
+    from ffr.data.manifest import group_key
 
-    card = DatasetCard.load(args.card)
-    if args.need_from:
+    keys = {group_key(*g): g for g in card.groups}
+
+    def group(name):
+        if name not in keys:
+            raise ValueError(f"unknown group {name!r}; groups of card {card.name!r}: {sorted(keys)}")
+        return keys[name]
+
+    if args.count:
+        counts = {}
+        for item in args.count:
+            name, eq, n = item.rpartition("=")
+            if not eq or not n.strip().isdigit():
+                raise ValueError(f"--count expects GROUP=N, got {item!r}")
+            counts[group(name)] = int(n)
+    elif args.per_group is not None:
+        counts = {g: args.per_group for g in card.groups}
+    elif args.real:
         from ffr.stages import synthetic_need
 
-        counts = synthetic_need(args.need_from, args.strategies or ("usb", "asb", "ffr"))
+        counts = synthetic_need(args.real, args.strategy or ["usb", "asb", "ffr"])
     else:
-        counts = {g: args.per_group for g in card.groups}
-    backend = create_backend(args.backend, card)
-    m = synthesize(backend, card, counts, args.out, base_seed=args.seed, progress=True)
-    m.save(args.out)
-    print(f"{len(m)} synthetic images in {Path(args.out).resolve()}")
+        raise ValueError("say how many images: --per-group N, --count GROUP=N, or --real DIR [--strategy S]")
+    if args.group:
+        wanted = {group(name) for name in args.group}
+        counts = {g: n for g, n in counts.items() if g in wanted}
+    return counts
+
+
+def cmd_synthesize(args) -> int:
+    from ffr.config import parse_set
+    from ffr.data.manifest import CARD_FILE, DatasetCard, format_group_counts
+    from ffr.synthesis.outputs import shard_record_dir, synthesize_dataset
+
+    if args.card is None and args.real is None:
+        raise ValueError("--card (or --real, whose card is used) is required")
+    if args.out is None:
+        raise ValueError("--out is required")
+    card = DatasetCard.load(args.card or Path(args.real) / CARD_FILE)
+    counts = _synthesis_counts(args, card)
+    options = dict(parse_set(o) for o in args.option)
+    options.update({k: v for k, v in (("model", args.model), ("prompts", args.prompts)) if v is not None})
+    record = None
+    if args.group:  # a fan-out over groups: each task keeps its record apart
+        record = shard_record_dir(args.out, args.shard, args.num_shards, [g for g in card.groups if g in counts])
+    run, record = synthesize_dataset(args.backend, card, counts, args.out, options, base_seed=args.seed,
+                                     shard=args.shard, num_shards=args.num_shards, batch_size=args.batch_size,
+                                     filters=args.filter, max_attempts=args.max_attempts, progress=not args.quiet,
+                                     record_dir=record)
+    per_group = run.manifest.group_counts()
+    print(format_group_counts({"images": {g: per_group[g] for g in counts}}))
+    print(f"{len(run.manifest)} images ({run.info['resumed']} kept from an earlier run, {run.info['rejected']} "
+          f"attempts rejected) in {Path(args.out).resolve()}; record: {record}")
+    rejected = {}
+    for r in run.rejections:
+        rejected[r["group"]] = rejected.get(r["group"], 0) + 1
+    if rejected:
+        print("rejected attempts per group: " + ", ".join(f"{g} {n}" for g, n in sorted(rejected.items())))
+    return 0
+
+
+def cmd_synthesize_collect(args) -> int:
+    from ffr.synthesis.outputs import collect
+
+    m = collect(args.shards, args.out)
+    print(f"collected {len(args.shards)} shard run(s): {len(m)} images in {Path(args.out).resolve()}")
     return 0
 
 
@@ -242,17 +296,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data_split)
 
-    p = sub.add_parser("synthesize", help="render N synthetic images per group with a backend")
-    p.add_argument("--card", required=True, help="card.json of the dataset")
-    p.add_argument("--backend", default="procedural")
-    need = p.add_mutually_exclusive_group(required=True)
-    need.add_argument("--per-group", type=int)
-    need.add_argument("--need-from", metavar="DIR",
-                      help="prepared real dataset: render what --strategies need to balance its train split")
-    p.add_argument("--strategies", nargs="+", help="with --need-from (default: usb asb ffr)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("synthesize", help="render synthetic images per group (resumable, shardable); "
+                                          "'synthesize collect' merges shard runs")
+    p.add_argument("--card", help="card.json of the dataset (default: --real's)")
+    p.add_argument("--backend", default="procedural", help="synthesis backend: procedural, diffusers, folder")
+    p.add_argument("--model", help="diffusers: hub id, local directory or s3:// URI")
+    p.add_argument("--prompts", help="diffusers: prompt file or shipped set (spuco_animals, celebahq, utkface, waterbirds)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend option, e.g. steps=50, scheduler=pndm, guidance_scale=7.5, source=DIR; repeatable")
+    p.add_argument("--per-group", type=int, help="images per group")
+    p.add_argument("--count", action="append", default=[], metavar="GROUP=N", help="images of one group; repeatable")
+    p.add_argument("--real", help="prepared real dataset: counts from its train split and --strategy budgets")
+    p.add_argument("--strategy", action="append", help="strategies whose synthetic budget to cover (default usb, asb, ffr)")
+    p.add_argument("--group", action="append", help="only this group (label_bias); repeatable")
+    p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--filter", action="append", default=[], metavar="SPEC",
+                   help="grayscale[:tolerance=3] or clip:model=DIR[,min_score=20]; repeatable")
+    p.add_argument("--max-attempts", type=int, default=10, help="attempts per image before giving up")
+    p.add_argument("--out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synthesize)
+    ssub = p.add_subparsers(dest="synthesize_command")
+    c = ssub.add_parser("collect", help="merge shard runs into one validated synthetic dataset")
+    c.add_argument("shards", nargs="+", help="record directories of the shard runs (out/shards/...)")
+    c.add_argument("--out", required=True, dest="out")
+    c.set_defaults(func=cmd_synthesize_collect)
 
     p = sub.add_parser("prepare", parents=[_config_parent()], help="load a dataset and split it to a bias rate")
     p.add_argument("--bias-rate", type=float, required=True)
@@ -290,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="strategies × bias rates × seeds on a dataset (the demo by default)")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("promote", help="register a trained model as the challenger and run the promotion gate")

@@ -36,6 +36,8 @@ class SynthesisConfig:
     seed: int = 0
     batch_size: int = 64
     options: dict = field(default_factory=dict)
+    filters: list = field(default_factory=list)   # e.g. ["grayscale"] (ffr.synthesis.filters)
+    max_attempts: int = 10                        # per image, when filters reject
 
 
 @dataclass

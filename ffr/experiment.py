@@ -25,11 +25,10 @@ from ffr.balance import balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
 from ffr.data.loading import TensorData, load_images
 from ffr.data.manifest import Manifest
-from ffr.metrics import flat_metrics
 from ffr.data.splits import bias_rate_split
-from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
+from ffr.tracking import NullTracker, Tracker, flatten, log_cell
 from ffr.train.backbones import create_model
-from ffr.train.loop import evaluate, fit, resolve_device, save_checkpoint, seed_everything
+from ffr.train.loop import evaluate, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
 from ffr.train.objectives import create_objective
 
 
@@ -95,22 +94,35 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
     backend = create_backend(cfg.synthesis.backend, real.card, **cfg.synthesis.options)
     out = Path(workdir) / "synthetic" / f"{cfg.synthesis.backend}-seed{cfg.synthesis.seed}"
     return synthesize(backend, real.card, need, out, base_seed=cfg.synthesis.seed,
-                      batch_size=cfg.synthesis.batch_size, progress=progress)
+                      batch_size=cfg.synthesis.batch_size, progress=progress, filters=cfg.synthesis.filters,
+                      max_attempts=cfg.synthesis.max_attempts)
 
 
 def stage_config(cfg: ExperimentConfig, stage: str):
+    """The training settings of stage ``train`` (none/usb/asb), ``pretrain`` or ``finetune`` (FFR)."""
     return {"train": cfg.train, "pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
+
+
+def stage_key(train: Manifest, val: Manifest, tcfg, objective: str, cfg: ExperimentConfig, seed: int,
+              init_key: str | None) -> str:
+    """Identity of one training stage: its data, settings, seed and starting point. Two cells
+    whose stage has the same key share it (e.g. FFR's step 1 under every step-2 variant)."""
+    blob = json.dumps({"train": train.digest(), "val": val.digest(), "cfg": asdict(tcfg), "objective": objective,
+                       "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.data.image_size,
+                       "seed": seed, "init": init_key}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
              bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
-             hparams: dict | None = None, progress: bool = False, tracker: Tracker | None = None) -> dict:
+             hparams: dict | None = None, progress: bool = False,
+             stage_cache: str | os.PathLike | None = None) -> dict:
     """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
-    ``tracker`` gets the cell's parameters and test evaluation, and a nested run per stage."""
+
+    With ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
+    ``stage_cache/<key>/`` instead of being trained again.
+    """
     t0 = time.time()
-    tracker = tracker or NullTracker()
-    tracker.log_params({"strategy": strategy, "bias_rate": bias_rate, "seed": seed,
-                        **flatten(hparams or {}, "hparams."), **flatten(cfg)})
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -120,48 +132,54 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     report.save(cell_dir / "split_report.json")
     plan = balance(strategy, split.select(split="train", source="real"), pool)
     (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
-    val = bank.tensors(split.select(split="val", source="real"))
-    test = bank.tensors(split.select(split="test", source="real"))
-    tracker.log_dataset(split.select(split="val", source="real"), "validation")
-    tracker.log_dataset(split.select(split="test", source="real"), "test")
-    n_classes = len(real.card.classes)
+    val_manifest = split.select(split="val", source="real")
+    val, test = bank.tensors(val_manifest), bank.tensors(split.select(split="test", source="real"))
     models: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     stages = []
     history_path = cell_dir / "history.jsonl"
     history_path.unlink(missing_ok=True)
     for stage in plan.stages:
-        tcfg = stage_config(cfg, "train" if stage.name == "train" else stage.name)
-        st = tracker.child(stage.name)
-        st.log_params({"stage": stage.name, "init_from": stage.init_from, **flatten(tcfg, f"{stage.name}.")})
-        st.log_dataset(stage.train, "train")
+        tcfg = stage_config(cfg, stage.name)
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
         # configured objective.
-        objective = create_objective("erm" if stage.name == "pretrain" else cfg.objective)
-        model = create_model(cfg.backbone, n_classes, cfg.weights)
-        if stage.init_from:
-            model.load_state_dict(models[stage.init_from].state_dict())
+        objective = "erm" if stage.name == "pretrain" else cfg.objective
+        key = stage_key(stage.train, val_manifest, tcfg, objective, cfg, seed, keys.get(stage.init_from))
+        keys[stage.name] = key
+        sdir = Path(stage_cache) / key if stage_cache else cell_dir / stage.name
+        if (sdir / "stage.json").is_file():
+            model, _ = load_checkpoint(sdir / "model.pt", device)
+            done = json.loads((sdir / "stage.json").read_text())
+            best_epoch, best_val = done["best_epoch"], done["val"]
+        else:
+            sdir.mkdir(parents=True, exist_ok=True)
+            seed_everything(seed)  # per stage, so a stage's result does not depend on the cache
+            model = create_model(cfg.backbone, len(real.card.classes), cfg.weights)
+            if stage.init_from:
+                model.load_state_dict(models[stage.init_from].state_dict())
+            (sdir / "history.jsonl").unlink(missing_ok=True)
 
-        def log(rec, _stage=stage.name):
-            with history_path.open("a") as f:
-                f.write(json.dumps({"stage": _stage, **rec}) + "\n")
-            st.log_metrics(*epoch_metrics(rec))
+            def log(rec, _path=sdir / "history.jsonl"):
+                with _path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
 
-        result = fit(model, bank.tensors(stage.train), val, objective, tcfg, device, seed=seed, log=log,
-                     progress=progress, desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
-        models[stage.name] = result.model
-        meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
-                "bias_values": list(real.card.bias_values), "image_size": cfg.data.image_size,
-                "normalize": tcfg.normalize, "stage": stage.name, "strategy": strategy,
-                "best_epoch": result.best_epoch}
-        save_checkpoint(cell_dir / f"{stage.name}.pt", result.model, meta)
-        stages.append({"name": stage.name, "n_train": len(stage.train), "best_epoch": result.best_epoch,
-                       "val": result.best_val,
-                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
-        st.log_history(result.history)
-        st.log_evaluation(stages[-1]["test"], "test")
-        if stage is plan.stages[-1]:
-            st.log_model(result.model, meta)
-        st.close()
+            result = fit(model, bank.tensors(stage.train), val, create_objective(objective), tcfg, device,
+                         seed=seed, log=log, progress=progress,
+                         desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
+            model, best_epoch, best_val = result.model, result.best_epoch, result.best_val
+            meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
+                    "bias_values": list(real.card.bias_values), "image_size": cfg.data.image_size,
+                    "normalize": tcfg.normalize, "stage": stage.name, "objective": objective,
+                    "best_epoch": best_epoch}
+            save_checkpoint(sdir / "model.pt", model, meta)
+            _write_json(sdir / "stage.json", {"key": key, "best_epoch": best_epoch, "val": best_val})
+        models[stage.name] = model
+        with history_path.open("a") as f:
+            for line in (sdir / "history.jsonl").read_text().splitlines():
+                f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
+        stages.append({"name": stage.name, "key": key, "checkpoint": str(sdir / "model.pt"),
+                       "n_train": len(stage.train), "best_epoch": best_epoch, "val": best_val,
+                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
     final = stages[-1]
     record = {
         "strategy": strategy, "objective": cfg.objective, "bias_rate": float(bias_rate), "seed": int(seed),
@@ -170,8 +188,6 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         "split": report.after, "seconds": round(time.time() - t0, 2),
     }
     _write_json(cell_dir / "record.json", record)
-    tracker.log_metrics(flat_metrics(record["val"], "val"))
-    tracker.log_evaluation(record["test"], "test")
     return record
 
 
@@ -189,13 +205,27 @@ def _grid(search: dict, strategy: str) -> list[dict]:
     return [dict(zip(keys, vals)) for vals in itertools.product(*(space[k] for k in keys))]
 
 
+def _diff(value, default):
+    """The parts of ``value`` that differ from ``default`` (nested dicts compared key by key)."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: _diff(v, default.get(k)) for k, v in value.items() if k not in default or v != default[k]}
+        return out
+    return value
+
+
 def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict) -> str:
-    """A directory name that changes whenever anything the cell depends on changes."""
-    relevant = asdict(cfg)
+    """A directory name that changes whenever anything the cell depends on changes.
+
+    Only the settings that differ from the defaults enter the hash, so adding a new option (with
+    a default) to the config does not invalidate cells that are already finished.
+    """
+    from ffr import __version__
+
+    relevant = _diff(asdict(cfg), asdict(ExperimentConfig()))
     for k in ("strategies", "bias_rates", "seeds", "search", "overrides"):
-        relevant.pop(k)
-    blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams},
-                      sort_keys=True, default=str)
+        relevant.pop(k, None)
+    blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams,
+                       "version": __version__}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
 
@@ -212,48 +242,91 @@ def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, Exper
     return cells
 
 
+def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
+               cells: list, threads: int | None = None) -> list[dict]:
+    """Run ``cells`` one after the other (in a worker process when ``threads`` is set)."""
+    if threads:
+        torch.set_num_threads(threads)
+    bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+    records = []
+    for strategy, rate, seed, hp, eff in cells:
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, stage_cache=out / "stages"))
+    return records
+
+
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None, tracker: Tracker | None = None) -> list[dict]:
+            on_cell: Callable[[dict], None] | None = None, workers: int = 1,
+            tracker: Tracker | None = None) -> list[dict]:
     """Run the grid (skipping finished cells), choose hyperparameters per (strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
-    ``tracker`` gets the config, a nested run per cell run here, and the result tables."""
-    tracker = tracker or NullTracker()
+
+    With ``workers`` > 1 the unfinished cells run in that many processes (the CPU threads shared
+    among them). Cells that differ only in hyperparameters run in one process, one after the
+    other, so the stages they share (FFR's step 1) are trained once.
+
+    ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracking.log_cell`)
+    and the result tables.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
     from ffr.report import mark_selected, write_results
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    tracker = tracker or NullTracker()
     tracker.log_params(flatten(cfg))
     real = prepare_real(cfg, out)
+    tracker.log_dataset(real, "source", str(out / "data") if cfg.data.dataset == "demo" else cfg.data.dataset)
     needs_pool = any(s != "none" for s in cfg.strategies)
     pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
-    bank = None
-    records = []
+    done: dict[str, dict] = {}
+    todo: dict[tuple, list] = {}
+    for cell in cells:
+        strategy, rate, seed, hp, eff = cell
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        if (cdir / "record.json").is_file():
+            done[cdir.name] = json.loads((cdir / "record.json").read_text())
+        else:
+            todo.setdefault((strategy, rate, seed), []).append(cell)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(cells), desc="compare", unit="cell")
+        bar = tqdm(total=len(cells), initial=len(done), desc="compare", unit="cell")
+
+    def finished(batch: list[dict]) -> None:
+        for record in batch:
+            if bar is not None:
+                bar.set_postfix(last=f"{record['strategy']} r={record['bias_rate']} s={record['seed']} "
+                                     f"wga={record['test']['worst_group_acc']:.2f}")
+                bar.update(1)
+
+    if workers <= 1 or len(todo) <= 1:
+        for group in todo.values():
+            finished(_run_cells(cfg, real, pool, out, group))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads) for group in todo.values()]
+            for fut in as_completed(futures):
+                finished(fut.result())
+    if bar is not None:
+        bar.close()
+    records = []
     for strategy, rate, seed, hp, eff in cells:
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
-        done = cdir / "record.json"
-        if done.is_file():
-            record = json.loads(done.read_text())
-        else:
-            if bank is None:
-                bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
-            cell_tracker = tracker.child(cdir.name)
-            record = run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, tracker=cell_tracker)
-            cell_tracker.close()
+        record = done.get(cdir.name) or json.loads((cdir / "record.json").read_text())
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
             on_cell(record)
-        if bar is not None:
-            bar.set_postfix(last=f"{strategy} r={rate} s={seed} wga={record['test']['worst_group_acc']:.2f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    for (strategy, rate, seed, hp, eff), record in zip(cells, records):
+        cell_tracker = tracker.child(record["cell"])
+        log_cell(cell_tracker, eff, real, record)
+        cell_tracker.close()
     records = mark_selected(records)
     write_results(records, out)
     for name in ("results.md", "results.csv", "results.json"):

@@ -78,3 +78,40 @@ def epoch_metrics(record: dict) -> tuple[dict[str, float], int]:
     """The scalars of one ``fit`` log record and its epoch (the step)."""
     return {k: float(v) for k, v in record.items()
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}, int(record["epoch"])
+
+
+def log_cell(tracker: Tracker, cfg, real, record: dict) -> None:
+    """Report one finished ``compare`` cell from what it left on disk (its record, its stages'
+    histories and checkpoints), so cells run in worker processes, resumed or shared through the
+    stage cache are reported alike: the cell's parameters, validation/test datasets and metrics,
+    and a nested run per stage with its per-epoch metrics, test evaluation and (last stage) model."""
+    import json
+    from pathlib import Path
+
+    from ffr.data.splits import bias_rate_split
+    from ffr.experiment import stage_config
+    from ffr.metrics import flat_metrics
+    from ffr.train.loop import load_checkpoint
+
+    tracker.log_params({"strategy": record["strategy"], "bias_rate": record["bias_rate"], "seed": record["seed"],
+                        **flatten(record.get("hparams") or {}, "hparams."), **flatten(cfg)})
+    split, _ = bias_rate_split(real, record["bias_rate"], record["seed"], cfg.data.min_val_per_group)
+    tracker.log_dataset(split.select(split="val", source="real"), "validation")
+    tracker.log_dataset(split.select(split="test", source="real"), "test")
+    for i, stage in enumerate(record["stages"]):
+        st = tracker.child(stage["name"])
+        st.log_params({"stage": stage["name"], "stage_key": stage.get("key"),
+                       **flatten(stage_config(cfg, stage["name"]), f"{stage['name']}.")})
+        ckpt = Path(stage["checkpoint"])
+        history_file = ckpt.parent / "history.jsonl"
+        history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.is_file() else []
+        for rec in history:
+            st.log_metrics(*epoch_metrics(rec))
+        st.log_history(history)
+        st.log_evaluation(stage["test"], "test")
+        if i == len(record["stages"]) - 1:
+            model, meta = load_checkpoint(ckpt)
+            st.log_model(model, meta)
+        st.close()
+    tracker.log_metrics(flat_metrics(record["val"], "val"))
+    tracker.log_evaluation(record["test"], "test")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ffr.config import load_config
-from ffr.data.manifest import Manifest
-from ffr.experiment import run_cell
+from ffr.experiment import compare
 from ffr.stages import evaluate_stage, train_stage
 from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
 from ffr.train.loop import TrainConfig
@@ -77,22 +74,24 @@ def test_train_and_evaluate_stage_report_to_the_tracker(make_dataset, tmp_path):
     assert rec.of("log_dataset")[0][1][1:] == ("test", str(ds))
 
 
-@pytest.mark.parametrize("strategy, stages", [("none", ["train"]), ("ffr", ["pretrain", "finetune"])])
-def test_run_cell_opens_a_nested_run_per_stage(make_dataset, tmp_path, strategy, stages):
-    real = Manifest.load(make_dataset(COUNTS))
-    pool = Manifest.load(make_dataset({("train", l, b): 6 for l in ("cat", "dog") for b in ("indoor", "outdoor")},
-                                      name="pool"))
-    pool.frame["source"], pool.frame["generator"] = "synthetic", "test"
-    cfg = load_config(None, ["data.image_size=8", "data.min_val_per_group=1", "device=cpu",
-                             "train.epochs=2", "pretrain.epochs=2", "finetune.epochs=2"])
+@pytest.mark.slow
+def test_compare_reports_a_nested_run_per_cell_and_stage(tmp_path):
+    cfg = load_config(None, ["data.demo={per_digit: 10}", "data.min_val_per_group=2", "strategies=[none, ffr]",
+                             "bias_rates=[0.9]", "seeds=[0]", "train.epochs=2", "pretrain.epochs=2",
+                             "finetune.epochs=2", "device=cpu"])
     rec = Recorder()
-    record = run_cell(cfg, real, pool, strategy, 0.75, 0, tmp_path / "cell", tracker=rec)
-    assert [c.name for c in rec.children] == stages and all(c.closed for c in rec.children)
-    assert rec.of("log_params")[0][1][0]["strategy"] == strategy
-    assert [c[1][1] for c in rec.of("log_dataset")] == ["validation", "test"]
-    assert rec.of("log_evaluation")[-1][1] == (record["test"], "test")
-    for child in rec.children:
-        assert [c[1][1] for c in child.of("log_metrics")] == [0, 1]
-        assert child.of("log_evaluation")[0][1][1] == "test"
-    assert [len(c.of("log_model")) for c in rec.children] == [0] * (len(stages) - 1) + [1]
-    assert json.loads((tmp_path / "cell" / "record.json").read_text())["strategy"] == strategy
+    records = compare(cfg, tmp_path / "run", progress=False, tracker=rec)
+    assert rec.of("log_params")[0][1][0]["finetune.epochs"] == 2
+    assert [c[1][1] for c in rec.of("log_dataset")] == ["source"]
+    assert [c.name for c in rec.children] == [r["cell"] for r in records]
+    for cell, record in zip(rec.children, records):
+        assert cell.closed and cell.of("log_params")[0][1][0]["strategy"] == record["strategy"]
+        assert [c[1][1] for c in cell.of("log_dataset")] == ["validation", "test"]
+        assert cell.of("log_evaluation")[-1][1] == (record["test"], "test")
+        stages = [s["name"] for s in record["stages"]]
+        assert [c.name for c in cell.children] == stages and all(c.closed for c in cell.children)
+        for child in cell.children:
+            assert [c[1][1] for c in child.of("log_metrics")] == [0, 1]
+            assert child.of("log_evaluation")[0][1][1] == "test"
+        assert [len(c.of("log_model")) for c in cell.children] == [0] * (len(stages) - 1) + [1]
+    assert [c[1][0].rsplit("/", 1)[-1] for c in rec.of("log_artifact")] == ["results.md", "results.csv", "results.json"]

@@ -42,7 +42,7 @@ DIGIT_GROUPS: dict[str, tuple[int, ...]] = {
 
 SPEC_FILE = "demo_spec.json"
 _FORMAT = "demo-v1"  # bump when the rendering changes, so cached demos are rebuilt
-_CLASSES_RE = re.compile(r"(\w+) = digits ([\d,]+)")
+_CLASSES_RE = re.compile(r"([\w-]+) = digits ([\d,]+)")
 
 
 def _default_classes() -> dict[str, tuple[int, ...]]:
@@ -197,6 +197,16 @@ def _composite(digit: np.ndarray, texture: np.ndarray, tint, size: int, rng: np.
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
+def _write_atomic(dest: Path, write) -> None:
+    """``write(file)`` into a temp file, then rename: concurrent builders of the same demo (a
+    parallel sweep) only ever see complete files, and they write identical bytes."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, dest)
+
+
 def _same_spec(path: Path, wanted: dict) -> bool:
     try:
         return json.loads(path.read_text()) == wanted
@@ -245,12 +255,11 @@ def make_demo(out_dir: str | os.PathLike, spec: DemoSpec | None = None) -> Manif
                 n = counters[(label, bias)]
                 counters[(label, bias)] += 1
                 rel = f"images/{split}/{group_key(label, bias)}/{n:05d}.png"
-                dest = out_dir / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(dest, format="PNG")
+                _write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
                 rows.append({"path": rel, "label": label, "bias": bias,
                              "split": split, "source": "real"})
     manifest = Manifest.from_records(rows, card, out_dir)
     manifest.save(out_dir)
-    spec_path.write_text(json.dumps(wanted, indent=2) + "\n")  # last: marks the demo complete
+    # Last: marks the demo complete.
+    _write_atomic(spec_path, lambda f: f.write((json.dumps(wanted, indent=2) + "\n").encode()))
     return manifest

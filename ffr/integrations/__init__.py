@@ -1,5 +1,6 @@
-"""Adapters to external services — MLflow tracking and registry, DVC, S3 (boto3). The only place in
-``ffr`` that imports mlflow, dvc or boto3; the core reaches them lazily, when a URI or a tracker asks."""
+"""Adapters to external services — object storage (S3 through boto3), MLflow tracking and registry,
+DVC: the only place in ``ffr`` that imports them. The core reaches them lazily, when a URI or a
+tracker asks."""
 
 
 class ServiceError(RuntimeError):

@@ -11,7 +11,7 @@ Configuration comes from the environment only, and credentials are never logged:
   a web identity or instance role);
 - endpoint: ``FFR_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or
   ``MLFLOW_S3_ENDPOINT_URL`` (MinIO, moto, Ceph ...); AWS itself when none is set;
-- ``FFR_S3_CACHE`` (default ``~/.cache/ffr/s3``), ``FFR_S3_RETRIES`` (attempts per request and per
+- ``FFR_S3_CACHE`` (default ``$FFR_CACHE/s3`` or ``~/.cache/ffr/s3``), ``FFR_S3_RETRIES`` (attempts per request and per
   transfer, default 5).
 """
 
@@ -52,7 +52,7 @@ def is_s3(path) -> bool:
     return isinstance(path, str) and path.startswith("s3://")
 
 
-def split_uri(uri: str) -> tuple[str, str]:
+def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` → ``("bucket", "a/b")``."""
     if not is_s3(uri):
         raise ValueError(f"not an s3:// URI: {uri!r}")
@@ -71,7 +71,7 @@ def retries() -> int:
     return max(1, int(os.environ.get("FFR_S3_RETRIES", "5")))
 
 
-def client():
+def s3_client():
     """A boto3 S3 client: endpoint from the environment, botocore's standard retry mode (exponential
     backoff with jitter on throttling, 5xx and connection errors), bounded timeouts."""
     session = boto3.session.Session()
@@ -101,7 +101,7 @@ def _explain(err: BaseException, uri: str, action: str) -> S3Error:
     if isinstance(err, ClientError):
         code = err.response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
-            return S3Error(f"{action} {uri}: bucket {split_uri(uri)[0]!r} does not exist"
+            return S3Error(f"{action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist"
                            f" (endpoint {endpoint_url() or 'AWS'})")
         if code in ("NoSuchKey", "404"):
             return S3Error(f"{action} {uri}: no such object")
@@ -131,12 +131,15 @@ def with_retries(fn: Callable[[], T], uri: str, action: str, attempts: int | Non
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FFR_S3_CACHE", Path.home() / ".cache" / "ffr" / "s3"))
+    """``$FFR_S3_CACHE``, else ``$FFR_CACHE/s3``, else ``~/.cache/ffr/s3``."""
+    if os.environ.get("FFR_S3_CACHE"):
+        return Path(os.environ["FFR_S3_CACHE"])
+    return Path(os.environ.get("FFR_CACHE", Path.home() / ".cache" / "ffr")) / "s3"
 
 
 def local_mirror(uri: str) -> Path:
     """Where ``uri`` lives in the cache (``<cache>/<bucket>/<key>``)."""
-    bucket, key = split_uri(uri)
+    bucket, key = parse_s3_uri(uri)
     parts = [p for p in key.split("/") if p]
     if any(p == ".." for p in parts):
         raise ValueError(f"{uri!r}: '..' is not allowed in an S3 key")
@@ -210,8 +213,8 @@ def resolve_path(path) -> Path:
     object under the prefix) downloaded into the cache, and its mirror path returned."""
     if not is_s3(path):
         return Path(path)
-    bucket, key = split_uri(path)
-    s3 = client()
+    bucket, key = parse_s3_uri(path)
+    s3 = s3_client()
     found = _list(s3, bucket, key, path)
     if key in found:  # an object (a prefix of other keys too, at most: take the object)
         found = {key: found[key]}
@@ -223,19 +226,24 @@ def resolve_path(path) -> Path:
     return local_mirror(path)
 
 
-def download_prefix(uri: str, dest: str | os.PathLike | None = None) -> Path:
-    """Everything under ``uri`` in the local cache (copied to ``dest`` when given); returns the folder."""
-    local = resolve_path(uri)
-    if dest is None:
-        return local
-    import shutil
-
+def download_prefix(uri: str, dest: str | os.PathLike, client=None) -> Path:
+    """Download every object under the prefix ``uri`` into ``dest``, keeping the key layout below
+    the prefix; returns ``dest``. A FileNotFoundError when nothing is there. (Callers that cache,
+    like the diffusers backend, make the folder appear atomically themselves.)"""
+    bucket, prefix = parse_s3_uri(uri)
+    s3 = client or s3_client()
+    start = f"{prefix}/" if prefix else ""
+    keys = [k for k in _list(s3, bucket, start, uri) if not k.endswith("/")]  # no folder markers
+    if not keys:
+        raise FileNotFoundError(f"no objects under {uri}")
     dest = Path(dest)
-    if local.is_dir():
-        shutil.copytree(local, dest, dirs_exist_ok=True)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(local, dest)
+
+    def one(key: str) -> None:
+        target = dest.joinpath(*key[len(start):].split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with_retries(lambda: s3.download_file(bucket, key, str(target)), f"s3://{bucket}/{key}", "downloading")
+
+    _parallel(one, keys)
     return dest
 
 
@@ -246,10 +254,10 @@ def fetch_dataset(uri: str) -> Path:
     resolved inside the bucket."""
     import pandas as pd
 
-    bucket, key = split_uri(uri)
+    bucket, key = parse_s3_uri(uri)
     if key.endswith("manifest.csv"):
         key = posixpath.dirname(key)
-    s3 = client()
+    s3 = s3_client()
     index = _Index(bucket)
     heads = {}
     for name in _LAST:
@@ -285,8 +293,8 @@ def upload(local: str | os.PathLike, uri: str, transfer: TransferConfig | None =
     loadable as if complete. Transient failures are retried with backoff; others raise
     :class:`S3Error`."""
     local = Path(local)
-    bucket, key = split_uri(uri)
-    s3 = client()
+    bucket, key = parse_s3_uri(uri)
+    s3 = s3_client()
     if local.is_file():
         body, last = [(local, key)], []
     elif local.is_dir():

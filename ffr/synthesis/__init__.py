@@ -1,14 +1,18 @@
-"""Synthesis: backends that render an image for any (class, bias) group on request."""
+"""Synthesis: backends that render an image for any (class, bias) group on request, prompt sets,
+filters, and the resumable, shardable generation loop."""
 
 from ffr.synthesis.base import (  # noqa: F401
     SYNTHESIS_BACKENDS,
     ImageRequest,
     SynthesisBackend,
+    SynthesisError,
+    SynthesisRun,
     create_backend,
     image_seed,
     plan_requests,
+    run_synthesis,
     synthesize,
 )
 
-# Built-in backends register themselves on import.
-from ffr.synthesis import procedural  # noqa: E402,F401
+# Built-in backends register themselves on import (diffusers itself is imported only when used).
+from ffr.synthesis import diffusers_backend, folder, procedural  # noqa: E402,F401

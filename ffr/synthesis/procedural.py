@@ -20,8 +20,10 @@ from ffr.data.demo import class_digits
 from ffr.data.manifest import DatasetCard
 from ffr.synthesis.base import SYNTHESIS_BACKENDS, ImageRequest
 
+# Varied faces (sans, serif, italic, Computer Modern, STIX) so no single glyph shape stands for a digit.
 FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
-              "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf")
+              "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf", "cmr10.ttf", "cmss10.ttf", "cmti10.ttf",
+              "STIXGeneral.ttf", "STIXGeneralItalic.ttf")
 
 
 def _font_paths() -> list[Path]:
@@ -115,6 +117,7 @@ class ProceduralBackend:
     """
 
     generator = "procedural-v1"
+    batch_invariant = True  # each image is drawn on its own: batching cannot change it
 
     def __init__(self, card: DatasetCard, image_size: int = 32,
                  digits: dict[str, tuple[int, ...]] | None = None, **opts):
@@ -151,16 +154,19 @@ class ProceduralBackend:
         digit = self._digit(request, rng)  # first draw: the same digit prompt_for names
         s = 2 * self.image_size
         background = self.textures[request.bias](rng, s)
-        alpha = np.asarray(self._glyph(str(digit), rng, s), dtype=np.float32)[..., None] / 255.0
+        alpha = self._glyph(str(digit), rng, s)[..., None]
         ink = rng.uniform(0.88, 1.0) * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.9, 1.0)], np.float32)
         out = alpha * ink + (1 - alpha) * np.clip(background, 0, 1)
         img = Image.fromarray(np.clip(np.round(out * 255), 0, 255).astype(np.uint8))
         return img.resize((self.image_size, self.image_size), Image.LANCZOS)
 
-    def _glyph(self, text: str, rng: np.random.Generator, s: int) -> Image.Image:
-        """The digit's coverage mask (L, s×s): random font, size, stroke, rotation, shear, position."""
+    def _glyph(self, text: str, rng: np.random.Generator, s: int) -> np.ndarray:
+        """The digit's coverage (float32 s×s in [0, 1]): random font, size, stroke, rotation,
+        shear, position and a smooth warp."""
+        from scipy.ndimage import map_coordinates
+
         font_i = int(rng.integers(len(self.font_paths)))
-        size = int(s * rng.uniform(0.55, 0.8))
+        size = int(s * rng.uniform(0.85, 1.05))  # digit ~0.6-0.75 of the height, as in MNIST
         key = (font_i, size)
         if key not in self._fonts:  # fonts are cached per instance; loading one costs ~1 ms
             self._fonts[key] = ImageFont.truetype(str(self.font_paths[font_i]), size)
@@ -170,10 +176,15 @@ class ProceduralBackend:
                                   stroke_width=stroke, stroke_fill=255)
         angle = math.radians(rng.uniform(-15, 15))
         shear, scale = rng.uniform(-0.2, 0.2), rng.uniform(0.9, 1.1)
-        dx, dy = rng.uniform(-0.1, 0.1, size=2) * s
+        tx, ty = rng.uniform(-0.1, 0.1, size=2) * s
         # Inverse affine map (output → input pixel) about the centre: rotation, shear, scale, shift.
         c, si = math.cos(angle) / scale, math.sin(angle) / scale
         a, b, d, e = c, -si + shear, si, c
         cx = cy = s / 2
-        coeffs = (a, b, cx - a * (cx + dx) - b * (cy + dy), d, e, cy - d * (cx + dx) - e * (cy + dy))
-        return mask.transform((s, s), Image.AFFINE, coeffs, Image.BILINEAR)
+        coeffs = (a, b, cx - a * (cx + tx) - b * (cy + ty), d, e, cy - d * (cx + tx) - e * (cy + ty))
+        mask = np.asarray(mask.transform((s, s), Image.AFFINE, coeffs, Image.BILINEAR), dtype=np.float32) / 255.0
+        # A smooth random displacement field bends the strokes, as a hand would.
+        amp = rng.uniform(0.02, 0.06) * s
+        dy, dx = ((_smooth_noise(rng, s, 4) - 0.5) * 2 * amp for _ in range(2))
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+        return np.clip(map_coordinates(mask, [yy + dy, xx + dx], order=1, mode="constant"), 0, 1)

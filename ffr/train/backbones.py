@@ -64,6 +64,13 @@ def small_cnn(num_classes: int) -> Classifier:
     return Classifier(_SmallCNN(32), 64, num_classes)
 
 
+@BACKBONES.register("tiny_cnn")
+def tiny_cnn(num_classes: int) -> Classifier:
+    """The same 3-block CNN at half the width (~14k parameters, ~4x faster than ``small_cnn`` on
+    a CPU core): for grids of many cells on CPU."""
+    return Classifier(_SmallCNN(16), 32, num_classes)
+
+
 class _TorchvisionFeatures(nn.Module):
     """A torchvision ResNet without its ``fc``; state-dict keys match torchvision's."""
 

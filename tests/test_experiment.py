@@ -1,0 +1,27 @@
+"""Grid planning and cell identity."""
+
+from __future__ import annotations
+
+from ffr.config import ExperimentConfig, with_overrides
+from ffr.experiment import cell_id, plan_cells
+
+
+def test_plan_cells_applies_overrides_and_search():
+    cfg = ExperimentConfig(strategies=["none", "asb", "ffr"], bias_rates=[0.9, 0.99], seeds=[0, 1],
+                           search={"ffr": {"finetune.lr": [1e-3, 1e-4]}, "*": {"train.epochs": [5]}})
+    cells = plan_cells(cfg)
+    assert len(cells) == (1 + 1 + 2) * 2 * 2
+    asb = [c for c in cells if c[0] == "asb"][0]
+    assert asb[4].train.lr == 1e-4 and asb[4].train.epochs == 5  # the paper's ASB learning rate
+    ffr_lrs = sorted({c[4].finetune.lr for c in cells if c[0] == "ffr"})
+    assert ffr_lrs == [1e-4, 1e-3]
+
+
+def test_cell_id_tracks_what_matters():
+    cfg = ExperimentConfig()
+    a = cell_id(cfg, "ffr", 0.95, 0, {})
+    assert a == cell_id(ExperimentConfig(), "ffr", 0.95, 0, {})
+    assert a != cell_id(cfg, "ffr", 0.95, 1, {})
+    assert a != cell_id(with_overrides(cfg, {"finetune.lr": 0.5}), "ffr", 0.95, 0, {})
+    # the grid's own axes are not part of a cell's identity
+    assert a == cell_id(with_overrides(cfg, {"seeds": [7, 8]}), "ffr", 0.95, 0, {})
