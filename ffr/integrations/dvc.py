@@ -78,3 +78,20 @@ def locked_outputs(lock_file: str | os.PathLike = "dvc.lock") -> dict[str, str]:
         for o in stage.get("outs") or []:
             out[o["path"]] = o.get("md5")
     return out
+
+
+def get_revision(repo: str, path: str, out: str | os.PathLike, rev: str | None = None,
+                 endpoint_url: str | None = None) -> dict[str, str]:
+    """Download ``path`` as it is at git revision ``rev`` of the DVC project ``repo`` (a git URL or
+    folder) into ``out`` — from the project's default remote, e.g. S3 (``endpoint_url`` for a
+    non-AWS one; credentials from the environment). Returns its lineage: repo, path, the revision
+    asked for and the commit it resolved to, and the data's DVC version (``dvc_md5``)."""
+    from dvc.repo.get import get
+    from dvc.scm import SCM
+
+    remote_config = {"endpointurl": endpoint_url} if endpoint_url else None
+    get(repo, path, out=str(out), rev=rev or None, remote_config=remote_config)
+    info = {"repo": repo, "path": path, "rev": rev or "HEAD", "dvc_md5": dir_digest(out)}
+    if Path(repo).is_dir():  # a local clone: name the commit too (a remote repo's tag may move)
+        info["commit"] = SCM(repo).resolve_rev(rev or "HEAD")
+    return info

@@ -259,3 +259,11 @@ def from_run(tracking_uri: str, run_id: str) -> tuple[str, Evaluation, dict[str,
             if k.startswith("data.") or k in ("ffr.git_commit", "ffr.pipeline_run_id", "mlflow.source.git.commit"):
                 lineage.setdefault(k.removeprefix("ffr."), v)
     return model_run.data.tags["ffr.model_uri"], _evaluation_from_run(eval_run, digest), lineage, model_run.info.run_id
+
+
+def register_and_gate(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluation,
+                      lineage: dict[str, str] | None = None, policy: GatePolicy | None = None,
+                      run_id: str | None = None) -> tuple[str, Decision]:
+    """:func:`register` the model as the challenger, then run the gate (:func:`promote`)."""
+    version = register(tracking_uri, name, model_uri, evaluation, lineage, run_id)
+    return version, promote(tracking_uri, name, version, policy)

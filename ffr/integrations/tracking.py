@@ -349,17 +349,24 @@ def _experiment(name: str, artifact_location: str | None) -> str:
 @contextlib.contextmanager
 def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None = None,
                tags: dict[str, Any] | None = None, system_metrics: bool = True,
-               artifact_location: str | None = None) -> Iterator[MlflowTracker]:
-    """A parent MLflow run as a tracker; nested runs left open by an exception end as FAILED with
-    it. Lineage tags: the git commit of the working directory and ``tags`` (e.g. the pipeline run
-    id). System metrics (CPU, memory, GPU) are sampled while it is open. ``artifact_location``
-    applies when the experiment is created (a local store keeps its artifacts beside it)."""
+               artifact_location: str | None = None, parent_run_id: str | None = None) -> Iterator[MlflowTracker]:
+    """An MLflow run as a tracker; nested runs left open by an exception end as FAILED with it.
+    Lineage tags: the git commit of the working directory and ``tags`` (e.g. the pipeline run id).
+    System metrics (CPU, memory, GPU) are sampled while it is open. ``artifact_location`` applies
+    when the experiment is created (a local store keeps its artifacts beside it).
+    ``parent_run_id`` nests the run under a run another process opened (:func:`open_run`): a
+    pipeline step's run under its pipeline's."""
     import mlflow
 
     configure(tracking_uri)
     try:
-        mlflow.set_experiment(experiment_id=_experiment(experiment, artifact_location))
+        if parent_run_id:
+            experiment_id = mlflow.MlflowClient(tracking_uri).get_run(parent_run_id).info.experiment_id
+        else:
+            experiment_id = _experiment(experiment, artifact_location)
+        mlflow.set_experiment(experiment_id=experiment_id)
         run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics,
+                               parent_run_id=parent_run_id or None, nested=bool(parent_run_id),
                                tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(),
                                                             **(tags or {})}.items() if v is not None})
     except Exception as e:
@@ -371,3 +378,40 @@ def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None 
         tracker.close("FAILED")
         raise
     tracker.close("FINISHED")
+
+
+@contextlib.contextmanager
+def optional_run(tracking_uri: str | None, run_name: str, parent_run_id: str | None = None,
+                 **kwargs) -> Iterator[MlflowTracker | None]:
+    """:func:`mlflow_run` when a tracking URI is given (or ``$MLFLOW_TRACKING_URI`` is set),
+    else ``None``: how pipeline steps report when, and only when, tracking is configured."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        yield None
+        return
+    with mlflow_run(uri, run_name=run_name, parent_run_id=parent_run_id, **kwargs) as tracker:
+        yield tracker
+
+
+@guarded("opening the pipeline's MLflow run")
+def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, Any] | None = None,
+             artifact_location: str | None = None) -> str:
+    """Create a run that stays open after this process ends (a pipeline's parent run, which its
+    steps nest under and its last step closes with :func:`close_run`); returns its id."""
+    import mlflow
+
+    configure(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.create_run(_experiment(experiment, artifact_location), run_name=run_name,
+                            tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(), **(tags or {})}.items()
+                                  if v is not None})
+    return run.info.run_id
+
+
+@guarded("closing the pipeline's MLflow run")
+def close_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run opened by :func:`open_run` finished (or FAILED)."""
+    import mlflow
+
+    configure(tracking_uri)
+    mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status)

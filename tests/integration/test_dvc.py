@@ -101,3 +101,34 @@ def test_repro_sweep_push_and_pull_into_a_fresh_clone(tmp_path, s3_env, bucket):
     assert "Running stage 'finetune'" in out and "Running stage 'prepare'" not in out
     table = json.loads(run([dvc, "exp", "show", "--json"], proj, env))
     assert "lr3e-3" in json.dumps(table) and "0.003" in json.dumps(table)
+
+
+def test_get_revision_brings_back_each_version_from_the_s3_remote(tmp_path, s3_env, bucket, make_dataset):
+    """What the retraining pipeline's data step does: a dataset at a git revision of a DVC project,
+    downloaded from the project's S3 remote, with its DVC version as lineage."""
+    from ffr.integrations.dvc import get_revision
+
+    env = _env(tmp_path, {**DUMMY_AWS})
+    dvc, git = binary("dvc"), shutil.which("git")
+    proj = tmp_path / "proj"
+    ds = make_dataset({("train", "cat", "indoor"): 3, ("test", "dog", "outdoor"): 2}, name="proj/data")
+    run([git, "init", "-q"], proj, env)
+    run([dvc, "init", "-q"], proj, env)
+    run([dvc, "remote", "add", "-d", "s3store", f"s3://{bucket}/dvc"], proj, env)
+    versions = {}
+    for tag, extra in (("v1", 0), ("v2", 1)):
+        if extra:
+            (ds / "extra.txt").write_text("a second version\n")
+        run([dvc, "add", "-q", "data"], proj, env)
+        run([git, "add", "-A"], proj, env)
+        run([git, "commit", "-qm", tag], proj, env)
+        run([git, "tag", tag], proj, env)
+        run([dvc, "remote", "modify", "--local", "s3store", "endpointurl", s3_env.url], proj, env)
+        run([dvc, "push", "-q"], proj, env)
+        versions[tag] = (yaml.safe_load((proj / "data.dvc").read_text())["outs"][0]["md5"], _files(ds))
+    for tag, (md5, files) in versions.items():
+        out = tmp_path / f"got-{tag}"
+        info = get_revision(str(proj), "data", out, rev=tag, endpoint_url=s3_env.url)
+        assert info["dvc_md5"] == md5 and _files(out) == files
+        assert info["commit"] == run([git, "rev-parse", tag], proj, env).strip()
+    assert versions["v1"][0] != versions["v2"][0]
