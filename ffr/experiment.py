@@ -325,7 +325,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
             on_cell(record)
     for (strategy, rate, seed, hp, eff), record in zip(cells, records):
         cell_tracker = tracker.child(record["cell"])
-        log_cell(cell_tracker, eff, real, record)
+        log_cell(cell_tracker, eff, real, record, pool)
         cell_tracker.close()
     records = mark_selected(records)
     write_results(records, out)

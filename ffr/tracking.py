@@ -80,14 +80,16 @@ def epoch_metrics(record: dict) -> tuple[dict[str, float], int]:
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}, int(record["epoch"])
 
 
-def log_cell(tracker: Tracker, cfg, real, record: dict) -> None:
+def log_cell(tracker: Tracker, cfg, real, record: dict, pool=None) -> None:
     """Report one finished ``compare`` cell from what it left on disk (its record, its stages'
     histories and checkpoints), so cells run in worker processes, resumed or shared through the
     stage cache are reported alike: the cell's parameters, validation/test datasets and metrics,
-    and a nested run per stage with its per-epoch metrics, test evaluation and (last stage) model."""
+    and a nested run per stage with its training set, per-epoch metrics, test evaluation and (last
+    stage) model. The split and the balancing plan are recomputed (both are deterministic)."""
     import json
     from pathlib import Path
 
+    from ffr.balance import balance
     from ffr.data.splits import bias_rate_split
     from ffr.experiment import stage_config
     from ffr.metrics import flat_metrics
@@ -98,10 +100,13 @@ def log_cell(tracker: Tracker, cfg, real, record: dict) -> None:
     split, _ = bias_rate_split(real, record["bias_rate"], record["seed"], cfg.data.min_val_per_group)
     tracker.log_dataset(split.select(split="val", source="real"), "validation")
     tracker.log_dataset(split.select(split="test", source="real"), "test")
+    plan = {s.name: s.train for s in balance(record["strategy"], split.select(split="train", source="real"),
+                                             pool).stages}
     for i, stage in enumerate(record["stages"]):
         st = tracker.child(stage["name"])
         st.log_params({"stage": stage["name"], "stage_key": stage.get("key"),
                        **flatten(stage_config(cfg, stage["name"]), f"{stage['name']}.")})
+        st.log_dataset(plan[stage["name"]], "train")
         ckpt = Path(stage["checkpoint"])
         history_file = ckpt.parent / "history.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.is_file() else []

@@ -83,7 +83,7 @@ def client_for(tracking_uri: str):
     from mlflow import MlflowClient
 
     configure(tracking_uri)
-    return MlflowClient(tracking_uri)
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
 def guarded(action: str) -> Callable:

@@ -42,7 +42,7 @@ def ev(groups: dict, digest: str = "test-digest-1") -> Evaluation:
 def _client(server):
     from mlflow import MlflowClient
 
-    return MlflowClient(server.url)
+    return MlflowClient(server.url, registry_uri=server.url)
 
 
 def test_gate_promotes_better_and_refuses_worse_or_regressed(mlflow_env, model_uri, logged):

@@ -31,7 +31,7 @@ def test_compare_run_logs_nested_runs_metrics_tables_and_model(mlflow_env, tmp_p
     with mlflow_run(mlflow_env.url, "test-compare", "compare", tags={"ffr.pipeline_run_id": "p-1"}) as t:
         records = compare(cfg, tmp_path / "run", progress=False, tracker=t)
         parent_id = t.run_id
-    client = MlflowClient(mlflow_env.url)
+    client = MlflowClient(mlflow_env.url, registry_uri=mlflow_env.url)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["finetune.epochs"] == "2" and parent.data.tags["ffr.pipeline_run_id"] == "p-1"
@@ -115,7 +115,7 @@ def test_cli_local_store_in_the_run_folder_and_promote(tmp_path, capsys, monkeyp
     assert main(["compare", "--out", str(out), "--quiet", "--mlflow", *sets, "--set", "strategies=[ffr]"]) == 0
     uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in capsys.readouterr().out
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     cell = client.search_runs([client.get_experiment_by_name("ffr").experiment_id], "params.strategy = 'ffr'")[0]
     assert main(["promote", "--mlflow-dir", str(out), "--name", "demo-model", "--run-id", cell.info.run_id,
                  "--floor", "0"]) == 0
