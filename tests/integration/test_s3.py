@@ -5,6 +5,7 @@ that looks complete."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +150,19 @@ def test_s3_down_mid_upload_leaves_no_loadable_dataset(make_dataset, bucket, pro
     monkeypatch.setenv("FFR_S3_ENDPOINT_URL", s3_env.url)
     with pytest.raises(s3.S3Error, match="not a dataset"):
         Manifest.load(f"s3://{bucket}/toy")
+
+
+def test_prompt_file_and_folder_source_from_s3(tmp_path, bucket, card):
+    from ffr.synthesis.folder import FolderBackend
+    from ffr.synthesis.prompts import PromptSet
+    from tests.conftest import write_png
+
+    shipped = PromptSet.load("waterbirds")
+    (tmp_path / "p.yaml").write_text(Path(shipped.source).read_text())
+    s3.upload(tmp_path / "p.yaml", f"s3://{bucket}/prompts/p.yaml")
+    assert PromptSet.load(f"s3://{bucket}/prompts/p.yaml").groups == shipped.groups
+    for i, (label, b) in enumerate(card.groups):
+        write_png(tmp_path / "imgs" / f"{label}_{b}" / "0.png", i)
+    s3.upload(tmp_path / "imgs", f"s3://{bucket}/imgs")
+    backend = FolderBackend(card, f"s3://{bucket}/imgs")
+    assert all(len(v) == 1 for v in backend.files.values())
