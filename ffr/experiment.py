@@ -24,6 +24,7 @@ from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
 from ffr.train import distributed as dist
+from ffr.tracking import NullTracker, Tracker, flatten, log_cell
 from ffr.train.backbones import create_model
 from ffr.train.loop import (evaluate, fit, load_checkpoint, objective_context, resolve_device, save_checkpoint,
                             seed_everything)
@@ -347,7 +348,8 @@ def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
 
 
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None) -> list[dict]:
+            on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None,
+            tracker: Tracker | None = None) -> list[dict]:
     """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×
     seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
@@ -355,6 +357,9 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     With ``workers`` > 1 the unfinished cells run in that many processes (the CPU threads shared
     among them). Cells that differ only in hyperparameters run in one process, one after the
     other, so the stages they share (FFR's step 1) are trained once.
+
+    ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracking.log_cell`)
+    and the result tables.
     """
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
@@ -364,10 +369,13 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dist.init_from_env()
+    tracker = tracker or NullTracker()
     with dist.main_first():  # under torchrun rank 0 writes the data, the others then read it
         if dist.is_main():
             save_config(cfg, out / "config.yaml")
+            tracker.log_params(flatten(cfg))
         real = prepare_real(cfg, out)
+        tracker.log_dataset(real, "source", str(out / "data") if cfg.data.dataset == "demo" else cfg.data.dataset)
         needs_pool = any(s != "none" for s in cfg.strategies)
         pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
@@ -414,9 +422,15 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         records.append(record)
         if on_cell:
             on_cell(record)
+    for (strategy, rate, seed, hp, eff), record in zip(cells, records):
+        cell_tracker = tracker.child(record["cell"])
+        log_cell(cell_tracker, eff, real, record, pool)
+        cell_tracker.close()
     records = mark_selected(records)
     if dist.is_main():
         write_results(records, out)
+        for name in ("results.md", "results.csv", "results.json"):
+            tracker.log_artifact(str(out / name))
     return records
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ffr.balance import balance, pool_requirement
 from ffr.data.manifest import DatasetCard, Manifest, group_key
 from ffr.data.splits import bias_rate_split
+from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
 
 if TYPE_CHECKING:  # torch loads only in the stages that train: data steps start in a second
     from ffr.train.loop import TrainConfig
@@ -144,22 +145,29 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
                 cfg: TrainConfig | None = None, backbone: str = "small_cnn", objective: str = "erm",
                 objective_options: dict | None = None, init: str | os.PathLike | None = None,
                 weights: str | None = None, image_size: int = 32, seed: int = 0,
-                device: str = "auto", stage: str = "train") -> dict:
+                device: str = "auto", stage: str = "train", tracker: Tracker | None = None) -> dict:
     """Train on the manifest in ``train_dir`` (all its rows), select the checkpoint by worst-group
     accuracy on the real ``val`` split of ``val_dir``, and write it to ``out_path`` with
     ``<out_path>.history.jsonl`` and ``<out_path>.json`` (best epoch and validation metrics).
-    ``init`` is a checkpoint whose weights start the run (FFR's step 2 starts from step 1)."""
+    ``init`` is a checkpoint whose weights start the run (FFR's step 2 starts from step 1).
+    ``tracker`` receives the parameters, the datasets read, per-epoch metrics and the model."""
     from ffr.data.loading import TensorData
     from ffr.train.backbones import create_model
     from ffr.train.loop import TrainConfig, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
     from ffr.train.objectives import create_objective
 
     cfg = cfg or TrainConfig()
+    tracker = tracker or NullTracker()
     seed_everything(seed)
     train = Manifest.load(train_dir)
     val = Manifest.load(val_dir).select(split="val", source="real")
     if len(val) == 0:
         raise ValueError(f"{val_dir}: no real rows in split 'val' to select checkpoints with")
+    tracker.log_params({"stage": stage, "backbone": backbone, "weights": weights, "objective": objective,
+                        "init": None if init is None else str(init), "seed": seed, "image_size": image_size,
+                        **flatten(cfg, f"{stage}."), **flatten(objective_options or {}, "objective_options.")})
+    tracker.log_dataset(train, "train", str(train_dir))
+    tracker.log_dataset(val, "validation", str(val_dir))
     dev = resolve_device(device)
     model = create_model(backbone, len(train.card.classes), weights)
     if init is not None:
@@ -175,6 +183,7 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
     def log(rec):
         with history.open("a") as f:
             f.write(json.dumps({"stage": stage, **rec}) + "\n")
+        tracker.log_metrics(*epoch_metrics(rec))
 
     result = fit(model, TensorData.from_manifest(train, image_size), TensorData.from_manifest(val, image_size),
                  create_objective(objective, **(objective_options or {})), cfg, dev, seed=seed, log=log)
@@ -182,15 +191,18 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
             "image_size": image_size, "normalize": cfg.normalize, "stage": stage, "objective": objective,
             "best_epoch": result.best_epoch, "train_digest": train.digest()}
     save_checkpoint(out_path, result.model, meta)
+    tracker.log_history(result.history)
+    tracker.log_model(result.model, meta)
     summary = {"checkpoint": str(out_path), "best_epoch": result.best_epoch, "val": result.best_val, "meta": meta}
     _write_json(out_path.with_name(out_path.name + ".json"), summary)
     return summary
 
 
 def evaluate_stage(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test",
-                   out_path: str | os.PathLike | None = None, device: str = "auto") -> dict:
+                   out_path: str | os.PathLike | None = None, device: str = "auto",
+                   tracker: Tracker | None = None) -> dict:
     """Group metrics of ``checkpoint`` on the real rows of ``split`` in ``data_dir``, plus the
-    confusion matrix; written to ``out_path`` (JSON) when given."""
+    confusion matrix; written to ``out_path`` (JSON) when given and reported to ``tracker``."""
     from ffr.data.loading import TensorData
     from ffr.metrics import GroupTally, confusion_matrix, metrics_from_tally
     from ffr.train.loop import load_checkpoint, predict, resolve_device
@@ -209,4 +221,7 @@ def evaluate_stage(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, s
     metrics["data_digest"] = data.digest()
     if out_path is not None:
         _write_json(Path(out_path), metrics)
+    tracker = tracker or NullTracker()
+    tracker.log_dataset(data, split if split != "val" else "validation", str(data_dir))
+    tracker.log_evaluation(metrics, split)
     return metrics

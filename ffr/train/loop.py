@@ -223,8 +223,11 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> P
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
-    """Rebuild the model a checkpoint describes; never unpickles code (``weights_only=True``)."""
-    blob = torch.load(path, map_location=device, weights_only=True)
+    """Rebuild the model a checkpoint describes; never unpickles code (``weights_only=True``).
+    ``path`` may be an ``s3://`` URI (downloaded once into a local cache)."""
+    from ffr.paths import local_path
+
+    blob = torch.load(local_path(path), map_location=device, weights_only=True)
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
         raise ValueError(f"{path} is not an ffr checkpoint (expected keys 'state_dict' and 'meta')")
     meta = blob["meta"]
