@@ -347,6 +347,18 @@ def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
             "train_images": sum(t for t, _ in stages.values()), "val_images": sum(v for _, v in stages.values())}
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, ask the kernel to end this worker when the process that runs
+    the grid dies (a killed ``ffr compare`` must not leave orphans training on)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the pool still shuts its workers down on a normal exit
+
+
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
             on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None,
             tracker: Tracker | None = None) -> list[dict]:
@@ -408,7 +420,8 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
             finished(_run_cells(cfg, real, pool, out, group, dataset=dataset))
     else:
         threads = max(1, cpu_budget() // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_die_with_parent) as ex:
             futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset) for group in todo.values()]
             for fut in as_completed(futures):
                 finished(fut.result())
