@@ -43,7 +43,7 @@ assert cuda or '$DEVICE' != 'cuda', 'no CUDA device visible to torch'
 "
 if [ "$(cat "$work/env.rc")" = 0 ]; then
   step train_resnet50 225 "$PY" "$here/bench_train.py" --device "$DEVICE" --models resnet50:224 \
-    --n-train "$N_TRAIN" --n-val "$N_VAL" --batch-size "$BATCH" --repeats 2 --json "$work/train_resnet50.json"
+    --n-train "$N_TRAIN" --n-val "$N_VAL" --batch-size "$BATCH" --repeats 3 --json "$work/train_resnet50.json"
   step loader_224 75 "$PY" "$here/bench_loader.py" --device "$DEVICE" --sizes 224 --n-large "$N_LOADER" \
     --repeats 2 --json "$work/loader_224.json"
 fi

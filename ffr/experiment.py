@@ -427,6 +427,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
                 finished(fut.result())
     if bar is not None:
         bar.close()
+    dist.barrier()  # under torchrun: rank 0 has written every record before any rank reads them
     records = []
     for strategy, rate, seed, hp, eff in cells:
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)

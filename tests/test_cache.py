@@ -74,14 +74,16 @@ def test_cache_returns_exact_pixels(make_dataset, tmp_path, size):
     assert np.array_equal(data.images.to("cpu").numpy(), want)
 
 
-def test_reads_stay_exact_after_pages_are_released(make_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "RELEASE_BYTES", 200)  # release after every couple of images
+def test_reads_check_their_rows_and_the_file(make_dataset, tmp_path):
     m = Manifest.load(make_dataset(COUNTS))
-    data = open_cache(m, 8, tmp_path / "c").tensors(m)
-    want = np.stack([direct(p, 8) for p in m.abs_paths()])
-    for _ in range(3):
-        for i in range(len(m)):
-            assert np.array_equal(data.images[torch.tensor([i])].numpy()[0], want[i])
+    cache = open_cache(m, 8, tmp_path / "c")
+    with pytest.raises(IndexError, match="out of range"):
+        cache.read(np.array([0, len(m)]))
+    with open(cache.path, "r+b") as f:  # truncated under an open cache
+        f.truncate(3 * 8 * 8 * 2)
+    assert cache.read(np.array([1, 0])).shape == (2, 3, 8, 8)
+    with pytest.raises(OSError, match="truncated"):
+        cache.read(np.array([5]))
 
 
 def test_reused_while_unchanged_rebuilt_when_manifest_or_size_changes(make_dataset, tmp_path, monkeypatch):
@@ -118,7 +120,7 @@ KILLED_BUILDER = textwrap.dedent("""
     from ffr.data.cache import open_cache
     from ffr.data.manifest import Manifest
     import ffr.data.cache as cache_mod
-    cache_mod.RELEASE_BYTES = 3 * 8 * 8 * 2   # write the file two images at a time
+    cache_mod.CHUNK_BYTES = 3 * 8 * 8 * 2     # write the file two images at a time
     real, done = loading.decode_image, []
     def slow(path, size):
         done.append(path)

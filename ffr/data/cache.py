@@ -1,5 +1,5 @@
-"""The decoded tensor cache: every image of a manifest decoded and resized once into a uint8
-memory-mapped file, then read by index in batches.
+"""The decoded tensor cache: every image of a manifest decoded and resized once into a raw uint8
+file on disk, then read by index in batches.
 
 On disk, under ``cache_dir``, for cache key ``K`` (manifest digest + dataset root + resolution):
 
@@ -15,9 +15,8 @@ Builds go to a temporary file that is renamed into place, under an exclusive ``f
 killed builder releases the lock with its process.
 
 Reading goes through :class:`CachedImages`, which looks like a (n, 3, H, W) uint8 tensor to the
-training loop (``images[idx]``) but copies only the requested rows out of the memory map and
-drops the mapped pages every few MiB, so a dataset larger than memory trains with bounded
-resident memory (the kernel's page cache holds what fits).
+training loop (``images[idx]``) but reads only the requested rows from the file, so a dataset
+larger than memory trains with bounded resident memory (the kernel's page cache holds what fits).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import mmap
 import os
 import uuid
 from contextlib import contextmanager
@@ -39,7 +37,7 @@ from ffr.data.loading import TensorData, decode_into
 from ffr.data.manifest import Manifest
 
 FORMAT = "ffr-u8-nhwc-v1"   # bump when the layout or the decode changes: old caches are ignored
-RELEASE_BYTES = 32 << 20    # drop mapped pages after this many bytes read (bounds resident memory)
+CHUNK_BYTES = 32 << 20      # builds and whole-set reads go this many bytes at a time
 
 
 def cache_key(manifest: Manifest, image_size: int) -> str:
@@ -56,7 +54,14 @@ def _unique_paths(manifest: Manifest) -> list[str]:
 
 class ImageCache:
     """A built cache, opened read-only: ``rows(manifest)`` maps images to rows, ``read(rows)``
-    returns them as a uint8 (B, 3, H, W) tensor, ``tensors(manifest)`` a :class:`TensorData`."""
+    returns them as a uint8 (B, 3, H, W) tensor, ``tensors(manifest)`` a :class:`TensorData`.
+
+    Rows are read with ``pread`` into a fresh buffer rather than through a memory map: a mapped
+    file's pages count in the process's resident memory, and the kernel maps neighbouring pages
+    on every fault (fault-around, large folios), so a random-order epoch over a mapped cache
+    would make most of the file resident. Read this way, resident memory holds only the batch;
+    the kernel's page cache keeps what fits, outside the process.
+    """
 
     def __init__(self, data_path: Path, meta: dict, paths: list[str]):
         self.path = Path(data_path)
@@ -64,14 +69,14 @@ class ImageCache:
         self.image_size = int(meta["image_size"])
         self.n = int(meta["n"])
         self._row = {p: i for i, p in enumerate(paths)}
-        shape = (self.n, self.image_size, self.image_size, 3)
-        if self.n == 0:
-            self._mmap, self.array = None, np.empty(shape, dtype=np.uint8)
-        else:
-            with open(self.path, "rb") as f:
-                self._mmap = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-            self.array = np.frombuffer(self._mmap, dtype=np.uint8).reshape(shape)
-        self._since_release = 0
+        self._fd = os.open(self.path, os.O_RDONLY)
+        if hasattr(os, "posix_fadvise"):  # batches are random rows: no speculative read-ahead
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
     def __len__(self) -> int:
         return self.n
@@ -92,20 +97,20 @@ class ImageCache:
             raise KeyError(f"image {e.args[0]} is not in the cache {self.path} "
                            f"(built for another manifest)") from None
 
-    def read(self, rows: np.ndarray) -> torch.Tensor:
+    def read(self, rows) -> torch.Tensor:
         """Images at cache ``rows`` as a uint8 (B, 3, H, W) tensor (channels-last strides)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = torch.from_numpy(np.take(self.array, rows, axis=0))
-        self._since_release += len(rows) * self.record_bytes
-        if self._since_release >= RELEASE_BYTES:
-            self.release()
-        return out.permute(0, 3, 1, 2)
-
-    def release(self) -> None:
-        """Unmap the pages read so far from this process (they stay in the page cache)."""
-        self._since_release = 0
-        if self._mmap is not None:
-            self._mmap.madvise(mmap.MADV_DONTNEED)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        s, rec = self.image_size, self.record_bytes
+        out = np.empty((len(rows), s, s, 3), dtype=np.uint8)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise IndexError(f"row out of range [0, {self.n}) of cache {self.path}")
+        flat = memoryview(out).cast("B")
+        # One read per run of consecutive rows: a slice is one call, a shuffled batch one per image.
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+        ends = np.append(starts[1:], len(rows))
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            _pread_into(self._fd, flat[a * rec:b * rec], int(rows[a]) * rec, self.path)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def tensors(self, manifest: Manifest) -> TensorData:
         """The rows of ``manifest`` as :class:`TensorData` whose images are read from this cache."""
@@ -113,12 +118,24 @@ class ImageCache:
 
     def verify(self) -> bool:
         """Whether the file's sha256 matches the one recorded when it was built."""
-        return _sha256(self.array) == self.meta["sha256"]
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                h.update(chunk)
+        return h.hexdigest() == self.meta["sha256"]
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int, path: Path) -> None:
+    while len(buf):
+        got = os.preadv(fd, [buf], offset)
+        if got <= 0:
+            raise OSError(f"{path}: unexpected end of file at byte {offset} (the cache was truncated)")
+        buf, offset = buf[got:], offset + got
 
 
 class CachedImages:
     """Rows of an :class:`ImageCache`, indexed like a uint8 (n, 3, H, W) tensor: ``x[i]``,
-    ``x[a:b]`` and ``x[index_tensor]`` copy just those images out of the memory map."""
+    ``x[a:b]`` and ``x[index_tensor]`` read just those images from the cache file."""
 
     dtype = torch.uint8
 
@@ -154,18 +171,10 @@ class CachedImages:
     def to(self, device: str | torch.device) -> torch.Tensor:
         """All rows as one tensor on ``device`` (read in chunks, so host memory stays bounded)."""
         out = torch.empty(self.shape, dtype=torch.uint8, device=device).contiguous(memory_format=torch.channels_last)
-        step = max(1, RELEASE_BYTES // max(1, self.cache.record_bytes))
+        step = max(1, CHUNK_BYTES // max(1, self.cache.record_bytes))
         for start in range(0, len(self.rows), step):
             out[start:start + step] = self.cache.read(self.rows[start:start + step])
         return out
-
-
-def _sha256(array: np.ndarray) -> str:
-    h = hashlib.sha256()
-    flat = array.reshape(-1)
-    for start in range(0, flat.size, 64 << 20):
-        h.update(memoryview(flat[start:start + (64 << 20)]))
-    return h.hexdigest()
 
 
 def _read_meta(meta_path: Path, data_path: Path, key: str) -> dict | None:
@@ -198,7 +207,7 @@ def build(paths: list[str], image_size: int, data_path: Path, workers: int | Non
     s, rec = image_size, 3 * image_size * image_size
     tmp = data_path.with_name(f"{data_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     h = hashlib.sha256()
-    step = max(1, min(1024, RELEASE_BYTES // rec))  # decode a few MiB at a time: memory stays bounded
+    step = max(1, min(1024, CHUNK_BYTES // rec))  # decode a few MiB at a time: memory stays bounded
     try:
         with open(tmp, "wb", buffering=0) as f:  # chunks are large: write them straight through
             for start in range(0, len(paths), step):

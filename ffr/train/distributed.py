@@ -115,6 +115,12 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written the files the others read next)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 @contextmanager
 def main_first():
     """Rank 0 runs the block first (e.g. writes a dataset), the others after it has finished
