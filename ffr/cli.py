@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +16,33 @@ def _config_parent() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (dotted, e.g. finetune.lr=1e-4); repeatable")
     return p
+
+
+def _tracking_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--mlflow", nargs="?", const="local", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   metavar="URI", help="log to MLflow: a tracking URI (http://host:5000, sqlite:///x.db), or no "
+                                       "value for a local store in the output folder (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="ffr", help="MLflow experiment name")
+    p.add_argument("--run-name", help="MLflow run name")
+    return p
+
+
+@contextlib.contextmanager
+def _tracker(args, default_name: str, out_dir):
+    """The MLflow run the command reports to, or None without ``--mlflow``."""
+    if not getattr(args, "mlflow", None):
+        yield None
+        return
+    from ffr.integrations.tracking import local_store, mlflow_run
+
+    uri, artifacts = (local_store(out_dir) if args.mlflow == "local" else (args.mlflow, None))
+    with mlflow_run(uri, args.experiment, args.run_name or default_name, artifact_location=artifacts,
+                    tags={"ffr.command": " ".join(sys.argv[1:3])}) as tracker:
+        print(f"MLflow run {tracker.run_id} at {uri}", file=sys.stderr)
+        yield tracker
+    if args.mlflow == "local":
+        print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
 
 
 def cmd_data_demo(args) -> int:
@@ -70,7 +99,8 @@ def cmd_compare(args) -> int:
     from ffr.report import markdown_table
 
     cfg = load_config(args.config, args.set)
-    records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers)
+    with _tracker(args, "compare", args.out) as tracker:
+        records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers, tracker=tracker)
     print()
     print(markdown_table(records))
     print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
@@ -247,24 +277,143 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     objective = "erm" if args.stage == "pretrain" else cfg.objective
-    summary = train_stage(args.train, args.val, args.out, stage_config(cfg, args.stage), cfg.backbone, objective,
-                          objective_options=cfg.objective_options.get(objective), init=args.init,
-                          weights=cfg.weights, image_size=cfg.data.image_size, seed=args.seed, device=cfg.device, stage=args.stage)
+    with _tracker(args, args.stage, Path(args.out).parent) as tracker:
+        summary = train_stage(args.train, args.val, args.out, stage_config(cfg, args.stage), cfg.backbone, objective,
+                              objective_options=cfg.objective_options.get(objective), init=args.init,
+                              weights=cfg.weights, image_size=cfg.data.image_size,
+                              seed=args.seed, device=cfg.device, stage=args.stage, tracker=tracker)
+    if args.history_csv:  # per-epoch scalars for `dvc plots`
+        history = Path(args.out).with_name(Path(args.out).name + ".history.jsonl")
+        _write_csv(args.history_csv, [json.loads(line) for line in history.read_text().splitlines()])
     v = summary["val"]
     print(f"{args.stage}: best epoch {summary['best_epoch']}, val WGA {v['worst_group_acc']:.3f}, "
           f"balanced {v['balanced_acc']:.3f} -> {args.out}")
     return 0
 
 
+def _write_csv(path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
 def cmd_evaluate(args) -> int:
     from ffr.stages import evaluate_stage
 
-    m = evaluate_stage(args.model, args.data, args.split, args.out)
+    with _tracker(args, f"evaluate-{args.split}", Path(args.out or ".").parent) as tracker:
+        m = evaluate_stage(args.model, args.data, args.split, args.out, tracker=tracker)
+    if args.groups_csv:  # one row per group: what `dvc plots` draws
+        _write_csv(args.groups_csv, [{"group": g, **v} for g, v in m["groups"].items()])
     print(f"{args.split}: worst-group {m['worst_group_acc']:.3f} ({m['worst_group']}), "
           f"balanced {m['balanced_acc']:.3f}, average {m['average_acc']:.3f}")
     for g, v in m["groups"].items():
         acc = "absent" if v["acc"] is None else f"{v['acc']:.3f}"
         print(f"  {g:<24} {acc:>8}  n={v['n']}")
+    return 0
+
+
+def _platform(args):
+    """Cluster settings from the command line (the kfp glue in ``pipelines`` is imported lazily:
+    the core package never imports kfp)."""
+    import os
+
+    if getattr(args, "image", None):
+        os.environ["FFR_IMAGE"] = args.image  # read when the components are defined
+    from pipelines.platform import Platform
+
+    return Platform(gpu=args.gpu, accelerator_type=args.accelerator_type, accelerator_limit=args.accelerator_limit)
+
+
+def cmd_run(args) -> int:
+    from pipelines.run import main_table, parse_params, run_local
+
+    run = run_local(args.pipeline, parse_params(args.param), args.runs_dir, progress=not args.quiet)
+    print()
+    print(main_table(run))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import compile_pipeline
+
+    out = compile_pipeline(args.pipeline, args.out or f"{args.pipeline}-pipeline.yaml", platform)
+    print(f"pipeline {args.pipeline!r} compiled to {out}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import parse_params, submit
+
+    run_id = submit(args.host, args.pipeline, parse_params(args.param), args.experiment, args.run_name, platform,
+                    args.namespace)
+    print(f"run {run_id} created on {args.host}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import parse_params, schedule
+
+    job_id = schedule(args.host, args.cron, args.pipeline, parse_params(args.param), args.experiment, args.name,
+                      platform, args.namespace)
+    print(f"recurring run {job_id} created on {args.host} (cron {args.cron!r})")
+    return 0
+
+
+def _pipeline_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("pipeline", nargs="?", default="ffr", help="ffr (default) or comparison")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter (value parsed as YAML, e.g. pretrain_epochs=5); repeatable")
+    return p
+
+
+def _cluster_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--gpu", action="store_true", help="request accelerators for synthesis and training")
+    p.add_argument("--accelerator-type", default="nvidia.com/gpu")
+    p.add_argument("--accelerator-limit", type=int, default=1)
+    p.add_argument("--image", help="component image (repository, or reference with tag); default "
+                                   "$FFR_IMAGE or ghcr.io/ffr-project/ffr:<version>")
+    return p
+
+
+def _endpoint_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--host", required=True, help="Kubeflow Pipelines API URL, e.g. http://localhost:8080")
+    p.add_argument("--experiment", default="ffr")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    return p
+
+
+def cmd_promote(args) -> int:
+    from ffr.integrations import registry
+    from ffr.integrations.tracking import local_store
+
+    uri = local_store(args.mlflow_dir)[0] if args.mlflow_dir else args.mlflow
+    if not uri:
+        raise ValueError("no MLflow server: pass --mlflow URI (or set MLFLOW_TRACKING_URI)")
+    policy = registry.GatePolicy(args.margin, args.tolerance, args.floor)
+    version = args.version
+    if version is None:
+        lineage = dict(kv.split("=", 1) for kv in args.lineage)
+        if args.run_id:
+            model_uri, evaluation, found, run_id = registry.from_run(uri, args.run_id)
+            lineage = {**found, **lineage}
+        else:
+            if not (args.model_uri and args.evaluation):
+                raise ValueError("pass --run-id, or --model-uri with --evaluation, or --version")
+            evaluation = registry.Evaluation.from_metrics(json.loads(Path(args.evaluation).read_text()))
+            model_uri, run_id = args.model_uri, None
+        version = registry.register(uri, args.name, model_uri, evaluation, lineage, run_id)
+        print(f"registered {args.name} version {version} (alias {registry.CHALLENGER}) from {model_uri}")
+    decision = registry.promote(uri, args.name, version, policy)
+    print(f"gate for {args.name} version {version}: {decision.summary}")
+    if decision.promote:
+        print(f"{args.name}@{registry.CHAMPION} -> version {version}  (load: models:/{args.name}@{registry.CHAMPION})")
     return 0
 
 
@@ -346,23 +495,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_balance)
 
-    p = sub.add_parser("train", parents=[_config_parent()], help="one call of the training loop")
+    p = sub.add_parser("train", parents=[_config_parent(), _tracking_parent()], help="one call of the training loop")
     p.add_argument("--train", required=True, help="training manifest directory")
     p.add_argument("--val", required=True, help="dataset directory whose real 'val' rows select the checkpoint")
     p.add_argument("--stage", choices=["train", "pretrain", "finetune"], default="train")
     p.add_argument("--init", help="checkpoint to start from (FFR step 2: step 1's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--history-csv", help="also write the per-epoch metrics as CSV (for plots)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="group metrics of a checkpoint on a split")
+    p = sub.add_parser("evaluate", parents=[_tracking_parent()], help="group metrics of a checkpoint on a split")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out")
+    p.add_argument("--groups-csv", help="also write per-group accuracy as CSV (group,acc,n) for plots")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", parents=[_config_parent()],
+    p = sub.add_parser("compare", parents=[_config_parent(), _tracking_parent()],
                        help="strategies × bias rates × seeds on a dataset (the demo by default)")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -379,6 +530,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the grid's cost (cells, trained stages, image passes) and stop")
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("run", parents=[_pipeline_parent()],
+                       help="run a Kubeflow pipeline locally (KFP local runner, no cluster); print its group metrics")
+    p.add_argument("--runs-dir", default="runs", help="each run gets a new folder <runs-dir>/<pipeline>-<timestamp>/")
+    p.add_argument("--quiet", action="store_true", help="print only the final table (the log is in the run folder)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("compile", parents=[_pipeline_parent(), _cluster_parent()], help="write a pipeline's YAML")
+    p.add_argument("--out", help="output file (default <pipeline>-pipeline.yaml)")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("submit", parents=[_pipeline_parent(), _cluster_parent(), _endpoint_parent()],
+                       help="create a run on a Kubeflow Pipelines endpoint")
+    p.add_argument("--run-name")
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("schedule", parents=[_pipeline_parent(), _cluster_parent(), _endpoint_parent()],
+                       help="create a recurring run (scheduled retraining) on a Kubeflow Pipelines endpoint")
+    p.add_argument("--cron", required=True,
+                   help="6 fields: second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * *'")
+    p.add_argument("--name", help="recurring run name")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("promote", help="register a trained model as the challenger and run the promotion gate")
+    p.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI"), metavar="URI",
+                   help="tracking server / store holding the registry (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--mlflow-dir", metavar="RUN_DIR", help="use the local store of a run folder instead")
+    p.add_argument("--name", required=True, help="registered model name")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run-id", help="MLflow run (pipeline, compare cell or stage) whose model and test evaluation to register")
+    src.add_argument("--model-uri", help="model to register (runs:/..., models:/...), with --evaluation")
+    src.add_argument("--version", help="re-run the gate for an existing version")
+    p.add_argument("--evaluation", help="test metrics JSON written by `ffr evaluate --out`")
+    p.add_argument("--lineage", action="append", default=[], metavar="KEY=VALUE", help="extra lineage tag; repeatable")
+    p.add_argument("--margin", type=float, default=0.005, help="required worst-group accuracy gain (fraction)")
+    p.add_argument("--tolerance", type=float, default=0.02, help="largest allowed drop of any group's accuracy")
+    p.add_argument("--floor", type=float, default=0.5, help="worst-group accuracy every champion must reach")
+    p.set_defaults(func=cmd_promote)
 
     probe = sub.add_parser("probe", help="diagnostics")
     psub = probe.add_subparsers(dest="probe_command", required=True)
@@ -420,6 +606,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ffr: error: {msg}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from ffr.integrations import ServiceError
+
+        if not isinstance(e, ServiceError):
+            raise
+        print(f"ffr: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -172,10 +172,12 @@ def parse_set(item: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, sets: list[str] | None = None, cls=ExperimentConfig):
-    """Defaults < YAML file ``path`` < ``sets`` (``key=value`` strings)."""
+    """Defaults < YAML file ``path`` (a local path or an ``s3://`` URI) < ``sets`` (``key=value`` strings)."""
+    from ffr.paths import local_path
+
     cfg = cls()
     if path is not None:
-        path = Path(path)
+        path = local_path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         data = yaml.safe_load(path.read_text()) or {}

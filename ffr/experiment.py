@@ -18,53 +18,26 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
-
 from ffr.balance import balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
-from ffr.data.loading import TensorData, load_images
+from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
+from ffr.train import distributed as dist
+from ffr.tracking import NullTracker, Tracker, flatten, log_cell
 from ffr.train.backbones import create_model
 from ffr.train.loop import (evaluate, fit, load_checkpoint, objective_context, resolve_device, save_checkpoint,
                             seed_everything)
 from ffr.train.objectives import create_objective
+from ffr.train.runtime import cap_threads, cpu_budget
 
 
-class ImageBank:
-    """Decoded images of several manifests, decoded once and gathered by absolute path, so the
-    cells of a grid never decode an image twice."""
-
-    def __init__(self, manifests: list[Manifest], image_size: int):
-        self.image_size = image_size
-        self._index: dict[str, int] = {}
-        self.images = torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-        for m in manifests:
-            self._add(m)
-
-    def _add(self, manifest: Manifest) -> list[str]:
-        paths = [str(p) for p in manifest.abs_paths()]
-        new = [i for i, p in enumerate(paths) if p not in self._index]
-        if new:
-            sub = Manifest(manifest.frame.iloc[new], manifest.card, manifest.root)
-            base = len(self.images)
-            for j, i in enumerate(new):
-                self._index[paths[i]] = base + j
-            self.images = torch.cat([self.images, load_images(sub, self.image_size)])
-        return paths
-
-    def tensors(self, manifest: Manifest) -> TensorData:
-        """The rows of ``manifest`` as :class:`TensorData` (images decoded on first sight)."""
-        paths = self._add(manifest)
-        idx = torch.tensor([self._index[p] for p in paths], dtype=torch.long)
-        return TensorData(
-            images=self.images[idx],
-            labels=torch.from_numpy(manifest.labels()),
-            biases=torch.from_numpy(manifest.biases()),
-            sources=torch.from_numpy(manifest.is_synthetic().astype(np.int64)),
-            card=manifest.card,
-        )
+def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None,
+                     cache_dir: str | os.PathLike, progress: bool = False, image_size: int | None = None) -> ImageCache:
+    """The decoded-image cache of the real data and the synthetic pool at ``image_size`` (default:
+    the configured resolution), built once under ``cache_dir``; every cell of a grid reads it."""
+    every = Manifest.concat([real] + ([pool] if pool is not None else []))
+    return open_cache(every, image_size or cfg.data.image_size, cache_dir, progress=progress)
 
 
 def prepare_real(cfg: ExperimentConfig, workdir: str | os.PathLike) -> Manifest:
@@ -134,12 +107,13 @@ def stage_key(train: Manifest, val: Manifest, tcfg, objective: str, cfg: Experim
 
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
-             bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
+             bias_rate: float, seed: int, cell_dir: str | os.PathLike, cache: ImageCache | None = None,
              hparams: dict | None = None, progress: bool = False,
              stage_cache: str | os.PathLike | None = None, dataset: str | None = None) -> dict:
     """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
 
-    With ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
+    Images come from ``cache`` (default: one built under ``cell_dir/cache``). With
+    ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
     ``stage_cache/<key>/`` instead of being trained again. An objective that trains like another
     (``Objective.trains_as``: DFR trains like ERM) shares that objective's stage and only applies
     its :meth:`~ffr.train.objectives.Objective.finalize` (DFR's last-layer retraining) in the cell.
@@ -148,19 +122,22 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    bank = bank or ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+    if cache is None:
+        cache = open_image_cache(cfg, real, pool, cell_dir / "cache")
     seed_everything(seed)
     split, report = bias_rate_split(real, bias_rate, seed, cfg.data.min_val_per_group)
-    report.save(cell_dir / "split_report.json")
     plan = balance(strategy, split.select(split="train", source="real"), pool)
-    (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
+    if dist.is_main():  # under torchrun every rank runs the cell; one writes its files
+        report.save(cell_dir / "split_report.json")
+        (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
     val_manifest = split.select(split="val", source="real")
-    val, test = bank.tensors(val_manifest), bank.tensors(split.select(split="test", source="real"))
+    val, test = cache.tensors(val_manifest), cache.tensors(split.select(split="test", source="real"))
     models: dict[str, Any] = {}
     keys: dict[str, str] = {}
     stages = []
     history_path = cell_dir / "history.jsonl"
-    history_path.unlink(missing_ok=True)
+    if dist.is_main():
+        history_path.unlink(missing_ok=True)
     for stage in plan.stages:
         tcfg = stage_config(cfg, stage.name)
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
@@ -170,7 +147,7 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         key = stage_key(stage.train, val_manifest, tcfg, _identity(trainer), cfg, seed, keys.get(stage.init_from))
         keys[stage.name] = key
         sdir = Path(stage_cache) / key if stage_cache else cell_dir / stage.name
-        if (sdir / "stage.json").is_file():
+        if dist.from_main((sdir / "stage.json").is_file()):  # every rank takes rank 0's view
             model, _ = load_checkpoint(sdir / "model.pt", device)
             done = json.loads((sdir / "stage.json").read_text())
             best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
@@ -180,13 +157,14 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
             model = create_model(cfg.backbone, len(real.card.classes), cfg.weights)
             if stage.init_from:
                 model.load_state_dict(models[stage.init_from].state_dict())
-            (sdir / "history.jsonl").unlink(missing_ok=True)
+            if dist.is_main():
+                (sdir / "history.jsonl").unlink(missing_ok=True)
 
             def log(rec, _path=sdir / "history.jsonl"):
                 with _path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
 
-            result = fit(model, bank.tensors(stage.train), val, trainer, tcfg, device,
+            result = fit(model, cache.tensors(stage.train), val, trainer, tcfg, device,
                          seed=seed, log=log, progress=progress,
                          desc=f"{strategy} {cfg.objective} r={bias_rate} s={seed} {stage.name}")
             model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
@@ -195,19 +173,21 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
                                               "objective_state": state})
         checkpoint = sdir / "model.pt"
         if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
-            train = bank.tensors(stage.train)
+            train = cache.tensors(stage.train)
             objective.setup(objective_context(train, tcfg, device, seed))
             model = objective.finalize(model, train, val, device)
             best_val, state = evaluate(model, val, device, tcfg.normalize, tcfg.eval_batch_size), objective.state()
             checkpoint = save_checkpoint(cell_dir / f"{stage.name}_{objective.name}.pt", model,
                                          _meta(cfg, real, tcfg, stage.name, objective.name, best_epoch))
         models[stage.name] = model
-        with history_path.open("a") as f:
-            for line in (sdir / "history.jsonl").read_text().splitlines():
-                f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
+        if dist.is_main():  # rank 0 alone wrote the stage's history
+            with history_path.open("a") as f:
+                for line in (sdir / "history.jsonl").read_text().splitlines():
+                    f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
         stages.append({"name": stage.name, "key": key, "checkpoint": str(checkpoint), "objective": objective.name,
                        "objective_state": state, "n_train": len(stage.train), "best_epoch": best_epoch,
-                       "val": best_val, "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
+                       "val": best_val,
+                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp)})
     final = stages[-1]
     record = {
         "dataset": dataset or dataset_name(cfg),
@@ -228,6 +208,8 @@ def _meta(cfg: ExperimentConfig, real: Manifest, tcfg, stage: str, objective: st
 
 
 def _write_json(path: Path, data) -> None:
+    if not dist.is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -324,13 +306,15 @@ def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out
                cells: list, threads: int | None = None, dataset: str | None = None) -> list[dict]:
     """Run ``cells`` one after the other (in a worker process when ``threads`` is set)."""
     if threads:
-        torch.set_num_threads(threads)
-    bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+        cap_threads(threads)
+    caches: dict[int, ImageCache] = {}  # by resolution (a search may vary data.image_size)
     records = []
     for strategy, rate, seed, hp, eff in cells:
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
-        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, stage_cache=out / "stages",
-                                dataset=dataset))
+        if eff.data.image_size not in caches:  # built by compare() already: this only opens it
+            caches[eff.data.image_size] = open_image_cache(eff, real, pool, out / "cache")
+        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, caches[eff.data.image_size], hp,
+                                stage_cache=out / "stages", dataset=dataset))
     return records
 
 
@@ -364,7 +348,8 @@ def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
 
 
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None) -> list[dict]:
+            on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None,
+            tracker: Tracker | None = None) -> list[dict]:
     """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×
     seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
@@ -372,6 +357,9 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     With ``workers`` > 1 the unfinished cells run in that many processes (the CPU threads shared
     among them). Cells that differ only in hyperparameters run in one process, one after the
     other, so the stages they share (FFR's step 1) are trained once.
+
+    ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracking.log_cell`)
+    and the result tables.
     """
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
@@ -380,10 +368,16 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    real = prepare_real(cfg, out)
-    needs_pool = any(s != "none" for s in cfg.strategies)
-    pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
+    dist.init_from_env()
+    tracker = tracker or NullTracker()
+    with dist.main_first():  # under torchrun rank 0 writes the data, the others then read it
+        if dist.is_main():
+            save_config(cfg, out / "config.yaml")
+            tracker.log_params(flatten(cfg))
+        real = prepare_real(cfg, out)
+        tracker.log_dataset(real, "source", str(out / "data") if cfg.data.dataset == "demo" else cfg.data.dataset)
+        needs_pool = any(s != "none" for s in cfg.strategies)
+        pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
     done: dict[str, dict] = {}
     todo: dict[tuple, list] = {}
@@ -407,11 +401,13 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
                                      f"wga={record['test']['worst_group_acc']:.2f}")
                 bar.update(1)
 
+    for size in sorted({cell[4].data.image_size for group in todo.values() for cell in group}):
+        open_image_cache(cfg, real, pool, out / "cache", progress, size)  # decode once, before any worker starts
     if workers <= 1 or len(todo) <= 1:
         for group in todo.values():
             finished(_run_cells(cfg, real, pool, out, group, dataset=dataset))
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, cpu_budget() // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset) for group in todo.values()]
             for fut in as_completed(futures):
@@ -426,8 +422,15 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         records.append(record)
         if on_cell:
             on_cell(record)
+    for (strategy, rate, seed, hp, eff), record in zip(cells, records):
+        cell_tracker = tracker.child(record["cell"])
+        log_cell(cell_tracker, eff, real, record, pool)
+        cell_tracker.close()
     records = mark_selected(records)
-    write_results(records, out)
+    if dist.is_main():
+        write_results(records, out)
+        for name in ("results.md", "results.csv", "results.json"):
+            tracker.log_artifact(str(out / name))
     return records
 
 

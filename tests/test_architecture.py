@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"kfp", "mlflow", "dvc"}
+FORBIDDEN = {"kfp", "mlflow", "dvc", "dvc_data", "boto3", "botocore", "s3transfer"}
 
 
 def _module_imports(path: Path) -> set[str]:
@@ -32,6 +32,17 @@ def test_core_imports_no_orchestration_package():
         if bad:
             offenders[str(path.relative_to(ROOT))] = sorted(bad)
     assert offenders == {}, f"ffr core imports {offenders}; move that code to ffr/integrations/"
+
+
+def test_importing_the_core_loads_none_of_them():
+    """Not even indirectly: the integrations are reached lazily, when a URI or a tracker asks."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ffr.cli, ffr.experiment, ffr.stages, ffr.paths, ffr.tracking, ffr.data.manifest\n"
+            f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_guard_catches_an_offender(tmp_path):

@@ -137,7 +137,10 @@ class DatasetCard:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DatasetCard":
-        path = Path(path)
+        """Read a card.json (a local path or an ``s3://`` URI)."""
+        from ffr.paths import local_path
+
+        path = local_path(path)
         if not path.is_file():
             raise FileNotFoundError(f"dataset card not found: {path}")
         try:
@@ -183,8 +186,11 @@ class Manifest:
 
         The card is ``card.json`` beside the CSV unless given. With ``validate`` (the default)
         every problem is reported at once in a :class:`ManifestError` naming the file and rows.
+        ``path`` (and ``card``) may be ``s3://`` URIs: the dataset is fetched into a local cache.
         """
-        path = Path(path)
+        from ffr.paths import local_dataset
+
+        path = local_dataset(path)
         if path.is_dir():
             path = path / MANIFEST_FILE
         if not path.is_file():

@@ -28,7 +28,9 @@ class FolderBackend:
     def __init__(self, card: DatasetCard, source: str, generator: str | None = None, **opts):
         if opts:
             raise TypeError(f"unknown option(s) for the folder backend: {sorted(opts)}")
-        src = Path(source)
+        from ffr.paths import local_path
+
+        src = local_path(source)  # an s3:// prefix is fetched into the local cache
         self.card = card
         self.files: dict[tuple[str, str], list[Path]] = {g: [] for g in card.groups}
         self.rows: dict[Path, dict] = {}

@@ -86,8 +86,11 @@ class PromptSet:
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> "PromptSet":
         """Load a prompt file, or a shipped set by name (``spuco_animals``, ``celebahq``, …).
-        Every problem of the file is reported at once in a :class:`PromptSetError`."""
-        path = Path(name_or_path)
+        Every problem of the file is reported at once in a :class:`PromptSetError`. A path may be
+        an ``s3://`` URI."""
+        from ffr.paths import local_path
+
+        path = local_path(name_or_path)
         if not path.is_file():
             shipped = PROMPT_SETS_DIR / f"{name_or_path}.yaml"
             if shipped.is_file():

@@ -1,0 +1,269 @@
+"""Model registry and the promotion gate: a trained model becomes a version of a registered model
+with alias ``challenger``; it takes the ``champion`` alias only when it is better on the same test
+data.
+
+The gate (:func:`decide`): both models evaluated on the same test manifest (same digest), the
+challenger's worst-group accuracy at least ``floor`` and at least ``margin`` above the champion's,
+and no group's accuracy more than ``tolerance`` below the champion's. With no champion yet, the
+first model above the floor becomes champion. A champion evaluated on other test data is a refusal,
+never a guess: re-evaluate both on one test manifest (``ffr evaluate``) and register again.
+
+Every number the decision used — the challenger's, the champion's, the policy — and the lineage
+(git commit, pipeline run id, data digests) are written as version tags. The aliases are the only
+state consumers read, and each is moved by one request, after every tag is written: a registration
+or promotion cut off half way leaves no alias pointing at a half-described version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from ffr.integrations.tracking import TrackingError, client_for, guarded
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+STATUS_TAG = "ffr.status"  # "pending" until the version is fully described, then "registered"
+
+
+@dataclass
+class GatePolicy:
+    """When a challenger replaces the champion (accuracies as fractions, 0-1)."""
+
+    margin: float = 0.005     # the challenger's WGA must exceed the champion's by at least this
+    tolerance: float = 0.02   # no group may lose more accuracy than this
+    floor: float = 0.5        # absolute WGA every champion must reach (the first one included)
+
+
+@dataclass
+class Evaluation:
+    """A model's test numbers as the gate sees them."""
+
+    worst_group_acc: float
+    groups: dict[str, float | None]
+    test_digest: str
+
+    @classmethod
+    def from_metrics(cls, metrics: dict) -> "Evaluation":
+        """From :func:`ffr.stages.evaluate_stage`'s output (``data_digest`` names the test rows)."""
+        if metrics.get("worst_group_acc") is None:
+            raise ValueError("the evaluation has no worst-group accuracy (no test images?)")
+        if not metrics.get("data_digest"):
+            raise ValueError("the evaluation does not name its test data ('data_digest' is missing)")
+        return cls(float(metrics["worst_group_acc"]), {g: v["acc"] for g, v in metrics["groups"].items()},
+                   str(metrics["data_digest"]))
+
+    def tags(self, prefix: str) -> dict[str, str]:
+        out = {f"{prefix}.worst_group_acc": repr(self.worst_group_acc), f"{prefix}.test_digest": self.test_digest}
+        out.update({f"{prefix}.group.{g}.acc": "" if a is None else repr(a) for g, a in self.groups.items()})
+        return out
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str], prefix: str) -> "Evaluation":
+        head = f"{prefix}.group."
+        groups = {k[len(head):-len(".acc")]: (float(v) if v else None)
+                  for k, v in tags.items() if k.startswith(head) and k.endswith(".acc")}
+        try:
+            return cls(float(tags[f"{prefix}.worst_group_acc"]), groups, tags[f"{prefix}.test_digest"])
+        except KeyError as e:
+            raise ValueError(f"model version tags lack {e.args[0]!r}: not registered by ffr") from None
+
+
+@dataclass
+class Decision:
+    """The gate's verdict and why."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    refused: bool = False     # the comparison itself was impossible (different test data)
+
+    @property
+    def summary(self) -> str:
+        verdict = "refused" if self.refused else ("promote" if self.promote else "keep champion")
+        return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def decide(challenger: Evaluation, champion: Evaluation | None, policy: GatePolicy) -> Decision:
+    """The promotion gate (pure): see the module docstring."""
+    c = challenger.worst_group_acc
+    if champion is None:
+        ok = c >= policy.floor
+        return Decision(ok, [f"no champion yet; worst-group accuracy {c:.4f} "
+                             f"{'reaches' if ok else 'is below'} the floor {policy.floor:.4f}"])
+    if challenger.test_digest != champion.test_digest:
+        return Decision(False, [f"the champion was evaluated on other test data (digest {champion.test_digest[:12]}, "
+                                f"challenger {challenger.test_digest[:12]}): evaluate both on one test manifest"],
+                        refused=True)
+    reasons, ok = [], True
+    gain = c - champion.worst_group_acc
+    if c < policy.floor:
+        ok = False
+        reasons.append(f"worst-group accuracy {c:.4f} is below the floor {policy.floor:.4f}")
+    if gain < policy.margin or gain <= 0:
+        ok = False
+        reasons.append(f"worst-group accuracy {c:.4f} vs champion {champion.worst_group_acc:.4f} "
+                       f"(gain {gain:+.4f} < margin {policy.margin:.4f})")
+    else:
+        reasons.append(f"worst-group accuracy {c:.4f} vs champion {champion.worst_group_acc:.4f} (gain {gain:+.4f})")
+    for g, old in champion.groups.items():
+        if old is None:
+            continue
+        new = challenger.groups.get(g)
+        if new is None or old - new > policy.tolerance:
+            ok = False
+            shown = "absent" if new is None else f"{new:.4f}"
+            reasons.append(f"group {g} falls from {old:.4f} to {shown} (tolerance {policy.tolerance:.4f})")
+    return Decision(ok, reasons)
+
+
+def _version_tags(client, name: str, version: str) -> dict[str, str]:
+    return dict(client.get_model_version(name, version).tags)
+
+
+def champion_version(client, name: str):
+    """The version holding the ``champion`` alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+@guarded("registering the model")
+def register(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluation,
+             lineage: dict[str, str] | None = None, run_id: str | None = None) -> str:
+    """Create a version of registered model ``name`` from ``model_uri`` carrying ``evaluation``
+    and ``lineage`` as tags (one request), then point ``challenger`` at it. Returns the version.
+    If anything after the version's creation fails, the version is deleted again (best effort)
+    and it never holds an alias."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(tracking_uri)
+    try:
+        client.create_registered_model(name, description="ffr image classifier; aliases: champion, challenger")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {**evaluation.tags("test"), **{f"lineage.{k}": str(v) for k, v in (lineage or {}).items()},
+            STATUS_TAG: "pending"}
+    source, model_id = model_uri, None
+    if model_uri.startswith("models:/m-"):  # an MLflow 3 logged model: register its artifacts
+        model_id = model_uri.removeprefix("models:/").split("/")[0]
+        logged = client.get_logged_model(model_id)
+        source, run_id = logged.artifact_location, run_id or logged.source_run_id
+    mv = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+    try:
+        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        client.set_model_version_tag(name, mv.version, STATUS_TAG, "registered")
+    except Exception:
+        try:
+            client.delete_model_version(name, mv.version)
+        except Exception:  # the server is gone: the version stays "pending" and unaliased
+            pass
+        raise
+    return str(mv.version)
+
+
+@guarded("running the promotion gate")
+def promote(tracking_uri: str, name: str, version: str, policy: GatePolicy | None = None) -> Decision:
+    """Run the gate for ``version`` against the current champion; record the decision and both
+    sets of numbers as tags of ``version``, and move ``champion`` to it when the gate passes."""
+    policy = policy or GatePolicy()
+    client = client_for(tracking_uri)
+    tags = _version_tags(client, name, version)
+    if tags.get(STATUS_TAG) != "registered":
+        raise TrackingError(f"model {name!r} version {version} is not fully registered "
+                            f"({STATUS_TAG}={tags.get(STATUS_TAG)!r}); register it again")
+    challenger = Evaluation.from_tags(tags, "test")
+    current = champion_version(client, name)
+    if current is not None and str(current.version) == str(version):
+        return Decision(False, [f"version {version} already is the champion"])
+    champion = Evaluation.from_tags(dict(current.tags), "test") if current is not None else None
+    decision = decide(challenger, champion, policy)
+    record = {"gate.decision": "promoted" if decision.promote else ("refused" if decision.refused else "rejected"),
+              "gate.reasons": json.dumps(decision.reasons), "gate.policy": json.dumps(asdict(policy)),
+              "gate.champion_version": "" if current is None else str(current.version)}
+    if champion is not None:
+        record.update(champion.tags("gate.champion"))
+    for k, v in record.items():
+        client.set_model_version_tag(name, version, k, v)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if current is not None:
+            client.set_model_version_tag(name, current.version, "gate.replaced_by", str(version))
+    return decision
+
+
+
+def _run_tree(client, run_id: str) -> list:
+    """``run_id`` and all its nested runs, parents first."""
+    root = client.get_run(run_id)
+    runs, i = [root], 0
+    while i < len(runs):
+        parent = runs[i]
+        runs.extend(client.search_runs([parent.info.experiment_id],
+                                       f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                       order_by=["attributes.start_time ASC"]))
+        i += 1
+    return runs
+
+
+def _evaluation_from_run(run, digest: str, prefix: str = "test") -> Evaluation:
+    m, head = run.data.metrics, f"{prefix}/group/"
+    groups = {k[len(head):-len("/n")]: m.get(k[:-len("/n")] + "/acc")
+              for k in m if k.startswith(head) and k.endswith("/n")}
+    return Evaluation(float(m[f"{prefix}/worst_group_acc"]), groups, digest)
+
+
+def _test_digest(run, runs: list) -> str | None:
+    """The test rows' digest recorded on ``run`` or, failing that, on its nearest ancestor (a
+    ``compare`` cell logs the test dataset once and its stages' evaluations under it)."""
+    by_id = {r.info.run_id: r for r in runs}
+    while run is not None:
+        for k in ("data.test.eval_digest", "data.test.digest"):
+            if k in run.data.tags:
+                return run.data.tags[k]
+        run = by_id.get(run.data.tags.get("mlflow.parentRunId"))
+    return None
+
+
+@guarded("reading the run")
+def from_run(tracking_uri: str, run_id: str) -> tuple[str, Evaluation, dict[str, str], str]:
+    """What to register from an MLflow run (a pipeline run, a ``compare`` cell, a stage):
+    ``(model_uri, test evaluation, lineage, source run id)``. The model is the last one logged in
+    the run or its nested runs; the evaluation, the test evaluation logged beside it (or the only
+    one in the tree). Lineage: the git commit, the pipeline run id, every ``data.*`` tag."""
+    client = client_for(tracking_uri)
+    runs = _run_tree(client, run_id)
+    with_model = [r for r in runs if "ffr.model_uri" in r.data.tags]
+    if not with_model:
+        raise TrackingError(f"run {run_id} and its nested runs logged no model")
+    model_run = max(with_model, key=lambda r: r.info.start_time)
+    evaluated = [r for r in runs if "test/worst_group_acc" in r.data.metrics]
+    if model_run in evaluated:
+        eval_run = model_run
+    elif len(evaluated) == 1:
+        eval_run = evaluated[0]
+    else:
+        raise TrackingError(f"run {run_id}: {len(evaluated)} test evaluations and none beside the model of run "
+                            f"{model_run.info.run_id}; pass the run that holds both, or --evaluation")
+    digest = _test_digest(eval_run, runs)
+    if digest is None:
+        raise TrackingError(f"run {eval_run.info.run_id}: its test evaluation does not name its test data "
+                            "(no data.test.digest tag)")
+    lineage = {"run_id": run_id, "model_run_id": model_run.info.run_id, "eval_run_id": eval_run.info.run_id}
+    for r in runs:
+        for k, v in r.data.tags.items():
+            if k.startswith("data.") or k in ("ffr.git_commit", "ffr.pipeline_run_id", "mlflow.source.git.commit"):
+                lineage.setdefault(k.removeprefix("ffr."), v)
+    return model_run.data.tags["ffr.model_uri"], _evaluation_from_run(eval_run, digest), lineage, model_run.info.run_id
+
+
+def register_and_gate(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluation,
+                      lineage: dict[str, str] | None = None, policy: GatePolicy | None = None,
+                      run_id: str | None = None) -> tuple[str, Decision]:
+    """:func:`register` the model as the challenger, then run the gate (:func:`promote`)."""
+    version = register(tracking_uri, name, model_uri, evaluation, lineage, run_id)
+    return version, promote(tracking_uri, name, version, policy)

@@ -1,0 +1,417 @@
+"""MLflow tracking: the :class:`ffr.tracking.Tracker` the library reports to, backed by MLflow.
+
+One parent run per pipeline / ``compare`` run (:func:`mlflow_run`), a nested run per stage or grid
+cell (:meth:`MlflowTracker.child`). A run records the resolved config as parameters, per-epoch
+metrics under stable names, the test evaluation (scalars, a group table, a per-group accuracy
+figure), the validation-WGA-by-epoch figure, its dataset inputs (with their DVC digest and URI),
+system metrics, and the selected model (``mlflow.pytorch``, loadable at any batch size, with a
+signature and an input example).
+
+Talking to a server is bounded: the server must answer ``/health`` within a few attempts, and
+each request is retried a bounded number of times (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` etc.,
+defaulted here to small values when unset); then a :class:`TrackingError` names the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ffr.integrations import ServiceError
+from ffr.metrics import flat_metrics
+
+# Bounded retries for every request the MLflow client makes (MLflow's own defaults wait minutes).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+MODEL_NAME = "model"
+_BAD_KEY = re.compile(r"[^\w\-. /:]")
+
+
+class TrackingError(ServiceError):
+    """The tracking server or registry could not be used; the message says which and why."""
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(tracking_uri: str, attempts: int = 3, delay: float = 1.0) -> None:
+    """For an HTTP tracking URI, wait for ``/health`` to answer (bounded attempts with backoff);
+    raise :class:`TrackingError` when it never does. Local stores need no check."""
+    if not _is_http(tracking_uri):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = e
+        if attempt + 1 < attempts:
+            time.sleep(delay * 2 ** attempt)
+    raise TrackingError(f"MLflow server {tracking_uri} is not reachable ({attempts} attempts to {url}: {last}); "
+                        "start it or set --mlflow / MLFLOW_TRACKING_URI to a running one")
+
+
+def configure(tracking_uri: str) -> None:
+    """Point MLflow at ``tracking_uri`` with bounded HTTP retries, after checking the server."""
+    import mlflow
+
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    check_server(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+
+
+def client_for(tracking_uri: str):
+    """An ``MlflowClient`` for a checked ``tracking_uri``."""
+    from mlflow import MlflowClient
+
+    configure(tracking_uri)
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def guarded(action: str) -> Callable:
+    """Turn MLflow and connection failures of ``action`` into a :class:`TrackingError`."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return fn(*args, **kwargs)
+            except TrackingError:
+                raise
+            except (MlflowException, OSError) as e:
+                raise TrackingError(f"{action} failed: {type(e).__name__}: {e}") from e
+        return inner
+
+    return wrap
+
+
+def git_commit(path: str | os.PathLike = ".") -> str | None:
+    """The commit checked out at ``path`` (None outside a git work tree)."""
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _key(k: str) -> str:
+    return _BAD_KEY.sub("_", k)
+
+
+class ServingModel(torch.nn.Module):
+    """What is logged to MLflow: the classifier with its input normalisation built in. Takes float
+    images ``(N, 3, H, W)`` with values in [0, 1]; returns class logits ``(N, n_classes)``."""
+
+    def __init__(self, model: torch.nn.Module, normalize: str = "imagenet"):
+        super().__init__()
+        from ffr.data.loading import NORMALIZATION
+
+        mean, std = NORMALIZATION[normalize]
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+class MlflowTracker:
+    """A :class:`ffr.tracking.Tracker` writing to one MLflow run (``run_id``)."""
+
+    def __init__(self, run_id: str, client=None):
+        from mlflow import MlflowClient
+
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+        self.model_uri: str | None = None
+        self._children: list[MlflowTracker] = []
+        self._closed = False
+
+    # -- runs
+    def child(self, name: str) -> "MlflowTracker":
+        import mlflow
+
+        run = mlflow.start_run(run_name=name, nested=True, parent_run_id=self.run_id)
+        t = MlflowTracker(run.info.run_id, self.client)
+        self._children.append(t)
+        return t
+
+    def close(self, status: str = "FINISHED") -> None:
+        import mlflow
+
+        for c in self._children:
+            c.close("FAILED" if status != "FINISHED" else status)
+        if self._closed:
+            return
+        self._closed = True
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status)
+        else:
+            self.client.set_terminated(self.run_id, status)
+
+    # -- values
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(_key(k), str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(_key(k), str(v)) for k, v in tags.items() if v is not None])
+
+    def log_artifact(self, path: str) -> None:
+        if Path(path).is_file():
+            self.client.log_artifact(self.run_id, path)
+
+    # -- datasets
+    def log_dataset(self, manifest, context: str, location: str | None = None) -> None:
+        """A dataset input whose digest is DVC's version of the manifest folder (when it is on
+        disk) and whose source is its URI; tags carry the content digest and the image root's
+        DVC version too. The same values become run tags ``data.<context>.*`` for lineage."""
+        import mlflow
+        from mlflow.entities import DatasetInput, InputTag
+
+        from ffr.integrations.dvc import dataset_digests
+        from ffr.paths import is_remote
+
+        info = {"digest": manifest.digest(), "rows": str(len(manifest))}
+        if location is not None:
+            local = location
+            if is_remote(location):
+                from ffr.integrations.s3 import local_mirror
+
+                local = local_mirror(location)
+            if Path(local).exists():
+                info.update(dataset_digests(local, manifest.root))
+            info["uri"] = location if is_remote(location) else str(Path(location).resolve())
+        source = info.get("uri") or str(manifest.root)
+        with warnings.catch_warnings():  # schema hints about the optional integer 'seed' column
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(manifest.frame, source=source, name=f"{manifest.card.name}-{context}",
+                                         digest=info.get("dvc_md5", info["digest"][:32]))._to_mlflow_entity()
+        tags = [InputTag("mlflow.data.context", context)] + [InputTag(f"ffr.{k}", v) for k, v in info.items()]
+        self.client.log_inputs(self.run_id, [DatasetInput(ds, tags)])
+        self.set_tags({f"data.{context}.{k}": v for k, v in info.items()})
+
+    # -- evaluations and figures
+    def log_evaluation(self, metrics: dict, prefix: str) -> None:
+        import pandas as pd
+
+        self.log_metrics(flat_metrics(metrics, prefix))
+        rows = [{"group": g, "label": g.rsplit("_", 1)[0], "bias": g.rsplit("_", 1)[-1],
+                 "acc": v["acc"], "n": v["n"]} for g, v in metrics["groups"].items()]
+        self.client.log_table(self.run_id, pd.DataFrame(rows), f"{prefix}/groups.json")
+        self.client.log_dict(self.run_id, {k: v for k, v in metrics.items()}, f"{prefix}/metrics.json")
+        if metrics.get("data_digest"):
+            self.set_tags({f"data.{prefix}.eval_digest": metrics["data_digest"]})
+        self._figure(lambda ax: _group_bars(ax, metrics, prefix), f"{prefix}/group_accuracy.png")
+
+    def log_history(self, history: list[dict]) -> None:
+        if history:
+            self._figure(lambda ax: _wga_by_epoch(ax, history), "figures/val_wga_by_epoch.png")
+
+    def _figure(self, draw: Callable, artifact_file: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        try:
+            draw(ax)
+            fig.tight_layout()
+            self.client.log_figure(self.run_id, fig, artifact_file)
+        finally:
+            plt.close(fig)
+
+    # -- model
+    def log_model(self, model, meta: dict) -> None:
+        """Log the model as ``mlflow.pytorch``, normalisation included, with a signature over float
+        images in [0, 1] and a 2-image input example. Serialised as a ``torch.export`` graph ("pt2":
+        loading runs no pickled code and needs no ``ffr``); the 2-image example makes the batch
+        dimension symbolic, so the loaded model takes any batch size (a 1-image example would
+        freeze it at 1)."""
+        import mlflow
+        from mlflow.models import infer_signature
+
+        size = int(meta["image_size"])
+        serving = ServingModel(copy_to_cpu(model), meta.get("normalize", "imagenet")).eval()
+        example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            out = serving(example).numpy()
+        signature = infer_signature(example.numpy(), out)
+        with _active(self.run_id):
+            info = mlflow.pytorch.log_model(serving, name=MODEL_NAME, signature=signature,
+                                            input_example=example.numpy(), serialization_format="pt2",
+                                            metadata={"ffr": _plain(meta)}, pip_requirements=[])
+        self.model_uri = info.model_uri
+        self.set_tags({"ffr.model_uri": info.model_uri, "ffr.model_classes": json.dumps(meta["classes"])})
+
+
+def copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
+def _plain(meta: dict) -> dict:
+    return json.loads(json.dumps(meta, default=str))
+
+
+@contextlib.contextmanager
+def _active(run_id: str):
+    """Make ``run_id`` the active fluent run for APIs that log to the active run only."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    mlflow.start_run(run_id=run_id, nested=active is not None)
+    try:
+        yield
+    finally:
+        # Ending the resumed run marks it finished: set it back to running.
+        mlflow.end_run("RUNNING")
+
+
+def _group_bars(ax, metrics: dict, prefix: str) -> None:
+    groups = list(metrics["groups"])
+    accs = [metrics["groups"][g]["acc"] or 0.0 for g in groups]
+    colors = ["tab:red" if g == metrics.get("worst_group") else "tab:blue" for g in groups]
+    ax.bar(groups, accs, color=colors)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    wga = metrics.get("worst_group_acc")
+    ax.set_title(f"{prefix}: per-group accuracy (worst {wga:.3f})" if wga is not None else prefix)
+    ax.tick_params(axis="x", rotation=30)
+
+
+def _wga_by_epoch(ax, history: list[dict]) -> None:
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r.get("val/worst_group_acc", np.nan) for r in history], marker="o", label="val worst-group")
+    ax.plot(epochs, [r.get("val/balanced_acc", np.nan) for r in history], marker=".", label="val balanced")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("validation accuracy by epoch")
+
+
+def local_store(run_dir: str | os.PathLike) -> tuple[str, str]:
+    """A local MLflow store inside a run folder: (SQLite tracking URI, artifact location)."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{run_dir / 'mlflow.db'}", (run_dir / "mlartifacts").as_uri()
+
+
+def _experiment(name: str, artifact_location: str | None) -> str:
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+@contextlib.contextmanager
+def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None = None,
+               tags: dict[str, Any] | None = None, system_metrics: bool = True,
+               artifact_location: str | None = None, parent_run_id: str | None = None) -> Iterator[MlflowTracker]:
+    """An MLflow run as a tracker; nested runs left open by an exception end as FAILED with it.
+    Lineage tags: the git commit of the working directory and ``tags`` (e.g. the pipeline run id).
+    System metrics (CPU, memory, GPU) are sampled while it is open. ``artifact_location`` applies
+    when the experiment is created (a local store keeps its artifacts beside it).
+    ``parent_run_id`` nests the run under a run another process opened (:func:`open_run`): a
+    pipeline step's run under its pipeline's."""
+    import mlflow
+
+    configure(tracking_uri)
+    try:
+        if parent_run_id:
+            experiment_id = mlflow.MlflowClient(tracking_uri).get_run(parent_run_id).info.experiment_id
+        else:
+            experiment_id = _experiment(experiment, artifact_location)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics,
+                               parent_run_id=parent_run_id or None, nested=bool(parent_run_id),
+                               tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(),
+                                                            **(tags or {})}.items() if v is not None})
+    except Exception as e:
+        raise TrackingError(f"could not start an MLflow run at {tracking_uri}: {type(e).__name__}: {e}") from e
+    tracker = MlflowTracker(run.info.run_id)
+    try:
+        yield tracker
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
+
+
+@contextlib.contextmanager
+def optional_run(tracking_uri: str | None, run_name: str, parent_run_id: str | None = None,
+                 **kwargs) -> Iterator[MlflowTracker | None]:
+    """:func:`mlflow_run` when a tracking URI is given (or ``$MLFLOW_TRACKING_URI`` is set),
+    else ``None``: how pipeline steps report when, and only when, tracking is configured."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        yield None
+        return
+    with mlflow_run(uri, run_name=run_name, parent_run_id=parent_run_id, **kwargs) as tracker:
+        yield tracker
+
+
+@guarded("opening the pipeline's MLflow run")
+def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, Any] | None = None,
+             artifact_location: str | None = None) -> str:
+    """Create a run that stays open after this process ends (a pipeline's parent run, which its
+    steps nest under and its last step closes with :func:`close_run`); returns its id."""
+    import mlflow
+
+    configure(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.create_run(_experiment(experiment, artifact_location), run_name=run_name,
+                            tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(), **(tags or {})}.items()
+                                  if v is not None})
+    return run.info.run_id
+
+
+@guarded("closing the pipeline's MLflow run")
+def close_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run opened by :func:`open_run` finished (or FAILED)."""
+    import mlflow
+
+    configure(tracking_uri)
+    mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status)

@@ -1,0 +1,122 @@
+"""The tracker protocol: what the library reports while it runs, with no tracking backend imported.
+
+Entry points (``run_cell``, ``compare``, ``train_stage``, ``evaluate_stage``) take an optional
+tracker and call these few methods at their record points; :class:`NullTracker` is the default.
+The MLflow implementation lives in :mod:`ffr.integrations.tracking`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """A sink for one run's parameters, metrics, datasets, evaluations and model."""
+
+    def child(self, name: str) -> "Tracker":
+        """A nested run (one per stage or grid cell), already started. An entry point closes it
+        when done; one left open by an exception is closed as failed with its parent."""
+
+    def close(self) -> None:
+        """Mark this (nested) run finished."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Flat parameters (see :func:`flatten`)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Scalars with stable names (``val/worst_group_acc``, ``train/loss`` ...)."""
+
+    def log_dataset(self, manifest, context: str, location: str | None = None) -> None:
+        """A manifest the run read (``context``: train / validation / test), with where it lives."""
+
+    def log_evaluation(self, metrics: dict, prefix: str) -> None:
+        """A group evaluation (:func:`ffr.metrics.metrics_from_tally`): scalars, table and figure."""
+
+    def log_history(self, history: list[dict]) -> None:
+        """The per-epoch records of one training call (for the validation-WGA-by-epoch figure)."""
+
+    def log_model(self, model, meta: dict) -> None:
+        """The selected model of a training call, with its checkpoint metadata."""
+
+    def log_artifact(self, path: str) -> None:
+        """A file produced by the run."""
+
+
+class NullTracker:
+    """Records nothing: the default when no tracker is given."""
+
+    def child(self, name: str) -> "NullTracker":
+        return self
+
+    def close(self): pass
+    def log_params(self, params): pass
+    def log_metrics(self, metrics, step=None): pass
+    def log_dataset(self, manifest, context, location=None): pass
+    def log_evaluation(self, metrics, prefix): pass
+    def log_history(self, history): pass
+    def log_model(self, model, meta): pass
+    def log_artifact(self, path): pass
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (dataclasses, dicts) as ``{"finetune.lr": 0.001, ...}``; lists stay values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        if not obj and prefix:
+            out[prefix[:-1]] = "{}"
+        return out
+    return {prefix[:-1]: obj}
+
+
+def epoch_metrics(record: dict) -> tuple[dict[str, float], int]:
+    """The scalars of one ``fit`` log record and its epoch (the step)."""
+    return {k: float(v) for k, v in record.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}, int(record["epoch"])
+
+
+def log_cell(tracker: Tracker, cfg, real, record: dict, pool=None) -> None:
+    """Report one finished ``compare`` cell from what it left on disk (its record, its stages'
+    histories and checkpoints), so cells run in worker processes, resumed or shared through the
+    stage cache are reported alike: the cell's parameters, validation/test datasets and metrics,
+    and a nested run per stage with its training set, per-epoch metrics, test evaluation and (last
+    stage) model. The split and the balancing plan are recomputed (both are deterministic)."""
+    import json
+    from pathlib import Path
+
+    from ffr.balance import balance
+    from ffr.data.splits import bias_rate_split
+    from ffr.experiment import stage_config
+    from ffr.metrics import flat_metrics
+    from ffr.train.loop import load_checkpoint
+
+    tracker.log_params({"strategy": record["strategy"], "bias_rate": record["bias_rate"], "seed": record["seed"],
+                        **flatten(record.get("hparams") or {}, "hparams."), **flatten(cfg)})
+    split, _ = bias_rate_split(real, record["bias_rate"], record["seed"], cfg.data.min_val_per_group)
+    tracker.log_dataset(split.select(split="val", source="real"), "validation")
+    tracker.log_dataset(split.select(split="test", source="real"), "test")
+    plan = {s.name: s.train for s in balance(record["strategy"], split.select(split="train", source="real"),
+                                             pool).stages}
+    for i, stage in enumerate(record["stages"]):
+        st = tracker.child(stage["name"])
+        st.log_params({"stage": stage["name"], "stage_key": stage.get("key"),
+                       **flatten(stage_config(cfg, stage["name"]), f"{stage['name']}.")})
+        st.log_dataset(plan[stage["name"]], "train")
+        ckpt = Path(stage["checkpoint"])
+        history_file = ckpt.parent / "history.jsonl"
+        history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.is_file() else []
+        for rec in history:
+            st.log_metrics(*epoch_metrics(rec))
+        st.log_history(history)
+        st.log_evaluation(stage["test"], "test")
+        if i == len(record["stages"]) - 1:
+            model, meta = load_checkpoint(ckpt)
+            st.log_model(model, meta)
+        st.close()
+    tracker.log_metrics(flat_metrics(record["val"], "val"))
+    tracker.log_evaluation(record["test"], "test")

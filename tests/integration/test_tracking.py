@@ -1,0 +1,131 @@
+"""MLflow tracking against a real ``mlflow server`` (SQLite backend, artifacts in moto's S3), both on
+127.0.0.1: a run logs nested runs per cell and stage, per-epoch metrics, tables, figures, dataset
+inputs, system metrics and a model that loads back and predicts any batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ffr.config import load_config
+from ffr.experiment import compare
+from ffr.integrations.tracking import TrackingError, mlflow_run
+from ffr.stages import evaluate_stage, train_stage
+from ffr.train.loop import TrainConfig
+from tests.integration.servers import free_port
+
+TINY = ["data.demo={per_digit: 12}", "data.min_val_per_group=2", "strategies=[none, ffr]", "bias_rates=[0.9]",
+        "seeds=[0]", "train.epochs=2", "pretrain.epochs=2", "finetune.epochs=2", "device=cpu"]
+
+
+def _children(client, run):
+    return client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+
+
+@pytest.mark.slow
+def test_compare_run_logs_nested_runs_metrics_tables_and_model(mlflow_env, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    cfg = load_config(None, TINY)
+    with mlflow_run(mlflow_env.url, "test-compare", "compare", tags={"ffr.pipeline_run_id": "p-1"}) as t:
+        records = compare(cfg, tmp_path / "run", progress=False, tracker=t)
+        parent_id = t.run_id
+    client = MlflowClient(mlflow_env.url, registry_uri=mlflow_env.url)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["finetune.epochs"] == "2" and parent.data.tags["ffr.pipeline_run_id"] == "p-1"
+    assert any(k.startswith("system/") for k in parent.data.metrics), parent.data.metrics.keys()
+    assert {a.path for a in client.list_artifacts(parent_id)} >= {"results.md", "results.csv", "results.json"}
+
+    cells = {r.data.params["strategy"]: r for r in _children(client, parent)}
+    assert set(cells) == {"none", "ffr"}
+    ffr_cell = cells["ffr"]
+    record = next(r for r in records if r["strategy"] == "ffr")
+    assert ffr_cell.data.metrics["test/worst_group_acc"] == pytest.approx(record["test"]["worst_group_acc"])
+    stages = {r.info.run_name: r for r in _children(client, ffr_cell)}
+    assert set(stages) == {"pretrain", "finetune"}
+    fine = stages["finetune"]
+    history = client.get_metric_history(fine.info.run_id, "val/worst_group_acc")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
+    assert len(client.get_metric_history(fine.info.run_id, "train/loss")) == 2
+    assert any(k.startswith("val/group/") and k.endswith("/acc") for k in fine.data.metrics)
+    arts = {a.path for a in client.list_artifacts(fine.info.run_id, "test")} | \
+        {a.path for a in client.list_artifacts(fine.info.run_id, "figures")}
+    assert {"test/groups.json", "test/group_accuracy.png", "figures/val_wga_by_epoch.png"} <= arts
+    table = mlflow.load_table("test/groups.json", run_ids=[fine.info.run_id])
+    assert set(table["group"]) == set(record["test"]["groups"])
+    contexts = {[t.value for t in d.tags if t.key == "mlflow.data.context"][0] for d in fine.inputs.dataset_inputs}
+    assert contexts == {"train"}
+    assert {[t.value for t in d.tags if t.key == "mlflow.data.context"][0]
+            for d in ffr_cell.inputs.dataset_inputs} == {"validation", "test"}
+
+    # The model of the cell's last stage, loaded back, predicts batches of any size.
+    assert "ffr.model_uri" not in stages["pretrain"].data.tags
+    model = mlflow.pytorch.load_model(fine.data.tags["ffr.model_uri"])
+    for n in (1, 5):
+        assert tuple(model(__import__("torch").rand(n, 3, 32, 32)).shape) == (n, 2)
+    pyfunc = mlflow.pyfunc.load_model(fine.data.tags["ffr.model_uri"])
+    assert pyfunc.metadata.signature is not None
+    assert np.asarray(pyfunc.predict(np.random.rand(7, 3, 32, 32).astype(np.float32))).shape == (7, 2)
+
+
+@pytest.mark.slow
+def test_stage_runs_record_dvc_digests_and_uris(mlflow_env, tmp_path, make_dataset):
+    from mlflow import MlflowClient
+
+    from ffr.integrations.dvc import dir_digest
+
+    counts = {(s, l, b): 6 for s in ("train", "val", "test") for l in ("cat", "dog") for b in ("indoor", "outdoor")}
+    ds = make_dataset(counts)
+    with mlflow_run(mlflow_env.url, "test-stages", "stages") as t:
+        train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=1, batch_size=16), image_size=8, device="cpu",
+                    tracker=t)
+        evaluate_stage(tmp_path / "m.pt", ds, "test", tmp_path / "test.json", device="cpu", tracker=t)
+        run_id = t.run_id
+    run = MlflowClient(mlflow_env.url).get_run(run_id)
+    digest = dir_digest(ds)
+    assert run.data.tags["data.train.dvc_md5"] == digest == run.data.tags["data.test.dvc_md5"]
+    assert run.data.tags["data.train.uri"] == str(ds.resolve())
+    inputs = {d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert inputs == {digest}
+    assert "test/worst_group_acc" in run.data.metrics and "ffr.model_uri" in run.data.tags
+
+
+def test_server_down_is_a_clear_error_after_bounded_retries(monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError, match=r"not reachable \(3 attempts"):
+        with mlflow_run(dead, "never"):
+            pass
+
+
+@pytest.mark.slow
+def test_cli_local_store_in_the_run_folder_and_promote(tmp_path, capsys, monkeypatch):
+    """`ffr compare --mlflow` (no server: a store inside the run folder, as `make demo` uses) and
+    `ffr promote --run-id` on one of its cells."""
+    pytest.importorskip("mlflow")
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ffr.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    sets = [a for s in TINY if not s.startswith("strategies") for a in ("--set", s)]
+    assert main(["compare", "--out", str(out), "--quiet", "--mlflow", *sets, "--set", "strategies=[ffr]"]) == 0
+    uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in capsys.readouterr().out
+    client = MlflowClient(uri, registry_uri=uri)
+    cell = client.search_runs([client.get_experiment_by_name("ffr").experiment_id], "params.strategy = 'ffr'")[0]
+    assert main(["promote", "--mlflow-dir", str(out), "--name", "demo-model", "--run-id", cell.info.run_id,
+                 "--floor", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "registered demo-model version 1" in printed and "demo-model@champion -> version 1" in printed
+    tags = client.get_model_version("demo-model", "1").tags
+    assert tags["lineage.run_id"] == cell.info.run_id
+    assert tags["test.test_digest"] == tags["lineage.data.test.digest"] == cell.data.tags["data.test.digest"]
+    assert float(tags["test.worst_group_acc"]) == cell.data.metrics["test/worst_group_acc"]
+    assert (out / "mlartifacts").is_dir()
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/demo-model@champion")
+    assert np.asarray(pyfunc.predict(np.random.rand(3, 3, 32, 32).astype(np.float32))).shape == (3, 2)
