@@ -156,10 +156,10 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     opt = _optimizer(controls.param_groups(), cfg)
     best_state, best_val, best_epoch, history = None, None, -1, []
     if cfg.select_init:  # step 2 then never returns a model worse on validation than step 1's
-        best_val = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size)
+        best_val = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size, cfg.amp)
         best_state = copy.deepcopy(model.state_dict())
         history.append({"epoch": -1, "train/loss": float("nan"), **flat_metrics(best_val, "val")})
-        if log is not None:
+        if log is not None and dist.is_main():
             log(history[-1])
     bar = None
     if progress:
