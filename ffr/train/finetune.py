@@ -11,7 +11,10 @@ shortcut within a few dozen steps. These options limit how far step 2 moves from
 - ``l2sp``: adds ``l2sp / 2 * sum ||w - w_init||^2`` over the feature extractor's trainable
   weights, ``w_init`` being the weights the stage started from (step 1's for FFR's step 2);
 - ``lpft_epochs`` = e: the first e epochs train the head alone (features in eval mode), the
-  remaining ``epochs - e`` train everything (LP-FT).
+  remaining ``epochs - e`` train everything (LP-FT);
+- ``select_init`` (in :func:`~ffr.train.loop.fit`): the starting weights are evaluated before the
+  first epoch and compete in checkpoint selection as epoch -1, so a stage never returns a model
+  with a worse validation WGA than the one it started from.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0    # feature extractor lr = lr * this; head lr = lr
     l2sp: float = 0.0                # weight of the L2-SP pull toward the initial weights
     lpft_epochs: int = 0             # first epochs train the head alone (LP-FT)
+    select_init: bool = False        # the starting weights compete in checkpoint selection (epoch -1)
 
 
 @dataclass
@@ -154,6 +155,12 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     controls = StageControls(model, cfg)
     opt = _optimizer(controls.param_groups(), cfg)
     best_state, best_val, best_epoch, history = None, None, -1, []
+    if cfg.select_init:  # step 2 then never returns a model worse on validation than step 1's
+        best_val = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size, cfg.amp)
+        best_state = copy.deepcopy(model.state_dict())
+        history.append({"epoch": -1, "train/loss": float("nan"), **flat_metrics(best_val, "val")})
+        if log is not None and dist.is_main():
+            log(history[-1])
     bar = None
     if progress:
         from tqdm import tqdm
