@@ -1,22 +1,31 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# Both create .venv when it is missing and install the project into it.
+# Both create .venv when it is missing and install the project with every extra into it.
+# constraints.txt pins the versions the project was tested with: it keeps pip's resolver from
+# backtracking (boto3 × aiobotocore) and makes a fresh install repeatable.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ffr-installed
-DEMO_OUT ?= runs/demo
+RUNS   ?= runs
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test compare-demo venv clean-venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
+# The Kubeflow comparison pipeline (none / USB / ASB / FFR) run locally by the KFP local runner on
+# the built-in demo benchmark; prints the group metrics table. Everything lands in runs/<pipeline>-<time>/.
 demo: $(STAMP)
-	$(VENV)/bin/ffr compare --out $(DEMO_OUT) --config configs/demo.yaml --workers 2
+	$(VENV)/bin/ffr run comparison --runs-dir $(RUNS) --param demo_per_digit=100 \
+	  --param train_epochs=15 --param pretrain_epochs=15 --param finetune_epochs=15
+
+# The same comparison without Kubeflow, as a resumable grid (configs/demo.yaml).
+compare-demo: $(STAMP)
+	$(VENV)/bin/ffr compare --out $(RUNS)/compare-demo --config configs/demo.yaml --workers 2
 
 test: $(STAMP)
 	$(PY) -m pytest -q

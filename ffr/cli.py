@@ -65,6 +65,21 @@ def cmd_data_validate(args) -> int:
     return 0
 
 
+def cmd_data_import(args) -> int:
+    from ffr.config import parse_set
+    from ffr.data.adapters import load_dataset
+    from ffr.data.manifest import format_group_counts
+
+    options = dict(parse_set(o) for o in args.option)
+    if args.no_files:
+        options["check_files"] = False
+    m = load_dataset(args.adapter, args.source, **options)
+    path = m.save(args.out)
+    print(f"{args.adapter}: {len(m)} images → {path}")
+    print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
+    return 0
+
+
 def cmd_data_split(args) -> int:
     from ffr.data.manifest import Manifest
     from ffr.data.splits import bias_rate_split
@@ -92,6 +107,31 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from ffr.config import load_config
+    from ffr.experiment import sweep
+    from ffr.report import markdown_table, wga_pivot
+
+    cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from ffr.config import with_overrides
+        from ffr.experiment import grid_cost, prepare_real
+
+        for name, overrides in (cfg.datasets or {"": {}}).items():
+            eff = with_overrides(cfg, dict(overrides or {}))
+            cost = grid_cost(eff, prepare_real(eff, Path(args.out) / name))
+            print(f"{name or 'grid'}: {cost['cells']} cells, {cost['trained_stages']} trained stages, "
+                  f"{cost['train_images']:,} training and {cost['val_images']:,} validation image passes")
+        return 0
+    records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers)
+    print()
+    print(markdown_table(records))
+    print()
+    print(wga_pivot(records))
+    print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
+    return 0
+
+
 def cmd_probe_domain_gap(args) -> int:
     from ffr.data.manifest import Manifest
     from ffr.probes import domain_gap
@@ -104,6 +144,36 @@ def cmd_probe_domain_gap(args) -> int:
         Path(args.out).write_text(text + "\n")
     print(text)
     print(f"domain gap (real vs synthetic accuracy): {result['accuracy']:.3f}")
+    return 0
+
+
+def cmd_probe_shortcut(args) -> int:
+    from ffr.data.manifest import Manifest
+    from ffr.probes import cells_from_results, format_shortcut, probe_checkpoint, summarize_shortcut
+    from ffr.train.loop import resolve_device
+
+    models = list(args.model)
+    if args.from_results:
+        where = {k: v.split(",") for k, v in (w.split("=", 1) for w in args.where)}
+        models += cells_from_results(args.from_results, where)
+    if not models:
+        raise ValueError("give --model and/or --from-results")
+    parts = [Manifest.load(d) for d in args.manifest]
+    m = Manifest.concat(parts) if len(parts) > 1 else parts[0]
+    real = m.frame["source"] == "real"
+    m = Manifest(m.frame[~real | (m.frame["split"] == args.split)], m.card, m.root)
+    device = resolve_device(args.device)
+    results = [probe_checkpoint(ckpt, m, device, args.seed, args.cache) for ckpt in models]
+    text = json.dumps(results if len(results) > 1 else results[0], indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    print()
+    print(format_shortcut(results))
+    if len(results) > 1:
+        print()
+        print(summarize_shortcut(results))
     return 0
 
 
@@ -209,7 +279,8 @@ def cmd_train(args) -> int:
     objective = "erm" if args.stage == "pretrain" else cfg.objective
     with _tracker(args, args.stage, Path(args.out).parent) as tracker:
         summary = train_stage(args.train, args.val, args.out, stage_config(cfg, args.stage), cfg.backbone, objective,
-                              init=args.init, weights=cfg.weights, image_size=cfg.data.image_size,
+                              objective_options=cfg.objective_options.get(objective), init=args.init,
+                              weights=cfg.weights, image_size=cfg.data.image_size,
                               seed=args.seed, device=cfg.device, stage=args.stage, tracker=tracker)
     if args.history_csv:  # per-epoch scalars for `dvc plots`
         history = Path(args.out).with_name(Path(args.out).name + ".history.jsonl")
@@ -240,6 +311,82 @@ def cmd_evaluate(args) -> int:
         acc = "absent" if v["acc"] is None else f"{v['acc']:.3f}"
         print(f"  {g:<24} {acc:>8}  n={v['n']}")
     return 0
+
+
+def _platform(args):
+    """Cluster settings from the command line (the kfp glue in ``pipelines`` is imported lazily:
+    the core package never imports kfp)."""
+    import os
+
+    if getattr(args, "image", None):
+        os.environ["FFR_IMAGE"] = args.image  # read when the components are defined
+    from pipelines.platform import Platform
+
+    return Platform(gpu=args.gpu, accelerator_type=args.accelerator_type, accelerator_limit=args.accelerator_limit)
+
+
+def cmd_run(args) -> int:
+    from pipelines.run import main_table, parse_params, run_local
+
+    run = run_local(args.pipeline, parse_params(args.param), args.runs_dir, progress=not args.quiet)
+    print()
+    print(main_table(run))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import compile_pipeline
+
+    out = compile_pipeline(args.pipeline, args.out or f"{args.pipeline}-pipeline.yaml", platform)
+    print(f"pipeline {args.pipeline!r} compiled to {out}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import parse_params, submit
+
+    run_id = submit(args.host, args.pipeline, parse_params(args.param), args.experiment, args.run_name, platform,
+                    args.namespace)
+    print(f"run {run_id} created on {args.host}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    platform = _platform(args)
+    from pipelines.run import parse_params, schedule
+
+    job_id = schedule(args.host, args.cron, args.pipeline, parse_params(args.param), args.experiment, args.name,
+                      platform, args.namespace)
+    print(f"recurring run {job_id} created on {args.host} (cron {args.cron!r})")
+    return 0
+
+
+def _pipeline_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("pipeline", nargs="?", default="ffr", help="ffr (default) or comparison")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter (value parsed as YAML, e.g. pretrain_epochs=5); repeatable")
+    return p
+
+
+def _cluster_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--gpu", action="store_true", help="request accelerators for synthesis and training")
+    p.add_argument("--accelerator-type", default="nvidia.com/gpu")
+    p.add_argument("--accelerator-limit", type=int, default=1)
+    p.add_argument("--image", help="component image (repository, or reference with tag); default "
+                                   "$FFR_IMAGE or ghcr.io/ffr-project/ffr:<version>")
+    return p
+
+
+def _endpoint_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--host", required=True, help="Kubeflow Pipelines API URL, e.g. http://localhost:8080")
+    p.add_argument("--experiment", default="ffr")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    return p
 
 
 def cmd_promote(args) -> int:
@@ -288,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="dataset directory or manifest.csv")
     p.add_argument("--no-files", action="store_true", help="skip opening the image files")
     p.set_defaults(func=cmd_data_validate)
+    p = dsub.add_parser("import", help="read a dataset as distributed (waterbirds, celeba, celeba_hq, utkface, "
+                                        "spuco_animals, folder, csv) into manifest.csv + card.json")
+    p.add_argument("adapter")
+    p.add_argument("source", help="the dataset's folder")
+    p.add_argument("--out", required=True, help="folder for manifest.csv and card.json")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="adapter option, e.g. label=Blond_Hair; repeatable")
+    p.add_argument("--no-files", action="store_true", help="do not open every image to check it")
+    p.set_defaults(func=cmd_data_import)
     p = dsub.add_parser("split", help="subsample train/val to a bias rate")
     p.add_argument("manifest")
     p.add_argument("--bias-rate", type=float, required=True)
@@ -364,6 +520,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("sweep", parents=[_config_parent()],
+                       help="the full grid: datasets × bias rates × objectives × strategies × seeds × "
+                            "hyperparameters, resumable, with tables and plots")
+    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the grid's cost (cells, trained stages, image passes) and stop")
+    p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("run", parents=[_pipeline_parent()],
+                       help="run a Kubeflow pipeline locally (KFP local runner, no cluster); print its group metrics")
+    p.add_argument("--runs-dir", default="runs", help="each run gets a new folder <runs-dir>/<pipeline>-<timestamp>/")
+    p.add_argument("--quiet", action="store_true", help="print only the final table (the log is in the run folder)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("compile", parents=[_pipeline_parent(), _cluster_parent()], help="write a pipeline's YAML")
+    p.add_argument("--out", help="output file (default <pipeline>-pipeline.yaml)")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("submit", parents=[_pipeline_parent(), _cluster_parent(), _endpoint_parent()],
+                       help="create a run on a Kubeflow Pipelines endpoint")
+    p.add_argument("--run-name")
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("schedule", parents=[_pipeline_parent(), _cluster_parent(), _endpoint_parent()],
+                       help="create a recurring run (scheduled retraining) on a Kubeflow Pipelines endpoint")
+    p.add_argument("--cron", required=True,
+                   help="6 fields: second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * *'")
+    p.add_argument("--name", help="recurring run name")
+    p.set_defaults(func=cmd_schedule)
+
     p = sub.add_parser("promote", help="register a trained model as the challenger and run the promotion gate")
     p.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI"), metavar="URI",
                    help="tracking server / store holding the registry (default: $MLFLOW_TRACKING_URI)")
@@ -390,6 +576,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
     p.set_defaults(func=cmd_probe_domain_gap)
+    p = psub.add_parser("shortcut", help="the (B, G) shortcut: real-vs-synthetic linear probe per group on a "
+                                         "model's features, and minority-group accuracy on real vs synthetic images")
+    p.add_argument("--model", action="append", default=[],
+                   help="checkpoint (.pt) or a finished grid cell's directory; repeatable")
+    p.add_argument("--from-results", metavar="RESULTS_JSON",
+                   help="probe the selected cells of a grid's results.json (filtered by --where)")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="with --from-results: keep records whose field is one of the values, e.g. "
+                        "strategy=usb,asb,ffr; repeatable")
+    p.add_argument("--manifest", required=True, action="append",
+                   help="dataset directory with real and/or synthetic rows; repeatable (concatenated)")
+    p.add_argument("--split", default="test", help="split of the real rows to use (synthetic rows: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", help="embeddings cache folder (default: embeddings/ beside each checkpoint)")
+    p.add_argument("--out", help="write the JSON report here")
+    p.set_defaults(func=cmd_probe_shortcut)
     return parser
 
 

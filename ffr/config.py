@@ -26,6 +26,8 @@ class DataConfig:
     image_size: int = 32
     min_val_per_group: int = 10
     demo: dict = field(default_factory=dict)   # DemoSpec overrides (ffr.data.demo)
+    adapter: str = "csv"                  # dataset adapter reading ``dataset`` (ffr.data.adapters)
+    options: dict = field(default_factory=dict)  # adapter options (e.g. label/bias attributes)
 
 
 @dataclass
@@ -62,6 +64,12 @@ class ExperimentConfig:
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=1e-3))
     overrides: dict = field(default_factory=lambda: {"asb": {"train.lr": 1e-4}})
     search: dict = field(default_factory=dict)
+    # ``ffr sweep``: several objectives (empty: just ``objective``), per-objective options
+    # (``{groupdro: {eta: 0.01}, dfr: {n_refits: 20}}``), and several datasets, each a name →
+    # dotted overrides (empty: just ``data``).
+    objectives: list = field(default_factory=list)
+    objective_options: dict = field(default_factory=dict)
+    datasets: dict = field(default_factory=dict)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -18,63 +18,39 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
-
 from ffr.balance import balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
-from ffr.data.loading import TensorData, load_images
+from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
+from ffr.train import distributed as dist
 from ffr.tracking import NullTracker, Tracker, flatten, log_cell
 from ffr.train.backbones import create_model
-from ffr.train.loop import evaluate, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+from ffr.train.loop import (evaluate, fit, load_checkpoint, objective_context, resolve_device, save_checkpoint,
+                            seed_everything)
 from ffr.train.objectives import create_objective
+from ffr.train.runtime import cap_threads, cpu_budget
 
 
-class ImageBank:
-    """Decoded images of several manifests, decoded once and gathered by absolute path, so the
-    cells of a grid never decode an image twice."""
-
-    def __init__(self, manifests: list[Manifest], image_size: int):
-        self.image_size = image_size
-        self._index: dict[str, int] = {}
-        self.images = torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-        for m in manifests:
-            self._add(m)
-
-    def _add(self, manifest: Manifest) -> list[str]:
-        paths = [str(p) for p in manifest.abs_paths()]
-        new = [i for i, p in enumerate(paths) if p not in self._index]
-        if new:
-            sub = Manifest(manifest.frame.iloc[new], manifest.card, manifest.root)
-            base = len(self.images)
-            for j, i in enumerate(new):
-                self._index[paths[i]] = base + j
-            self.images = torch.cat([self.images, load_images(sub, self.image_size)])
-        return paths
-
-    def tensors(self, manifest: Manifest) -> TensorData:
-        """The rows of ``manifest`` as :class:`TensorData` (images decoded on first sight)."""
-        paths = self._add(manifest)
-        idx = torch.tensor([self._index[p] for p in paths], dtype=torch.long)
-        return TensorData(
-            images=self.images[idx],
-            labels=torch.from_numpy(manifest.labels()),
-            biases=torch.from_numpy(manifest.biases()),
-            sources=torch.from_numpy(manifest.is_synthetic().astype(np.int64)),
-            card=manifest.card,
-        )
+def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None,
+                     cache_dir: str | os.PathLike, progress: bool = False, image_size: int | None = None) -> ImageCache:
+    """The decoded-image cache of the real data and the synthetic pool at ``image_size`` (default:
+    the configured resolution), built once under ``cache_dir``; every cell of a grid reads it."""
+    every = Manifest.concat([real] + ([pool] if pool is not None else []))
+    return open_cache(every, image_size or cfg.data.image_size, cache_dir, progress=progress)
 
 
 def prepare_real(cfg: ExperimentConfig, workdir: str | os.PathLike) -> Manifest:
-    """The real dataset: the built-in demo (generated under ``workdir/data``) or a dataset
-    directory holding ``manifest.csv`` + ``card.json``."""
+    """The real dataset: the built-in demo (generated under ``workdir/data``), or ``data.dataset``
+    read by adapter ``data.adapter`` (default ``csv``: a directory holding ``manifest.csv`` +
+    ``card.json``) with ``data.options``."""
     if cfg.data.dataset == "demo":
         from ffr.data.demo import DemoSpec, make_demo
 
         return make_demo(Path(workdir) / "data", DemoSpec(**cfg.data.demo))
-    return Manifest.load(cfg.data.dataset)
+    from ffr.data.adapters import load_dataset
+
+    return load_dataset(cfg.data.adapter, cfg.data.dataset, **cfg.data.options)
 
 
 def pool_need(cfg: ExperimentConfig, real: Manifest) -> dict[tuple[str, str], int]:
@@ -93,14 +69,31 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
 
     backend = create_backend(cfg.synthesis.backend, real.card, **cfg.synthesis.options)
     out = Path(workdir) / "synthetic" / f"{cfg.synthesis.backend}-seed{cfg.synthesis.seed}"
-    return synthesize(backend, real.card, need, out, base_seed=cfg.synthesis.seed,
+    pool = synthesize(backend, real.card, need, out, base_seed=cfg.synthesis.seed,
                       batch_size=cfg.synthesis.batch_size, progress=progress, filters=cfg.synthesis.filters,
                       max_attempts=cfg.synthesis.max_attempts)
+    pool.save(out)  # an explicit artifact: probes and later stages load it by path
+    return pool
 
 
 def stage_config(cfg: ExperimentConfig, stage: str):
     """The training settings of stage ``train`` (none/usb/asb), ``pretrain`` or ``finetune`` (FFR)."""
     return {"train": cfg.train, "pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
+
+
+def objectives_of(cfg: ExperimentConfig) -> list[str]:
+    """The objectives a grid runs: ``objectives``, or the single ``objective``."""
+    return list(cfg.objectives) or [cfg.objective]
+
+
+def objective_for(cfg: ExperimentConfig, name: str):
+    """Objective ``name`` with its options from ``cfg.objective_options[name]``."""
+    return create_objective(name, **(cfg.objective_options.get(name) or {}))
+
+
+def _identity(objective) -> str:
+    """What of an objective a stage key depends on: its name and options."""
+    return objective.name + (json.dumps(objective.options, sort_keys=True) if objective.options else "")
 
 
 def stage_key(train: Manifest, val: Manifest, tcfg, objective: str, cfg: ExperimentConfig, seed: int,
@@ -114,75 +107,92 @@ def stage_key(train: Manifest, val: Manifest, tcfg, objective: str, cfg: Experim
 
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
-             bias_rate: float, seed: int, cell_dir: str | os.PathLike, bank: ImageBank | None = None,
+             bias_rate: float, seed: int, cell_dir: str | os.PathLike, cache: ImageCache | None = None,
              hparams: dict | None = None, progress: bool = False,
-             stage_cache: str | os.PathLike | None = None) -> dict:
+             stage_cache: str | os.PathLike | None = None, dataset: str | None = None) -> dict:
     """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
 
-    With ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
-    ``stage_cache/<key>/`` instead of being trained again.
+    Images come from ``cache`` (default: one built under ``cell_dir/cache``). With
+    ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
+    ``stage_cache/<key>/`` instead of being trained again. An objective that trains like another
+    (``Objective.trains_as``: DFR trains like ERM) shares that objective's stage and only applies
+    its :meth:`~ffr.train.objectives.Objective.finalize` (DFR's last-layer retraining) in the cell.
     """
     t0 = time.time()
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    bank = bank or ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+    if cache is None:
+        cache = open_image_cache(cfg, real, pool, cell_dir / "cache")
     seed_everything(seed)
     split, report = bias_rate_split(real, bias_rate, seed, cfg.data.min_val_per_group)
-    report.save(cell_dir / "split_report.json")
     plan = balance(strategy, split.select(split="train", source="real"), pool)
-    (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
+    if dist.is_main():  # under torchrun every rank runs the cell; one writes its files
+        report.save(cell_dir / "split_report.json")
+        (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
     val_manifest = split.select(split="val", source="real")
-    val, test = bank.tensors(val_manifest), bank.tensors(split.select(split="test", source="real"))
+    val, test = cache.tensors(val_manifest), cache.tensors(split.select(split="test", source="real"))
     models: dict[str, Any] = {}
     keys: dict[str, str] = {}
     stages = []
     history_path = cell_dir / "history.jsonl"
-    history_path.unlink(missing_ok=True)
+    if dist.is_main():
+        history_path.unlink(missing_ok=True)
     for stage in plan.stages:
         tcfg = stage_config(cfg, stage.name)
         # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
         # configured objective.
-        objective = "erm" if stage.name == "pretrain" else cfg.objective
-        key = stage_key(stage.train, val_manifest, tcfg, objective, cfg, seed, keys.get(stage.init_from))
+        objective = objective_for(cfg, "erm" if stage.name == "pretrain" else cfg.objective)
+        trainer = objective_for(cfg, objective.trains_as) if objective.trains_as else objective
+        key = stage_key(stage.train, val_manifest, tcfg, _identity(trainer), cfg, seed, keys.get(stage.init_from))
         keys[stage.name] = key
         sdir = Path(stage_cache) / key if stage_cache else cell_dir / stage.name
-        if (sdir / "stage.json").is_file():
+        if dist.from_main((sdir / "stage.json").is_file()):  # every rank takes rank 0's view
             model, _ = load_checkpoint(sdir / "model.pt", device)
             done = json.loads((sdir / "stage.json").read_text())
-            best_epoch, best_val = done["best_epoch"], done["val"]
+            best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
         else:
             sdir.mkdir(parents=True, exist_ok=True)
             seed_everything(seed)  # per stage, so a stage's result does not depend on the cache
             model = create_model(cfg.backbone, len(real.card.classes), cfg.weights)
             if stage.init_from:
                 model.load_state_dict(models[stage.init_from].state_dict())
-            (sdir / "history.jsonl").unlink(missing_ok=True)
+            if dist.is_main():
+                (sdir / "history.jsonl").unlink(missing_ok=True)
 
             def log(rec, _path=sdir / "history.jsonl"):
                 with _path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
 
-            result = fit(model, bank.tensors(stage.train), val, create_objective(objective), tcfg, device,
+            result = fit(model, cache.tensors(stage.train), val, trainer, tcfg, device,
                          seed=seed, log=log, progress=progress,
-                         desc=f"{strategy} r={bias_rate} s={seed} {stage.name}")
-            model, best_epoch, best_val = result.model, result.best_epoch, result.best_val
-            meta = {"backbone": cfg.backbone, "classes": list(real.card.classes),
-                    "bias_values": list(real.card.bias_values), "image_size": cfg.data.image_size,
-                    "normalize": tcfg.normalize, "stage": stage.name, "objective": objective,
-                    "best_epoch": best_epoch}
-            save_checkpoint(sdir / "model.pt", model, meta)
-            _write_json(sdir / "stage.json", {"key": key, "best_epoch": best_epoch, "val": best_val})
+                         desc=f"{strategy} {cfg.objective} r={bias_rate} s={seed} {stage.name}")
+            model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
+            save_checkpoint(sdir / "model.pt", model, _meta(cfg, real, tcfg, stage.name, trainer.name, best_epoch))
+            _write_json(sdir / "stage.json", {"key": key, "best_epoch": best_epoch, "val": best_val,
+                                              "objective_state": state})
+        checkpoint = sdir / "model.pt"
+        if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
+            train = cache.tensors(stage.train)
+            objective.setup(objective_context(train, tcfg, device, seed))
+            model = objective.finalize(model, train, val, device)
+            best_val, state = evaluate(model, val, device, tcfg.normalize, tcfg.eval_batch_size), objective.state()
+            checkpoint = save_checkpoint(cell_dir / f"{stage.name}_{objective.name}.pt", model,
+                                         _meta(cfg, real, tcfg, stage.name, objective.name, best_epoch))
         models[stage.name] = model
-        with history_path.open("a") as f:
-            for line in (sdir / "history.jsonl").read_text().splitlines():
-                f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
-        stages.append({"name": stage.name, "key": key, "checkpoint": str(sdir / "model.pt"),
-                       "n_train": len(stage.train), "best_epoch": best_epoch, "val": best_val,
-                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size)})
+        if dist.is_main():  # rank 0 alone wrote the stage's history
+            with history_path.open("a") as f:
+                for line in (sdir / "history.jsonl").read_text().splitlines():
+                    f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
+        stages.append({"name": stage.name, "key": key, "checkpoint": str(checkpoint), "objective": objective.name,
+                       "objective_state": state, "n_train": len(stage.train), "best_epoch": best_epoch,
+                       "val": best_val,
+                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp)})
     final = stages[-1]
     record = {
+        "dataset": dataset or dataset_name(cfg),
         "strategy": strategy, "objective": cfg.objective, "bias_rate": float(bias_rate), "seed": int(seed),
+        "objective_options": cfg.objective_options.get(cfg.objective) or {},
         "hparams": hparams or {}, "val": final["val"], "test": final["test"],
         "stages": stages, "synthetic_per_group": plan.synthetic_per_group,
         "split": report.after, "seconds": round(time.time() - t0, 2),
@@ -191,14 +201,45 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     return record
 
 
+def _meta(cfg: ExperimentConfig, real: Manifest, tcfg, stage: str, objective: str, best_epoch: int) -> dict:
+    return {"backbone": cfg.backbone, "classes": list(real.card.classes), "bias_values": list(real.card.bias_values),
+            "image_size": cfg.data.image_size, "normalize": tcfg.normalize, "stage": stage, "objective": objective,
+            "best_epoch": best_epoch}
+
+
 def _write_json(path: Path, data) -> None:
+    if not dist.is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def _grid(search: dict, strategy: str) -> list[dict]:
+def dataset_name(cfg: ExperimentConfig) -> str:
+    """A short name for the dataset of ``cfg`` (``demo`` or the dataset folder's name)."""
+    return "demo" if cfg.data.dataset == "demo" else Path(cfg.data.dataset).name
+
+
+def _stage_names(strategy: str) -> tuple[str, ...]:
+    return ("pretrain", "finetune") if strategy == "ffr" else ("train",)
+
+
+def _concerns(key: str, strategy: str, objective: str) -> bool:
+    """Whether search key ``key`` can change a cell of ``strategy`` × ``objective``: a stage's
+    settings concern only strategies with that stage, an objective's options only that objective.
+    Other keys would only repeat identical cells."""
+    head, _, rest = key.partition(".")
+    if head in ("train", "pretrain", "finetune"):
+        return head in _stage_names(strategy)
+    if head == "objective_options":
+        return rest.partition(".")[0] == objective
+    return True
+
+
+def _grid(search: dict, strategy: str, objective: str | None = None) -> list[dict]:
     space = {**search.get("*", {}), **search.get(strategy, {})}
+    if objective is not None:
+        space = {k: v for k, v in space.items() if _concerns(k, strategy, objective)}
     if not space:
         return [{}]
     keys = sorted(space)
@@ -222,43 +263,95 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
     from ffr import __version__
 
     relevant = _diff(asdict(cfg), asdict(ExperimentConfig()))
-    for k in ("strategies", "bias_rates", "seeds", "search", "overrides"):
+    for k in ("strategies", "bias_rates", "seeds", "search", "overrides", "objectives", "objective_options",
+              "datasets"):
         relevant.pop(k, None)
+    if cfg.objective_options.get(cfg.objective):  # only the cell's own objective's options matter
+        relevant["objective_options"] = cfg.objective_options[cfg.objective]
     blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams,
                        "version": __version__}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
 
 
+def dotted(hp: dict, prefix: str = "") -> dict:
+    """Flatten a hyperparameter choice into dotted overrides. A search value may be a mapping —
+    a set of overrides under its key, e.g. ``finetune: [{}, {l2sp: 0.1}, {lpft_epochs: 3}]`` — so
+    alternatives that set several keys together are one axis, not a product."""
+    out = {}
+    for k, v in hp.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(dotted(v, key))
+        else:
+            out[key] = v
+    return out
+
+
 def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, ExperimentConfig]]:
-    """Every (strategy, bias rate, seed, hparams, effective config) of the grid."""
+    """Every (strategy, bias rate, seed, hparams, effective config) of the grid, for every
+    objective (the effective config's ``objective``)."""
     cells = []
-    for strategy in cfg.strategies:
-        for hp in _grid(cfg.search, strategy):
-            eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **hp})
-            for rate in cfg.bias_rates:
-                for seed in cfg.seeds:
-                    cells.append((strategy, float(rate), int(seed), hp, eff))
+    for objective in objectives_of(cfg):
+        for strategy in cfg.strategies:
+            for hp in _grid(cfg.search, strategy, objective):
+                eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **dotted(hp), "objective": objective})
+                for rate in cfg.bias_rates:
+                    for seed in cfg.seeds:
+                        cells.append((strategy, float(rate), int(seed), hp, eff))
     return cells
 
 
 def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
-               cells: list, threads: int | None = None) -> list[dict]:
+               cells: list, threads: int | None = None, dataset: str | None = None) -> list[dict]:
     """Run ``cells`` one after the other (in a worker process when ``threads`` is set)."""
     if threads:
-        torch.set_num_threads(threads)
-    bank = ImageBank([real] + ([pool] if pool is not None else []), cfg.data.image_size)
+        cap_threads(threads)
+    caches: dict[int, ImageCache] = {}  # by resolution (a search may vary data.image_size)
     records = []
     for strategy, rate, seed, hp, eff in cells:
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
-        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, bank, hp, stage_cache=out / "stages"))
+        if eff.data.image_size not in caches:  # built by compare() already: this only opens it
+            caches[eff.data.image_size] = open_image_cache(eff, real, pool, out / "cache")
+        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, caches[eff.data.image_size], hp,
+                                stage_cache=out / "stages", dataset=dataset))
     return records
 
 
+def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
+    """What the grid of ``cfg`` on ``real`` costs, without training: cells, distinct trained stages
+    (after sharing: FFR's step 1 across objectives and variants, ERM's model for DFR), and the
+    images those stages pass through the model in training and in per-epoch validation."""
+    from ffr.balance import synthetic_budget
+
+    splits: dict[tuple, tuple[int, int, dict]] = {}
+    stages: dict[str, tuple[int, int]] = {}
+    cells = plan_cells(cfg)
+    for strategy, rate, seed, hp, eff in cells:
+        if (rate, seed) not in splits:
+            split, _ = bias_rate_split(real, rate, seed, cfg.data.min_val_per_group)
+            counts = split.select(split="train", source="real").group_counts()
+            splits[(rate, seed)] = (sum(counts.values()), len(split.select(split="val", source="real")), counts)
+        n_real, n_val, counts = splits[(rate, seed)]
+        n_syn = sum(synthetic_budget(strategy, counts).values())
+        plan = [("pretrain", n_syn), ("finetune", n_real)] if strategy == "ffr" else [("train", n_real + n_syn)]
+        init = None
+        for name, n in plan:
+            tcfg = stage_config(eff, name)
+            objective = objective_for(eff, "erm" if name == "pretrain" else eff.objective)
+            trainer = objective_for(eff, objective.trains_as) if objective.trains_as else objective
+            init = json.dumps([name if name == "pretrain" else strategy, rate, seed, asdict(tcfg),
+                               _identity(trainer), init], sort_keys=True, default=str)
+            stages[init] = (n * tcfg.epochs, n_val * tcfg.epochs)
+    return {"cells": len(cells), "trained_stages": len(stages),
+            "train_images": sum(t for t, _ in stages.values()), "val_images": sum(v for _, v in stages.values())}
+
+
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-            on_cell: Callable[[dict], None] | None = None, workers: int = 1,
+            on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None,
             tracker: Tracker | None = None) -> list[dict]:
-    """Run the grid (skipping finished cells), choose hyperparameters per (strategy, bias rate)
+    """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×
+    seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
 
     With ``workers`` > 1 the unfinished cells run in that many processes (the CPU threads shared
@@ -275,13 +368,16 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    dist.init_from_env()
     tracker = tracker or NullTracker()
-    tracker.log_params(flatten(cfg))
-    real = prepare_real(cfg, out)
-    tracker.log_dataset(real, "source", str(out / "data") if cfg.data.dataset == "demo" else cfg.data.dataset)
-    needs_pool = any(s != "none" for s in cfg.strategies)
-    pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
+    with dist.main_first():  # under torchrun rank 0 writes the data, the others then read it
+        if dist.is_main():
+            save_config(cfg, out / "config.yaml")
+            tracker.log_params(flatten(cfg))
+        real = prepare_real(cfg, out)
+        tracker.log_dataset(real, "source", str(out / "data") if cfg.data.dataset == "demo" else cfg.data.dataset)
+        needs_pool = any(s != "none" for s in cfg.strategies)
+        pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
     done: dict[str, dict] = {}
     todo: dict[tuple, list] = {}
@@ -291,6 +387,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         if (cdir / "record.json").is_file():
             done[cdir.name] = json.loads((cdir / "record.json").read_text())
         else:
+            # cells of one (strategy, rate, seed) share stages (FFR's step 1, ERM for DFR): one process
             todo.setdefault((strategy, rate, seed), []).append(cell)
     bar = None
     if progress:
@@ -300,17 +397,19 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     def finished(batch: list[dict]) -> None:
         for record in batch:
             if bar is not None:
-                bar.set_postfix(last=f"{record['strategy']} r={record['bias_rate']} s={record['seed']} "
+                bar.set_postfix(last=f"{record['objective']} {record['strategy']} r={record['bias_rate']} s={record['seed']} "
                                      f"wga={record['test']['worst_group_acc']:.2f}")
                 bar.update(1)
 
+    for size in sorted({cell[4].data.image_size for group in todo.values() for cell in group}):
+        open_image_cache(cfg, real, pool, out / "cache", progress, size)  # decode once, before any worker starts
     if workers <= 1 or len(todo) <= 1:
         for group in todo.values():
-            finished(_run_cells(cfg, real, pool, out, group))
+            finished(_run_cells(cfg, real, pool, out, group, dataset=dataset))
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, cpu_budget() // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads) for group in todo.values()]
+            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset) for group in todo.values()]
             for fut in as_completed(futures):
                 finished(fut.result())
     if bar is not None:
@@ -328,7 +427,36 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         log_cell(cell_tracker, eff, real, record, pool)
         cell_tracker.close()
     records = mark_selected(records)
-    write_results(records, out)
-    for name in ("results.md", "results.csv", "results.json"):
-        tracker.log_artifact(str(out / name))
+    if dist.is_main():
+        write_results(records, out)
+        for name in ("results.md", "results.csv", "results.json"):
+            tracker.log_artifact(str(out / name))
+    return records
+
+
+def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
+          on_cell: Callable[[dict], None] | None = None, plots: bool = True, workers: int = 1) -> list[dict]:
+    """``ffr sweep``: :func:`compare` for every dataset of ``cfg.datasets`` (each in
+    ``out_dir/<name>``; or the one dataset of ``cfg.data`` in ``out_dir`` itself), then the
+    combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.plots`) in ``out_dir``.
+    Resumable: a rerun recomputes nothing that finished."""
+    from ffr.report import mark_selected, write_results
+
+    out = Path(out_dir)
+    if not cfg.datasets:
+        records = compare(cfg, out, progress, on_cell, workers)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        records = []
+        for name, overrides in cfg.datasets.items():
+            eff = with_overrides(cfg, dict(overrides or {}))
+            eff.datasets = {}
+            records += compare(eff, out / name, progress, on_cell, workers, dataset=name)
+        records = mark_selected(records)
+        write_results(records, out)
+    if plots:
+        from ffr.plots import write_plots
+
+        write_plots(records, out)
     return records

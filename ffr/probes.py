@@ -1,17 +1,34 @@
-"""Probes that measure properties of a dataset rather than train the task model.
+"""Probes: diagnostics of datasets and trained models.
 
 :func:`domain_gap` asks how easily a classifier tells real from synthetic images. FFR rests on
 this gap: when it is high, mixing real and synthetic images in one training set hands the model a
 new shortcut (bias × source), which is why FFR keeps them in separate training stages.
+
+:func:`shortcut_probe` — the paper's diagnosis of that (B, G) shortcut in a trained model. For a
+model and a set holding real and synthetic images of every group it reports:
+
+(a) per group (Y, B), how well a linear probe on the model's penultimate features tells real from
+    synthetic images (cross-validated accuracy on a real/synthetic-balanced subsample; 0.5 is
+    chance) — how strongly the model encodes G within a group;
+(b) the model's accuracy on the real and on the synthetic images of the minority groups (and the
+    majority groups) — whether it classifies a rare group correctly only when the image is
+    synthetic.
+
+Use synthetic images the model did not train on (e.g. a pool rendered with another seed), and the
+real test split.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffr.data.loading import BatchTransform, load_images
+from ffr.data.loading import BatchTransform, TensorData, load_images
 from ffr.data.manifest import Manifest, group_key
 from ffr.train.backbones import create_model
 from ffr.train.loop import resolve_device
@@ -78,3 +95,166 @@ def domain_gap(real: Manifest, synthetic: Manifest, image_size: int = 32, seed: 
         "per_group": {g: float(correct[test_groups == g].mean())
                       for g in real.card.group_keys if (test_groups == g).any()},
     }
+
+
+def _probe_accuracy(x: np.ndarray, is_synth: np.ndarray, seed: int, folds: int = 5) -> tuple[float | None, int]:
+    """Cross-validated accuracy of a logistic-regression probe separating the two sources, on a
+    subsample with as many real as synthetic rows. Returns (accuracy, rows per source)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    real, synth = np.flatnonzero(~is_synth), np.flatnonzero(is_synth)
+    n = min(len(real), len(synth))
+    if n < 2:
+        return None, n
+    rows = np.concatenate([rng.choice(real, n, replace=False), rng.choice(synth, n, replace=False)])
+    y = is_synth[rows].astype(int)
+    cv = StratifiedKFold(n_splits=min(folds, n), shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    return float(cross_val_score(probe, x[rows], y, cv=cv).mean()), n
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+@torch.inference_mode()
+def shortcut_probe(model, data: TensorData, device: torch.device | str = "cpu", normalize: str = "imagenet",
+                   features: np.ndarray | None = None, seed: int = 0, batch_size: int = 512) -> dict:
+    """The (B, G) shortcut report of ``model`` on ``data`` (real and synthetic rows). ``features``
+    may be given (e.g. from :func:`ffr.train.embeddings.cached_embed`); they are computed
+    otherwise. Predictions are made from the same features, in one pass."""
+    from ffr.train.embeddings import embed
+
+    device = torch.device(device)
+    if features is None:
+        features = embed(model, data, device, normalize, batch_size)
+    f = torch.as_tensor(features, device=device)
+    if getattr(model, "feature_norm", False):
+        f = torch.nn.functional.normalize(f, dim=1)
+    model.to(device).eval()
+    pred = model.head(f).argmax(1).cpu().numpy()
+    labels, groups, synth = data.labels.numpy(), data.groups.numpy(), data.sources.numpy() == 1
+    if not synth.any() or synth.all():
+        raise ValueError("the shortcut probe needs real and synthetic images; got "
+                         f"{int((~synth).sum())} real and {int(synth.sum())} synthetic")
+    card = data.card
+    report_groups = {}
+    for gi, (label, bias) in enumerate(card.groups):
+        rows = groups == gi
+        correct = pred[rows] == labels[rows]
+        acc = lambda mask: float(correct[mask].mean()) if mask.any() else None
+        probe, n_each = _probe_accuracy(features[rows], synth[rows], seed)
+        report_groups[group_key(label, bias)] = {
+            "minority": bias != card.majority_bias[label],
+            "n_real": int((~synth[rows]).sum()), "n_synthetic": int(synth[rows].sum()),
+            "probe_acc": probe, "probe_n_per_source": n_each,
+            "model_acc_real": acc(~synth[rows]), "model_acc_synthetic": acc(synth[rows]),
+        }
+    out = {"n_real": int((~synth).sum()), "n_synthetic": int(synth.sum()), "groups": report_groups,
+           "probe_acc_mean": _mean([g["probe_acc"] for g in report_groups.values()])}
+    for part, minority in (("minority", True), ("majority", False)):
+        gs = [g for g in report_groups.values() if g["minority"] == minority]
+        real, syn = _mean([g["model_acc_real"] for g in gs]), _mean([g["model_acc_synthetic"] for g in gs])
+        out[part] = {"probe_acc_mean": _mean([g["probe_acc"] for g in gs]),
+                     "model_acc_real": real, "model_acc_synthetic": syn,
+                     "synthetic_minus_real": None if real is None or syn is None else syn - real}
+    return out
+
+
+def cell_checkpoint(cell_dir: str | os.PathLike) -> tuple[Path, str]:
+    """The final model of a finished grid cell (``record.json``'s last stage) and a label
+    ``<strategy> <objective> r=<rate> s=<seed>``."""
+    cell_dir = Path(cell_dir)
+    record = json.loads(_require_file(cell_dir / "record.json").read_text())
+    last = record["stages"][-1]
+    # the recorded path may be relative to where the grid ran: look beside the grid too
+    candidates = [Path(last["checkpoint"]), cell_dir.parent.parent / "stages" / last["key"] / "model.pt",
+                  cell_dir / Path(last["checkpoint"]).name]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{cell_dir}: checkpoint not found (tried {[str(c) for c in candidates]})")
+    return path, f"{record['strategy']} {record['objective']} r={record['bias_rate']} s={record['seed']}"
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"not found: {path}")
+    return path
+
+
+def probe_checkpoint(checkpoint: str | os.PathLike, manifest: Manifest, device: str | torch.device = "cpu",
+                     seed: int = 0, cache_dir: str | os.PathLike | None = None) -> dict:
+    """:func:`shortcut_probe` of a saved checkpoint (its image size and normalisation from its
+    metadata) or of a grid cell's directory (its final model), features cached on disk in
+    ``cache_dir`` (default: ``embeddings/`` beside the checkpoint) keyed by the checkpoint's bytes
+    and the manifest's digest."""
+    from ffr.train.embeddings import cached_embed, embedding_key
+    from ffr.train.loop import load_checkpoint
+
+    label = None
+    if Path(checkpoint).is_dir():
+        checkpoint, label = cell_checkpoint(checkpoint)
+    device = torch.device(device)
+    model, meta = load_checkpoint(checkpoint, device)
+    size, normalize = int(meta["image_size"]), meta.get("normalize", "imagenet")
+    if list(meta["classes"]) != list(manifest.card.classes):
+        raise ValueError(f"{checkpoint}: classes {meta['classes']} differ from the manifest's {manifest.card.classes}")
+    data = TensorData.from_manifest(manifest, size)
+    key = embedding_key(checkpoint, manifest.digest(), size, normalize)
+    cache = Path(cache_dir) if cache_dir else Path(checkpoint).parent / "embeddings"
+    feats, hit = cached_embed(model, data, device, key, cache, normalize)
+    out = shortcut_probe(model, data, device, normalize, features=feats, seed=seed)
+    return {"model": str(checkpoint), "label": label or f"{meta.get('stage', '')} {meta.get('objective', '')}".strip(),
+            "features_cached": hit, **out}
+
+
+def format_shortcut(results: list[dict]) -> str:
+    """A Markdown table of shortcut-probe results, one row per model."""
+    lines = ["| model | probe real-vs-synthetic acc (mean over groups) | minority acc real | minority acc synthetic "
+             "| synthetic − real |", "|---|---|---|---|---|"]
+    f = lambda v: "—" if v is None else f"{v:.3f}"
+    for r in results:
+        m = r["minority"]
+        lines.append(f"| {r['label']} | "
+                     f"{f(r['probe_acc_mean'])} | {f(m['model_acc_real'])} | {f(m['model_acc_synthetic'])} | "
+                     f"{f(m['synthetic_minus_real'])} |")
+    return "\n".join(lines)
+
+
+def cells_from_results(results: str | os.PathLike, where: dict[str, list[str]] | None = None) -> list[Path]:
+    """The directories of the selected cells of a grid's ``results.json`` whose fields match
+    ``where`` (field → accepted values as strings, e.g. ``{"strategy": ["usb", "ffr"]}``)."""
+    results = Path(results)
+    records = json.loads(_require_file(results).read_text())
+    out = []
+    for r in records:
+        if not r.get("selected", True) or any(str(r.get(k)) not in vs for k, vs in (where or {}).items()):
+            continue
+        cands = [results.parent / "cells" / r["cell"], results.parent / str(r.get("dataset")) / "cells" / r["cell"]]
+        out.append(next((c for c in cands if c.is_dir()), cands[0]))
+    if not out:
+        raise ValueError(f"{results}: no selected cell matches {where}")
+    return out
+
+
+def summarize_shortcut(results: list[dict]) -> str:
+    """Mean ± std over seeds of the shortcut figures, one row per model label without its seed."""
+    from collections import defaultdict
+
+    from ffr.report import _mean, _pm, _std
+
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        by[r["label"].rsplit(" s=", 1)[0]].append(r)
+    lines = ["| model | seeds | probe real-vs-synthetic acc | minority acc real | minority acc synthetic | synthetic − real |",
+             "|---|---|---|---|---|---|"]
+    for label, rs in by.items():
+        cols = [[r["probe_acc_mean"] for r in rs]] + [[r["minority"][k] for r in rs] for k in
+                                                       ("model_acc_real", "model_acc_synthetic", "synthetic_minus_real")]
+        lines.append(f"| {label} | {len(rs)} | " + " | ".join(_pm(_mean(c), _std(c)) for c in cols) + " |")
+    return "\n".join(lines)

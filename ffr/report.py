@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 STRATEGY_ORDER = ["none", "usb", "asb", "ffr"]
+OBJECTIVE_ORDER = ["erm", "resample", "groupdro", "dfr"]
 
 
 def _hp_key(hp: dict) -> str:
@@ -32,11 +33,11 @@ def _std(xs):
 
 def mark_selected(records: list[dict]) -> list[dict]:
     """Set ``selected`` on every record: True for the hyperparameters with the best mean
-    validation worst-group accuracy across seeds within its (strategy, objective, bias rate).
-    Test numbers never take part in the choice."""
+    validation worst-group accuracy across seeds within its (dataset, strategy, objective, bias
+    rate). Test numbers never take part in the choice."""
     by_cell: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        by_cell[(r["strategy"], r["objective"], r["bias_rate"])][_hp_key(r.get("hparams"))].append(r)
+        by_cell[(r.get("dataset"), r["strategy"], r["objective"], r["bias_rate"])][_hp_key(r.get("hparams"))].append(r)
     for cands in by_cell.values():
         def score(k):
             vals = [r["val"]["worst_group_acc"] for r in cands[k]]
@@ -50,16 +51,18 @@ def mark_selected(records: list[dict]) -> list[dict]:
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per (objective, bias rate, strategy) over the selected records: test WGA,
+    """One row per (dataset, objective, bias rate, strategy) over the selected records: test WGA,
     balanced and average accuracy (mean, std over seeds), validation WGA, the hyperparameters."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("selected", True):
-            groups[(r["objective"], r["bias_rate"], r["strategy"])].append(r)
+            groups[(r.get("dataset") or "", r["objective"], r["bias_rate"], r["strategy"])].append(r)
     order = {s: i for i, s in enumerate(STRATEGY_ORDER)}
+    objective_order = {o: i for i, o in enumerate(OBJECTIVE_ORDER)}
     rows = []
-    for (obj, rate, strat), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99), kv[0][2])):
-        row = {"objective": obj, "bias_rate": rate, "strategy": strat, "seeds": len(rs),
+    for (ds, obj, rate, strat), rs in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], objective_order.get(kv[0][1], 99), kv[0][1], kv[0][2], order.get(kv[0][3], 99), kv[0][3])):
+        row = {"dataset": ds, "objective": obj, "bias_rate": rate, "strategy": strat, "seeds": len(rs),
                "hparams": _hp_key(rs[0].get("hparams"))}
         for split, metric in (("test", "worst_group_acc"), ("test", "balanced_acc"), ("test", "average_acc"),
                               ("val", "worst_group_acc")):
@@ -77,17 +80,63 @@ def _pm(m, s) -> str:
 def markdown_table(records: list[dict]) -> str:
     """The comparison table in Markdown: test WGA and balanced accuracy, mean ± std over seeds."""
     rows = summary_rows(records)
-    lines = ["| objective | bias rate | strategy | test WGA | test balanced acc | test avg acc | val WGA | seeds | hparams |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    many = len({r["dataset"] for r in rows}) > 1
+    lines = [("| dataset " if many else "") + "| objective | bias rate | strategy | test WGA | test balanced acc "
+             "| test avg acc | val WGA | seeds | hparams |",
+             ("|---" if many else "") + "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['objective']} | {r['bias_rate']} | {r['strategy']} | "
+            (f"| {r['dataset']} " if many else "") + f"| {r['objective']} | {r['bias_rate']} | {r['strategy']} | "
             f"{_pm(r['test_worst_group_acc_mean'], r['test_worst_group_acc_std'])} | "
             f"{_pm(r['test_balanced_acc_mean'], r['test_balanced_acc_std'])} | "
             f"{_pm(r['test_average_acc_mean'], r['test_average_acc_std'])} | "
             f"{_pm(r['val_worst_group_acc_mean'], r['val_worst_group_acc_std'])} | {r['seeds']} | "
             f"`{r['hparams']}` |")
     return "\n".join(lines)
+
+
+def wga_pivot(records: list[dict], metric: str = "worst_group_acc") -> str:
+    """Test ``metric`` (mean ± std over seeds) as one Markdown table per (dataset, bias rate):
+    a row per strategy, a column per objective."""
+    rows = summary_rows(records)
+    out = []
+    for ds, rate in sorted({(r["dataset"], r["bias_rate"]) for r in rows}):
+        sub = [r for r in rows if (r["dataset"], r["bias_rate"]) == (ds, rate)]
+        objs = [o for o in OBJECTIVE_ORDER if any(r["objective"] == o for r in sub)]
+        objs += sorted({r["objective"] for r in sub} - set(objs))
+        strats = [s for s in STRATEGY_ORDER if any(r["strategy"] == s for r in sub)]
+        strats += sorted({r["strategy"] for r in sub} - set(strats))
+        cell = {(r["strategy"], r["objective"]): r for r in sub}
+        title = f"test {metric.replace('_', ' ')}" + (f", {ds}" if ds else "") + f", bias rate {rate}"
+        out += [f"**{title}**", "", "| strategy | " + " | ".join(objs) + " |", "|---" * (len(objs) + 1) + "|"]
+        for s in strats:
+            vals = [cell.get((s, o)) for o in objs]
+            out.append(f"| {s} | " + " | ".join(
+                "—" if v is None else _pm(v[f"test_{metric}_mean"], v[f"test_{metric}_std"]) for v in vals) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def candidates_table(records: list[dict]) -> str:
+    """Every hyperparameter candidate of the cells that had several (validation WGA decides,
+    marked ✓), with its test WGA — how the searched variants compare. Empty without a search."""
+    by: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by[(r.get("dataset") or "", r["objective"], r["bias_rate"], r["strategy"])][_hp_key(r.get("hparams"))].append(r)
+    lines = []
+    for (ds, obj, rate, strat), cands in sorted(by.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        if len(cands) < 2:
+            continue
+        for hp, rs in sorted(cands.items()):
+            val = [r["val"]["worst_group_acc"] for r in rs]
+            test = [r["test"]["worst_group_acc"] for r in rs]
+            lines.append(f"| {ds} | {obj} | {rate} | {strat} | `{hp}` | {_pm(_mean(val), _std(val))} | "
+                         f"{_pm(_mean(test), _std(test))} | {'✓' if rs[0].get('selected') else ''} |")
+    if not lines:
+        return ""
+    return "\n".join(["**hyperparameter candidates** (chosen by validation WGA)", "",
+                      "| dataset | objective | bias rate | strategy | hparams | val WGA | test WGA | selected |",
+                      "|---|---|---|---|---|---|---|---|"] + lines)
 
 
 def write_results(records: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -97,7 +146,9 @@ def write_results(records: list[dict], out_dir: str | os.PathLike) -> dict[str, 
     tmp = paths["json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(records, indent=2) + "\n")
     os.replace(tmp, paths["json"])
-    paths["md"].write_text(markdown_table(records) + "\n")
+    cands = candidates_table(records)
+    paths["md"].write_text(markdown_table(records) + "\n\n" + wga_pivot(records) + "\n"
+                           + (f"\n{cands}\n" if cands else ""))
     rows = summary_rows(records)
     with paths["csv"].open("w", newline="") as f:
         if rows:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ffr.balance import balance, pool_requirement
-from ffr.data.manifest import Manifest
+from ffr.data.manifest import DatasetCard, Manifest, group_key
 from ffr.data.splits import bias_rate_split
 from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
-from ffr.train.loop import TrainConfig
+
+if TYPE_CHECKING:  # torch loads only in the stages that train: data steps start in a second
+    from ffr.train.loop import TrainConfig
 
 
 def _write_json(path: Path, data) -> Path:
@@ -51,16 +55,87 @@ def synthetic_need(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr")
     return pool_requirement(list(strategies), [real.select(split="train", source="real").group_counts()])
 
 
+def manifest_summary(manifest: Manifest) -> dict:
+    """What a pipeline UI shows about a dataset: rows, synthetic rows, content digest, and the
+    images per group in each split present."""
+    splits = [s for s in ("train", "val", "test") if (manifest.frame["split"] == s).any()]
+    return {"rows": len(manifest), "synthetic": int(manifest.is_synthetic().sum()), "digest": manifest.digest(),
+            "groups": {s: {group_key(*g): n for g, n in manifest.select(split=s).group_counts().items()}
+                       for s in splits}}
+
+
+def synthesis_work(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr"), num_shards: int = 1) -> list[dict]:
+    """The synthesis fan-out of a prepared dataset: one item per (group, shard) that has images to
+    render — ``{"label", "bias", "count", "shard", "num_shards"}``, ``count`` being the group's
+    whole need (:func:`synthetic_need`), split over at most ``num_shards`` shards (never more
+    shards than images)."""
+    if int(num_shards) < 1:
+        raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+    work = []
+    for (label, bias), n in synthetic_need(real_dir, strategies).items():
+        k = min(int(num_shards), n)
+        work += [{"label": label, "bias": bias, "count": n, "shard": i, "num_shards": k} for i in range(k)]
+    return work
+
+
+def synthesize_stage(card_path: str | os.PathLike, work: dict, out_dir: str | os.PathLike,
+                     backend: str = "procedural", seed: int = 0, batch_size: int = 8,
+                     options: dict | None = None, filters=(), max_attempts: int = 10) -> Manifest:
+    """Render one work item of :func:`synthesis_work` into ``out_dir`` (images, manifest and the
+    run's record, see :func:`ffr.synthesis.outputs.synthesize_dataset`). Numbers in ``work`` may
+    arrive as floats (pipeline runners serialise them so)."""
+    from ffr.synthesis.outputs import synthesize_dataset
+
+    counts = {(str(work["label"]), str(work["bias"])): int(work["count"])}
+    run, _ = synthesize_dataset(backend, DatasetCard.load(card_path), counts, out_dir, options, base_seed=seed,
+                                shard=int(work.get("shard", 0)), num_shards=int(work.get("num_shards", 1)),
+                                batch_size=batch_size, filters=list(filters), max_attempts=max_attempts,
+                                record_dir=out_dir)
+    return run.manifest
+
+
+def collect_stage(shard_dirs: list, card_path: str | os.PathLike, out_dir: str | os.PathLike) -> Manifest:
+    """One synthetic pool in ``out_dir`` from the shard runs ``shard_dirs`` (checked and merged by
+    :func:`ffr.synthesis.outputs.collect`); an empty pool of ``card_path``'s card when there are none."""
+    from ffr.synthesis.outputs import collect
+
+    if shard_dirs:
+        return collect(list(shard_dirs), out_dir)
+    pool = Manifest.from_records([], DatasetCard.load(card_path), out_dir)
+    pool.save(out_dir)
+    return pool
+
+
+def materialize(manifest: Manifest, out_dir: str | os.PathLike) -> Manifest:
+    """The rows of ``manifest`` with their images hard-linked (copied across file systems) into
+    ``out_dir`` at their relative paths, so that ``out_dir`` travels alone (a pipeline artifact
+    uploaded to object storage). Returns the manifest rooted at ``out_dir``; it is not saved."""
+    out = Path(out_dir).resolve()
+    if out != manifest.root:
+        for rel, src in zip(manifest.frame["path"], manifest.abs_paths()):
+            dst = out / rel
+            if dst.exists():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+    return Manifest(manifest.frame, manifest.card, out)
+
+
 def balance_stage(strategy: str, real_dir: str | os.PathLike, synthetic_dir: str | os.PathLike | None,
-                  out_dir: str | os.PathLike) -> dict:
+                  out_dir: str | os.PathLike, self_contained: bool = False) -> dict:
     """Write the training set of every stage of ``strategy`` to ``out_dir/<stage>/`` and the plan
-    to ``out_dir/plan.json``; returns the plan summary."""
+    to ``out_dir/plan.json``; returns the plan summary. With ``self_contained`` the images are
+    linked into each stage folder too (see :func:`materialize`), as pipeline artifacts need."""
     real = Manifest.load(real_dir)
     pool = Manifest.load(synthetic_dir) if synthetic_dir else None
     plan = balance(strategy, real, pool)
     out = Path(out_dir)
     for stage in plan.stages:
-        stage.train.save(out / stage.name)
+        train = materialize(stage.train, out / stage.name) if self_contained else stage.train
+        train.save(out / stage.name)
     summary = plan.summary()
     _write_json(out / "plan.json", summary)
     return summary
@@ -78,7 +153,7 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
     ``tracker`` receives the parameters, the datasets read, per-epoch metrics and the model."""
     from ffr.data.loading import TensorData
     from ffr.train.backbones import create_model
-    from ffr.train.loop import fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+    from ffr.train.loop import TrainConfig, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
     from ffr.train.objectives import create_objective
 
     cfg = cfg or TrainConfig()

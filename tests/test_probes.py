@@ -1,15 +1,24 @@
-"""The real-vs-synthetic domain-gap probe."""
+"""Probes: the real-vs-synthetic domain gap, and the (B, G) shortcut probe of a trained model
+(per-group real-vs-synthetic probe, real vs synthetic accuracy)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from conftest import write_png
+from ffr.cli import main
 from ffr.data.demo import DemoSpec, make_demo
-from ffr.data.manifest import Manifest
-from ffr.probes import domain_gap
+from ffr.data.loading import TensorData
+from ffr.data.manifest import DatasetCard, Manifest
+from ffr.probes import domain_gap, probe_checkpoint, shortcut_probe
 from ffr.synthesis.base import create_backend, synthesize
+from ffr.train.backbones import Classifier, create_model
+from ffr.train.loop import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +62,99 @@ def test_domain_gap_needs_enough_images(small_demo):
     tiny = Manifest(synthetic.frame.iloc[:1], synthetic.card, synthetic.root)
     with pytest.raises(ValueError, match="both sources"):
         domain_gap(real, tiny)
+
+
+CARD = DatasetCard("t", ["a", "b"], ["x", "y"], {"a": "x", "b": "y"})
+
+
+def mean_colour_model():
+    """Features = mean R, G, B in [0, 1] (after 'half' normalisation: 2v - 1); predicts b when
+    red is high."""
+    model = Classifier(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 3, 2)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]))
+        model.head.bias.zero_()
+    return model
+
+
+def image(red: float, blue: float, rng, n=8):
+    x = np.full((3, n, n), 128, dtype=np.uint8)
+    x[0] = np.clip(red * 255 + rng.normal(0, 10, (n, n)), 0, 255)
+    x[2] = np.clip(blue * 255 + rng.normal(0, 10, (n, n)), 0, 255)
+    return torch.as_tensor(x)
+
+
+def test_shortcut_probe_on_a_known_model():
+    rng = np.random.default_rng(0)
+    imgs, labels, biases, sources = [], [], [], []
+    for label in (0, 1):
+        for bias in (0, 1):
+            minority = bias != label
+            for synth in (0, 1):
+                for i in range(20):
+                    # synthetic images are bluer (G is visible); the model reads only red:
+                    # real minority images get the wrong red level, synthetic ones the right one
+                    right = not (minority and not synth)
+                    red = (0.8 if label == 1 else 0.2) if right else (0.2 if label == 1 else 0.8)
+                    imgs.append(image(red, 0.9 if synth else 0.3, rng))
+                    labels.append(label), biases.append(bias), sources.append(synth)
+    data = TensorData(torch.stack(imgs), torch.tensor(labels), torch.tensor(biases), torch.tensor(sources), CARD)
+    out = shortcut_probe(mean_colour_model(), data, normalize="half")
+    g = out["groups"]
+    assert g["a_y"]["minority"] and not g["a_x"]["minority"]
+    assert g["a_y"]["model_acc_real"] == 0.0 and g["a_y"]["model_acc_synthetic"] == 1.0
+    assert g["a_x"]["model_acc_real"] == 1.0 and g["a_x"]["n_real"] == 20 and g["a_x"]["n_synthetic"] == 20
+    assert out["minority"]["synthetic_minus_real"] == 1.0 and out["majority"]["synthetic_minus_real"] == 0.0
+    assert all(v["probe_acc"] == 1.0 for v in g.values())   # blue separates the sources perfectly
+    # features carrying no trace of the source: the probe is near chance
+    noise = np.random.default_rng(1).normal(size=(len(data), 3)).astype(np.float32)
+    chance = shortcut_probe(mean_colour_model(), data, normalize="half", features=noise)
+    assert 0.25 <= chance["probe_acc_mean"] <= 0.75
+
+
+def test_shortcut_probe_needs_both_sources():
+    data = TensorData(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]),
+                      torch.tensor([0, 1, 1, 0]), torch.zeros(4, dtype=torch.long), CARD)
+    with pytest.raises(ValueError, match="4 real and 0 synthetic"):
+        shortcut_probe(mean_colour_model(), data)
+
+
+def make_mixed(tmp_path, n=6):
+    real_rows, synth_rows, seed = [], [], 0
+    for label in CARD.classes:
+        for bias in CARD.bias_values:
+            for i in range(n):
+                for kind, rows in (("real", real_rows), ("synthetic", synth_rows)):
+                    rel = f"{kind}/{label}_{bias}_{i}.png"
+                    seed += 1
+                    write_png(tmp_path / "ds" / rel, seed)
+                    rows.append({"path": rel, "label": label, "bias": bias, "split": "test", "source": kind,
+                                 **({"generator": "test", "seed": seed, "prompt": "p"} if kind == "synthetic" else {})})
+    Manifest.from_records(real_rows, CARD, tmp_path / "ds").save(tmp_path / "real")
+    Manifest.from_records(synth_rows, CARD, tmp_path / "ds").save(tmp_path / "synth")
+
+
+@pytest.mark.slow
+def test_probe_checkpoint_caches_features_and_cli(tmp_path, capsys):
+    make_mixed(tmp_path)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m" / "model.pt", create_model("small_cnn", 2),
+                           {"backbone": "small_cnn", "classes": CARD.classes, "image_size": 8,
+                            "normalize": "imagenet", "objective": "erm", "stage": "train"})
+    m = Manifest.concat([Manifest.load(tmp_path / "real"), Manifest.load(tmp_path / "synth")])
+    first = probe_checkpoint(ckpt, m)
+    second = probe_checkpoint(ckpt, m)
+    assert not first["features_cached"] and second["features_cached"]
+    assert len(list((tmp_path / "m" / "embeddings").glob("*.npy"))) == 1
+    assert {k: v for k, v in first.items() if k != "features_cached"} == \
+        {k: v for k, v in second.items() if k != "features_cached"}
+    out = tmp_path / "probe.json"
+    assert main(["probe", "shortcut", "--model", str(ckpt), "--manifest", str(tmp_path / "real"),
+                 "--manifest", str(tmp_path / "synth"), "--device", "cpu", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["n_real"] == 24 and saved["n_synthetic"] == 24 and saved["label"] == "train erm"
+    assert "| train erm |" in capsys.readouterr().out
+    # real rows of another split are left out
+    assert main(["probe", "shortcut", "--model", str(ckpt), "--manifest", str(tmp_path / "real"),
+                 "--manifest", str(tmp_path / "synth"), "--split", "val", "--device", "cpu"]) == 2
+    assert "0 real and 24 synthetic" in capsys.readouterr().err

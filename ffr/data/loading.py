@@ -3,7 +3,10 @@ index in batches; normalisation and augmentation run on whole batches on the tra
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,19 +30,51 @@ def decode_image(path, image_size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+class ImageDecodeError(ValueError):
+    """An image file could not be decoded (the message names the file)."""
+
+
+def default_workers() -> int:
+    """Decoding threads: PIL releases the GIL while it decodes and resizes, so threads scale
+    with the CPUs this process may use (at most 8)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus))
+
+
+def decode_into(out: np.ndarray, paths: Sequence, image_size: int, workers: int | None = None) -> None:
+    """Decode ``paths[i]`` into ``out[i]`` ((N, H, W, 3) uint8) with a pool of threads."""
+    def one(i: int) -> None:
+        try:
+            out[i] = decode_image(paths[i], image_size)
+        except Exception as e:  # any PIL/OS failure: name the image
+            raise ImageDecodeError(f"{paths[i]}: cannot decode image ({type(e).__name__}: {e})") from e
+
+    if len(paths) < 16 or workers == 1:
+        for i in range(len(paths)):
+            one(i)
+        return
+    with ThreadPoolExecutor(workers or default_workers()) as pool:
+        list(pool.map(one, range(len(paths))))
+
+
 def load_images(manifest: Manifest, image_size: int) -> torch.Tensor:
-    """All images of ``manifest`` as a (N, 3, H, W) uint8 tensor, in row order."""
+    """All images of ``manifest`` as a (N, 3, H, W) uint8 tensor in memory, in row order
+    (channels-last strides). For large sets use :func:`ffr.data.cache.open_cache`."""
     out = np.empty((len(manifest), image_size, image_size, 3), dtype=np.uint8)
-    for i, p in enumerate(manifest.abs_paths()):
-        out[i] = decode_image(p, image_size)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    decode_into(out, manifest.abs_paths(), image_size)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 @dataclass
 class TensorData:
-    """A decoded split: uint8 images and per-row label, bias, group and source indices."""
+    """A decoded split: uint8 images and per-row label, bias, group and source indices.
 
-    images: torch.Tensor      # (N, 3, H, W) uint8
+    ``images`` is a (N, 3, H, W) uint8 tensor, or a :class:`ffr.data.cache.CachedImages` view of
+    the memory-mapped cache that is indexed the same way (``images[idx]``, ``images[a:b]``) and
+    reads only the rows asked for.
+    """
+
+    images: torch.Tensor      # (N, 3, H, W) uint8, or CachedImages
     labels: torch.Tensor      # (N,) int64 class index
     biases: torch.Tensor      # (N,) int64 bias-value index
     sources: torch.Tensor     # (N,) int64: 0 real, 1 synthetic
@@ -54,14 +89,44 @@ class TensorData:
         return int(self.labels.shape[0])
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, image_size: int) -> "TensorData":
+    def from_arrays(cls, manifest: Manifest, images) -> "TensorData":
+        """``images`` (one per row of ``manifest``) with the manifest's labels, biases, sources."""
         return cls(
-            images=load_images(manifest, image_size),
-            labels=torch.from_numpy(manifest.labels()),
-            biases=torch.from_numpy(manifest.biases()),
-            sources=torch.from_numpy(manifest.is_synthetic().astype(np.int64)),
+            images=images,
+            labels=torch.tensor(manifest.labels()),
+            biases=torch.tensor(manifest.biases()),
+            sources=torch.tensor(manifest.is_synthetic().astype(np.int64)),
             card=manifest.card,
         )
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, image_size: int, cache_dir=None) -> "TensorData":
+        """Decode ``manifest``'s images: through the memory-mapped cache under ``cache_dir``
+        (built once, reused while the manifest and resolution stay the same), or into memory."""
+        if cache_dir is not None:
+            from ffr.data.cache import open_cache
+
+            return open_cache(manifest, image_size, cache_dir).tensors(manifest)
+        return cls.from_arrays(manifest, load_images(manifest, image_size))
+
+    def subset(self, idx) -> "TensorData":
+        """Rows ``idx`` (an index tensor or array); a cache-backed set stays cache-backed."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        images = self.images.subset(idx) if hasattr(self.images, "subset") else self.images[idx]
+        return TensorData(images, self.labels[idx], self.biases[idx], self.sources[idx], self.card)
+
+    def resident(self, device: torch.device, fraction: float = 0.25) -> "TensorData":
+        """This set with its images on an accelerator ``device`` when they fit in ``fraction`` of
+        its free memory, so batches are gathered there; unchanged otherwise (on the CPU batches
+        are read from memory or the memory map as they come)."""
+        device = torch.device(device)
+        if device.type != "cuda" or (isinstance(self.images, torch.Tensor) and self.images.device == device):
+            return self
+        nbytes = len(self) * int(np.prod(self.images.shape[1:]))
+        if nbytes > fraction * torch.cuda.mem_get_info(device)[0]:
+            return self
+        images = self.images.to(device)
+        return TensorData(images, self.labels, self.biases, self.sources, self.card)
 
 
 class BatchTransform:
@@ -74,14 +139,21 @@ class BatchTransform:
         self.mean, self.std = NORMALIZATION[normalize]
         self.augment = augment
         self.crop_padding = crop_padding
+        self._constants: dict = {}
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
-        x = x.float().div_(255.0)
+        scale, offset = self._affine(x.device)
         if train and self.augment:
-            x = _flip_crop(x, self.crop_padding, generator)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+            x = _flip_crop(x.float(), self.crop_padding, generator)
+            return x.mul_(scale).add_(offset)
+        return torch.addcmul(offset, x, scale)  # (x / 255 - mean) / std: uint8 in, one pass
+
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._constants:  # built once per device: no host-to-device copy per batch
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+            self._constants[device] = ((1.0 / (255.0 * std)).to(device), (-mean / std).to(device))
+        return self._constants[device]
 
 
 def _flip_crop(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:

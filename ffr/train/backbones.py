@@ -14,19 +14,32 @@ BACKBONES: Registry = Registry("backbone")
 
 
 class Classifier(nn.Module):
-    """``head(features(x))``; ``embed(x)`` returns the penultimate features."""
+    """``head(features(x))``; ``embed(x)`` returns the penultimate features.
+
+    ``feature_norm`` (off by default; set by DFR, recorded in checkpoint metadata) L2-normalises
+    the features before the head — the one step of DFR's feature transform that is not linear
+    and so cannot be folded into the head's weights.
+    """
 
     def __init__(self, features: nn.Module, feature_dim: int, num_classes: int):
         super().__init__()
         self.features = features
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_classes)
+        self.feature_norm = False
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def stages(self) -> list[nn.Module]:
+        """The feature extractor's stages, input first (``freeze_stages`` freezes a prefix)."""
+        return self.features.stages()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        f = self.features(x)
+        if self.feature_norm:
+            f = nn.functional.normalize(f, dim=1)
+        return self.head(f)
 
 
 def create_model(name: str, num_classes: int, weights: str | os.PathLike | None = None) -> Classifier:
@@ -57,6 +70,11 @@ class _SmallCNN(nn.Sequential):
         super().__init__(*block(3, width), nn.MaxPool2d(2), *block(width, 2 * width), nn.MaxPool2d(2),
                          *block(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
+    def stages(self) -> list[nn.Module]:
+        """Three stages, one per conv block (with its pooling)."""
+        layers = list(self)
+        return [nn.Sequential(*layers[0:4]), nn.Sequential(*layers[4:8]), nn.Sequential(*layers[8:])]
+
 
 @BACKBONES.register("small_cnn")
 def small_cnn(num_classes: int) -> Classifier:
@@ -84,6 +102,10 @@ class _TorchvisionFeatures(nn.Module):
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
         self.avgpool = resnet.avgpool
+
+    def stages(self) -> list[nn.Module]:
+        """Five stages: the stem (conv1, bn1), then layer1 ... layer4."""
+        return [nn.Sequential(self.conv1, self.bn1), self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

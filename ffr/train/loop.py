@@ -15,8 +15,11 @@ import torch
 
 from ffr.data.loading import BatchTransform, TensorData
 from ffr.metrics import GroupTally, flat_metrics, metrics_from_tally
+from ffr.train import distributed as dist
+from ffr.train.runtime import autocast_dtype, configure
 from ffr.train.backbones import Classifier, create_model
-from ffr.train.objectives import Objective, ObjectiveContext, training_groups
+from ffr.train.finetune import StageControls
+from ffr.train.objectives import Objective, ObjectiveContext, training_group_names, training_groups
 
 
 @dataclass
@@ -33,6 +36,16 @@ class TrainConfig:
     normalize: str = "imagenet"
     group_by: str = "auto"           # groups the objective optimises over (see training_groups)
     eval_batch_size: int = 512
+    amp: str = "auto"                # auto | bf16 | fp16 | off (see ffr.train.runtime.autocast_dtype)
+    channels_last: bool = True       # NHWC memory format: faster convolutions on CPU and GPU
+    deterministic: bool = False      # deterministic kernels; turns cudnn.benchmark off
+    num_threads: int = 0             # CPU threads (0: the usable CPUs not kept busy by others)
+    # Step-2 options (ffr.train.finetune): what a stage keeps from the weights it starts from.
+    freeze_bn: bool = False          # BatchNorm statistics and affine parameters not trained
+    freeze_stages: int = 0           # first k stages of the feature extractor not trained
+    backbone_lr_mult: float = 1.0    # feature extractor lr = lr * this; head lr = lr
+    l2sp: float = 0.0                # weight of the L2-SP pull toward the initial weights
+    lpft_epochs: int = 0             # first epochs train the head alone (LP-FT)
 
 
 @dataclass
@@ -46,9 +59,11 @@ class FitResult:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU."""
+    """``auto`` → CUDA when present (this process's GPU under ``torchrun``), else CPU."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     return torch.device(device)
 
 
@@ -69,22 +84,28 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
-            batch_size: int = 512) -> torch.Tensor:
-    """Predicted class of every row of ``data``."""
+            batch_size: int = 512, amp: str = "off") -> torch.Tensor:
+    """Predicted class of every row of ``data`` (under autocast when ``amp`` asks for it)."""
     model.eval()
     tf = BatchTransform(normalize)
+    dtype = autocast_dtype(amp, device)
     out = []
     for start in range(0, len(data), batch_size):
-        x = tf(data.images[start:start + batch_size].to(device))
-        out.append(model(x).argmax(1).cpu())
+        x = tf(data.images[start:start + batch_size].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out.append(model(x).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 def evaluate(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
-             batch_size: int = 512) -> dict:
-    """Group metrics (:mod:`ffr.metrics`) of ``model`` on ``data``."""
-    pred = predict(model, data, device, normalize, batch_size)
-    tally = GroupTally(data.card.n_groups).add(pred, data.labels, data.groups)
+             batch_size: int = 512, amp: str = "off") -> dict:
+    """Group metrics (:mod:`ffr.metrics`) of ``model`` on ``data``. Under ``torch.distributed``
+    each rank predicts its share of the rows and the counts are summed (every rank must call
+    it; all get the same exact metrics)."""
+    rows = dist.eval_rows(len(data))
+    part = data if rows is None else data.subset(rows)
+    pred = predict(model, part, device, normalize, batch_size, amp)
+    tally = dist.reduce_tally(GroupTally(data.card.n_groups).add(pred, part.labels, part.groups))
     return metrics_from_tally(tally, data.card)
 
 
@@ -95,6 +116,14 @@ def _better(new: dict, best: dict | None) -> bool:
     key = lambda m: (m["worst_group_acc"] if m["worst_group_acc"] is not None else -1.0,
                      m["balanced_acc"] if m["balanced_acc"] is not None else -1.0)
     return key(new) > key(best)
+
+
+def objective_context(train: TensorData, cfg: TrainConfig, device: torch.device, seed: int = 0) -> ObjectiveContext:
+    """What an objective is set up with for training on ``train`` under ``cfg``."""
+    group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
+                                          len(train.card.bias_values), len(train.card.classes), cfg.group_by)
+    return ObjectiveContext(group_ids, n_groups, device, group_names=training_group_names(train.card, n_groups),
+                            normalize=cfg.normalize, eval_batch_size=cfg.eval_batch_size, seed=seed)
 
 
 def fit(model: Classifier, train: TensorData, val: TensorData, objective: Objective, cfg: TrainConfig,
@@ -108,39 +137,58 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     """
     if len(train) == 0:
         raise ValueError(f"{desc}: the training set is empty")
-    model.to(device)
-    gen = torch.Generator().manual_seed(seed)
+    dist.init_from_env()
+    configure(device, cfg.num_threads, cfg.deterministic)
+    dtype = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt)
+    net = dist.wrap(model, device)
+    train_x, val = train.resident(device), val.resident(device)  # on the GPU when they fit
+    gen = torch.Generator().manual_seed(seed)  # the epoch order: the same on every rank
+    aug_gen = torch.Generator().manual_seed(seed * 7919 + dist.rank() + 1)
     tf = BatchTransform(cfg.normalize, cfg.augment)
-    group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
-                                          len(train.card.bias_values), len(train.card.classes), cfg.group_by)
-    objective.setup(ObjectiveContext(group_ids, n_groups, device))
-    opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    ctx = objective_context(train, cfg, device, seed)
+    group_ids = ctx.group_ids
+    objective.setup(ctx)
+    controls = StageControls(model, cfg)
+    opt = _optimizer(controls.param_groups(), cfg)
     best_state, best_val, best_epoch, history = None, None, -1, []
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False)
     for epoch in range(cfg.epochs):
-        model.train()
-        order = objective.epoch_indices(len(train), gen)
-        losses = []
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+        controls.start_epoch(model, epoch)  # train mode, minus what the stage keeps frozen
+        order = dist.shard(objective.epoch_indices(len(train), gen))
+        batch_size = dist.per_rank_batch(cfg.batch_size)
+        loss_sum, steps = torch.zeros((), device=device), 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
             if len(idx) < 2 and len(order) > 1:
                 continue  # a batch of one breaks BatchNorm statistics
-            x = tf(train.images[idx].to(device), gen, train=True)
+            x = tf(train_x.images[idx].to(device, non_blocking=True), aug_gen, train=True)
+            x = x.contiguous(memory_format=fmt)
             y = train.labels[idx].to(device)
             g = group_ids[idx].to(device)
-            loss = objective.loss(model(x), y, g)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = net(x)
+            loss = objective.loss(logits.float(), y, g)
+            penalty = controls.penalty()
+            if penalty is not None:
+                loss = loss + penalty
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        val_metrics = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size)
-        record = {"epoch": epoch, "train/loss": float(np.mean(losses)) if losses else float("nan"),
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach()  # summed on the device: no host sync per step
+            steps += 1
+        dist.sync_buffers(model)
+        val_metrics = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size, cfg.amp)
+        record = {"epoch": epoch, "train/loss": dist.mean(float(loss_sum) / steps) if steps else float("nan"),
                   **flat_metrics(val_metrics, "val"), **objective.state()}
         history.append(record)
-        if log is not None:
+        if log is not None and dist.is_main():
             log(record)
         if _better(val_metrics, best_val):
             best_val, best_epoch = val_metrics, epoch
@@ -150,20 +198,25 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             bar.update(1)
     if bar is not None:
         bar.close()
+    controls.release(model)
     selected = copy.deepcopy(model)
     selected.load_state_dict(best_state)
     finalized = objective.finalize(selected, train, val, device)
     if finalized is not selected:  # e.g. DFR replaced the head: report what is returned
-        best_val = evaluate(finalized, val, device, cfg.normalize, cfg.eval_batch_size)
+        best_val = evaluate(finalized, val, device, cfg.normalize, cfg.eval_batch_size, cfg.amp)
     return FitResult(finalized, best_epoch, best_val, history)
 
 
 def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> Path:
     """Write ``{"state_dict", "meta"}`` atomically. ``meta`` holds plain values only (backbone
-    name, classes, image size, normalisation), so the file loads with ``weights_only=True``."""
+    name, classes, image size, normalisation), so the file loads with ``weights_only=True``.
+    Under ``torch.distributed`` only rank 0 writes."""
     path = Path(path)
+    if not dist.is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    meta = {**meta, "feature_norm": bool(getattr(model, "feature_norm", False))}
     torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
     os.replace(tmp, path)
     return path
@@ -180,6 +233,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     meta = blob["meta"]
     model = create_model(meta["backbone"], len(meta["classes"]))
     model.load_state_dict(blob["state_dict"])
+    model.feature_norm = bool(meta.get("feature_norm", False))
     return model, meta
 
 

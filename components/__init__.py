@@ -1,0 +1,23 @@
+"""Kubeflow Pipelines components: one thin lightweight component per pipeline step.
+
+Each module holds one ``@dsl.component``: a typed signature (the interface KFP shows), a body
+that imports ``ffr`` and maps artifact paths onto one library call. Only the standard library,
+``kfp`` and :mod:`components.image` are imported at module level, so compiling a pipeline needs
+neither torch nor a GPU. Every component runs in the project's image (:func:`base_image`).
+"""
+
+from components.balance import balance_data
+from components.collect import collect_shards
+from components.evaluate import evaluate_model
+from components.image import base_image
+from components.prepare import prepare_data
+from components.report import comparison_report
+from components.synthesize import synthesize_shard
+from components.train import train_model
+
+# The register component (MLflow model registry) joins this list with the tracking issue.
+ALL = [prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
+       comparison_report]
+
+__all__ = ["ALL", "base_image", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
+           "train_model", "evaluate_model", "comparison_report"]

@@ -1,0 +1,42 @@
+"""Component: group metrics of a model on the real test split, for the Kubeflow UI."""
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def evaluate_model(
+    model: Input[Model],
+    data: Input[Dataset],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    strategy: str = "ffr",
+    split: str = "test",
+    synthetic: Input[Dataset] = None,
+    device: str = "auto",
+):
+    """Worst-group, balanced and average accuracy and each group's accuracy on the real rows of
+    ``split`` (scalars under stable names, e.g. ``test/worst_group_acc``), the confusion matrix,
+    and an HTML report with the group table and a few ``synthetic`` images per group. The metrics
+    file holds the full result as JSON for later steps."""
+    import json
+    import os
+
+    from ffr.data.manifest import Manifest
+    from ffr.metrics import flat_metrics
+    from ffr.stages import evaluate_stage
+    from ffr.visuals import evaluation_report_html
+
+    m = {"strategy": strategy, **evaluate_stage(os.path.join(model.path, "model.pt"), data.path, split, None, device)}
+    m["model"] = dict(model.metadata)
+    with open(metrics.path, "w") as f:
+        json.dump(m, f, indent=2)
+    for name, value in flat_metrics(m, split).items():
+        metrics.log_metric(name, value)
+    confusion.log_confusion_matrix(m["classes"], m["confusion"])
+    pool = Manifest.load(synthetic.path, check_files=False) if synthetic is not None else None
+    with open(report.path, "w") as f:
+        f.write(evaluation_report_html({strategy: m}, f"{strategy}: {split} split", pool))

@@ -1,0 +1,41 @@
+"""Component: load the real dataset, split it to a bias rate, plan the synthesis fan-out."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Output
+
+from components.image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def prepare_data(
+    dataset: Output[Dataset],
+    card: Output[Artifact],
+    source: str = "demo",
+    bias_rate: float = 0.95,
+    seed: int = 0,
+    min_val_per_group: int = 10,
+    demo_per_digit: int = 0,
+    synthesis_for: List[str] = ["ffr"],
+    num_shards: int = 2,
+) -> List[dict]:
+    """Prepare the real data and plan the synthesis.
+
+    ``source`` is ``demo`` (the built-in benchmark, built inside the artifact; ``demo_per_digit`` > 0
+    keeps that many images of each digit) or a dataset directory (manifest.csv + card.json) every
+    pod can read. Train and val are subsampled to ``bias_rate``. Outputs the split dataset, its
+    card, and returns the synthesis work list: one item per (group, shard) with the images that
+    group needs for the strategies ``synthesis_for``.
+    """
+    import os
+    import shutil
+
+    from ffr.stages import manifest_summary, prepare, synthesis_work
+
+    demo = {"per_digit": demo_per_digit} if demo_per_digit > 0 else None
+    split = prepare(source, dataset.path, bias_rate, seed, min_val_per_group, demo,
+                    os.path.join(dataset.path, "images"))
+    shutil.copyfile(os.path.join(dataset.path, "card.json"), card.path)
+    dataset.metadata.update({"bias_rate": bias_rate, **manifest_summary(split)})
+    return synthesis_work(dataset.path, synthesis_for, num_shards)

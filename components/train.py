@@ -1,0 +1,43 @@
+"""Component: one call of the training loop (FFR's pretraining, its fine-tuning, or a baseline)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def train_model(
+    training_sets: Input[Dataset],
+    val_data: Input[Dataset],
+    model: Output[Model],
+    stage: str = "train",
+    init_model: Input[Model] = None,
+    backbone: str = "small_cnn",
+    weights: str = "",
+    objective: str = "erm",
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    weight_decay: float = 1e-5,
+    image_size: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+):
+    """Train on the ``stage`` folder of ``training_sets`` (``train``, ``pretrain`` or ``finetune``),
+    starting from ``init_model`` when given (FFR's step 2 starts from step 1), and keep the epoch
+    with the best worst-group accuracy on the real validation split of ``val_data``. ``weights``
+    names pretrained backbone weights (empty: random init)."""
+    import os
+
+    from ffr.stages import train_stage
+    from ffr.train.loop import TrainConfig
+
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay)
+    init = os.path.join(init_model.path, "model.pt") if init_model is not None else None
+    s = train_stage(os.path.join(training_sets.path, stage), val_data.path, os.path.join(model.path, "model.pt"),
+                    cfg, backbone, objective, init=init, weights=weights or None, image_size=image_size,
+                    seed=seed, device=device, stage=stage)
+    model.metadata.update({"framework": "pytorch", "stage": stage, "backbone": backbone, "objective": objective,
+                           "best_epoch": s["best_epoch"], "train_digest": s["meta"]["train_digest"],
+                           **{f"val_{k}": v for k, v in s["val"].items() if k.endswith("_acc")}})

@@ -1,0 +1,186 @@
+"""The pipelines. Each is built by a function of the :class:`~pipelines.platform.Platform` (GPU
+requests, retries, secrets), registered in :data:`PIPELINES` under the name the CLI uses.
+
+Every parameter has a default, so the Kubeflow UI's run form starts a full run as it is; the
+defaults follow configs/demo.yaml (the built-in demo benchmark, 30 epochs per stage).
+"""
+
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Metrics
+
+from components import (balance_data, collect_shards, comparison_report, evaluate_model, prepare_data,
+                        synthesize_shard, train_model)
+from ffr.registry import Registry
+from pipelines.platform import DATA, EVALUATE, SYNTHESIS, TRAIN, Platform
+
+PIPELINES: Registry = Registry("pipeline")
+
+# The paper's baselines with their learning rates (ASB trains at 1e-4): the comparison pipeline's
+# default fan-out, editable in the run form.
+DEFAULT_BASELINES = [{"strategy": "none", "lr": 1e-3}, {"strategy": "usb", "lr": 1e-3},
+                     {"strategy": "asb", "lr": 1e-4}]
+
+
+def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per_group, demo_per_digit,
+          synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
+          num_shards):
+    """prepare → synthesize (ParallelFor over groups × shards) → collect; returns (prepare, collect)."""
+    prep = p.apply(prepare_data(source=source, bias_rate=bias_rate, seed=seed, min_val_per_group=min_val_per_group,
+                                demo_per_digit=demo_per_digit, synthesis_for=synthesis_for, num_shards=num_shards),
+                   DATA, "prepare data")
+    with dsl.ParallelFor(prep.outputs["Output"], name="synthesis-fan-out") as work:
+        shard = p.apply(synthesize_shard(card=prep.outputs["card"], work=work, backend=synthesis_backend,
+                                         seed=synthesis_seed, batch_size=synthesis_batch_size,
+                                         backend_options=synthesis_options, filters=synthesis_filters),
+                        SYNTHESIS, "synthesize shard")
+    pool = p.apply(collect_shards(card=prep.outputs["card"], shards=dsl.Collected(shard.outputs["shard"])),
+                   DATA, "collect synthetic pool")
+    return prep, pool
+
+
+def _train(p: Platform, name: str, sets, prep, stage: str, epochs, lr, train: dict, objective, init=None):
+    task = train_model(training_sets=sets.outputs["training_sets"], val_data=prep.outputs["dataset"], stage=stage,
+                       epochs=epochs, lr=lr, objective=objective, **train,
+                       **({"init_model": init.outputs["model"]} if init is not None else {}))
+    return p.apply(task, TRAIN, name)
+
+
+def _evaluate(p: Platform, name: str, model, prep, pool, strategy, device):
+    task = evaluate_model(model=model.outputs["model"], data=prep.outputs["dataset"],
+                          synthetic=pool.outputs["pool"], strategy=strategy, device=device)
+    return p.apply(task, EVALUATE, name)
+
+
+def _ffr(p: Platform, prep, pool, train: dict, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
+         finetune_lr):
+    """balance(ffr) → train step 1 (synthetic, ERM) → train step 2 (real, from step 1) → evaluate."""
+    sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"], strategy="ffr"),
+                   DATA, "balance: ffr")
+    step1 = _train(p, "ffr step 1: pretrain on synthetic", sets, prep, "pretrain", pretrain_epochs, pretrain_lr,
+                   train, "erm")
+    step2 = _train(p, "ffr step 2: fine-tune on real", sets, prep, "finetune", finetune_epochs, finetune_lr,
+                   train, objective, init=step1)
+    return step2, _evaluate(p, "evaluate: ffr", step2, prep, pool, "ffr", train["device"])
+
+
+@PIPELINES.register("ffr")
+def build_ffr_pipeline(platform: Platform | None = None):
+    """The FFR pipeline for ``platform`` (default: a CPU cluster)."""
+    p = platform or Platform()
+
+    @dsl.pipeline(name="ffr", description="From Fake to Real: pretrain on balanced synthetic images, "
+                                          "fine-tune on real ones, report worst-group accuracy.")
+    def ffr_pipeline(
+        source: str = "demo",
+        bias_rate: float = 0.95,
+        seed: int = 0,
+        min_val_per_group: int = 10,
+        demo_per_digit: int = 0,
+        synthesis_backend: str = "procedural",
+        synthesis_seed: int = 0,
+        synthesis_batch_size: int = 8,
+        synthesis_options: dict = {},
+        synthesis_filters: List[str] = [],
+        num_shards: int = 2,
+        backbone: str = "small_cnn",
+        weights: str = "",
+        image_size: int = 32,
+        objective: str = "erm",
+        batch_size: int = 128,
+        pretrain_epochs: int = 30,
+        pretrain_lr: float = 1e-4,
+        finetune_epochs: int = 30,
+        finetune_lr: float = 1e-3,
+        device: str = "auto",
+    ) -> Metrics:
+        """prepare → synthesize (groups × shards) → collect → balance (ffr) → train step 1 →
+        train step 2 (init = step 1) → evaluate. Returns the test metrics."""
+        prep, pool = _data(p, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
+                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
+                           synthesis_filters, num_shards)
+        train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
+                     device=device)
+        # The register step (MLflow model registry, tracking issue) follows step 2 and the evaluation.
+        _, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr)
+        return ev.outputs["metrics"]
+
+    return ffr_pipeline
+
+
+@PIPELINES.register("comparison")
+def build_comparison_pipeline(platform: Platform | None = None):
+    """The comparison pipeline (none / usb / asb / ffr side by side) for ``platform``."""
+    p = platform or Platform()
+
+    @dsl.pipeline(name="ffr-comparison", description="The baselines (none, USB, ASB) and FFR on one prepared "
+                                                     "dataset and one synthetic pool, compared in one report.")
+    def comparison_pipeline(
+        source: str = "demo",
+        bias_rate: float = 0.95,
+        seed: int = 0,
+        min_val_per_group: int = 10,
+        demo_per_digit: int = 0,
+        synthesis_backend: str = "procedural",
+        synthesis_seed: int = 0,
+        synthesis_batch_size: int = 8,
+        synthesis_options: dict = {},
+        synthesis_filters: List[str] = [],
+        num_shards: int = 2,
+        backbone: str = "small_cnn",
+        weights: str = "",
+        image_size: int = 32,
+        objective: str = "erm",
+        batch_size: int = 128,
+        baselines: List[dict] = DEFAULT_BASELINES,
+        train_epochs: int = 30,
+        pretrain_epochs: int = 30,
+        pretrain_lr: float = 1e-4,
+        finetune_epochs: int = 30,
+        finetune_lr: float = 1e-3,
+        device: str = "auto",
+    ) -> Metrics:
+        """prepare → synthesize → collect, then each baseline of ``baselines`` (``{"strategy",
+        "lr"}``, in parallel: balance → train → evaluate) and FFR (balance → step 1 → step 2 →
+        evaluate), then one comparison report. Returns the comparison summary."""
+        prep, pool = _data(p, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
+                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
+                           synthesis_filters, num_shards)
+        train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
+                     device=device)
+        with dsl.ParallelFor(baselines, name="baselines") as b:
+            sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
+                                        strategy=b.strategy), DATA, "balance: baseline")
+            model = _train(p, "train baseline", sets, prep, "train", train_epochs, b.lr, train, objective)
+            ev = _evaluate(p, "evaluate: baseline", model, prep, pool, b.strategy, device)
+        _, ffr_ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr)
+        report = p.apply(comparison_report(baselines=dsl.Collected(ev.outputs["metrics"]),
+                                           ffr=ffr_ev.outputs["metrics"], synthetic=pool.outputs["pool"]),
+                         EVALUATE, "comparison report")
+        return report.outputs["summary"]
+
+    return comparison_pipeline
+
+
+_BUILT: dict = {}
+
+
+def get_pipeline(name: str, platform: Platform | None = None):
+    """The pipeline registered as ``name``, built for ``platform`` (default: a CPU cluster).
+    Built once per platform and process: kfp's task setters inspect the call stack, which makes
+    building a pipeline take seconds."""
+    platform = platform or Platform()
+    key = (name, repr(platform))
+    if key not in _BUILT:
+        _BUILT[key] = PIPELINES.get(name)(platform)
+    return _BUILT[key]
+
+
+def __getattr__(attr: str):
+    # ``ffr_pipeline`` and ``comparison_pipeline``, the default builds, made on first use only.
+    names = {"ffr_pipeline": "ffr", "comparison_pipeline": "comparison"}
+    if attr in names:
+        return get_pipeline(names[attr])
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -1,0 +1,74 @@
+"""How pipeline steps are scheduled on a cluster: resource requests, accelerators, retries,
+caching and the Kubernetes secrets that carry credentials. Chosen when a pipeline is built; the
+local runner ignores resources and secrets, and local builds use no retries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Step kinds: every component belongs to one.
+DATA, SYNTHESIS, TRAIN, EVALUATE = "data", "synthesis", "train", "evaluate"
+
+
+def _default_resources() -> dict[str, tuple[str, str]]:
+    # (CPU, memory) requests per step kind; limits are set to the same values (a pod gets what it
+    # asked for, so a step's speed does not depend on its neighbours).
+    return {DATA: ("1", "4Gi"), SYNTHESIS: ("2", "8Gi"), TRAIN: ("4", "16Gi"), EVALUATE: ("2", "8Gi")}
+
+
+def _default_secrets() -> dict[str, dict[str, str]]:
+    # Secret name -> {secret key: environment variable}. Optional: a pod starts when a secret is
+    # absent, so a cluster without S3 or MLflow runs the pipeline as is.
+    return {
+        "ffr-s3": {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                  "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")},
+        "ffr-mlflow": {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                                      "MLFLOW_TRACKING_PASSWORD")},
+    }
+
+
+@dataclass
+class Platform:
+    """Cluster settings of a built pipeline.
+
+    ``gpu`` requests ``accelerator_limit`` accelerators of ``accelerator_type`` for the
+    ``gpu_steps`` (synthesis and training by default). ``retries`` (with exponential backoff from
+    ``backoff``) apply to the ``retry_steps``; ``cached_steps`` may reuse earlier results.
+    """
+
+    gpu: bool = False
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: int = 1
+    resources: dict = field(default_factory=_default_resources)
+    gpu_steps: tuple = (SYNTHESIS, TRAIN)
+    retries: int = 3
+    backoff: str = "60s"
+    backoff_factor: float = 2.0
+    backoff_max: str = "3600s"
+    retry_steps: tuple = (SYNTHESIS, TRAIN)
+    cached_steps: tuple = (DATA, SYNTHESIS)
+    secrets: dict = field(default_factory=_default_secrets)
+
+    @classmethod
+    def local(cls) -> "Platform":
+        """For the local runner: no retries (a failure there is a bug or bad input, and retrying
+        it only waits), no secrets."""
+        return cls(retries=0, secrets={})
+
+    def apply(self, task, kind: str, name: str | None = None):
+        """Configure ``task`` (a step of kind ``kind``) and return it."""
+        from kfp import kubernetes
+
+        if name:
+            task.set_display_name(name)
+        cpu, memory = self.resources[kind]
+        task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+        if self.gpu and kind in self.gpu_steps:
+            task.set_accelerator_type(self.accelerator_type).set_accelerator_limit(self.accelerator_limit)
+        if self.retries and kind in self.retry_steps:
+            task.set_retry(self.retries, backoff_duration=self.backoff, backoff_factor=self.backoff_factor,
+                           backoff_max_duration=self.backoff_max)
+        task.set_caching_options(kind in self.cached_steps)
+        for secret, keys in self.secrets.items():
+            kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=dict(keys), optional=True)
+        return task

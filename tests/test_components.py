@@ -1,0 +1,162 @@
+"""Every component's ``python_func`` on tiny artifacts (kfp's artifact classes pointing into a
+temporary folder): the unit tier of the component tests. The pipeline tier runs them through the
+KFP local runner (tests/test_pipelines.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("kfp")
+
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model  # noqa: E402
+
+from components import (ALL, balance_data, base_image, collect_shards, comparison_report,  # noqa: E402
+                        evaluate_model, prepare_data, synthesize_shard, train_model)
+from ffr.data.manifest import Manifest, group_key  # noqa: E402
+from ffr.stages import synthetic_need  # noqa: E402
+from ffr.synthesis import create_backend, plan_requests  # noqa: E402
+
+STRATEGIES = ["usb", "asb", "ffr"]
+
+
+def art(cls, path: Path):
+    """A kfp artifact whose local path is ``path``."""
+    return cls(name=path.name, uri=str(path), metadata={})
+
+
+def assert_self_contained(directory: str | Path) -> Manifest:
+    """The dataset in ``directory`` loads, and every image it names lies inside the folder."""
+    m = Manifest.load(directory)
+    root = Path(directory).resolve()
+    assert all(root in p.resolve().parents for p in m.abs_paths())
+    return m
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    """prepare → synthesize (every work item) → collect, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("components")
+    ds, card = art(Dataset, tmp / "dataset"), art(Artifact, tmp / "card.json")
+    work = prepare_data.python_func(dataset=ds, card=card, source="demo", bias_rate=0.9, demo_per_digit=10,
+                                    synthesis_for=STRATEGIES, num_shards=2)
+    shards = []
+    for i, item in enumerate(work):
+        # The local runner hands numbers back as floats: the component must cope.
+        item = {k: float(v) if isinstance(v, int) else v for k, v in item.items()}
+        shard = art(Dataset, tmp / f"shard{i}")
+        synthesize_shard.python_func(card=card, work=item, shard=shard, seed=3)
+        shards.append(shard)
+    pool = art(Dataset, tmp / "pool")
+    collect_shards.python_func(card=card, shards=shards, pool=pool)
+    return {"tmp": tmp, "dataset": ds, "card": card, "work": work, "shards": shards, "pool": pool}
+
+
+def test_components_run_in_the_project_image_and_install_nothing():
+    for comp in ALL:
+        container = comp.component_spec.implementation.container
+        assert container.image == base_image()
+        assert "pip install" not in " ".join(container.command + (container.args or []))
+        assert comp.component_spec.description, f"{comp.name} has no docstring for the KFP UI"
+
+
+def test_base_image_follows_ffr_image(monkeypatch):
+    from ffr import __version__
+
+    monkeypatch.delenv("FFR_IMAGE", raising=False)
+    assert base_image() == f"ghcr.io/ffr-project/ffr:{__version__}"
+    monkeypatch.setenv("FFR_IMAGE", "registry.example.com:5000/team/ffr")
+    assert base_image() == f"registry.example.com:5000/team/ffr:{__version__}"
+    monkeypatch.setenv("FFR_IMAGE", "registry.example.com:5000/team/ffr:0.1.0-cuda")
+    assert base_image() == "registry.example.com:5000/team/ffr:0.1.0-cuda"
+
+
+def test_prepare_outputs_a_self_contained_split_and_the_work_list(flow):
+    ds = flow["dataset"]
+    m = assert_self_contained(ds.path)
+    assert ds.metadata["digest"] == m.digest()
+    assert ds.metadata["groups"]["train"] == {group_key(*g): n for g, n in m.select(split="train").group_counts().items()}
+    assert json.loads(Path(flow["card"].path).read_text())["classes"] == m.card.classes
+    need = synthetic_need(ds.path, STRATEGIES)
+    by_group: dict = {}
+    for item in flow["work"]:
+        assert item["num_shards"] == 2 and item["count"] == need[(item["label"], item["bias"])]
+        by_group.setdefault((item["label"], item["bias"]), []).append(item["shard"])
+    assert by_group == {g: [0, 1] for g, n in need.items() if n > 0}
+
+
+def test_shards_collect_into_the_unsharded_pool(flow):
+    pool = assert_self_contained(flow["pool"].path)
+    need = synthetic_need(flow["dataset"].path, STRATEGIES)
+    assert pool.group_counts() == need
+    assert flow["pool"].metadata["rows"] == sum(need.values()) and flow["pool"].metadata["shards"] == len(flow["shards"])
+    # The same images (by seed) as one unsharded synthesis would render.
+    backend = create_backend("procedural", pool.card)
+    assert sorted(pool.frame["seed"].astype(int)) == sorted(r.seed for r in plan_requests(backend, need, base_seed=3))
+    for shard in flow["shards"]:
+        assert shard.metadata["synthetic"] == shard.metadata["rows"] > 0
+
+
+def test_collect_of_no_shards_is_an_empty_pool(flow, tmp_path):
+    pool = art(Dataset, tmp_path / "pool")
+    collect_shards.python_func(card=flow["card"], shards=[], pool=pool)
+    assert len(Manifest.load(pool.path)) == 0 and pool.metadata["rows"] == 0
+
+
+@pytest.mark.slow
+def test_balance_train_evaluate_report(flow, tmp_path):
+    ds, pool = flow["dataset"], flow["pool"]
+    sets = art(Dataset, tmp_path / "sets")
+    balance_data.python_func(real=ds, synthetic=pool, training_sets=sets, strategy="ffr")
+    pre, fine = assert_self_contained(Path(sets.path) / "pretrain"), assert_self_contained(Path(sets.path) / "finetune")
+    assert pre.is_synthetic().all() and not fine.is_synthetic().any()
+    assert sets.metadata["stages"]["pretrain"]["n"] == len(pre) and sets.metadata["strategy"] == "ffr"
+
+    step1, step2 = art(Model, tmp_path / "step1"), art(Model, tmp_path / "step2")
+    train_model.python_func(training_sets=sets, val_data=ds, model=step1, stage="pretrain", epochs=1, lr=1e-3,
+                            device="cpu")
+    train_model.python_func(training_sets=sets, val_data=ds, model=step2, stage="finetune", init_model=step1,
+                            epochs=1, lr=1e-3, device="cpu")
+    assert (Path(step2.path) / "model.pt").is_file()
+    assert step2.metadata["stage"] == "finetune" and step2.metadata["train_digest"] == fine.digest()
+    assert 0.0 <= step2.metadata["val_worst_group_acc"] <= 1.0
+
+    metrics, confusion = art(Metrics, tmp_path / "metrics"), art(ClassificationMetrics, tmp_path / "confusion")
+    report = art(HTML, tmp_path / "report.html")
+    evaluate_model.python_func(model=step2, data=ds, metrics=metrics, confusion=confusion, report=report,
+                               strategy="ffr", synthetic=pool, device="cpu")
+    result = json.loads(Path(metrics.path).read_text())
+    test = Manifest.load(ds.path).select(split="test")
+    assert result["strategy"] == "ffr" and result["n"] == len(test)
+    assert metrics.metadata["test/worst_group_acc"] == result["worst_group_acc"]
+    for g, v in result["groups"].items():
+        assert metrics.metadata[f"test/group/{g}/acc"] == v["acc"]
+    matrix = confusion.metadata["confusionMatrix"]
+    assert sum(sum(r["row"]) for r in matrix["rows"]) == len(test)
+    html = Path(report.path).read_text()
+    # 4 synthetic samples per group (every group of this pool has at least 4), embedded as PNG.
+    assert html.count("data:image/png;base64,") == 4 * len(test.card.groups)
+    assert all(g in html for g in test.card.group_keys)
+
+
+def test_comparison_report_orders_strategies_and_measures_ffr_gain(tmp_path):
+    def evaluation(strategy, wga):
+        path = tmp_path / f"{strategy}.json"
+        groups = {"a_x": {"acc": wga, "n": 5}, "a_y": {"acc": 1.0, "n": 5}}
+        path.write_text(json.dumps({"strategy": strategy, "worst_group_acc": wga, "worst_group": "a_x",
+                                    "balanced_acc": (wga + 1) / 2, "average_acc": (wga + 1) / 2, "groups": groups}))
+        return art(Metrics, path)
+
+    report, summary = art(HTML, tmp_path / "report.html"), art(Metrics, tmp_path / "summary")
+    comparison_report.python_func(baselines=[evaluation("asb", 0.4), evaluation("none", 0.2), evaluation("usb", 0.5)],
+                                  ffr=evaluation("ffr", 0.75), report=report, summary=summary)
+    data = json.loads(Path(summary.path).read_text())
+    assert list(data["results"]) == ["none", "usb", "asb", "ffr"]
+    assert data["ffr_gain"]["best_baseline"] == "usb"
+    assert summary.metadata["ffr_gain_wga"] == pytest.approx(0.25)
+    assert summary.metadata["none/test/worst_group_acc"] == pytest.approx(0.2)
+    html = Path(report.path).read_text()
+    assert html.index(">none<") < html.index(">usb<") < html.index(">asb<") < html.index(">ffr<")
+    assert "+0.250" in html

@@ -1,0 +1,187 @@
+"""Pipelines: every pipeline compiled and validated offline (the YAML loads back as a component
+and parses into ``PipelineSpec`` / ``PlatformSpec``, with resource requests, accelerators,
+retries, caching and secrets where they belong), and both pipelines executed end to end by the
+KFP local runner on tiny demo settings, through ``ffr run`` and ``run_local``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+from google.protobuf import json_format  # noqa: E402
+from kfp import components as kfp_components  # noqa: E402
+from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
+
+from components import base_image  # noqa: E402
+from ffr.cli import main  # noqa: E402
+from ffr.data.manifest import group_key  # noqa: E402
+from ffr.stages import prepare  # noqa: E402
+from ffr.visuals import format_group_table  # noqa: E402
+from pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
+from pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
+
+TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1,
+        "device": "cpu"}
+# Executor name prefix → step kind (pipelines/platform.py).
+KINDS = {"exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
+         "exec-balance-data": "data", "exec-train-model": "train", "exec-evaluate-model": "evaluate",
+         "exec-comparison-report": "evaluate"}
+
+
+def kind_of(executor: str) -> str:
+    base = executor.rsplit("-", 1)[0] if executor.rsplit("-", 1)[-1].isdigit() else executor
+    return KINDS[base]
+
+
+def load_compiled(path: Path):
+    docs = list(yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    assert len(docs) == 2, "expected the pipeline spec and the Kubernetes platform spec"
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    platform = json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+    return spec, platform
+
+
+def all_tasks(spec):
+    """(task spec, executor label) of every task, in the root DAG and in every sub-DAG (loops)."""
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for task in dag.tasks.values():
+            comp = spec.components[task.component_ref.name]
+            if comp.executor_label:
+                yield task, comp.executor_label
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+@pytest.mark.parametrize("name", PIPELINES.names())
+def test_compiled_pipeline_is_valid_and_cluster_ready(tmp_path, name, gpu):
+    path = compile_pipeline(name, tmp_path / f"{name}.yaml", Platform(gpu=gpu, accelerator_type="nvidia.com/gpu",
+                                                                      accelerator_limit=2))
+    assert kfp_components.load_component_from_file(str(path)).name == get_pipeline(name).name
+    spec, platform = load_compiled(path)
+
+    params = spec.root.input_definitions.parameters
+    assert set(params) == set(pipeline_parameters(get_pipeline(name)))
+    missing = [k for k, p in params.items() if not p.HasField("default_value")]
+    assert not missing, f"parameters without a default break the UI's run form: {missing}"
+
+    executors = spec.deployment_spec.fields["executors"].struct_value.fields
+    k8s = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)["executors"]
+    for exe, value in executors.items():
+        container = json_format.MessageToDict(value.struct_value)["container"]
+        res = container["resources"]
+        assert container["image"] == base_image()
+        assert res["resourceCpuRequest"] and res["resourceMemoryRequest"], exe
+        if gpu and kind_of(exe) in ("synthesis", "train"):
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "2"
+        else:
+            assert "accelerator" not in res, exe
+        secrets = {s["secretName"]: s for s in k8s[exe]["secretAsEnv"]}
+        assert set(secrets) == {"ffr-s3", "ffr-mlflow"} and all(s["optional"] for s in secrets.values())
+        envs = {e["envVar"] for s in secrets.values() for e in s["keyToEnv"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"} <= envs
+
+    kinds_seen = set()
+    for task, exe in all_tasks(spec):
+        kind = kind_of(exe)
+        kinds_seen.add(kind)
+        retry = task.retry_policy
+        if kind in ("synthesis", "train"):
+            assert retry.max_retry_count == 3 and retry.backoff_duration.seconds == 60 and retry.backoff_factor == 2
+        else:
+            assert retry.max_retry_count == 0, task.task_info.name
+        assert task.caching_options.enable_cache == (kind in ("data", "synthesis")), task.task_info.name
+    assert kinds_seen == {"data", "synthesis", "train", "evaluate"}
+
+
+def test_local_platform_has_no_retries_or_secrets(tmp_path):
+    from kfp import compiler
+
+    path = tmp_path / "local.yaml"
+    compiler.Compiler().compile(get_pipeline("ffr", Platform.local()), str(path))
+    docs = list(yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    assert len(docs) == 1  # no platform (secrets) section
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    assert all(t.retry_policy.max_retry_count == 0 for t, _ in all_tasks(spec))
+
+
+def test_cli_compile(tmp_path, capsys):
+    out = tmp_path / "cmp.yaml"
+    assert main(["compile", "comparison", "--gpu", "--accelerator-type", "nvidia.com/mig-1g.10gb", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert "nvidia.com/mig-1g.10gb" in out.read_text()
+
+
+def test_unknown_parameter_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(PipelineError, match=r"no parameter\(s\) \['epochs'\].*known: .*pretrain_epochs"):
+        run_local("ffr", {"epochs": 3}, tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_failed_local_run_is_recorded_and_cleaned_up(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(PipelineError, match="run.log"):
+        run_local("ffr", {"source": str(tmp_path / "no-such-dataset")}, runs, progress=False)
+    (run_dir,) = runs.iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert "no-such-dataset" in (run_dir / "run.log").read_text()
+    assert not (run_dir / "workspace").exists()
+
+
+def expected_test_counts(tmp_path) -> dict:
+    """The test split the tiny settings produce, prepared directly with the library."""
+    m = prepare("demo", tmp_path / "ref", TINY["bias_rate"], 0, 10, {"per_digit": TINY["demo_per_digit"]},
+                tmp_path / "ref" / "images")
+    return {group_key(*g): n for g, n in m.select(split="test").group_counts().items()}
+
+
+@pytest.mark.slow
+def test_ffr_pipeline_runs_locally_through_the_cli(tmp_path, monkeypatch, capsys):
+    runs, cwd = tmp_path / "runs", tmp_path / "cwd"
+    runs.mkdir()
+    cwd.mkdir()
+    (runs / "keep.txt").write_text("not the run's")
+    monkeypatch.chdir(cwd)
+    argv = ["run", "ffr", "--runs-dir", str(runs)] + [f"--param={k}={v}" for k, v in TINY.items()]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+
+    # One new run folder; nothing else written or removed, the runner's workspace gone.
+    assert list(cwd.iterdir()) == []
+    assert (runs / "keep.txt").read_text() == "not the run's"
+    (run_dir,) = [p for p in runs.iterdir() if p.name != "keep.txt"]
+    assert run_dir.name.startswith("ffr-")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["outputs", "results.txt", "run.json", "run.log"]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded" and record["params"] == TINY
+    output = Path(record["output"])
+    assert run_dir in output.parents
+
+    result = json.loads(output.read_text())
+    assert result["strategy"] == "ffr" and result["model"]["stage"] == "finetune"
+    assert {g: v["n"] for g, v in result["groups"].items()} == expected_test_counts(tmp_path)
+    table = format_group_table({"ffr": result})
+    assert (run_dir / "results.txt").read_text().strip() == table
+    assert table in out and "Executing task" in out
+
+
+@pytest.mark.slow
+def test_comparison_pipeline_runs_locally(tmp_path):
+    run = run_local("comparison", {**TINY, "train_epochs": 1}, tmp_path / "runs", progress=False)
+    assert list(run.results) == ["none", "usb", "asb", "ffr"]
+    counts = expected_test_counts(tmp_path)
+    for strategy, m in run.results.items():
+        assert {g: v["n"] for g, v in m["groups"].items()} == counts, strategy
+    summary = json.loads(run.output.read_text())
+    wga = {s: m["worst_group_acc"] for s, m in run.results.items()}
+    best = max((s for s in wga if s != "ffr"), key=wga.get)
+    assert summary["ffr_gain"]["ffr_gain_wga"] == pytest.approx(wga["ffr"] - wga[best])
+    report = run.output.parent / "report"
+    html = report.read_text()
+    assert all(f">{s}<" in html for s in wga)
