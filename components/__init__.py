@@ -11,13 +11,15 @@ from components.collect import collect_shards
 from components.evaluate import evaluate_model
 from components.image import base_image
 from components.prepare import prepare_data
+from components.register import register_model
 from components.report import comparison_report
 from components.synthesize import synthesize_shard
+from components.tracking import fetch_data_revision, start_tracking
 from components.train import train_model
 
-# The register component (MLflow model registry) joins this list with the tracking issue.
 ALL = [prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
-       comparison_report]
+       comparison_report, start_tracking, fetch_data_revision, register_model]
 
 __all__ = ["ALL", "base_image", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
-           "train_model", "evaluate_model", "comparison_report"]
+           "train_model", "evaluate_model", "comparison_report", "start_tracking", "fetch_data_revision",
+           "register_model"]

@@ -10,8 +10,10 @@ from components.image import COMPONENT_OPTIONS
 
 @dsl.component(**COMPONENT_OPTIONS)
 def collect_shards(card: Input[Artifact], shards: Input[List[Dataset]], pool: Output[Dataset]):
-    """One synthetic pool (images + manifest) from every shard of the synthesis fan-out."""
+    """One synthetic pool (images + manifest) from every shard of the synthesis fan-out; its
+    metadata names its DVC version (``dvc_md5``)."""
+    from ffr.integrations.dvc import dir_digest
     from ffr.stages import collect_stage, manifest_summary
 
     m = collect_stage([s.path for s in shards], card.path, pool.path)
-    pool.metadata.update({"shards": len(shards), **manifest_summary(m)})
+    pool.metadata.update({"shards": len(shards), **manifest_summary(m), "dvc_md5": dir_digest(pool.path)})

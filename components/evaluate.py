@@ -17,20 +17,27 @@ def evaluate_model(
     split: str = "test",
     synthetic: Input[Dataset] = None,
     device: str = "auto",
+    mlflow_uri: str = "",
+    mlflow_parent: str = "",
 ):
     """Worst-group, balanced and average accuracy and each group's accuracy on the real rows of
     ``split`` (scalars under stable names, e.g. ``test/worst_group_acc``), the confusion matrix,
     and an HTML report with the group table and a few ``synthetic`` images per group. The metrics
-    file holds the full result as JSON for later steps."""
+    file holds the full result as JSON for later steps. With a tracking server (``mlflow_uri`` or
+    ``$MLFLOW_TRACKING_URI``) the evaluation is also logged in a run nested under ``mlflow_parent``
+    (metrics, group table, per-group accuracy figure, test dataset)."""
     import json
     import os
 
     from ffr.data.manifest import Manifest
     from ffr.metrics import flat_metrics
+    from ffr.integrations.tracking import optional_run
     from ffr.stages import evaluate_stage
     from ffr.visuals import evaluation_report_html
 
-    m = {"strategy": strategy, **evaluate_stage(os.path.join(model.path, "model.pt"), data.path, split, None, device)}
+    with optional_run(mlflow_uri, f"evaluate {strategy}", mlflow_parent or None, system_metrics=False) as tracker:
+        m = {"strategy": strategy, **evaluate_stage(os.path.join(model.path, "model.pt"), data.path, split, None,
+                                                    device, tracker=tracker)}
     m["model"] = dict(model.metadata)
     with open(metrics.path, "w") as f:
         json.dump(m, f, indent=2)

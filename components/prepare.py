@@ -3,7 +3,7 @@
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 from components.image import COMPONENT_OPTIONS
 
@@ -19,23 +19,29 @@ def prepare_data(
     demo_per_digit: int = 0,
     synthesis_for: List[str] = ["ffr"],
     num_shards: int = 2,
+    source_data: Input[Dataset] = None,
 ) -> List[dict]:
     """Prepare the real data and plan the synthesis.
 
     ``source`` is ``demo`` (the built-in benchmark, built inside the artifact; ``demo_per_digit`` > 0
     keeps that many images of each digit) or a dataset directory (manifest.csv + card.json) every
-    pod can read. Train and val are subsampled to ``bias_rate``. Outputs the split dataset, its
-    card, and returns the synthesis work list: one item per (group, shard) with the images that
-    group needs for the strategies ``synthesis_for``.
+    pod can read (an ``s3://`` URI too); ``source_data``, when given, is the dataset instead (e.g. a
+    data revision fetched by ``fetch_data_revision``). Train and val are subsampled to
+    ``bias_rate``. Outputs the split dataset (metadata: group counts, content digest, DVC version
+    ``dvc_md5``), its card, and returns the synthesis work list: one item per (group, shard) with
+    the images that group needs for the strategies ``synthesis_for``.
     """
     import os
     import shutil
 
+    from ffr.integrations.dvc import dir_digest
     from ffr.stages import manifest_summary, prepare, synthesis_work
 
     demo = {"per_digit": demo_per_digit} if demo_per_digit > 0 else None
+    if source_data is not None:
+        source = source_data.path
     split = prepare(source, dataset.path, bias_rate, seed, min_val_per_group, demo,
                     os.path.join(dataset.path, "images"))
     shutil.copyfile(os.path.join(dataset.path, "card.json"), card.path)
-    dataset.metadata.update({"bias_rate": bias_rate, **manifest_summary(split)})
+    dataset.metadata.update({"bias_rate": bias_rate, **manifest_summary(split), "dvc_md5": dir_digest(dataset.path)})
     return synthesis_work(dataset.path, synthesis_for, num_shards)

@@ -23,21 +23,30 @@ def train_model(
     image_size: int = 32,
     seed: int = 0,
     device: str = "auto",
+    mlflow_uri: str = "",
+    mlflow_parent: str = "",
 ):
     """Train on the ``stage`` folder of ``training_sets`` (``train``, ``pretrain`` or ``finetune``),
     starting from ``init_model`` when given (FFR's step 2 starts from step 1), and keep the epoch
     with the best worst-group accuracy on the real validation split of ``val_data``. ``weights``
-    names pretrained backbone weights (empty: random init)."""
+    names pretrained backbone weights (empty: random init). With a tracking server (``mlflow_uri``
+    or ``$MLFLOW_TRACKING_URI``) the step logs a run nested under ``mlflow_parent``: parameters,
+    datasets, per-epoch metrics, the model."""
     import os
 
+    from ffr.integrations.dvc import dir_digest
+    from ffr.integrations.tracking import optional_run
     from ffr.stages import train_stage
     from ffr.train.loop import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay)
     init = os.path.join(init_model.path, "model.pt") if init_model is not None else None
-    s = train_stage(os.path.join(training_sets.path, stage), val_data.path, os.path.join(model.path, "model.pt"),
-                    cfg, backbone, objective, init=init, weights=weights or None, image_size=image_size,
-                    seed=seed, device=device, stage=stage)
+    with optional_run(mlflow_uri, stage, mlflow_parent or None, system_metrics=False) as tracker:
+        s = train_stage(os.path.join(training_sets.path, stage), val_data.path,
+                        os.path.join(model.path, "model.pt"), cfg, backbone, objective, init=init,
+                        weights=weights or None, image_size=image_size, seed=seed, device=device, stage=stage,
+                        tracker=tracker)
     model.metadata.update({"framework": "pytorch", "stage": stage, "backbone": backbone, "objective": objective,
                            "best_epoch": s["best_epoch"], "train_digest": s["meta"]["train_digest"],
+                           "train_dvc_md5": dir_digest(os.path.join(training_sets.path, stage)),
                            **{f"val_{k}": v for k, v in s["val"].items() if k.endswith("_acc")}})

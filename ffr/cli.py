@@ -328,7 +328,8 @@ def _platform(args):
 def cmd_run(args) -> int:
     from pipelines.run import main_table, parse_params, run_local
 
-    run = run_local(args.pipeline, parse_params(args.param), args.runs_dir, progress=not args.quiet)
+    run = run_local(args.pipeline, parse_params(args.param), args.runs_dir, progress=not args.quiet,
+                    mlflow=None if args.mlflow == "none" else args.mlflow)
     print()
     print(main_table(run))
     return 0
@@ -363,9 +364,9 @@ def cmd_schedule(args) -> int:
     return 0
 
 
-def _pipeline_parent() -> argparse.ArgumentParser:
+def _pipeline_parent(default: str = "ffr") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("pipeline", nargs="?", default="ffr", help="ffr (default) or comparison")
+    p.add_argument("pipeline", nargs="?", default=default, help=f"ffr, comparison or retrain (default {default})")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="pipeline parameter (value parsed as YAML, e.g. pretrain_epochs=5); repeatable")
     return p
@@ -535,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run a Kubeflow pipeline locally (KFP local runner, no cluster); print its group metrics")
     p.add_argument("--runs-dir", default="runs", help="each run gets a new folder <runs-dir>/<pipeline>-<timestamp>/")
     p.add_argument("--quiet", action="store_true", help="print only the final table (the log is in the run folder)")
+    p.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI") or "local", metavar="URI",
+                   help="MLflow tracking + registry: 'local' (default unless $MLFLOW_TRACKING_URI is set) keeps a "
+                        "store in the run folder; a server URI; or 'none'")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("compile", parents=[_pipeline_parent(), _cluster_parent()], help="write a pipeline's YAML")
     p.add_argument("--out", help="output file (default <pipeline>-pipeline.yaml)")
@@ -543,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="create a run on a Kubeflow Pipelines endpoint")
     p.add_argument("--run-name")
     p.set_defaults(func=cmd_submit)
-    p = sub.add_parser("schedule", parents=[_pipeline_parent(), _cluster_parent(), _endpoint_parent()],
+    p = sub.add_parser("schedule", parents=[_pipeline_parent("retrain"), _cluster_parent(), _endpoint_parent()],
                        help="create a recurring run (scheduled retraining) on a Kubeflow Pipelines endpoint")
     p.add_argument("--cron", required=True,
                    help="6 fields: second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * *'")

@@ -1,19 +1,20 @@
 """Kubeflow pipelines of ffr, and how to launch them: locally with the KFP local runner (the
 default, no cluster), compiled to YAML, submitted to or scheduled on a Kubeflow Pipelines endpoint.
 
-The registry :data:`PIPELINES` maps a name (``ffr``, ``comparison``) to a builder taking a
-:class:`Platform`; :func:`get_pipeline` builds (once) and returns one; ``ffr_pipeline`` and
-``comparison_pipeline`` are the default builds. :mod:`pipelines.run` holds the launchers behind
-``ffr run / compile / submit / schedule``.
+The registry :data:`PIPELINES` maps a name (``ffr``, ``comparison``, ``retrain``) to a builder
+taking a :class:`Platform`; :func:`get_pipeline` builds (once) and returns one; ``ffr_pipeline``,
+``comparison_pipeline`` and ``retrain_pipeline`` are the default builds. :mod:`pipelines.run` holds
+the launchers behind ``ffr run / compile / submit / schedule``.
 """
 
 from pipelines import definitions
-from pipelines.definitions import PIPELINES, build_comparison_pipeline, build_ffr_pipeline, get_pipeline
+from pipelines.definitions import (PIPELINES, build_comparison_pipeline, build_ffr_pipeline, build_retrain_pipeline,
+                                   get_pipeline)
 from pipelines.platform import Platform
 
 __all__ = ["PIPELINES", "Platform", "get_pipeline", "build_ffr_pipeline", "build_comparison_pipeline",
-           "ffr_pipeline", "comparison_pipeline"]
+           "build_retrain_pipeline", "ffr_pipeline", "comparison_pipeline", "retrain_pipeline"]
 
 
 def __getattr__(attr: str):
-    return getattr(definitions, attr)  # ffr_pipeline, comparison_pipeline: built on first use
+    return getattr(definitions, attr)  # ffr_pipeline, comparison_pipeline, retrain_pipeline: built on first use

@@ -11,10 +11,10 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Metrics
 
-from components import (balance_data, collect_shards, comparison_report, evaluate_model, prepare_data,
-                        synthesize_shard, train_model)
+from components import (balance_data, collect_shards, comparison_report, evaluate_model, fetch_data_revision,
+                        prepare_data, register_model, start_tracking, synthesize_shard, train_model)
 from ffr.registry import Registry
-from pipelines.platform import DATA, EVALUATE, SYNTHESIS, TRAIN, Platform
+from pipelines.platform import DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 
 PIPELINES: Registry = Registry("pipeline")
 
@@ -26,10 +26,13 @@ DEFAULT_BASELINES = [{"strategy": "none", "lr": 1e-3}, {"strategy": "usb", "lr":
 
 def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per_group, demo_per_digit,
           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
-          num_shards):
-    """prepare → synthesize (ParallelFor over groups × shards) → collect; returns (prepare, collect)."""
+          num_shards, source_data=None):
+    """prepare → synthesize (ParallelFor over groups × shards) → collect; returns (prepare, collect).
+    ``source_data``: a task whose ``dataset`` output replaces ``source``."""
+    extra = {"source_data": source_data.outputs["dataset"]} if source_data is not None else {}
     prep = p.apply(prepare_data(source=source, bias_rate=bias_rate, seed=seed, min_val_per_group=min_val_per_group,
-                                demo_per_digit=demo_per_digit, synthesis_for=synthesis_for, num_shards=num_shards),
+                                demo_per_digit=demo_per_digit, synthesis_for=synthesis_for, num_shards=num_shards,
+                                **extra),
                    DATA, "prepare data")
     with dsl.ParallelFor(prep.outputs["Output"], name="synthesis-fan-out") as work:
         shard = p.apply(synthesize_shard(card=prep.outputs["card"], work=work, backend=synthesis_backend,
@@ -41,29 +44,60 @@ def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per
     return prep, pool
 
 
-def _train(p: Platform, name: str, sets, prep, stage: str, epochs, lr, train: dict, objective, init=None):
+def _tracking(p: Platform, name: str, mlflow_uri, mlflow_experiment, mlflow_artifacts, params: dict) -> dict:
+    """Open the pipeline's MLflow run; returns the arguments that nest a step's run under it."""
+    start = p.apply(start_tracking(mlflow_uri=mlflow_uri, experiment=mlflow_experiment,
+                                   artifact_location=mlflow_artifacts, pipeline_name=name,
+                                   pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, params=params),
+                    TRACK, "open MLflow run")
+    return {"mlflow_uri": mlflow_uri, "mlflow_parent": start.output}
+
+
+def _register(p: Platform, model, ev, prep, tracking: dict, registered_model_name, gate_margin, gate_tolerance,
+              gate_floor, source_data=None):
+    """Register the model of ``model`` (a train task) as the challenger and run the promotion gate."""
+    extra = {"source_data": source_data.outputs["dataset"]} if source_data is not None else {}
+    task = register_model(model=model.outputs["model"], metrics=ev.outputs["metrics"], data=prep.outputs["dataset"],
+                          registered_model_name=registered_model_name, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                          gate_margin=gate_margin, gate_tolerance=gate_tolerance, gate_floor=gate_floor, **tracking,
+                          **extra)
+    return p.apply(task, TRACK, "register + promotion gate")
+
+
+def _params(scope: dict) -> dict:
+    """A pipeline's scalar parameters (its function's locals at the top) for the parent run's
+    params. Lists and dicts are left out (the local runner splices values into the JSON of a
+    dict argument as text, which breaks on nested structures; the steps log them), and so are the
+    tracking settings themselves."""
+    skip = {"mlflow_uri", "mlflow_experiment", "mlflow_artifacts"}
+    return {k: v for k, v in scope.items()
+            if k not in skip and getattr(v, "channel_type", None) in ("String", "Float", "Integer", "Boolean")}
+
+
+def _train(p: Platform, name: str, sets, prep, stage: str, epochs, lr, train: dict, objective, init=None,
+           tracking: dict | None = None):
     task = train_model(training_sets=sets.outputs["training_sets"], val_data=prep.outputs["dataset"], stage=stage,
-                       epochs=epochs, lr=lr, objective=objective, **train,
+                       epochs=epochs, lr=lr, objective=objective, **train, **(tracking or {}),
                        **({"init_model": init.outputs["model"]} if init is not None else {}))
     return p.apply(task, TRAIN, name)
 
 
-def _evaluate(p: Platform, name: str, model, prep, pool, strategy, device):
+def _evaluate(p: Platform, name: str, model, prep, pool, strategy, device, tracking: dict | None = None):
     task = evaluate_model(model=model.outputs["model"], data=prep.outputs["dataset"],
-                          synthetic=pool.outputs["pool"], strategy=strategy, device=device)
+                          synthetic=pool.outputs["pool"], strategy=strategy, device=device, **(tracking or {}))
     return p.apply(task, EVALUATE, name)
 
 
 def _ffr(p: Platform, prep, pool, train: dict, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
-         finetune_lr):
+         finetune_lr, tracking: dict | None = None):
     """balance(ffr) → train step 1 (synthetic, ERM) → train step 2 (real, from step 1) → evaluate."""
     sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"], strategy="ffr"),
                    DATA, "balance: ffr")
     step1 = _train(p, "ffr step 1: pretrain on synthetic", sets, prep, "pretrain", pretrain_epochs, pretrain_lr,
-                   train, "erm")
+                   train, "erm", tracking=tracking)
     step2 = _train(p, "ffr step 2: fine-tune on real", sets, prep, "finetune", finetune_epochs, finetune_lr,
-                   train, objective, init=step1)
-    return step2, _evaluate(p, "evaluate: ffr", step2, prep, pool, "ffr", train["device"])
+                   train, objective, init=step1, tracking=tracking)
+    return step2, _evaluate(p, "evaluate: ffr", step2, prep, pool, "ffr", train["device"], tracking)
 
 
 @PIPELINES.register("ffr")
@@ -95,16 +129,28 @@ def build_ffr_pipeline(platform: Platform | None = None):
         finetune_epochs: int = 30,
         finetune_lr: float = 1e-3,
         device: str = "auto",
+        mlflow_uri: str = "",
+        mlflow_experiment: str = "ffr",
+        mlflow_artifacts: str = "",
+        registered_model_name: str = "ffr",
+        gate_margin: float = 0.005,
+        gate_tolerance: float = 0.02,
+        gate_floor: float = 0.5,
     ) -> Metrics:
         """prepare → synthesize (groups × shards) → collect → balance (ffr) → train step 1 →
-        train step 2 (init = step 1) → evaluate. Returns the test metrics."""
+        train step 2 (init = step 1) → evaluate → register (MLflow model registry, promotion gate).
+        With a tracking server (``mlflow_uri`` or the ``ffr-mlflow`` secret) every step logs a
+        run nested under the pipeline's; without one nothing is tracked or registered. Returns
+        the test metrics."""
+        tracking = _tracking(p, "ffr", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
         prep, pool = _data(p, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
                            synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
                            synthesis_filters, num_shards)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device)
-        # The register step (MLflow model registry, tracking issue) follows step 2 and the evaluation.
-        _, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr)
+        step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
+                         tracking)
+        _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
         return ev.outputs["metrics"]
 
     return ffr_pipeline
@@ -141,10 +187,18 @@ def build_comparison_pipeline(platform: Platform | None = None):
         finetune_epochs: int = 30,
         finetune_lr: float = 1e-3,
         device: str = "auto",
+        mlflow_uri: str = "",
+        mlflow_experiment: str = "ffr",
+        mlflow_artifacts: str = "",
+        registered_model_name: str = "ffr",
+        gate_margin: float = 0.005,
+        gate_tolerance: float = 0.02,
+        gate_floor: float = 0.5,
     ) -> Metrics:
         """prepare → synthesize → collect, then each baseline of ``baselines`` (``{"strategy",
         "lr"}``, in parallel: balance → train → evaluate) and FFR (balance → step 1 → step 2 →
-        evaluate), then one comparison report. Returns the comparison summary."""
+        evaluate → register), then one comparison report. Returns the comparison summary."""
+        tracking = _tracking(p, "comparison", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
         prep, pool = _data(p, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
                            synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
                            synthesis_filters, num_shards)
@@ -153,15 +207,79 @@ def build_comparison_pipeline(platform: Platform | None = None):
         with dsl.ParallelFor(baselines, name="baselines") as b:
             sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
                                         strategy=b.strategy), DATA, "balance: baseline")
-            model = _train(p, "train baseline", sets, prep, "train", train_epochs, b.lr, train, objective)
-            ev = _evaluate(p, "evaluate: baseline", model, prep, pool, b.strategy, device)
-        _, ffr_ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr)
+            model = _train(p, "train baseline", sets, prep, "train", train_epochs, b.lr, train, objective,
+                           tracking=tracking)
+            ev = _evaluate(p, "evaluate: baseline", model, prep, pool, b.strategy, device, tracking)
+        step2, ffr_ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
+                             finetune_lr, tracking)
+        _register(p, step2, ffr_ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
         report = p.apply(comparison_report(baselines=dsl.Collected(ev.outputs["metrics"]),
                                            ffr=ffr_ev.outputs["metrics"], synthetic=pool.outputs["pool"]),
                          EVALUATE, "comparison report")
         return report.outputs["summary"]
 
     return comparison_pipeline
+
+
+@PIPELINES.register("retrain")
+def build_retrain_pipeline(platform: Platform | None = None):
+    """The scheduled retraining pipeline (what ``ffr schedule`` runs) for ``platform``."""
+    p = platform or Platform()
+
+    @dsl.pipeline(name="ffr-retrain", description="Retrain FFR on a data revision, register the model as the "
+                                                  "challenger and promote it only if it beats the champion.")
+    def retrain_pipeline(
+        data_repo: str = "",
+        data_path: str = "data",
+        data_rev: str = "",
+        data_endpoint: str = "",
+        bias_rate: float = 0.95,
+        seed: int = 0,
+        min_val_per_group: int = 10,
+        synthesis_backend: str = "procedural",
+        synthesis_seed: int = 0,
+        synthesis_batch_size: int = 8,
+        synthesis_options: dict = {},
+        synthesis_filters: List[str] = [],
+        num_shards: int = 2,
+        backbone: str = "small_cnn",
+        weights: str = "",
+        image_size: int = 32,
+        objective: str = "erm",
+        batch_size: int = 128,
+        pretrain_epochs: int = 30,
+        pretrain_lr: float = 1e-4,
+        finetune_epochs: int = 30,
+        finetune_lr: float = 1e-3,
+        device: str = "auto",
+        mlflow_uri: str = "",
+        mlflow_experiment: str = "ffr",
+        mlflow_artifacts: str = "",
+        registered_model_name: str = "ffr",
+        gate_margin: float = 0.005,
+        gate_tolerance: float = 0.02,
+        gate_floor: float = 0.5,
+    ) -> Metrics:
+        """fetch the dataset at ``data_rev`` of the DVC project ``data_repo`` (folder ``data_path``;
+        empty repo: the built-in demo) → the FFR pipeline → register the model as the challenger
+        and run the promotion gate against the champion. The data revision (repo, revision,
+        commit, DVC version) is recorded in the model version's lineage. Returns the test metrics."""
+        tracking = _tracking(p, "retrain", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
+        fetch = p.apply(fetch_data_revision(repo=data_repo, path=data_path, rev=data_rev, endpoint_url=data_endpoint),
+                        DATA, "fetch data revision")
+        fetch.set_caching_options(False)  # a branch or tag may move: always ask the repository
+        prep, pool = _data(p, ["ffr"], "demo", bias_rate, seed, min_val_per_group, 0, synthesis_backend,
+                           synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters, num_shards,
+                           source_data=fetch)
+        train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
+                     device=device)
+        step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
+                         tracking)
+        _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor,
+                  source_data=fetch)
+        return ev.outputs["metrics"]
+
+    return retrain_pipeline
 
 
 _BUILT: dict = {}
@@ -179,8 +297,8 @@ def get_pipeline(name: str, platform: Platform | None = None):
 
 
 def __getattr__(attr: str):
-    # ``ffr_pipeline`` and ``comparison_pipeline``, the default builds, made on first use only.
-    names = {"ffr_pipeline": "ffr", "comparison_pipeline": "comparison"}
+    # ``ffr_pipeline``, ``comparison_pipeline``, ``retrain_pipeline``: the default builds, made on first use only.
+    names = {"ffr_pipeline": "ffr", "comparison_pipeline": "comparison", "retrain_pipeline": "retrain"}
     if attr in names:
         return get_pipeline(names[attr])
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Step kinds: every component belongs to one.
-DATA, SYNTHESIS, TRAIN, EVALUATE = "data", "synthesis", "train", "evaluate"
+DATA, SYNTHESIS, TRAIN, EVALUATE, TRACK = "data", "synthesis", "train", "evaluate", "track"
 
 
 def _default_resources() -> dict[str, tuple[str, str]]:
     # (CPU, memory) requests per step kind; limits are set to the same values (a pod gets what it
     # asked for, so a step's speed does not depend on its neighbours).
-    return {DATA: ("1", "4Gi"), SYNTHESIS: ("2", "8Gi"), TRAIN: ("4", "16Gi"), EVALUATE: ("2", "8Gi")}
+    return {DATA: ("1", "4Gi"), SYNTHESIS: ("2", "8Gi"), TRAIN: ("4", "16Gi"), EVALUATE: ("2", "8Gi"),
+            TRACK: ("1", "4Gi")}
 
 
 def _default_secrets() -> dict[str, dict[str, str]]:

@@ -64,6 +64,7 @@ class LocalRun:
     output: Path
     results: dict
     seconds: float
+    mlflow_uri: str | None = None
 
 
 def load_results(path: str | os.PathLike) -> dict[str, dict]:
@@ -151,8 +152,33 @@ def _keep_print():
         builtins.print = original
 
 
+def _tracking_params(pipeline, params: dict, mlflow: str | None, run_dir: Path) -> dict:
+    """The pipeline's tracking parameters for ``mlflow``: ``local`` (a store in the run folder,
+    artifacts beside it), a tracking URI, or None (nothing added)."""
+    if not mlflow or "mlflow_uri" in params or "mlflow_uri" not in pipeline_parameters(pipeline):
+        return {}
+    if mlflow == "local":
+        from ffr.integrations.tracking import local_store
+
+        uri, artifacts = local_store(run_dir)
+        return {"mlflow_uri": uri, "mlflow_artifacts": artifacts}
+    return {"mlflow_uri": mlflow}
+
+
+def _fail_open_runs(uri: str) -> None:
+    """After a failed local run: the runs its store (in the run folder, so all of them are this
+    run's) still has open end as FAILED."""
+    with contextlib.suppress(Exception):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        for exp in client.search_experiments():
+            for r in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+                client.set_terminated(r.info.run_id, "FAILED")
+
+
 def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.PathLike = "runs",
-              progress: bool = True) -> LocalRun:
+              progress: bool = True, mlflow: str | None = None) -> LocalRun:
     """Run pipeline ``name`` with the KFP local runner (subprocesses in this Python environment).
 
     Everything the run writes lies in one new folder ``<runs_dir>/<name>-<timestamp>/``:
@@ -160,7 +186,9 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     ``run.json`` (parameters, status, output) and ``results.txt`` (the group metrics table). The
     runner's scratch workspace is a subfolder the run creates; the runner deletes it at the end.
     Nothing outside the run folder is written or deleted. ``progress`` prints a line as each
-    task starts and ends.
+    task starts and ends. ``mlflow``: ``local`` tracks the run and registers its model in an MLflow
+    store inside the run folder (``mlflow.db``, ``mlartifacts/``), a URI in that server; None:
+    only if ``params`` say so.
     """
     from kfp import local
 
@@ -174,6 +202,10 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     workspace.mkdir()  # created here, so the runner's clean-up removes only what this run made
     record = {"pipeline": name, "params": params, "run_dir": str(run_dir), "status": "running",
               "started": datetime.now().isoformat(timespec="seconds")}
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    tracking = _tracking_params(pipeline, params, mlflow, run_dir)
+    mlflow_uri = tracking.get("mlflow_uri") or params.get("mlflow_uri")
+    record["mlflow"] = mlflow_uri
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "outputs"),
                workspace_root=str(workspace), raise_on_error=True)
@@ -189,18 +221,20 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
             # Resources, display names and secrets are cluster settings; locally they do nothing.
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             with contextlib.redirect_stdout(_Tee(log, console)), _keep_print():
-                task = pipeline(**params)
+                task = pipeline(**params, **tracking)
         output = Path(task.output.path)
         results = load_results(output)
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", seconds=round(time.perf_counter() - t0, 2))
         (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+        if mlflow == "local" and tracking:
+            _fail_open_runs(mlflow_uri)
         raise PipelineError(f"pipeline {name!r} failed: {e}\n(see {run_dir / 'run.log'})") from e
     seconds = time.perf_counter() - t0
     record.update(status="succeeded", seconds=round(seconds, 2), output=str(output))
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     (run_dir / "results.txt").write_text(format_group_table(results) + "\n")
-    return LocalRun(run_dir, output, results, seconds)
+    return LocalRun(run_dir, output, results, seconds, mlflow_uri)
 
 
 # ------------------------------------------------------------------------------------------ compile
@@ -308,7 +342,7 @@ def submit(host: str, name: str = "ffr", params: dict | None = None, experiment:
     return run.run_id
 
 
-def schedule(host: str, cron: str, name: str = "ffr", params: dict | None = None, experiment: str = "ffr",
+def schedule(host: str, cron: str, name: str = "retrain", params: dict | None = None, experiment: str = "ffr",
              job_name: str | None = None, platform: Platform | None = None, namespace: str | None = None,
              max_concurrency: int = 1) -> str:
     """Create a recurring run of pipeline ``name`` on ``host`` with the 6-field ``cron``
@@ -327,7 +361,13 @@ def schedule(host: str, cron: str, name: str = "ffr", params: dict | None = None
 
 def main_table(run: LocalRun) -> str:
     """What ``ffr run`` prints: the group metrics table and where the run lies."""
-    return f"{format_group_table(run.results)}\n\nrun folder: {run.run_dir} ({run.seconds:.0f} s)"
+    text = f"{format_group_table(run.results)}\n\nrun folder: {run.run_dir} ({run.seconds:.0f} s)"
+    if run.mlflow_uri and run.mlflow_uri.startswith("sqlite:"):
+        text += (f"\nMLflow: mlflow ui --backend-store-uri {run.mlflow_uri} --port 5000  "
+                 "(then open http://127.0.0.1:5000)")
+    elif run.mlflow_uri:
+        text += f"\nMLflow: {run.mlflow_uri}"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: python -m pipelines.run [name]

@@ -16,6 +16,7 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Mod
 from components import (ALL, balance_data, base_image, collect_shards, comparison_report,  # noqa: E402
                         evaluate_model, prepare_data, synthesize_shard, train_model)
 from ffr.data.manifest import Manifest, group_key  # noqa: E402
+from ffr.integrations.dvc import dir_digest  # noqa: E402
 from ffr.stages import synthetic_need  # noqa: E402
 from ffr.synthesis import create_backend, plan_requests  # noqa: E402
 
@@ -77,6 +78,7 @@ def test_prepare_outputs_a_self_contained_split_and_the_work_list(flow):
     ds = flow["dataset"]
     m = assert_self_contained(ds.path)
     assert ds.metadata["digest"] == m.digest()
+    assert ds.metadata["dvc_md5"] == dir_digest(ds.path)  # the version `dvc add` would record
     assert ds.metadata["groups"]["train"] == {group_key(*g): n for g, n in m.select(split="train").group_counts().items()}
     assert json.loads(Path(flow["card"].path).read_text())["classes"] == m.card.classes
     need = synthetic_need(ds.path, STRATEGIES)
@@ -92,6 +94,7 @@ def test_shards_collect_into_the_unsharded_pool(flow):
     need = synthetic_need(flow["dataset"].path, STRATEGIES)
     assert pool.group_counts() == need
     assert flow["pool"].metadata["rows"] == sum(need.values()) and flow["pool"].metadata["shards"] == len(flow["shards"])
+    assert flow["pool"].metadata["dvc_md5"] == dir_digest(flow["pool"].path)
     # The same images (by seed) as one unsharded synthesis would render.
     backend = create_backend("procedural", pool.card)
     assert sorted(pool.frame["seed"].astype(int)) == sorted(r.seed for r in plan_requests(backend, need, base_seed=3))
@@ -121,6 +124,7 @@ def test_balance_train_evaluate_report(flow, tmp_path):
                             epochs=1, lr=1e-3, device="cpu")
     assert (Path(step2.path) / "model.pt").is_file()
     assert step2.metadata["stage"] == "finetune" and step2.metadata["train_digest"] == fine.digest()
+    assert step2.metadata["train_dvc_md5"].endswith(".dir")
     assert 0.0 <= step2.metadata["val_worst_group_acc"] <= 1.0
 
     metrics, confusion = art(Metrics, tmp_path / "metrics"), art(ClassificationMetrics, tmp_path / "confusion")

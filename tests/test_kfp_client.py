@@ -139,6 +139,15 @@ def test_schedule_creates_a_recurring_run_through_the_cli(capsys):
     assert job["runtime_config"]["parameters"] == {"finetune_epochs": 3}
 
 
+def test_schedule_runs_the_retraining_pipeline_by_default(capsys):
+    with FakeKFP() as kfp_api:
+        assert main(["schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *",
+                     "--param", "data_repo=https://git.example.com/data.git", "--param", "data_rev=main"]) == 0
+    (job,) = kfp_api.posts("/apis/v2beta1/recurringruns")
+    assert job["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "ffr-retrain"
+    assert job["runtime_config"]["parameters"] == {"data_repo": "https://git.example.com/data.git", "data_rev": "main"}
+
+
 def test_bad_cron_is_refused_before_contacting_the_host():
     with FakeKFP() as kfp_api:
         with pytest.raises(PipelineError, match=r"5 field\(s\); Kubeflow takes 6 fields: second minute hour"):

@@ -30,7 +30,10 @@ TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epoch
 # Executor name prefix → step kind (pipelines/platform.py).
 KINDS = {"exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
          "exec-balance-data": "data", "exec-train-model": "train", "exec-evaluate-model": "evaluate",
-         "exec-comparison-report": "evaluate"}
+         "exec-comparison-report": "evaluate", "exec-start-tracking": "track", "exec-register-model": "track",
+         "exec-fetch-data-revision": "data"}
+# Data steps that must never be cached: a data revision (branch, tag) can move.
+UNCACHED = {"exec-fetch-data-revision"}
 
 
 def kind_of(executor: str) -> str:
@@ -94,8 +97,9 @@ def test_compiled_pipeline_is_valid_and_cluster_ready(tmp_path, name, gpu):
             assert retry.max_retry_count == 3 and retry.backoff_duration.seconds == 60 and retry.backoff_factor == 2
         else:
             assert retry.max_retry_count == 0, task.task_info.name
-        assert task.caching_options.enable_cache == (kind in ("data", "synthesis")), task.task_info.name
-    assert kinds_seen == {"data", "synthesis", "train", "evaluate"}
+        cached = kind in ("data", "synthesis") and exe not in UNCACHED
+        assert task.caching_options.enable_cache == cached, task.task_info.name
+    assert kinds_seen == {"data", "synthesis", "train", "evaluate", "track"}
 
 
 def test_local_platform_has_no_retries_or_secrets(tmp_path):
@@ -157,7 +161,9 @@ def test_ffr_pipeline_runs_locally_through_the_cli(tmp_path, monkeypatch, capsys
     assert (runs / "keep.txt").read_text() == "not the run's"
     (run_dir,) = [p for p in runs.iterdir() if p.name != "keep.txt"]
     assert run_dir.name.startswith("ffr-")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["outputs", "results.txt", "run.json", "run.log"]
+    # `ffr run` tracks in a local MLflow store in the run folder (what `make demo` shows).
+    assert sorted(p.name for p in run_dir.iterdir()) == ["mlartifacts", "mlflow.db", "outputs", "results.txt",
+                                                          "run.json", "run.log"]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "succeeded" and record["params"] == TINY
     output = Path(record["output"])
@@ -169,6 +175,18 @@ def test_ffr_pipeline_runs_locally_through_the_cli(tmp_path, monkeypatch, capsys
     table = format_group_table({"ffr": result})
     assert (run_dir / "results.txt").read_text().strip() == table
     assert table in out and "Executing task" in out
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in out and record["mlflow"] == uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("ffr").experiment_id])
+    assert {r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags} == \
+        {"pretrain", "finetune", "evaluate ffr", "register"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    champion = client.get_model_version_by_alias("ffr", "champion") if result["worst_group_acc"] >= 0.5 else None
+    version = client.get_model_version("ffr", "1")
+    assert version.tags["gate.decision"] == ("promoted" if champion else "rejected")
 
 
 @pytest.mark.slow

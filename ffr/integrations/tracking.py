@@ -415,3 +415,12 @@ def close_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
 
     configure(tracking_uri)
     mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
+@guarded("logging the pipeline's parameters")
+def log_params_to(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Log (flattened) ``params`` to the run ``run_id``, e.g. a pipeline's parameters to its parent run."""
+    from ffr.tracking import flatten
+
+    configure(tracking_uri)
+    MlflowTracker(run_id).log_params(flatten(params))

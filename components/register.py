@@ -1,0 +1,70 @@
+"""Component: register the trained model in the MLflow model registry and run the promotion gate."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def register_model(
+    model: Input[Model],
+    metrics: Input[Metrics],
+    data: Input[Dataset],
+    decision: Output[Metrics],
+    registered_model_name: str = "ffr",
+    mlflow_uri: str = "",
+    mlflow_parent: str = "",
+    pipeline_run_id: str = "",
+    gate_margin: float = 0.005,
+    gate_tolerance: float = 0.02,
+    gate_floor: float = 0.5,
+    source_data: Input[Dataset] = None,
+) -> str:
+    """Log ``model`` to MLflow (with its test evaluation ``metrics`` and test data), register it as
+    a version of ``registered_model_name`` with alias ``challenger``, and move ``champion`` to it
+    only if it beats the champion on the same test data (worst-group accuracy up by at least
+    ``gate_margin``, no group down by more than ``gate_tolerance``; the first champion needs
+    ``gate_floor``). The decision, both models' numbers and the lineage (pipeline run id, git
+    commit, data digests, the data revision of ``source_data``) become version tags. Closes the
+    pipeline's MLflow run. Without a tracking server (``mlflow_uri`` empty and no
+    ``$MLFLOW_TRACKING_URI``) nothing is registered. Returns the decision in one line."""
+    import json
+    import os
+
+    uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        result = {"registered": False, "summary": "no MLflow tracking server configured: not registered"}
+    else:
+        from ffr.data.manifest import Manifest
+        from ffr.integrations.dvc import dir_digest
+        from ffr.integrations.registry import Evaluation, GatePolicy, register_and_gate
+        from ffr.integrations.tracking import close_run, mlflow_run
+        from ffr.train.loop import load_checkpoint
+
+        with open(metrics.path) as f:
+            m = json.load(f)
+        net, meta = load_checkpoint(os.path.join(model.path, "model.pt"))
+        lineage = {"pipeline_run_id": pipeline_run_id, "data.test.dvc_md5": dir_digest(data.path),
+                   "data.test.uri": data.uri, "model.uri": model.uri,
+                   "train_digest": str(model.metadata.get("train_digest", ""))}
+        if source_data is not None:
+            lineage.update({f"data.source.{k}": str(v) for k, v in source_data.metadata.items()})
+        with mlflow_run(uri, run_name="register", parent_run_id=mlflow_parent or None, system_metrics=False,
+                        tags={"ffr.pipeline_run_id": pipeline_run_id}) as t:
+            t.log_dataset(Manifest.load(data.path).select(split=m.get("split", "test"), source="real"), "test",
+                          data.path)
+            t.log_evaluation(m, "test")
+            t.log_model(net, meta)
+            version, d = register_and_gate(uri, registered_model_name, t.model_uri, Evaluation.from_metrics(m),
+                                           lineage, GatePolicy(gate_margin, gate_tolerance, gate_floor), t.run_id)
+        if mlflow_parent:
+            close_run(uri, mlflow_parent)
+        result = {"registered": True, "model": registered_model_name, "version": version, "promoted": d.promote,
+                  "refused": d.refused, "reasons": d.reasons, "summary": f"version {version}: {d.summary}"}
+    with open(decision.path, "w") as f:
+        json.dump(result, f, indent=2)
+    decision.metadata.update({k: v for k, v in result.items() if k != "reasons"})
+    if result["registered"]:
+        decision.log_metric("promoted", float(result["promoted"]))
+    return result["summary"]

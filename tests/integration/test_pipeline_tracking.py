@@ -1,0 +1,99 @@
+"""The Kubeflow pipelines with tracking, run by the KFP local runner against the real MLflow server
+(SQLite, artifacts in moto's S3) and a DVC project whose remote is that S3: the retraining pipeline
+fetches a data revision, logs a parent run with nested step runs, registers its model and runs the
+promotion gate, with the data revision in the version's lineage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+pytest.importorskip("dvc")
+
+from kfp.dsl import Dataset, Metrics, Model  # noqa: E402
+
+from components import register_model  # noqa: E402
+from ffr.stages import evaluate_stage, train_stage  # noqa: E402
+from ffr.train.loop import TrainConfig  # noqa: E402
+from tests.integration.servers import DUMMY_AWS, binary  # noqa: E402
+from tests.integration.test_dvc import _env, run  # noqa: E402
+
+COUNTS = {(s, l, b): 6 for s in ("train", "val", "test") for l in ("cat", "dog") for b in ("indoor", "outdoor")}
+
+
+def art(cls, path, metadata=None):
+    return cls(name=path.name, uri=str(path), metadata=dict(metadata or {}))
+
+
+def test_register_component_without_a_tracking_server(make_dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ds = make_dataset(COUNTS)
+    (tmp_path / "model").mkdir()
+    train_stage(ds, ds, tmp_path / "model" / "model.pt", TrainConfig(epochs=1, batch_size=16), image_size=8,
+                device="cpu")
+    evaluate_stage(tmp_path / "model" / "model.pt", ds, "test", tmp_path / "metrics.json", device="cpu")
+    decision = art(Metrics, tmp_path / "decision")
+    out = register_model.python_func(model=art(Model, tmp_path / "model"), metrics=art(Metrics, tmp_path / "metrics.json"),
+                                     data=art(Dataset, ds), decision=decision)
+    assert out == "no MLflow tracking server configured: not registered"
+    assert json.loads((tmp_path / "decision").read_text())["registered"] is False
+
+
+@pytest.mark.slow
+def test_retrain_pipeline_tracks_registers_and_gates(tmp_path, mlflow_env, s3_env, bucket, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ffr.data.demo import DemoSpec, make_demo
+    from pipelines.run import run_local
+
+    # A DVC project holding a small demo dataset at tag v1, its data in the S3 remote.
+    env = _env(tmp_path, {**DUMMY_AWS})
+    dvc, git = binary("dvc"), shutil.which("git")
+    proj = tmp_path / "data-repo"
+    proj.mkdir()
+    make_demo(proj / "data", DemoSpec(per_digit=10))
+    run([git, "init", "-q"], proj, env)
+    run([dvc, "init", "-q"], proj, env)
+    run([dvc, "remote", "add", "-d", "s3store", f"s3://{bucket}/dvc"], proj, env)
+    run([dvc, "remote", "modify", "--local", "s3store", "endpointurl", s3_env.url], proj, env)
+    run([dvc, "add", "-q", "data"], proj, env)
+    run([git, "add", "-A"], proj, env)
+    run([git, "commit", "-qm", "data v1"], proj, env)
+    run([git, "tag", "v1"], proj, env)
+    run([dvc, "push", "-q"], proj, env)
+    md5 = yaml.safe_load((proj / "data.dvc").read_text())["outs"][0]["md5"]
+
+    params = {"data_repo": str(proj), "data_path": "data", "data_rev": "v1", "data_endpoint": s3_env.url,
+              "bias_rate": 0.9, "min_val_per_group": 2, "num_shards": 1, "pretrain_epochs": 2, "finetune_epochs": 2,
+              "device": "cpu", "registered_model_name": "retrain-test", "gate_floor": 0.0}
+    result = run_local("retrain", params, tmp_path / "runs", progress=False, mlflow=mlflow_env.url)
+
+    mlflow.set_tracking_uri(mlflow_env.url)
+    client = MlflowClient(mlflow_env.url, registry_uri=mlflow_env.url)
+    exp = client.get_experiment_by_name("ffr")
+    parent = client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'retrain'")[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["data_rev"] == "v1"
+    steps = {r.info.run_name: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert set(steps) == {"pretrain", "finetune", "evaluate ffr", "register"}
+    fine = steps["finetune"]
+    assert [m.step for m in sorted(client.get_metric_history(fine.info.run_id, "val/worst_group_acc"),
+                                   key=lambda m: m.step)] == [0, 1]
+    assert "test/groups.json" in {a.path for a in client.list_artifacts(steps["evaluate ffr"].info.run_id, "test")}
+    assert steps["register"].data.metrics["test/worst_group_acc"] == pytest.approx(
+        result.results["ffr"]["worst_group_acc"])
+
+    version = client.get_model_version_by_alias("retrain-test", "champion")
+    tags = version.tags
+    assert tags["gate.decision"] == "promoted"
+    assert tags["lineage.data.source.rev"] == "v1" and tags["lineage.data.source.dvc_md5"] == md5
+    assert tags["lineage.data.source.commit"] == run([git, "rev-parse", "v1"], proj, env).strip()
+    assert tags["lineage.pipeline_run_id"] == parent.data.tags["ffr.pipeline_run_id"]
+    model = mlflow.pyfunc.load_model("models:/retrain-test@champion")
+    assert np.asarray(model.predict(np.random.rand(3, 3, 32, 32).astype(np.float32))).shape == (3, 2)
