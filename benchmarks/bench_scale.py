@@ -9,10 +9,6 @@ memory instead of read from the cache file batch by batch, to show what that sav
 model and times the input path alone, so datasets far larger than the model's working memory
 are cheap to try.
 
-The children run with ``MALLOC_MMAP_THRESHOLD_`` fixed, so glibc returns freed large blocks to
-the system at once: peak RSS then measures live memory, not the allocator's retention (which
-otherwise drifts upward with the number of steps, whatever the data).
-
     python benchmarks/bench_scale.py                                   # ~3 min on 2 cores
     python benchmarks/bench_scale.py --size 64 --n 5000 --contrast
     python benchmarks/bench_scale.py --input-only --size 64 --n 10000  # 40,000 images, 470 MiB
@@ -22,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -67,8 +62,7 @@ def run_child(args, rows: int, mode: str, epochs: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--rows", str(rows), "--mode", mode, "--epochs", str(epochs),
            "--size", str(args.size), "--workdir", str(args.workdir), "--device", args.device,
            "--threads", str(args.threads), "--model", args.model] + (["--input-only"] if args.input_only else [])
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {mode:>6}  n={res['n']:<6} epoch {res['epoch_s']:7.2f}s  ({res['n'] / res['epoch_s']:6.0f} img/s)  "
           f"peak RSS {res['peak_rss_mib']:7.1f} MiB  (pixels {res['pixel_mib']:.0f} MiB)", flush=True)
