@@ -29,14 +29,14 @@ COPY components ./components
 COPY pipelines ./pipelines
 
 # One install of the project with the extras a cluster run needs (kfp for the component executor,
-# diffusers for Stable Diffusion synthesis, boto3 for s3:// models): the dependency set is
-# pyproject's (no second list to drift). torch
+# diffusers for Stable Diffusion synthesis, boto3 for s3:// paths, mlflow and dvc for tracking, the
+# registry and data revisions): the dependency set is pyproject's (no second list to drift). torch
 # and torchvision resolve from TORCH_INDEX (CPU or CUDA wheels; their local version label, e.g.
 # +cpu, ranks above PyPI's build of the same release), everything else from PyPI. The versions
 # are bounded by pyproject.toml, hence no pins here.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" ".[kubeflow,diffusion,s3]" \
-    && python -c "import ffr, kfp, torch; print('ffr', ffr.__version__, 'kfp', kfp.__version__, 'torch', torch.__version__)"
+RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" ".[kubeflow,diffusion,s3,tracking]" \
+    && python -c "import ffr, kfp, torch, mlflow, dvc; print('ffr', ffr.__version__, 'kfp', kfp.__version__, 'torch', torch.__version__)"
 
 # A non-root user. KFP's launcher stages artifacts under /gcs, /minio and /s3 inside the
 # container, so those folders exist and belong to the user; /models is where weights are mounted.

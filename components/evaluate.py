@@ -18,14 +18,15 @@ def evaluate_model(
     synthetic: Input[Dataset] = None,
     device: str = "auto",
     mlflow_uri: str = "",
-    mlflow_parent: str = "",
+    mlflow_experiment: str = "ffr",
+    pipeline_run_id: str = "",
 ):
     """Worst-group, balanced and average accuracy and each group's accuracy on the real rows of
     ``split`` (scalars under stable names, e.g. ``test/worst_group_acc``), the confusion matrix,
     and an HTML report with the group table and a few ``synthetic`` images per group. The metrics
     file holds the full result as JSON for later steps. With a tracking server (``mlflow_uri`` or
-    ``$MLFLOW_TRACKING_URI``) the evaluation is also logged in a run nested under ``mlflow_parent``
-    (metrics, group table, per-group accuracy figure, test dataset)."""
+    ``$MLFLOW_TRACKING_URI``) the evaluation is also logged in a run nested under the pipeline
+    run's (``pipeline_run_id``): metrics, group table, per-group accuracy figure, test dataset."""
     import json
     import os
 
@@ -35,7 +36,8 @@ def evaluate_model(
     from ffr.stages import evaluate_stage
     from ffr.visuals import evaluation_report_html
 
-    with optional_run(mlflow_uri, f"evaluate {strategy}", mlflow_parent or None, system_metrics=False) as tracker:
+    with optional_run(mlflow_uri, f"evaluate {strategy}", pipeline_run_id, mlflow_experiment,
+                      system_metrics=False) as tracker:
         m = {"strategy": strategy, **evaluate_stage(os.path.join(model.path, "model.pt"), data.path, split, None,
                                                     device, tracker=tracker)}
     m["model"] = dict(model.metadata)

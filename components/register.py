@@ -14,7 +14,7 @@ def register_model(
     decision: Output[Metrics],
     registered_model_name: str = "ffr",
     mlflow_uri: str = "",
-    mlflow_parent: str = "",
+    mlflow_experiment: str = "ffr",
     pipeline_run_id: str = "",
     gate_margin: float = 0.005,
     gate_tolerance: float = 0.02,
@@ -39,7 +39,7 @@ def register_model(
         from ffr.data.manifest import Manifest
         from ffr.integrations.dvc import dir_digest
         from ffr.integrations.registry import Evaluation, GatePolicy, register_and_gate
-        from ffr.integrations.tracking import close_run, mlflow_run
+        from ffr.integrations.tracking import close_run, mlflow_run, pipeline_run
         from ffr.train.loop import load_checkpoint
 
         with open(metrics.path) as f:
@@ -50,7 +50,8 @@ def register_model(
                    "train_digest": str(model.metadata.get("train_digest", ""))}
         if source_data is not None:
             lineage.update({f"data.source.{k}": str(v) for k, v in source_data.metadata.items()})
-        with mlflow_run(uri, run_name="register", parent_run_id=mlflow_parent or None, system_metrics=False,
+        parent = pipeline_run(uri, mlflow_experiment, pipeline_run_id)
+        with mlflow_run(uri, mlflow_experiment, run_name="register", parent_run_id=parent, system_metrics=False,
                         tags={"ffr.pipeline_run_id": pipeline_run_id}) as t:
             t.log_dataset(Manifest.load(data.path).select(split=m.get("split", "test"), source="real"), "test",
                           data.path)
@@ -58,8 +59,8 @@ def register_model(
             t.log_model(net, meta)
             version, d = register_and_gate(uri, registered_model_name, t.model_uri, Evaluation.from_metrics(m),
                                            lineage, GatePolicy(gate_margin, gate_tolerance, gate_floor), t.run_id)
-        if mlflow_parent:
-            close_run(uri, mlflow_parent)
+        if parent:
+            close_run(uri, parent)
         result = {"registered": True, "model": registered_model_name, "version": version, "promoted": d.promote,
                   "refused": d.refused, "reasons": d.reasons, "summary": f"version {version}: {d.summary}"}
     with open(decision.path, "w") as f:

@@ -24,14 +24,15 @@ def train_model(
     seed: int = 0,
     device: str = "auto",
     mlflow_uri: str = "",
-    mlflow_parent: str = "",
+    mlflow_experiment: str = "ffr",
+    pipeline_run_id: str = "",
 ):
     """Train on the ``stage`` folder of ``training_sets`` (``train``, ``pretrain`` or ``finetune``),
     starting from ``init_model`` when given (FFR's step 2 starts from step 1), and keep the epoch
     with the best worst-group accuracy on the real validation split of ``val_data``. ``weights``
     names pretrained backbone weights (empty: random init). With a tracking server (``mlflow_uri``
-    or ``$MLFLOW_TRACKING_URI``) the step logs a run nested under ``mlflow_parent``: parameters,
-    datasets, per-epoch metrics, the model."""
+    or ``$MLFLOW_TRACKING_URI``) the step logs a run nested under the pipeline run's
+    (``pipeline_run_id``): parameters, datasets, per-epoch metrics, the model."""
     import os
 
     from ffr.integrations.dvc import dir_digest
@@ -41,7 +42,9 @@ def train_model(
 
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay)
     init = os.path.join(init_model.path, "model.pt") if init_model is not None else None
-    with optional_run(mlflow_uri, stage, mlflow_parent or None, system_metrics=False) as tracker:
+    strategy = training_sets.metadata.get("strategy")
+    name = f"{stage} {strategy}" if strategy and stage == "train" else stage
+    with optional_run(mlflow_uri, name, pipeline_run_id, mlflow_experiment, system_metrics=False) as tracker:
         s = train_stage(os.path.join(training_sets.path, stage), val_data.path,
                         os.path.join(model.path, "model.pt"), cfg, backbone, objective, init=init,
                         weights=weights or None, image_size=image_size, seed=seed, device=device, stage=stage,

@@ -44,24 +44,32 @@ def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per
     return prep, pool
 
 
-def _tracking(p: Platform, name: str, mlflow_uri, mlflow_experiment, mlflow_artifacts, params: dict) -> dict:
-    """Open the pipeline's MLflow run; returns the arguments that nest a step's run under it."""
+def _tracking(p: Platform, name: str, mlflow_uri, mlflow_experiment, mlflow_artifacts, params: dict) -> tuple:
+    """Open the pipeline's MLflow run. Returns (the arguments that nest a step's run under it,
+    the opening task): steps find the run by the pipeline run id and run after the opening task."""
     start = p.apply(start_tracking(mlflow_uri=mlflow_uri, experiment=mlflow_experiment,
                                    artifact_location=mlflow_artifacts, pipeline_name=name,
                                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, params=params),
                     TRACK, "open MLflow run")
-    return {"mlflow_uri": mlflow_uri, "mlflow_parent": start.output}
+    return {"mlflow_uri": mlflow_uri, "mlflow_experiment": mlflow_experiment,
+            "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}, start
 
 
-def _register(p: Platform, model, ev, prep, tracking: dict, registered_model_name, gate_margin, gate_tolerance,
+def _tracked(task, tracking: tuple | None):
+    """``task`` with the tracking arguments' ordering: after the pipeline's run is open."""
+    if tracking is not None:
+        task.after(tracking[1])
+    return task
+
+
+def _register(p: Platform, model, ev, prep, tracking: tuple, registered_model_name, gate_margin, gate_tolerance,
               gate_floor, source_data=None):
     """Register the model of ``model`` (a train task) as the challenger and run the promotion gate."""
     extra = {"source_data": source_data.outputs["dataset"]} if source_data is not None else {}
     task = register_model(model=model.outputs["model"], metrics=ev.outputs["metrics"], data=prep.outputs["dataset"],
-                          registered_model_name=registered_model_name, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                          gate_margin=gate_margin, gate_tolerance=gate_tolerance, gate_floor=gate_floor, **tracking,
-                          **extra)
-    return p.apply(task, TRACK, "register + promotion gate")
+                          registered_model_name=registered_model_name, gate_margin=gate_margin,
+                          gate_tolerance=gate_tolerance, gate_floor=gate_floor, **tracking[0], **extra)
+    return p.apply(_tracked(task, tracking), TRACK, "register + promotion gate")
 
 
 def _params(scope: dict) -> dict:
@@ -75,21 +83,23 @@ def _params(scope: dict) -> dict:
 
 
 def _train(p: Platform, name: str, sets, prep, stage: str, epochs, lr, train: dict, objective, init=None,
-           tracking: dict | None = None):
+           tracking: tuple | None = None):
     task = train_model(training_sets=sets.outputs["training_sets"], val_data=prep.outputs["dataset"], stage=stage,
-                       epochs=epochs, lr=lr, objective=objective, **train, **(tracking or {}),
+                       epochs=epochs, lr=lr, objective=objective, **train, **(tracking[0] if tracking else {}),
                        **({"init_model": init.outputs["model"]} if init is not None else {}))
-    return p.apply(task, TRAIN, name)
+    return p.apply(_tracked(task, tracking), TRAIN, name)
 
 
-def _evaluate(p: Platform, name: str, model, prep, pool, strategy, device, tracking: dict | None = None):
+def _evaluate(p: Platform, name: str, model, prep, pool, strategy, device, tracking: tuple | None = None):
     task = evaluate_model(model=model.outputs["model"], data=prep.outputs["dataset"],
-                          synthetic=pool.outputs["pool"], strategy=strategy, device=device, **(tracking or {}))
+                          synthetic=pool.outputs["pool"], strategy=strategy, device=device,
+                          **(tracking[0] if tracking else {}))
+    _tracked(task, tracking)
     return p.apply(task, EVALUATE, name)
 
 
 def _ffr(p: Platform, prep, pool, train: dict, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
-         finetune_lr, tracking: dict | None = None):
+         finetune_lr, tracking: tuple | None = None):
     """balance(ffr) → train step 1 (synthetic, ERM) → train step 2 (real, from step 1) → evaluate."""
     sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"], strategy="ffr"),
                    DATA, "balance: ffr")

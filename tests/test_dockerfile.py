@@ -79,7 +79,7 @@ def test_installs_exactly_the_project_with_its_kubeflow_extra():
     assert "--no-deps" not in install and '${TORCH_INDEX}' in " ".join(install)
     extras = pyproject()["project"]["optional-dependencies"]
     wanted = set(targets[0][2:-1].split(","))
-    assert wanted <= set(extras) and {"kubeflow", "diffusion", "s3"} <= wanted
+    assert wanted <= set(extras) and {"kubeflow", "diffusion", "s3", "tracking"} <= wanted
     # The components run with install_kfp_package=False: the image must carry kfp itself.
     assert any(d.startswith("kfp") and not d.startswith("kfp-") for d in extras["kubeflow"])
 

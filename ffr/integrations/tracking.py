@@ -380,16 +380,35 @@ def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None 
     tracker.close("FINISHED")
 
 
+def pipeline_run(tracking_uri: str, experiment: str, pipeline_run_id: str) -> str | None:
+    """The id of the parent run :func:`open_run` made for pipeline run ``pipeline_run_id`` (tag
+    ``ffr.pipeline_run_id``), or None. Steps find it by the pipeline run id every step knows
+    rather than by a value handed down from the opening step: kfp's local runner hands a loop's
+    item instead of an outer task's output to the tasks inside a ``ParallelFor``."""
+    import mlflow
+
+    configure(tracking_uri)
+    exp = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    if exp is None or not pipeline_run_id:
+        return None
+    found = mlflow.MlflowClient(tracking_uri).search_runs(
+        [exp.experiment_id], f"tags.`ffr.pipeline_run_id` = '{pipeline_run_id}'", order_by=["attributes.start_time ASC"])
+    return next((r.info.run_id for r in found if "mlflow.parentRunId" not in r.data.tags), None)
+
+
 @contextlib.contextmanager
-def optional_run(tracking_uri: str | None, run_name: str, parent_run_id: str | None = None,
-                 **kwargs) -> Iterator[MlflowTracker | None]:
+def optional_run(tracking_uri: str | None, run_name: str, pipeline_run_id: str | None = None,
+                 experiment: str = "ffr", **kwargs) -> Iterator[MlflowTracker | None]:
     """:func:`mlflow_run` when a tracking URI is given (or ``$MLFLOW_TRACKING_URI`` is set),
-    else ``None``: how pipeline steps report when, and only when, tracking is configured."""
+    else ``None``: how pipeline steps report when, and only when, tracking is configured. With
+    ``pipeline_run_id`` the run nests under that pipeline run's parent run (:func:`pipeline_run`)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         yield None
         return
-    with mlflow_run(uri, run_name=run_name, parent_run_id=parent_run_id, **kwargs) as tracker:
+    parent = pipeline_run(uri, experiment, pipeline_run_id) if pipeline_run_id else None
+    with mlflow_run(uri, experiment, run_name=run_name, parent_run_id=parent,
+                    tags={"ffr.pipeline_run_id": pipeline_run_id} if pipeline_run_id else None, **kwargs) as tracker:
         yield tracker
 
 
