@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_png
+from tests.conftest import write_png
 from ffr.cli import main
 from ffr.data.adapters import load_dataset
 from ffr.data.benchmarks import auto_majority, stratified_split

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import write_png
+from tests.conftest import write_png
 from ffr.cli import main
 from ffr.data.demo import DemoSpec, make_demo
 from ffr.data.loading import TensorData
