@@ -155,7 +155,7 @@ def test_s3_down_mid_upload_leaves_no_loadable_dataset(make_dataset, bucket, pro
 def test_prompt_file_and_folder_source_from_s3(tmp_path, bucket, card):
     from ffr.synthesis.folder import FolderBackend
     from ffr.synthesis.prompts import PromptSet
-    from tests.conftest import write_png
+    from helpers import write_png
 
     shipped = PromptSet.load("waterbirds")
     (tmp_path / "p.yaml").write_text(Path(shipped.source).read_text())
