@@ -32,7 +32,7 @@ def train_model(
     with the best worst-group accuracy on the real validation split of ``val_data``. ``weights``
     names pretrained backbone weights (empty: random init). With a tracking server (``mlflow_uri``
     or ``$MLFLOW_TRACKING_URI``) the step logs a run nested under the pipeline run's
-    (``pipeline_run_id``): parameters, datasets, per-epoch metrics, the model."""
+    (``pipeline_run_id``): parameters, datasets, per-epoch metrics, system metrics, the model."""
     import os
 
     from ffr.integrations.dvc import dir_digest
@@ -44,7 +44,8 @@ def train_model(
     init = os.path.join(init_model.path, "model.pt") if init_model is not None else None
     strategy = training_sets.metadata.get("strategy")
     name = f"{stage} {strategy}" if strategy and stage == "train" else stage
-    with optional_run(mlflow_uri, name, pipeline_run_id, mlflow_experiment, system_metrics=False) as tracker:
+    # System metrics (CPU, memory, GPU) are sampled where the work is: in the training steps.
+    with optional_run(mlflow_uri, name, pipeline_run_id, mlflow_experiment, system_metrics=True) as tracker:
         s = train_stage(os.path.join(training_sets.path, stage), val_data.path,
                         os.path.join(model.path, "model.pt"), cfg, backbone, objective, init=init,
                         weights=weights or None, image_size=image_size, seed=seed, device=device, stage=stage,
