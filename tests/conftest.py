@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from ffr.data.manifest import DatasetCard, Manifest
 from helpers import write_png
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """Every test starts without ``$MLFLOW_TRACKING_URI`` and leaves none behind.
+    ``mlflow.set_tracking_uri`` writes the variable into ``os.environ`` (so that subprocesses
+    inherit it); without this a test that tracked to a server would make every later command
+    whose default reads the variable (``ffr run --mlflow``) use that server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)  # the module's own global too, not only the variable
 
 
 @pytest.fixture

@@ -65,7 +65,9 @@ def bucket(s3_env, request):
 
 @pytest.fixture
 def mlflow_env(mlflow_server, monkeypatch):
-    """Fast bounded retries for the MLflow client in this test."""
+    """Fast bounded retries for the MLflow client in this test, and system metrics sampled every
+    second (MLflow's default of 10 s logs nothing for a run shorter than that)."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
