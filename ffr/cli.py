@@ -174,6 +174,10 @@ def cmd_probe_shortcut(args) -> int:
     if len(results) > 1:
         print()
         print(summarize_shortcut(results))
+    if args.plot:
+        from ffr.plots import plot_shortcut
+
+        print(f"plot: {plot_shortcut(results, args.plot, args.title or '')}")
     return 0
 
 
@@ -596,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", help="embeddings cache folder (default: embeddings/ beside each checkpoint)")
     p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--plot", metavar="PNG", help="write the figure here: probe accuracy and minority-group "
+                                                 "accuracy on real vs synthetic images, mean ± std over seeds")
+    p.add_argument("--title", help="the figure's title")
     p.set_defaults(func=cmd_probe_shortcut)
     return parser
 

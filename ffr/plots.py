@@ -3,7 +3,8 @@
 - ``wga_vs_bias_rate``: test worst-group accuracy (mean ± std over seeds, selected
   hyperparameters) against the bias rate, one line per strategy, one panel per objective;
 - ``group_accuracy``: per-group test accuracy of the best run of each strategy (highest
-  validation WGA among the selected runs; test numbers never choose), one panel per bias rate.
+  validation WGA among the selected runs; test numbers never choose), one panel per bias rate;
+- ``shortcut``: the (B, G) shortcut probe of several models (``ffr probe shortcut --plot``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,41 @@ def plot_group_accuracy(records: list[dict], path: str | os.PathLike, title: str
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def plot_shortcut(results: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """The shortcut probe (:func:`ffr.probes.shortcut_probe` results) of several models, mean ±
+    std over seeds per model: left, how well a linear probe on the model's features tells real
+    from synthetic images of the same group (minority and majority groups; 0.5 is chance); right,
+    the model's accuracy on the minority groups' real and synthetic images. A model that learned
+    "synthetic ⇒ minority" reads synthetic minority images right and real ones wrong."""
+    from ffr.probes import shortcut_stats
+
+    plt = _pyplot()
+    stats = shortcut_stats(results)
+    labels = list(stats)
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(labels) * 2), 3.8), squeeze=False)
+    panels = ((axes[0][0], (("probe_minority", "minority groups"), ("probe_majority", "majority groups")),
+               "real-vs-synthetic probe accuracy"),
+              (axes[0][1], (("minority_real", "real images"), ("minority_synthetic", "synthetic images")),
+               "model accuracy, minority groups"))
+    for ax, series, ylabel in panels:
+        width = 0.8 / len(series)
+        for j, (key, name) in enumerate(series):
+            xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))]
+            means = [(stats[lb][key] or (0.0, 0.0))[0] for lb in labels]
+            stds = [(stats[lb][key] or (0.0, 0.0))[1] for lb in labels]
+            ax.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -242,19 +242,47 @@ def cells_from_results(results: str | os.PathLike, where: dict[str, list[str]] |
     return out
 
 
-def summarize_shortcut(results: list[dict]) -> str:
-    """Mean ± std over seeds of the shortcut figures, one row per model label without its seed."""
+SHORTCUT_FIGURES = {"probe_acc": "probe real-vs-synthetic acc",
+                    "probe_minority": "probe acc, minority groups",
+                    "probe_majority": "probe acc, majority groups",
+                    "minority_real": "minority acc real",
+                    "minority_synthetic": "minority acc synthetic",
+                    "minority_gap": "synthetic − real"}
+
+
+def shortcut_stats(results: list[dict]) -> dict[str, dict]:
+    """Per model label without its seed (``usb erm r=0.99``), in first-seen order: ``seeds`` and,
+    for each figure of :data:`SHORTCUT_FIGURES`, ``(mean, std)`` over the seeds (None where no
+    seed has the figure)."""
     from collections import defaultdict
 
-    from ffr.report import _mean, _pm, _std
+    from ffr.report import _mean, _std
 
     by: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         by[r["label"].rsplit(" s=", 1)[0]].append(r)
-    lines = ["| model | seeds | probe real-vs-synthetic acc | minority acc real | minority acc synthetic | synthetic − real |",
-             "|---|---|---|---|---|---|"]
+    values = {"probe_acc": lambda r: r["probe_acc_mean"],
+              "probe_minority": lambda r: r["minority"]["probe_acc_mean"],
+              "probe_majority": lambda r: r["majority"]["probe_acc_mean"],
+              "minority_real": lambda r: r["minority"]["model_acc_real"],
+              "minority_synthetic": lambda r: r["minority"]["model_acc_synthetic"],
+              "minority_gap": lambda r: r["minority"]["synthetic_minus_real"]}
+    out = {}
     for label, rs in by.items():
-        cols = [[r["probe_acc_mean"] for r in rs]] + [[r["minority"][k] for r in rs] for k in
-                                                       ("model_acc_real", "model_acc_synthetic", "synthetic_minus_real")]
-        lines.append(f"| {label} | {len(rs)} | " + " | ".join(_pm(_mean(c), _std(c)) for c in cols) + " |")
+        out[label] = {"seeds": len(rs)}
+        for name, get in values.items():
+            xs = [get(r) for r in rs]
+            out[label][name] = None if _mean(xs) is None else (_mean(xs), _std(xs))
+    return out
+
+
+def summarize_shortcut(results: list[dict]) -> str:
+    """Mean ± std over seeds of the shortcut figures, one row per model label without its seed."""
+    from ffr.report import _pm
+
+    cols = ("probe_acc", "minority_real", "minority_synthetic", "minority_gap")
+    lines = ["| model | seeds | " + " | ".join(SHORTCUT_FIGURES[c] for c in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for label, st in shortcut_stats(results).items():
+        lines.append(f"| {label} | {st['seeds']} | " + " | ".join(_pm(*(st[c] or (None, None))) for c in cols) + " |")
     return "\n".join(lines)

@@ -150,7 +150,9 @@ def test_probe_checkpoint_caches_features_and_cli(tmp_path, capsys):
         {k: v for k, v in second.items() if k != "features_cached"}
     out = tmp_path / "probe.json"
     assert main(["probe", "shortcut", "--model", str(ckpt), "--manifest", str(tmp_path / "real"),
-                 "--manifest", str(tmp_path / "synth"), "--device", "cpu", "--out", str(out)]) == 0
+                 "--manifest", str(tmp_path / "synth"), "--device", "cpu", "--out", str(out),
+                 "--plot", str(tmp_path / "shortcut.png")]) == 0
+    assert (tmp_path / "shortcut.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(out.read_text())
     assert saved["n_real"] == 24 and saved["n_synthetic"] == 24 and saved["label"] == "train erm"
     assert "| train erm |" in capsys.readouterr().out
@@ -158,3 +160,32 @@ def test_probe_checkpoint_caches_features_and_cli(tmp_path, capsys):
     assert main(["probe", "shortcut", "--model", str(ckpt), "--manifest", str(tmp_path / "real"),
                  "--manifest", str(tmp_path / "synth"), "--split", "val", "--device", "cpu"]) == 2
     assert "0 real and 24 synthetic" in capsys.readouterr().err
+
+
+def fake_probe(label: str, probe_min: float, probe_maj: float, real: float, synth: float) -> dict:
+    """A shortcut_probe result with the figures the summary and the plot read."""
+    return {"label": label, "probe_acc_mean": (probe_min + probe_maj) / 2,
+            "minority": {"probe_acc_mean": probe_min, "model_acc_real": real, "model_acc_synthetic": synth,
+                         "synthetic_minus_real": synth - real},
+            "majority": {"probe_acc_mean": probe_maj, "model_acc_real": 0.9, "model_acc_synthetic": 0.9,
+                         "synthetic_minus_real": 0.0}}
+
+
+def test_shortcut_stats_summary_and_plot(tmp_path):
+    from ffr.plots import plot_shortcut
+    from ffr.probes import shortcut_stats, summarize_shortcut
+
+    results = [fake_probe("usb erm r=0.99 s=0", 0.9, 0.7, 0.2, 0.8),
+               fake_probe("ffr erm r=0.99 s=0", 0.6, 0.5, 0.5, 0.5),
+               fake_probe("usb erm r=0.99 s=1", 1.0, 0.9, 0.4, 1.0)]
+    stats = shortcut_stats(results)
+    assert list(stats) == ["usb erm r=0.99", "ffr erm r=0.99"]   # seeds pooled, first-seen order
+    usb = stats["usb erm r=0.99"]
+    assert usb["seeds"] == 2
+    assert usb["probe_minority"] == pytest.approx((0.95, 0.0707107), abs=1e-6)
+    assert usb["minority_gap"] == pytest.approx((0.6, 0.0), abs=1e-9)
+    assert stats["ffr erm r=0.99"]["minority_real"] == (0.5, 0.0)   # one seed: std 0
+    table = summarize_shortcut(results).splitlines()
+    assert table[2] == "| usb erm r=0.99 | 2 | 0.875 ± 0.106 | 0.300 ± 0.141 | 0.900 ± 0.141 | 0.600 ± 0.000 |"
+    png = plot_shortcut(results, tmp_path / "plots" / "shortcut.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(png.parent.glob("*.tmp.png"))
