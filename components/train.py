@@ -23,6 +23,8 @@ def train_model(
     image_size: int = 32,
     seed: int = 0,
     device: str = "auto",
+    options: dict = {},
+    objective_options: dict = {},
     mlflow_uri: str = "",
     mlflow_experiment: str = "ffr",
     pipeline_run_id: str = "",
@@ -30,7 +32,10 @@ def train_model(
     """Train on the ``stage`` folder of ``training_sets`` (``train``, ``pretrain`` or ``finetune``),
     starting from ``init_model`` when given (FFR's step 2 starts from step 1), and keep the epoch
     with the best worst-group accuracy on the real validation split of ``val_data``. ``weights``
-    names pretrained backbone weights (empty: random init). With a tracking server (``mlflow_uri``
+    names pretrained backbone weights (empty: random init). ``options``: any other training
+    setting (``TrainConfig`` field), e.g. FFR step-2 variants ``{"freeze_stages": 2}``,
+    ``{"l2sp": 0.1}``, ``{"lpft_epochs": 5}``, ``{"backbone_lr_mult": 0.1}``, ``{"select_init": true}``;
+    ``objective_options``: the objective's, e.g. ``{"eta": 0.01}`` for GroupDRO. With a tracking server (``mlflow_uri``
     or ``$MLFLOW_TRACKING_URI``) the step logs a run nested under the pipeline run's
     (``pipeline_run_id``): parameters, datasets, per-epoch metrics, system metrics, the model."""
     import os
@@ -40,14 +45,21 @@ def train_model(
     from ffr.stages import train_stage
     from ffr.train.loop import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay)
+    from ffr.config import ConfigError, from_dict
+
+    explicit = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
+    clash = sorted(set(options) & set(explicit))
+    if clash:
+        raise ConfigError(f"train step {stage!r}: options {clash} are parameters of their own; set them there")
+    cfg = from_dict(TrainConfig, {**explicit, **options}, f"train step {stage!r} options")
     init = os.path.join(init_model.path, "model.pt") if init_model is not None else None
     strategy = training_sets.metadata.get("strategy")
     name = f"{stage} {strategy}" if strategy and stage == "train" else stage
     # System metrics (CPU, memory, GPU) are sampled where the work is: in the training steps.
     with optional_run(mlflow_uri, name, pipeline_run_id, mlflow_experiment, system_metrics=True) as tracker:
         s = train_stage(os.path.join(training_sets.path, stage), val_data.path,
-                        os.path.join(model.path, "model.pt"), cfg, backbone, objective, init=init,
+                        os.path.join(model.path, "model.pt"), cfg, backbone, objective,
+                        objective_options=dict(objective_options) or None, init=init,
                         weights=weights or None, image_size=image_size, seed=seed, device=device, stage=stage,
                         tracker=tracker)
     model.metadata.update({"framework": "pytorch", "stage": stage, "backbone": backbone, "objective": objective,

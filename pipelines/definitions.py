@@ -83,9 +83,11 @@ def _params(scope: dict) -> dict:
 
 
 def _train(p: Platform, name: str, sets, prep, stage: str, epochs, lr, train: dict, objective, init=None,
-           tracking: tuple | None = None):
+           tracking: tuple | None = None, options=None, objective_options=None):
+    extra = {k: v for k, v in (("options", options), ("objective_options", objective_options)) if v is not None}
     task = train_model(training_sets=sets.outputs["training_sets"], val_data=prep.outputs["dataset"], stage=stage,
-                       epochs=epochs, lr=lr, objective=objective, **train, **(tracking[0] if tracking else {}),
+                       epochs=epochs, lr=lr, objective=objective, **train, **extra,
+                       **(tracking[0] if tracking else {}),
                        **({"init_model": init.outputs["model"]} if init is not None else {}))
     return p.apply(_tracked(task, tracking), TRAIN, name)
 
@@ -99,14 +101,16 @@ def _evaluate(p: Platform, name: str, model, prep, pool, strategy, device, track
 
 
 def _ffr(p: Platform, prep, pool, train: dict, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
-         finetune_lr, tracking: tuple | None = None):
-    """balance(ffr) → train step 1 (synthetic, ERM) → train step 2 (real, from step 1) → evaluate."""
+         finetune_lr, tracking: tuple | None = None, finetune_options=None, objective_options=None):
+    """balance(ffr) → train step 1 (synthetic, ERM) → train step 2 (real, from step 1, with
+    ``finetune_options`` and the objective's ``objective_options``) → evaluate."""
     sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"], strategy="ffr"),
                    DATA, "balance: ffr")
     step1 = _train(p, "ffr step 1: pretrain on synthetic", sets, prep, "pretrain", pretrain_epochs, pretrain_lr,
                    train, "erm", tracking=tracking)
     step2 = _train(p, "ffr step 2: fine-tune on real", sets, prep, "finetune", finetune_epochs, finetune_lr,
-                   train, objective, init=step1, tracking=tracking)
+                   train, objective, init=step1, tracking=tracking, options=finetune_options,
+                   objective_options=objective_options)
     return step2, _evaluate(p, "evaluate: ffr", step2, prep, pool, "ffr", train["device"], tracking)
 
 
@@ -138,6 +142,8 @@ def build_ffr_pipeline(platform: Platform | None = None):
         pretrain_lr: float = 1e-4,
         finetune_epochs: int = 30,
         finetune_lr: float = 1e-3,
+        finetune_options: dict = {},
+        objective_options: dict = {},
         device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
@@ -159,7 +165,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device)
         step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
-                         tracking)
+                         tracking, finetune_options, objective_options)
         _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
         return ev.outputs["metrics"]
 
@@ -196,6 +202,8 @@ def build_comparison_pipeline(platform: Platform | None = None):
         pretrain_lr: float = 1e-4,
         finetune_epochs: int = 30,
         finetune_lr: float = 1e-3,
+        finetune_options: dict = {},
+        objective_options: dict = {},
         device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
@@ -218,10 +226,10 @@ def build_comparison_pipeline(platform: Platform | None = None):
             sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
                                         strategy=b.strategy), DATA, "balance: baseline")
             model = _train(p, "train baseline", sets, prep, "train", train_epochs, b.lr, train, objective,
-                           tracking=tracking)
+                           tracking=tracking, objective_options=objective_options)
             ev = _evaluate(p, "evaluate: baseline", model, prep, pool, b.strategy, device, tracking)
         step2, ffr_ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
-                             finetune_lr, tracking)
+                             finetune_lr, tracking, finetune_options, objective_options)
         _register(p, step2, ffr_ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
         report = p.apply(comparison_report(baselines=dsl.Collected(ev.outputs["metrics"]),
                                            ffr=ffr_ev.outputs["metrics"], synthetic=pool.outputs["pool"]),
@@ -261,6 +269,8 @@ def build_retrain_pipeline(platform: Platform | None = None):
         pretrain_lr: float = 1e-4,
         finetune_epochs: int = 30,
         finetune_lr: float = 1e-3,
+        finetune_options: dict = {},
+        objective_options: dict = {},
         device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
@@ -284,7 +294,7 @@ def build_retrain_pipeline(platform: Platform | None = None):
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device)
         step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
-                         tracking)
+                         tracking, finetune_options, objective_options)
         _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor,
                   source_data=fetch)
         return ev.outputs["metrics"]

@@ -15,6 +15,7 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Mod
 
 from components import (ALL, balance_data, base_image, collect_shards, comparison_report,  # noqa: E402
                         evaluate_model, prepare_data, synthesize_shard, train_model)
+from ffr.config import ConfigError  # noqa: E402
 from ffr.data.manifest import Manifest, group_key  # noqa: E402
 from ffr.integrations.dvc import dir_digest  # noqa: E402
 from ffr.stages import synthetic_need  # noqa: E402
@@ -120,8 +121,19 @@ def test_balance_train_evaluate_report(flow, tmp_path):
     step1, step2 = art(Model, tmp_path / "step1"), art(Model, tmp_path / "step2")
     train_model.python_func(training_sets=sets, val_data=ds, model=step1, stage="pretrain", epochs=1, lr=1e-3,
                             device="cpu")
+    # a step-2 variant and objective options reach the training loop; an unknown option is named
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['freeze_stage'\]"):
+        train_model.python_func(training_sets=sets, val_data=ds, model=art(Model, tmp_path / "bad"), stage="finetune",
+                                init_model=step1, epochs=1, options={"freeze_stage": 1}, device="cpu")
+    with pytest.raises(ConfigError, match=r"\['lr'\] are parameters of their own"):
+        train_model.python_func(training_sets=sets, val_data=ds, model=art(Model, tmp_path / "bad"), stage="finetune",
+                                init_model=step1, epochs=1, options={"lr": 0.1}, device="cpu")
     train_model.python_func(training_sets=sets, val_data=ds, model=step2, stage="finetune", init_model=step1,
-                            epochs=1, lr=1e-3, device="cpu")
+                            epochs=1, lr=1e-3, device="cpu", objective="groupdro", objective_options={"eta": 0.05},
+                            options={"select_init": True, "freeze_stages": 1})
+    history = [json.loads(line) for line in (Path(step2.path) / "model.pt.history.jsonl").read_text().splitlines()]
+    assert history[0]["epoch"] == -1  # select_init: step 1's weights were evaluated as epoch -1
+    assert any(k.startswith("groupdro/q/") for k in history[-1])
     assert (Path(step2.path) / "model.pt").is_file()
     assert step2.metadata["stage"] == "finetune" and step2.metadata["train_digest"] == fine.digest()
     assert step2.metadata["train_dvc_md5"].endswith(".dir")

@@ -102,6 +102,26 @@ def test_compiled_pipeline_is_valid_and_cluster_ready(tmp_path, name, gpu):
     assert kinds_seen == {"data", "synthesis", "train", "evaluate", "track"}
 
 
+@pytest.mark.parametrize("name", PIPELINES.names())
+def test_step2_and_objective_options_reach_the_training_steps(tmp_path, name):
+    spec, _ = load_compiled(compile_pipeline(name, tmp_path / f"{name}.yaml"))
+    wired = {}
+    for task, exe in all_tasks(spec):
+        if kind_of(exe) != "train":
+            continue
+        params = task.inputs.parameters
+        stage = params["stage"].runtime_value.constant.string_value
+        # inside a ParallelFor the pipeline's parameter arrives as "pipelinechannel--<name>"
+        wired[stage] = {k: params[k].component_input_parameter.removeprefix("pipelinechannel--")
+                        for k in ("options", "objective_options") if k in params}
+    # step 2 gets the variant and the objective's options, step 1 (ERM on synthetic) neither,
+    # a baseline the objective's options only
+    assert wired["finetune"] == {"options": "finetune_options", "objective_options": "objective_options"}
+    assert wired["pretrain"] == {}
+    if "train" in wired:
+        assert wired["train"] == {"objective_options": "objective_options"}
+
+
 def test_local_platform_has_no_retries_or_secrets(tmp_path):
     from kfp import compiler
 
@@ -191,8 +211,13 @@ def test_ffr_pipeline_runs_locally_through_the_cli(tmp_path, monkeypatch, capsys
 
 @pytest.mark.slow
 def test_comparison_pipeline_runs_locally(tmp_path):
-    run = run_local("comparison", {**TINY, "train_epochs": 1}, tmp_path / "runs", progress=False)
+    run = run_local("comparison", {**TINY, "train_epochs": 1, "finetune_options": {"select_init": True}},
+                    tmp_path / "runs", progress=False)
     assert list(run.results) == ["none", "usb", "asb", "ffr"]
+    # the step-2 variant reached FFR's step 2 only: step 1's weights competed as epoch -1
+    histories = list(run.run_dir.glob("outputs/**/model.pt.history.jsonl"))
+    first_epochs = sorted(json.loads(h.read_text().splitlines()[0])["epoch"] for h in histories)
+    assert first_epochs == [-1, 0, 0, 0, 0]  # finetune; pretrain and three baselines
     counts = expected_test_counts(tmp_path)
     for strategy, m in run.results.items():
         assert {g: v["n"] for g, v in m["groups"].items()} == counts, strategy
