@@ -21,7 +21,12 @@ cache = open_cache(m, 8, out / "cache")  # both ranks at once: one builds, one w
 train, val = cache.tensors(m.select(split="train")), cache.tensors(m.select(split="val"))
 seed_everything(0)
 model = create_model("small_cnn", 2)
-cfg = TrainConfig(epochs=2, batch_size=8, amp="off", augment=True)
+# argv[3], optional: JSON of more TrainConfig fields (the step-2 options, e.g. LP-FT) and the
+# objective (``objective``: name, ``objective_options``)
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+objective = create_objective(options.pop("objective", "erm"), **options.pop("objective_options", {}))
+cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "amp": "off", "augment": True, **options})
+first_stage = {k: v.clone() for k, v in model.stages()[0].state_dict().items()}
 
 
 def log(record: dict) -> None:  # fit calls it on rank 0 only
@@ -29,7 +34,7 @@ def log(record: dict) -> None:  # fit calls it on rank 0 only
         f.write(json.dumps(record) + "\n")
 
 
-result = fit(model, train, val, create_objective("erm"), cfg, torch.device("cpu"), seed=0, log=log)
+result = fit(model, train, val, objective, cfg, torch.device("cpu"), seed=0, log=log)
 save_checkpoint(out / f"model_rank{dist.rank()}.pt", result.model, {"backbone": "small_cnn", "classes": ["cat", "dog"]})
 state = result.model.state_dict()
 (out / f"rank{dist.rank()}.json").write_text(json.dumps({
@@ -37,4 +42,7 @@ state = result.model.state_dict()
     "history": result.history,
     "test_metrics": evaluate(result.model, val, torch.device("cpu")),
     "weights": {k: v.double().sum().item() for k, v in state.items()},
+    "objective_state": objective.state(),
+    "first_stage_unchanged": all(torch.equal(v, result.model.stages()[0].state_dict()[k])
+                                 for k, v in first_stage.items()),
 }))

@@ -58,14 +58,17 @@ def per_rank_batch(batch_size: int) -> int:
     return max(1, -(-batch_size // world_size()))
 
 
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in a DistributedDataParallel wrapper when distributed (gradients all-reduced)."""
+def wrap(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``model`` in a DistributedDataParallel wrapper when distributed (gradients all-reduced).
+    Parameters that do not require a gradient at this point are left out of the all-reduce;
+    ``find_unused_parameters`` when some of the others will get no gradient in some steps
+    (LP-FT's head-only epochs)."""
     if world_size() == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def sync_buffers(model: torch.nn.Module) -> None:
@@ -90,6 +93,15 @@ def reduce_tally(tally: GroupTally) -> GroupTally:
     for t in counts:
         dist.all_reduce(t)
     return GroupTally(tally.n_groups, counts[0].cpu().numpy(), counts[1].cpu().numpy())
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over ranks (a new tensor on ``t``'s device; ``t`` itself when not distributed)."""
+    if world_size() == 1:
+        return t
+    out = t.detach().to(_comm_device(), copy=True)
+    dist.all_reduce(out)
+    return out.to(t.device)
 
 
 def mean(value: float) -> float:

@@ -144,7 +144,10 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
-    net = dist.wrap(model, device)
+    # Frozen parameters are switched off before DDP is built, so it never waits for their
+    # gradients; LP-FT switches the backbone's off and on between epochs, which DDP must be told.
+    controls = StageControls(model, cfg)
+    net = dist.wrap(model, device, find_unused_parameters=cfg.lpft_epochs > 0)
     train_x, val = train.resident(device), val.resident(device)  # on the GPU when they fit
     gen = torch.Generator().manual_seed(seed)  # the epoch order: the same on every rank
     aug_gen = torch.Generator().manual_seed(seed * 7919 + dist.rank() + 1)
@@ -152,7 +155,6 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     ctx = objective_context(train, cfg, device, seed)
     group_ids = ctx.group_ids
     objective.setup(ctx)
-    controls = StageControls(model, cfg)
     opt = _optimizer(controls.param_groups(), cfg)
     best_state, best_val, best_epoch, history = None, None, -1, []
     if cfg.select_init:  # step 2 then never returns a model worse on validation than step 1's

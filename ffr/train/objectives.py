@@ -125,7 +125,12 @@ class Resample(Objective):
 class GroupDRO(Objective):
     """Online GroupDRO (Sagawa et al. 2020): group weights ``q`` follow exponentiated-gradient
     ascent on the per-group mean losses (step size ``eta``); the loss is ``sum_g q_g * loss_g``.
-    A group absent from a batch contributes no loss and keeps its weight (before renormalising)."""
+    A group absent from a batch contributes no loss and keeps its weight (before renormalising).
+
+    Data-parallel (several ranks, each with a part of the global batch): the per-group sums and
+    counts are summed over ranks, so every rank updates ``q`` from the global batch's group losses
+    (the same ``q`` everywhere), and each rank's loss is its share of the global objective, so the
+    averaged gradient is the single-process one."""
 
     name = "groupdro"
 
@@ -146,11 +151,28 @@ class GroupDRO(Objective):
         return sums / counts.clamp(min=1), counts > 0
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        from ffr.train import distributed as dist
+
+        if dist.world_size() > 1:
+            return self._loss_data_parallel(logits, labels, groups, dist)
         losses, present = self.group_losses(logits, labels, groups)
         with torch.no_grad():
             q = self.q.to(losses.device) * torch.exp(self.eta * losses.detach() * present)
             self.q = q / q.sum()
         return (self.q * losses).sum()
+
+    def _loss_data_parallel(self, logits, labels, groups, dist) -> torch.Tensor:
+        n = self.ctx.n_groups
+        per_row = F.cross_entropy(logits, labels, reduction="none")
+        sums = torch.zeros(n, dtype=per_row.dtype, device=per_row.device).scatter_add(0, groups, per_row)
+        counts = dist.sum_over_ranks(torch.bincount(groups, minlength=n).to(per_row.dtype))
+        with torch.no_grad():
+            global_losses = dist.sum_over_ranks(sums.detach()) / counts.clamp(min=1)
+            q = self.q.to(per_row.device) * torch.exp(self.eta * global_losses * (counts > 0))
+            self.q = q / q.sum()
+        # DDP averages the ranks' gradients: scaling by the world size makes the average the
+        # gradient of sum_g q_g * (global sum_g / global count_g).
+        return (self.q * sums / counts.clamp(min=1)).sum() * dist.world_size()
 
     def state(self) -> dict:
         names = self.ctx.group_names or [str(i) for i in range(self.ctx.n_groups)]
