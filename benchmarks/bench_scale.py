@@ -4,12 +4,14 @@ images (demo images repeated under new names), training from the on-disk image c
 Each size runs in a fresh process (peak RSS is per process); caches are built beforehand. The
 epoch time is the fastest epoch after the first of ``--epochs`` epochs of ``fit`` (small_cnn,
 batch 128, a fixed 64-image validation set), and the fastest over ``--rounds`` rounds that
-alternate the sizes (other processes on a shared machine only ever add time). ``--contrast`` also measures peak RSS with the images loaded into
+alternate the sizes (other processes on a shared machine only ever add time). The defaults
+(N = 2000, 5 epochs, 3 rounds) are the smallest that gave a repeatable ratio here: with N = 1000,
+3 epochs and 2 rounds (epochs of about a second) two runs on an idle machine said +12.9% and +7.3%. ``--contrast`` also measures peak RSS with the images loaded into
 memory instead of read from the cache file batch by batch, to show what that saves. ``--input-only`` drops the
 model and times the input path alone, so datasets far larger than the model's working memory
 are cheap to try.
 
-    python benchmarks/bench_scale.py                                   # ~3 min on 2 cores
+    python benchmarks/bench_scale.py --threads 1                       # ~6 min on 2 cores
     python benchmarks/bench_scale.py --size 64 --n 5000 --contrast
     python benchmarks/bench_scale.py --input-only --size 64 --n 10000  # 40,000 images, 470 MiB
 """
@@ -72,13 +74,13 @@ def run_child(args, rows: int, mode: str, epochs: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--n", type=int, default=1000, help="N: the smallest size")
+    p.add_argument("--n", type=int, default=2000, help="N: the smallest size")
     p.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--size", type=int, default=32, help="image size (px)")
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--input-only", action="store_true", help="time the input path alone (no model)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run; the fastest after the first counts")
-    p.add_argument("--rounds", type=int, default=2, help="runs of every size, alternating")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per run; the fastest after the first counts")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every size, alternating")
     p.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=False,
                    help="also measure peak RSS with the images in memory (one epoch per size)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -115,7 +115,7 @@ def plot_shortcut(results: list[dict], path: str | os.PathLike, title: str = "")
     plt = _pyplot()
     stats = shortcut_stats(results)
     labels = list(stats)
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(labels) * 2), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * max(4.0, 0.6 * len(labels)), 4.2), squeeze=False)
     panels = ((axes[0][0], (("probe_minority", "minority groups"), ("probe_majority", "majority groups")),
                "real-vs-synthetic probe accuracy"),
               (axes[0][1], (("minority_real", "real images"), ("minority_synthetic", "synthetic images")),
