@@ -96,6 +96,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        # JSON carried as a protobuf Struct (a Kubeflow pipeline's dict parameter) has only
+        # doubles: 5 arrives as 5.0
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

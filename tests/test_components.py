@@ -130,7 +130,7 @@ def test_balance_train_evaluate_report(flow, tmp_path):
                                 init_model=step1, epochs=1, options={"lr": 0.1}, device="cpu")
     train_model.python_func(training_sets=sets, val_data=ds, model=step2, stage="finetune", init_model=step1,
                             epochs=1, lr=1e-3, device="cpu", objective="groupdro", objective_options={"eta": 0.05},
-                            options={"select_init": True, "freeze_stages": 1})
+                            options={"select_init": True, "freeze_stages": 1.0})  # Struct: 1 arrives as 1.0
     history = [json.loads(line) for line in (Path(step2.path) / "model.pt.history.jsonl").read_text().splitlines()]
     assert history[0]["epoch"] == -1  # select_init: step 1's weights were evaluated as epoch -1
     assert any(k.startswith("groupdro/q/") for k in history[-1])

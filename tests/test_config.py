@@ -24,12 +24,24 @@ def test_errors(tmp_path):
         load_config(None, ["finetune.learning_rate=1"])
     with pytest.raises(ConfigError, match="expected an integer"):
         load_config(None, ["finetune.epochs=many"])
+    with pytest.raises(ConfigError, match="expected an integer, got 2.5"):
+        load_config(None, ["finetune.epochs=2.5"])
     f = tmp_path / "c.yaml"
     f.write_text("trian: {}\n")
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['trian'\]"):
         load_config(f)
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_integral_floats_fill_integer_fields():
+    # a Kubeflow dict parameter reaches the component as JSON with doubles only
+    from ffr.config import from_dict
+    from ffr.train.loop import TrainConfig
+
+    cfg = from_dict(TrainConfig, {"lpft_epochs": 5.0, "freeze_stages": 2.0, "lr": 1})
+    assert cfg.lpft_epochs == 5 and type(cfg.lpft_epochs) is int and cfg.freeze_stages == 2
+    assert type(cfg.lr) is float
 
 
 def test_with_overrides_is_a_copy():

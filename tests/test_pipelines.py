@@ -211,10 +211,11 @@ def test_ffr_pipeline_runs_locally_through_the_cli(tmp_path, monkeypatch, capsys
 
 @pytest.mark.slow
 def test_comparison_pipeline_runs_locally(tmp_path):
-    run = run_local("comparison", {**TINY, "train_epochs": 1, "finetune_options": {"select_init": True}},
+    run = run_local("comparison", {**TINY, "train_epochs": 1, "finetune_options": {"select_init": True, "lpft_epochs": 1}},
                     tmp_path / "runs", progress=False)
     assert list(run.results) == ["none", "usb", "asb", "ffr"]
-    # the step-2 variant reached FFR's step 2 only: step 1's weights competed as epoch -1
+    # the step-2 variant reached FFR's step 2 only (the integer through the runner's JSON too):
+    # step 1's weights competed as epoch -1
     histories = list(run.run_dir.glob("outputs/**/model.pt.history.jsonl"))
     first_epochs = sorted(json.loads(h.read_text().splitlines()[0])["epoch"] for h in histories)
     assert first_epochs == [-1, 0, 0, 0, 0]  # finetune; pretrain and three baselines
