@@ -71,8 +71,8 @@ for rc in sorted(work.glob("*.rc")):
     report["steps"][name] = entry
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(report, indent=2) + "\n")
-print(f"gpu check: {len(report['steps'])} steps in {report['seconds']:.0f}s -> {out}")
 for name, entry in report["steps"].items():
     print(f"  {name}: exit {entry['exit_status']}: {entry['summary']}")
+print(f"gpu check: {len(report['steps'])} steps in {report['seconds']:.0f}s -> {out}")  # the summary, last
 EOF
 rm -rf "$work"
