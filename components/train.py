@@ -25,6 +25,7 @@ def train_model(
     device: str = "auto",
     options: dict = {},
     objective_options: dict = {},
+    processes: int = 1,
     mlflow_uri: str = "",
     mlflow_experiment: str = "ffr",
     pipeline_run_id: str = "",
@@ -35,17 +36,19 @@ def train_model(
     names pretrained backbone weights (empty: random init). ``options``: any other training
     setting (``TrainConfig`` field), e.g. FFR step-2 variants ``{"freeze_stages": 2}``,
     ``{"l2sp": 0.1}``, ``{"lpft_epochs": 5}``, ``{"backbone_lr_mult": 0.1}``, ``{"select_init": true}``;
-    ``objective_options``: the objective's, e.g. ``{"eta": 0.01}`` for GroupDRO. With a tracking server (``mlflow_uri``
+    ``objective_options``: the objective's, e.g. ``{"eta": 0.01}`` for GroupDRO. ``processes`` > 1:
+    data-parallel in that many processes of this pod (``torchrun``; one per GPU the step was given),
+    the checkpoint and the MLflow run from rank 0. With a tracking server (``mlflow_uri``
     or ``$MLFLOW_TRACKING_URI``) the step logs a run nested under the pipeline run's
     (``pipeline_run_id``): parameters, datasets, per-epoch metrics, system metrics, the model."""
     import os
 
+    from ffr.config import ConfigError, from_dict
     from ffr.integrations.dvc import dir_digest
     from ffr.integrations.tracking import optional_run
+    from ffr.launch import train_stage_distributed
     from ffr.stages import train_stage
     from ffr.train.loop import TrainConfig
-
-    from ffr.config import ConfigError, from_dict
 
     explicit = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
     clash = sorted(set(options) & set(explicit))
@@ -55,14 +58,19 @@ def train_model(
     init = os.path.join(init_model.path, "model.pt") if init_model is not None else None
     strategy = training_sets.metadata.get("strategy")
     name = f"{stage} {strategy}" if strategy and stage == "train" else stage
-    # System metrics (CPU, memory, GPU) are sampled where the work is: in the training steps.
-    with optional_run(mlflow_uri, name, pipeline_run_id, mlflow_experiment, system_metrics=True) as tracker:
-        s = train_stage(os.path.join(training_sets.path, stage), val_data.path,
-                        os.path.join(model.path, "model.pt"), cfg, backbone, objective,
-                        objective_options=dict(objective_options) or None, init=init,
-                        weights=weights or None, image_size=image_size, seed=seed, device=device, stage=stage,
-                        tracker=tracker)
+    args = dict(train_dir=os.path.join(training_sets.path, stage), val_dir=val_data.path,
+                out_path=os.path.join(model.path, "model.pt"), cfg=cfg, backbone=backbone, objective=objective,
+                objective_options=dict(objective_options) or None, init=init, weights=weights or None,
+                image_size=image_size, seed=seed, device=device, stage=stage)
+    tracking = dict(tracking_uri=mlflow_uri, run_name=name, pipeline_run_id=pipeline_run_id,
+                    experiment=mlflow_experiment)
+    if processes > 1:
+        s = train_stage_distributed(processes, tracking=tracking, **args)
+    else:
+        # System metrics (CPU, memory, GPU) are sampled where the work is: in the training steps.
+        with optional_run(system_metrics=True, **tracking) as tracker:
+            s = train_stage(tracker=tracker, **args)
     model.metadata.update({"framework": "pytorch", "stage": stage, "backbone": backbone, "objective": objective,
-                           "best_epoch": s["best_epoch"], "train_digest": s["meta"]["train_digest"],
+                           "best_epoch": s["best_epoch"], "processes": processes, "train_digest": s["meta"]["train_digest"],
                            "train_dvc_md5": dir_digest(os.path.join(training_sets.path, stage)),
                            **{f"val_{k}": v for k, v in s["val"].items() if k.endswith("_acc")}})

@@ -150,14 +150,17 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
     accuracy on the real ``val`` split of ``val_dir``, and write it to ``out_path`` with
     ``<out_path>.history.jsonl`` and ``<out_path>.json`` (best epoch and validation metrics).
     ``init`` is a checkpoint whose weights start the run (FFR's step 2 starts from step 1).
-    ``tracker`` receives the parameters, the datasets read, per-epoch metrics and the model."""
+    ``tracker`` receives the parameters, the datasets read, per-epoch metrics and the model.
+    Under ``torchrun`` (:mod:`ffr.launch`) every rank trains and rank 0 alone writes and reports."""
     from ffr.data.loading import TensorData
+    from ffr.train import distributed as dist
     from ffr.train.backbones import create_model
     from ffr.train.loop import TrainConfig, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
     from ffr.train.objectives import create_objective
 
     cfg = cfg or TrainConfig()
-    tracker = tracker or NullTracker()
+    dist.init_from_env()
+    tracker = tracker if tracker is not None and dist.is_main() else NullTracker()
     seed_everything(seed)
     train = Manifest.load(train_dir)
     val = Manifest.load(val_dir).select(split="val", source="real")
@@ -177,8 +180,9 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
         model.load_state_dict(start.state_dict())
     out_path = Path(out_path)
     history = out_path.with_name(out_path.name + ".history.jsonl")
-    history.parent.mkdir(parents=True, exist_ok=True)
-    history.unlink(missing_ok=True)
+    if dist.is_main():
+        history.parent.mkdir(parents=True, exist_ok=True)
+        history.unlink(missing_ok=True)
 
     def log(rec):
         with history.open("a") as f:
@@ -190,11 +194,13 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
     meta = {"backbone": backbone, "classes": list(train.card.classes), "bias_values": list(train.card.bias_values),
             "image_size": image_size, "normalize": cfg.normalize, "stage": stage, "objective": objective,
             "best_epoch": result.best_epoch, "train_digest": train.digest()}
-    save_checkpoint(out_path, result.model, meta)
-    tracker.log_history(result.history)
-    tracker.log_model(result.model, meta)
     summary = {"checkpoint": str(out_path), "best_epoch": result.best_epoch, "val": result.best_val, "meta": meta}
-    _write_json(out_path.with_name(out_path.name + ".json"), summary)
+    if dist.is_main():
+        save_checkpoint(out_path, result.model, meta)
+        tracker.log_history(result.history)
+        tracker.log_model(result.model, meta)
+        _write_json(out_path.with_name(out_path.name + ".json"), summary)
+    dist.barrier()  # the other ranks return once the files exist
     return summary
 
 

@@ -144,6 +144,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
         finetune_lr: float = 1e-3,
         finetune_options: dict = {},
         objective_options: dict = {},
+        train_processes: int = 1,
         device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
@@ -163,7 +164,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
                            synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
                            synthesis_filters, num_shards)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                     device=device)
+                     device=device, processes=train_processes)
         step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
                          tracking, finetune_options, objective_options)
         _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
@@ -204,6 +205,7 @@ def build_comparison_pipeline(platform: Platform | None = None):
         finetune_lr: float = 1e-3,
         finetune_options: dict = {},
         objective_options: dict = {},
+        train_processes: int = 1,
         device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
@@ -221,7 +223,7 @@ def build_comparison_pipeline(platform: Platform | None = None):
                            synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
                            synthesis_filters, num_shards)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                     device=device)
+                     device=device, processes=train_processes)
         with dsl.ParallelFor(baselines, name="baselines") as b:
             sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
                                         strategy=b.strategy), DATA, "balance: baseline")
@@ -271,6 +273,7 @@ def build_retrain_pipeline(platform: Platform | None = None):
         finetune_lr: float = 1e-3,
         finetune_options: dict = {},
         objective_options: dict = {},
+        train_processes: int = 1,
         device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
@@ -292,7 +295,7 @@ def build_retrain_pipeline(platform: Platform | None = None):
                            synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters, num_shards,
                            source_data=fetch)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                     device=device)
+                     device=device, processes=train_processes)
         step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
                          tracking, finetune_options, objective_options)
         _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor,

@@ -135,6 +135,15 @@ def test_balance_train_evaluate_report(flow, tmp_path):
     assert history[0]["epoch"] == -1  # select_init: step 1's weights were evaluated as epoch -1
     assert any(k.startswith("groupdro/q/") for k in history[-1])
     assert (Path(step2.path) / "model.pt").is_file()
+    # data-parallel in 2 processes (torchrun, gloo on the CPU): one checkpoint, one history
+    ddp = art(Model, tmp_path / "step2_ddp")
+    train_model.python_func(training_sets=sets, val_data=ds, model=ddp, stage="finetune", init_model=step1,
+                            epochs=2, lr=1e-3, device="cpu", processes=2)
+    lines = (Path(ddp.path) / "model.pt.history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert ddp.metadata["processes"] == 2 and ddp.metadata["train_digest"] == fine.digest()
+    assert sorted(p.name for p in Path(ddp.path).iterdir()) == ["model.pt", "model.pt.history.jsonl", "model.pt.json"]
+    assert 0.0 <= ddp.metadata["val_worst_group_acc"] <= 1.0
     assert step2.metadata["stage"] == "finetune" and step2.metadata["train_digest"] == fine.digest()
     assert step2.metadata["train_dvc_md5"].endswith(".dir")
     assert 0.0 <= step2.metadata["val_worst_group_acc"] <= 1.0
