@@ -30,8 +30,9 @@ def _tracking_parent() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _tracker(args, default_name: str, out_dir):
-    """The MLflow run the command reports to, or None without ``--mlflow``."""
-    if not getattr(args, "mlflow", None):
+    """The MLflow run the command reports to, or None without ``--mlflow`` (and on every rank but
+    the first under ``torchrun``: one run per command)."""
+    if not getattr(args, "mlflow", None) or os.environ.get("RANK", "0") != "0":
         yield None
         return
     from ffr.integrations.tracking import local_store, mlflow_run

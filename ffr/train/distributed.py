@@ -89,10 +89,8 @@ def reduce_tally(tally: GroupTally) -> GroupTally:
     """The tally summed over ranks (exact integer counts)."""
     if world_size() == 1:
         return tally
-    counts = [torch.from_numpy(a.astype("int64")).to(_comm_device()) for a in (tally.correct, tally.total)]
-    for t in counts:
-        dist.all_reduce(t)
-    return GroupTally(tally.n_groups, counts[0].cpu().numpy(), counts[1].cpu().numpy())
+    correct, total = (sum_over_ranks(torch.from_numpy(a.astype("int64"))).numpy() for a in (tally.correct, tally.total))
+    return GroupTally(tally.n_groups, correct, total)
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:

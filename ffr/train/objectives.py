@@ -142,37 +142,22 @@ class GroupDRO(Objective):
         super().setup(ctx)
         self.q = torch.full((ctx.n_groups,), 1.0 / ctx.n_groups, device=ctx.device)
 
-    def group_losses(self, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor):
-        """Mean cross-entropy per group (0 where absent) and the mask of groups present."""
-        n = self.ctx.n_groups
-        per_row = F.cross_entropy(logits, labels, reduction="none")
-        counts = torch.bincount(groups, minlength=n).to(per_row.dtype)
-        sums = torch.zeros(n, dtype=per_row.dtype, device=per_row.device).scatter_add(0, groups, per_row)
-        return sums / counts.clamp(min=1), counts > 0
-
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         from ffr.train import distributed as dist
 
-        if dist.world_size() > 1:
-            return self._loss_data_parallel(logits, labels, groups, dist)
-        losses, present = self.group_losses(logits, labels, groups)
-        with torch.no_grad():
-            q = self.q.to(losses.device) * torch.exp(self.eta * losses.detach() * present)
-            self.q = q / q.sum()
-        return (self.q * losses).sum()
-
-    def _loss_data_parallel(self, logits, labels, groups, dist) -> torch.Tensor:
         n = self.ctx.n_groups
         per_row = F.cross_entropy(logits, labels, reduction="none")
         sums = torch.zeros(n, dtype=per_row.dtype, device=per_row.device).scatter_add(0, groups, per_row)
+        # over every rank's part of the batch (one process: this batch)
         counts = dist.sum_over_ranks(torch.bincount(groups, minlength=n).to(per_row.dtype))
+        present, counts = counts > 0, counts.clamp(min=1)
         with torch.no_grad():
-            global_losses = dist.sum_over_ranks(sums.detach()) / counts.clamp(min=1)
-            q = self.q.to(per_row.device) * torch.exp(self.eta * global_losses * (counts > 0))
+            losses = dist.sum_over_ranks(sums.detach()) / counts  # mean loss per group, 0 where absent
+            q = self.q.to(per_row.device) * torch.exp(self.eta * losses * present)
             self.q = q / q.sum()
         # DDP averages the ranks' gradients: scaling by the world size makes the average the
-        # gradient of sum_g q_g * (global sum_g / global count_g).
-        return (self.q * sums / counts.clamp(min=1)).sum() * dist.world_size()
+        # gradient of sum_g q_g * (sum_g / count_g) over the whole batch.
+        return (self.q * sums / counts).sum() * dist.world_size()
 
     def state(self) -> dict:
         names = self.ctx.group_names or [str(i) for i in range(self.ctx.n_groups)]
