@@ -30,7 +30,8 @@ from common import add_common_args, demo_images, ffr_batches, peak_rss_mib, setu
 from ffr.data.cache import open_cache
 from ffr.data.loading import TensorData
 from ffr.train.backbones import create_model
-from ffr.train.loop import TrainConfig, fit, resolve_device
+from ffr.train.loop import TrainConfig, fit
+from ffr.train.runtime import resolve_device
 from ffr.train.objectives import create_objective
 
 

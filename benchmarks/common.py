@@ -161,7 +161,7 @@ def add_common_args(parser) -> None:
 
 def setup(args) -> tuple[torch.device, dict]:
     """Work directory, device and one thread count for everything measured; prints the machine."""
-    from ffr.train.loop import resolve_device
+    from ffr.train.runtime import resolve_device
     from ffr.train.runtime import auto_threads
 
     args.workdir.mkdir(parents=True, exist_ok=True)

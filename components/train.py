@@ -16,7 +16,7 @@ def train_model(
     backbone: str = "small_cnn",
     weights: str = "",
     objective: str = "erm",
-    epochs: int = 10,
+    epochs: int = 40,
     lr: float = 1e-3,
     batch_size: int = 128,
     weight_decay: float = 1e-5,
@@ -43,12 +43,10 @@ def train_model(
     (``pipeline_run_id``): parameters, datasets, per-epoch metrics, system metrics, the model."""
     import os
 
-    from ffr.config import ConfigError, from_dict
+    from ffr.config import ConfigError, TrainConfig, from_dict
     from ffr.integrations.dvc import dir_digest
     from ffr.integrations.tracking import optional_run
-    from ffr.launch import train_stage_distributed
     from ffr.stages import train_stage
-    from ffr.train.loop import TrainConfig
 
     explicit = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
     clash = sorted(set(options) & set(explicit))
@@ -64,8 +62,8 @@ def train_model(
                 image_size=image_size, seed=seed, device=device, stage=stage)
     tracking = dict(tracking_uri=mlflow_uri, run_name=name, pipeline_run_id=pipeline_run_id,
                     experiment=mlflow_experiment)
-    if processes > 1:
-        s = train_stage_distributed(processes, tracking=tracking, **args)
+    if processes > 1:  # rank 0 of torchrun's processes opens the run
+        s = train_stage(processes=processes, tracking=tracking, **args)
     else:
         # System metrics (CPU, memory, GPU) are sampled where the work is: in the training steps.
         with optional_run(system_metrics=True, **tracking) as tracker:

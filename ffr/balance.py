@@ -21,14 +21,42 @@ from ffr.registry import Registry
 STRATEGIES: Registry = Registry("balancing strategy")
 
 
-@dataclass
-class Stage:
-    """One call of the training loop: a name and the manifest it trains on.
-    ``init_from`` names an earlier stage whose selected checkpoint initialises this one."""
+@dataclass(frozen=True)
+class StagePlan:
+    """One training stage of a strategy, before any data is drawn.
+
+    ``data``: what it trains on — ``real``, ``synthetic`` or ``mixed`` (real + synthetic in one
+    set). ``objective``: the objective it always trains with (FFR's step 1 is ERM on a balanced
+    set), or None for the configured one. ``init_from``: an earlier stage whose selected model
+    starts this one. ``group_by``: the groups a group-aware objective (Resample, GroupDRO)
+    optimises over — ``label_bias`` (Y, B) or ``label_bias_source`` (Y, B, G), the paper's
+    protocol for a set that mixes real and synthetic images."""
 
     name: str
-    train: Manifest
+    data: str
+    objective: str | None = None
     init_from: str | None = None
+    group_by: str = "label_bias"
+
+    def objective_for(self, configured: str) -> str:
+        """The objective this stage trains with when ``configured`` is the experiment's."""
+        return self.objective or configured
+
+
+@dataclass
+class Stage:
+    """One call of the training loop: its plan and the manifest it trains on."""
+
+    plan: StagePlan
+    train: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def init_from(self) -> str | None:
+        return self.plan.init_from
 
 
 @dataclass
@@ -55,16 +83,75 @@ def usb_need(real_counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], i
     return {g: top - n for g, n in real_counts.items()}
 
 
+def equal_share(real_counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """USB's synthetic total spread evenly over the groups (ASB's and FFR's budget)."""
+    per_group = sum(usb_need(real_counts).values()) // max(1, len(real_counts))
+    return {g: per_group for g in real_counts}
+
+
+class Strategy:
+    """A balancing strategy: its synthetic budget per group and its stage plan.
+
+    Subclasses set ``name`` and ``stages`` and override :meth:`synthetic_budget`; :meth:`plan`
+    draws the synthetic images and builds each stage's training set from the plan.
+    """
+
+    name: str = ""
+    stages: tuple[StagePlan, ...] = ()
+
+    def synthetic_budget(self, real_counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """Synthetic images per group this strategy uses, given the real train counts per group."""
+        raise NotImplementedError
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    def stage(self, name: str) -> StagePlan:
+        """The plan of stage ``name``; a KeyError names this strategy's stages otherwise."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"strategy {self.name!r} has no stage {name!r}; its stages: {list(self.stage_names)}")
+
+    @property
+    def uses_synthetic(self) -> bool:
+        return any(s.data != "real" for s in self.stages)
+
+    def stage_sizes(self, n_real: int, n_synthetic: int) -> list[tuple[str, int]]:
+        """(stage name, training images) of every stage, for ``n_real`` real and ``n_synthetic``
+        synthetic images drawn (what a grid costs, without drawing anything)."""
+        size = {"real": n_real, "synthetic": n_synthetic, "mixed": n_real + n_synthetic}
+        return [(s.name, size[s.data]) for s in self.stages]
+
+    def plan(self, real: Manifest, pool: Manifest | None) -> "BalancePlan":
+        """The training set of every stage for the real train rows ``real`` and the synthetic
+        ``pool`` (needed unless the strategy uses no synthetic image)."""
+        need = self.synthetic_budget(real.group_counts())
+        if self.uses_synthetic and pool is None:
+            raise ValueError(f"strategy {self.name!r} needs a synthetic pool")
+        synth = draw_synthetic(pool, need) if self.uses_synthetic else None
+        sets = {"real": lambda: real, "synthetic": lambda: synth,
+                "mixed": lambda: Manifest.concat([real, synth])}
+        return BalancePlan(self.name, [Stage(s, sets[s.data]()) for s in self.stages],
+                           {group_key(*g): n for g, n in need.items()})
+
+
+def stage_plan(stage: str) -> StagePlan:
+    """The plan of a stage named ``stage`` (``train``, ``pretrain``, ``finetune``) in the
+    registered strategies: what ``ffr train --stage`` and a pipeline's train step know of the
+    stage they run. Strategies sharing a stage name give it the same objective rule."""
+    for name in STRATEGIES.names():
+        strategy = STRATEGIES.get(name)
+        if stage in strategy.stage_names:
+            return strategy.stage(stage)
+    known = sorted({s for n in STRATEGIES.names() for s in STRATEGIES.get(n).stage_names})
+    raise KeyError(f"unknown stage {stage!r}; known: {', '.join(known)}")
+
+
 def synthetic_budget(strategy: str, real_counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
     """Synthetic images per group that ``strategy`` uses, given the real train counts per group."""
-    STRATEGIES.get(strategy)  # unknown names fail here, listing the known ones
-    if strategy == "none":
-        return {g: 0 for g in real_counts}
-    usb = usb_need(real_counts)
-    if strategy == "usb":
-        return usb
-    per_group = sum(usb.values()) // max(1, len(real_counts))
-    return {g: per_group for g in real_counts}
+    return STRATEGIES.get(strategy).synthetic_budget(real_counts)
 
 
 def pool_requirement(strategies, real_counts_list) -> dict[tuple[str, str], int]:
@@ -102,40 +189,55 @@ def draw_synthetic(pool: Manifest, need: dict[tuple[str, str], int]) -> Manifest
 def balance(strategy: str, real_train: Manifest, synthetic_pool: Manifest | None = None) -> BalancePlan:
     """The training plan of ``strategy`` for the real train rows ``real_train``."""
     real_train = real_train.select(split="train", source="real")
-    return STRATEGIES.get(strategy)(real_train, synthetic_pool)
+    return STRATEGIES.get(strategy).plan(real_train, synthetic_pool)
 
 
-def _need_pool(strategy, pool):
-    if pool is None:
-        raise ValueError(f"strategy {strategy!r} needs a synthetic pool")
-    return pool
+def _register(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGIES.register(cls.name)(cls())
+    return cls
 
 
-@STRATEGIES.register("none")
-def _none(real: Manifest, pool: Manifest | None) -> BalancePlan:
-    return BalancePlan("none", [Stage("train", real)], {g: 0 for g in real.card.group_keys})
+@_register
+class NoSynthetic(Strategy):
+    """``none``: the real images alone."""
+
+    name = "none"
+    stages = (StagePlan("train", "real"),)
+
+    def synthetic_budget(self, real_counts):
+        return {g: 0 for g in real_counts}
 
 
-def _mixed(name: str, real: Manifest, pool: Manifest | None) -> BalancePlan:
-    need = synthetic_budget(name, real.group_counts())
-    synth = draw_synthetic(_need_pool(name, pool), need)
-    return BalancePlan(name, [Stage("train", Manifest.concat([real, synth]))],
-                       {group_key(*g): n for g, n in need.items()})
+@_register
+class UniformSyntheticBalancing(Strategy):
+    """``usb``: every group filled with synthetic images up to the largest real group, one mixed set."""
+
+    name = "usb"
+    stages = (StagePlan("train", "mixed", group_by="label_bias_source"),)
+
+    def synthetic_budget(self, real_counts):
+        return usb_need(real_counts)
 
 
-@STRATEGIES.register("usb")
-def _usb(real: Manifest, pool: Manifest | None) -> BalancePlan:
-    return _mixed("usb", real, pool)
+@_register
+class AddedSyntheticBalancing(Strategy):
+    """``asb``: USB's synthetic total split evenly over the groups and added, one mixed set."""
+
+    name = "asb"
+    stages = (StagePlan("train", "mixed", group_by="label_bias_source"),)
+
+    def synthetic_budget(self, real_counts):
+        return equal_share(real_counts)
 
 
-@STRATEGIES.register("asb")
-def _asb(real: Manifest, pool: Manifest | None) -> BalancePlan:
-    return _mixed("asb", real, pool)
+@_register
+class FromFakeToReal(Strategy):
+    """``ffr``: step 1 on ASB's synthetic budget alone (balanced, so ERM), step 2 on the real
+    images alone, starting from step 1's selected model. Real and synthetic never share a batch."""
 
+    name = "ffr"
+    stages = (StagePlan("pretrain", "synthetic", objective="erm"),
+              StagePlan("finetune", "real", init_from="pretrain"))
 
-@STRATEGIES.register("ffr")
-def _ffr(real: Manifest, pool: Manifest | None) -> BalancePlan:
-    need = synthetic_budget("ffr", real.group_counts())
-    synth = draw_synthetic(_need_pool("ffr", pool), need)
-    return BalancePlan("ffr", [Stage("pretrain", synth), Stage("finetune", real, init_from="pretrain")],
-                       {group_key(*g): n for g, n in need.items()})
+    def synthetic_budget(self, real_counts):
+        return equal_share(real_counts)

@@ -68,7 +68,7 @@ def cmd_data_validate(args) -> int:
 
 def cmd_data_import(args) -> int:
     from ffr.config import parse_set
-    from ffr.data.adapters import load_dataset
+    from ffr.data.sources import load_dataset
     from ffr.data.manifest import format_group_counts
 
     options = dict(parse_set(o) for o in args.option)
@@ -151,7 +151,7 @@ def cmd_probe_domain_gap(args) -> int:
 def cmd_probe_shortcut(args) -> int:
     from ffr.data.manifest import Manifest
     from ffr.probes import cells_from_results, format_shortcut, probe_checkpoint, summarize_shortcut
-    from ffr.train.loop import resolve_device
+    from ffr.train.runtime import resolve_device
 
     models = list(args.model)
     if args.from_results:
@@ -257,11 +257,11 @@ def cmd_synthesize_collect(args) -> int:
 def cmd_prepare(args) -> int:
     from ffr.config import load_config
     from ffr.data.manifest import format_group_counts
-    from ffr.stages import prepare
+    from ffr.data.sources import prepare
 
     cfg = load_config(args.config, args.set)
     m = prepare(cfg.data.dataset, args.out, args.bias_rate, args.seed, cfg.data.min_val_per_group,
-                cfg.data.demo, args.source)
+                cfg.data.demo, args.source, cfg.data.adapter, cfg.data.options)
     print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
     return 0
 
@@ -276,14 +276,14 @@ def cmd_balance(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from ffr.balance import stage_plan
     from ffr.config import load_config
-    from ffr.experiment import stage_config
     from ffr.stages import train_stage
 
     cfg = load_config(args.config, args.set)
-    objective = "erm" if args.stage == "pretrain" else cfg.objective
+    objective = stage_plan(args.stage).objective_for(cfg.objective)
     with _tracker(args, args.stage, Path(args.out).parent) as tracker:
-        summary = train_stage(args.train, args.val, args.out, stage_config(cfg, args.stage), cfg.backbone, objective,
+        summary = train_stage(args.train, args.val, args.out, cfg.stage_settings(args.stage), cfg.backbone, objective,
                               objective_options=cfg.objective_options.get(objective), init=args.init,
                               weights=cfg.weights, image_size=cfg.data.image_size,
                               seed=args.seed, device=cfg.device, stage=args.stage, tracker=tracker)
@@ -426,6 +426,7 @@ def cmd_promote(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``ffr`` argument parser (reused by every launcher)."""
     from ffr import __version__
+    from ffr import config as defaults
 
     parser = argparse.ArgumentParser(prog="ffr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ffr {__version__}")
@@ -454,14 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--bias-rate", type=float, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-val-per-group", type=int, default=10)
+    p.add_argument("--min-val-per-group", type=int, default=defaults.MIN_VAL_PER_GROUP)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data_split)
 
     p = sub.add_parser("synthesize", help="render synthetic images per group (resumable, shardable); "
                                           "'synthesize collect' merges shard runs")
     p.add_argument("--card", help="card.json of the dataset (default: --real's)")
-    p.add_argument("--backend", default="procedural", help="synthesis backend: procedural, diffusers, folder")
+    p.add_argument("--backend", default=defaults.SYNTHESIS_BACKEND, help="synthesis backend: procedural, diffusers, folder")
     p.add_argument("--model", help="diffusers: hub id, local directory or s3:// URI")
     p.add_argument("--prompts", help="diffusers: prompt file or shipped set (spuco_animals, celebahq, utkface, waterbirds)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -474,10 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=defaults.SYNTHESIS_BATCH_SIZE,
+                   help=f"images rendered together (default {defaults.SYNTHESIS_BATCH_SIZE})")
     p.add_argument("--filter", action="append", default=[], metavar="SPEC",
                    help="grayscale[:tolerance=3] or clip:model=DIR[,min_score=20]; repeatable")
-    p.add_argument("--max-attempts", type=int, default=10, help="attempts per image before giving up")
+    p.add_argument("--max-attempts", type=int, default=defaults.MAX_ATTEMPTS, help="attempts per image before giving up")
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synthesize)

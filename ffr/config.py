@@ -11,7 +11,53 @@ from typing import Any
 
 import yaml
 
-from ffr.train.loop import TrainConfig
+# ------------------------------------------------------------------------------------ defaults
+# The one place for the training defaults. ``TrainConfig``, ``ExperimentConfig``, the pipelines'
+# run form (pipelines/definitions.py) read these names; the Kubeflow components' signatures must
+# hold literals (KFP ships a lightweight component's source alone), so tests/test_defaults.py
+# checks that every component and pipeline default equals the constant here.
+EPOCHS = 40              # epochs of every stage
+LR = 1e-3                # learning rate of a stage trained from scratch on real or mixed data
+PRETRAIN_LR = 1e-4       # FFR step 1 (synthetic pretraining)
+FINETUNE_LR = 1e-3       # FFR step 2 (fine-tuning on real)
+ASB_LR = 1e-4            # the paper trains ASB at 1e-4
+BATCH_SIZE = 128
+WEIGHT_DECAY = 1e-5
+IMAGE_SIZE = 32
+BACKBONE = "small_cnn"
+OBJECTIVE = "erm"
+BIAS_RATE = 0.95
+MIN_VAL_PER_GROUP = 10
+SYNTHESIS_BACKEND = "procedural"
+SYNTHESIS_BATCH_SIZE = 8
+MAX_ATTEMPTS = 10
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training stage (one call of the training loop)."""
+
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    lr: float = LR
+    weight_decay: float = WEIGHT_DECAY
+    optimizer: str = "adam"          # adam | sgd
+    momentum: float = 0.9            # sgd only
+    augment: bool = False            # the paper uses no augmentation
+    normalize: str = "imagenet"
+    group_by: str = "auto"           # groups the objective optimises over: auto = the strategy's
+    eval_batch_size: int = 512
+    amp: str = "auto"                # auto | bf16 | fp16 | off (see ffr.train.runtime.autocast_dtype)
+    channels_last: bool = True       # NHWC memory format: faster convolutions on CPU and GPU
+    deterministic: bool = False      # deterministic kernels; turns cudnn.benchmark off
+    num_threads: int = 0             # CPU threads (0: the usable CPUs not kept busy by others)
+    # Step-2 options (ffr.train.finetune): what a stage keeps from the weights it starts from.
+    freeze_bn: bool = False          # BatchNorm statistics and affine parameters not trained
+    freeze_stages: int = 0           # first k stages of the feature extractor not trained
+    backbone_lr_mult: float = 1.0    # feature extractor lr = lr * this; head lr = lr
+    l2sp: float = 0.0                # weight of the L2-SP pull toward the initial weights
+    lpft_epochs: int = 0             # first epochs train the head alone (LP-FT)
+    select_init: bool = False        # the starting weights compete in checkpoint selection (epoch -1)
 
 
 class ConfigError(ValueError):
@@ -22,9 +68,9 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which dataset, at which resolution, and how the bias-rate split treats validation."""
 
-    dataset: str = "demo"                 # "demo" or a dataset directory (manifest.csv + card.json)
-    image_size: int = 32
-    min_val_per_group: int = 10
+    dataset: str = "demo"                 # "demo" or the dataset's folder, read by ``adapter``
+    image_size: int = IMAGE_SIZE
+    min_val_per_group: int = MIN_VAL_PER_GROUP
     demo: dict = field(default_factory=dict)   # DemoSpec overrides (ffr.data.demo)
     adapter: str = "csv"                  # dataset adapter reading ``dataset`` (ffr.data.adapters)
     options: dict = field(default_factory=dict)  # adapter options (e.g. label/bias attributes)
@@ -34,12 +80,12 @@ class DataConfig:
 class SynthesisConfig:
     """The synthesis backend that fills the synthetic pool."""
 
-    backend: str = "procedural"
+    backend: str = SYNTHESIS_BACKEND
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = SYNTHESIS_BATCH_SIZE
     options: dict = field(default_factory=dict)
     filters: list = field(default_factory=list)   # e.g. ["grayscale"] (ffr.synthesis.filters)
-    max_attempts: int = 10                        # per image, when filters reject
+    max_attempts: int = MAX_ATTEMPTS              # per image, when filters reject
 
 
 @dataclass
@@ -52,17 +98,17 @@ class ExperimentConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
-    backbone: str = "small_cnn"
+    backbone: str = BACKBONE
     weights: str | None = None
-    objective: str = "erm"
+    objective: str = OBJECTIVE
     device: str = "auto"
     strategies: list = field(default_factory=lambda: ["none", "usb", "asb", "ffr"])
     bias_rates: list = field(default_factory=lambda: [0.95, 0.99])
     seeds: list = field(default_factory=lambda: [0, 1, 2])
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=1e-3))
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=1e-4))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=1e-3))
-    overrides: dict = field(default_factory=lambda: {"asb": {"train.lr": 1e-4}})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=LR))
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(lr=PRETRAIN_LR))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=FINETUNE_LR))
+    overrides: dict = field(default_factory=lambda: {"asb": {"train.lr": ASB_LR}})
     search: dict = field(default_factory=dict)
     # ``ffr sweep``: several objectives (empty: just ``objective``), per-objective options
     # (``{groupdro: {eta: 0.01}, dfr: {n_refits: 20}}``), and several datasets, each a name →
@@ -70,6 +116,13 @@ class ExperimentConfig:
     objectives: list = field(default_factory=list)
     objective_options: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
+
+    def stage_settings(self, stage: str) -> TrainConfig:
+        """The training settings of stage ``train`` (none/usb/asb), ``pretrain`` or ``finetune`` (FFR)."""
+        stages = {"train": self.train, "pretrain": self.pretrain, "finetune": self.finetune}
+        if stage not in stages:
+            raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(stages)}")
+        return stages[stage]
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -18,18 +18,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from ffr.balance import balance, pool_requirement
+from ffr.balance import STRATEGIES, balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
 from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
 from ffr.train import distributed as dist
 from ffr.tracking import NullTracker, Tracker, flatten, log_cell
-from ffr.train.backbones import create_model
-from ffr.train.loop import (evaluate, fit, load_checkpoint, objective_context, resolve_device, save_checkpoint,
-                            seed_everything)
-from ffr.train.objectives import create_objective
-from ffr.train.runtime import cap_threads, cpu_budget
+from ffr.train.loop import evaluate, seed_everything
+from ffr.train.runtime import cap_threads, cpu_budget, resolve_device
+from ffr.train.stage import StageSpec, identity, objectives, run_stage
 
 
 def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None,
@@ -41,16 +39,11 @@ def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | Non
 
 
 def prepare_real(cfg: ExperimentConfig, workdir: str | os.PathLike) -> Manifest:
-    """The real dataset: the built-in demo (generated under ``workdir/data``), or ``data.dataset``
-    read by adapter ``data.adapter`` (default ``csv``: a directory holding ``manifest.csv`` +
-    ``card.json``) with ``data.options``."""
-    if cfg.data.dataset == "demo":
-        from ffr.data.demo import DemoSpec, make_demo
+    """The real dataset of ``cfg.data`` (:func:`ffr.data.sources.load_source`; the built-in demo
+    is generated under ``workdir/data``)."""
+    from ffr.data.sources import load_source
 
-        return make_demo(Path(workdir) / "data", DemoSpec(**cfg.data.demo))
-    from ffr.data.adapters import load_dataset
-
-    return load_dataset(cfg.data.adapter, cfg.data.dataset, **cfg.data.options)
+    return load_source(cfg.data.dataset, cfg.data.adapter, cfg.data.options, cfg.data.demo, Path(workdir) / "data")
 
 
 def pool_need(cfg: ExperimentConfig, real: Manifest) -> dict[tuple[str, str], int]:
@@ -64,21 +57,17 @@ def pool_need(cfg: ExperimentConfig, real: Manifest) -> dict[tuple[str, str], in
 
 def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, str], int],
                  workdir: str | os.PathLike, progress: bool = False) -> Manifest:
-    """Render the synthetic pool with the configured backend (resumable: images on disk are kept)."""
-    from ffr.synthesis import create_backend, synthesize
+    """Render the synthetic pool with the configured backend through the one synthesis entry
+    point (:func:`ffr.synthesis.outputs.synthesize_dataset`: resumable, with its record, rejection
+    log and contact sheet beside the images)."""
+    from ffr.synthesis.outputs import synthesize_dataset
 
-    backend = create_backend(cfg.synthesis.backend, real.card, **cfg.synthesis.options)
     out = Path(workdir) / "synthetic" / f"{cfg.synthesis.backend}-seed{cfg.synthesis.seed}"
-    pool = synthesize(backend, real.card, need, out, base_seed=cfg.synthesis.seed,
-                      batch_size=cfg.synthesis.batch_size, progress=progress, filters=cfg.synthesis.filters,
-                      max_attempts=cfg.synthesis.max_attempts)
-    pool.save(out)  # an explicit artifact: probes and later stages load it by path
-    return pool
-
-
-def stage_config(cfg: ExperimentConfig, stage: str):
-    """The training settings of stage ``train`` (none/usb/asb), ``pretrain`` or ``finetune`` (FFR)."""
-    return {"train": cfg.train, "pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
+    run, _ = synthesize_dataset(cfg.synthesis.backend, real.card, need, out, cfg.synthesis.options,
+                                base_seed=cfg.synthesis.seed, batch_size=cfg.synthesis.batch_size,
+                                filters=cfg.synthesis.filters, max_attempts=cfg.synthesis.max_attempts,
+                                progress=progress, record_dir=out)
+    return run.manifest
 
 
 def objectives_of(cfg: ExperimentConfig) -> list[str]:
@@ -86,24 +75,16 @@ def objectives_of(cfg: ExperimentConfig) -> list[str]:
     return list(cfg.objectives) or [cfg.objective]
 
 
-def objective_for(cfg: ExperimentConfig, name: str):
-    """Objective ``name`` with its options from ``cfg.objective_options[name]``."""
-    return create_objective(name, **(cfg.objective_options.get(name) or {}))
-
-
-def _identity(objective) -> str:
-    """What of an objective a stage key depends on: its name and options."""
-    return objective.name + (json.dumps(objective.options, sort_keys=True) if objective.options else "")
-
-
-def stage_key(train: Manifest, val: Manifest, tcfg, objective: str, cfg: ExperimentConfig, seed: int,
-              init_key: str | None) -> str:
-    """Identity of one training stage: its data, settings, seed and starting point. Two cells
-    whose stage has the same key share it (e.g. FFR's step 1 under every step-2 variant)."""
-    blob = json.dumps({"train": train.digest(), "val": val.digest(), "cfg": asdict(tcfg), "objective": objective,
-                       "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.data.image_size,
-                       "seed": seed, "init": init_key}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def stage_spec(cfg: ExperimentConfig, strategy: str, stage, val: Manifest, seed: int,
+               init=None, init_key: str | None = None) -> StageSpec:
+    """The :class:`~ffr.train.stage.StageSpec` of stage ``stage`` (a :class:`ffr.balance.Stage`
+    or :class:`ffr.balance.StagePlan`) of ``strategy`` in ``cfg``: its settings, its objective
+    (the stage plan's, else the configured one) with that objective's options."""
+    plan = getattr(stage, "plan", stage)
+    objective = plan.objective_for(cfg.objective)
+    return StageSpec(plan.name, getattr(stage, "train", val), val, cfg.stage_settings(plan.name), objective,
+                     dict(cfg.objective_options.get(objective) or {}), cfg.backbone, cfg.weights, cfg.data.image_size,
+                     seed, cfg.device, init=init, init_key=init_key, group_by=plan.group_by)
 
 
 def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
@@ -112,11 +93,12 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
              stage_cache: str | os.PathLike | None = None, dataset: str | None = None) -> dict:
     """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
 
-    Images come from ``cache`` (default: one built under ``cell_dir/cache``). With
-    ``stage_cache``, a stage whose key (:func:`stage_key`) was trained before is loaded from
-    ``stage_cache/<key>/`` instead of being trained again. An objective that trains like another
-    (``Objective.trains_as``: DFR trains like ERM) shares that objective's stage and only applies
-    its :meth:`~ffr.train.objectives.Objective.finalize` (DFR's last-layer retraining) in the cell.
+    Images come from ``cache`` (default: one built under ``cell_dir/cache``). Every stage runs
+    through the one stage driver (:func:`ffr.train.stage.run_stage`) with the stage cache
+    ``stage_cache`` (default ``cell_dir/stages``): a stage whose key was trained before is loaded
+    from ``stage_cache/<key>/`` instead of being trained again. An objective that trains like
+    another (``Objective.trains_as``: DFR trains like ERM) shares that objective's stage and only
+    applies its finalize step (DFR's last-layer retraining), written in the cell folder.
     """
     t0 = time.time()
     cell_dir = Path(cell_dir)
@@ -131,63 +113,31 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         report.save(cell_dir / "split_report.json")
         (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
     val_manifest = split.select(split="val", source="real")
-    val, test = cache.tensors(val_manifest), cache.tensors(split.select(split="test", source="real"))
-    models: dict[str, Any] = {}
-    keys: dict[str, str] = {}
+    test = cache.tensors(split.select(split="test", source="real"))
+    results: dict[str, Any] = {}
     stages = []
-    history_path = cell_dir / "history.jsonl"
-    if dist.is_main():
-        history_path.unlink(missing_ok=True)
+    history_lines = []
     for stage in plan.stages:
-        tcfg = stage_config(cfg, stage.name)
-        # FFR's step 1 trains on a balanced synthetic set: plain ERM. Every other stage uses the
-        # configured objective.
-        objective = objective_for(cfg, "erm" if stage.name == "pretrain" else cfg.objective)
-        trainer = objective_for(cfg, objective.trains_as) if objective.trains_as else objective
-        key = stage_key(stage.train, val_manifest, tcfg, _identity(trainer), cfg, seed, keys.get(stage.init_from))
-        keys[stage.name] = key
-        sdir = Path(stage_cache) / key if stage_cache else cell_dir / stage.name
-        if dist.from_main((sdir / "stage.json").is_file()):  # every rank takes rank 0's view
-            model, _ = load_checkpoint(sdir / "model.pt", device)
-            done = json.loads((sdir / "stage.json").read_text())
-            best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
-        else:
-            sdir.mkdir(parents=True, exist_ok=True)
-            seed_everything(seed)  # per stage, so a stage's result does not depend on the cache
-            model = create_model(cfg.backbone, len(real.card.classes), cfg.weights)
-            if stage.init_from:
-                model.load_state_dict(models[stage.init_from].state_dict())
-            if dist.is_main():
-                (sdir / "history.jsonl").unlink(missing_ok=True)
-
-            def log(rec, _path=sdir / "history.jsonl"):
-                with _path.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
-
-            result = fit(model, cache.tensors(stage.train), val, trainer, tcfg, device,
-                         seed=seed, log=log, progress=progress,
-                         desc=f"{strategy} {cfg.objective} r={bias_rate} s={seed} {stage.name}")
-            model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
-            save_checkpoint(sdir / "model.pt", model, _meta(cfg, real, tcfg, stage.name, trainer.name, best_epoch))
-            _write_json(sdir / "stage.json", {"key": key, "best_epoch": best_epoch, "val": best_val,
-                                              "objective_state": state})
-        checkpoint = sdir / "model.pt"
-        if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
-            train = cache.tensors(stage.train)
-            objective.setup(objective_context(train, tcfg, device, seed))
-            model = objective.finalize(model, train, val, device)
-            best_val, state = evaluate(model, val, device, tcfg.normalize, tcfg.eval_batch_size), objective.state()
-            checkpoint = save_checkpoint(cell_dir / f"{stage.name}_{objective.name}.pt", model,
-                                         _meta(cfg, real, tcfg, stage.name, objective.name, best_epoch))
-        models[stage.name] = model
-        if dist.is_main():  # rank 0 alone wrote the stage's history
-            with history_path.open("a") as f:
-                for line in (sdir / "history.jsonl").read_text().splitlines():
-                    f.write(json.dumps({"stage": stage.name, **json.loads(line)}) + "\n")
-        stages.append({"name": stage.name, "key": key, "checkpoint": str(checkpoint), "objective": objective.name,
-                       "objective_state": state, "n_train": len(stage.train), "best_epoch": best_epoch,
-                       "val": best_val,
-                       "test": evaluate(model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp)})
+        before = results.get(stage.init_from)
+        spec = stage_spec(cfg, strategy, stage, val_manifest, seed, init=before.model if before else None,
+                          init_key=before.key if before else None)
+        finalized = objectives(spec)[0].trains_as is not None
+        result = run_stage(spec, cell_dir / f"{stage.name}_{spec.objective}.pt" if finalized else None,
+                           cache_dir=Path(stage_cache) if stage_cache else cell_dir / "stages",
+                           tensors=cache.tensors, progress=progress,
+                           desc=f"{strategy} {cfg.objective} r={bias_rate} s={seed} {stage.name}")
+        results[stage.name] = result
+        if result.history.is_file():
+            history_lines += [json.dumps({**json.loads(line), "stage": stage.name})
+                              for line in result.history.read_text().splitlines()]
+        tcfg = spec.settings
+        stages.append({"name": stage.name, "key": result.key, "checkpoint": str(result.checkpoint),
+                       "history": str(result.history), "objective": spec.objective,
+                       "objective_state": result.objective_state, "n_train": len(stage.train),
+                       "best_epoch": result.best_epoch, "val": result.val,
+                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp)})
+    if dist.is_main():  # the cell's stages' histories, in order (rank 0 alone wrote them)
+        _write_text(cell_dir / "history.jsonl", "".join(line + "\n" for line in history_lines))
     final = stages[-1]
     record = {
         "dataset": dataset or dataset_name(cfg),
@@ -201,27 +151,20 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     return record
 
 
-def _meta(cfg: ExperimentConfig, real: Manifest, tcfg, stage: str, objective: str, best_epoch: int) -> dict:
-    return {"backbone": cfg.backbone, "classes": list(real.card.classes), "bias_values": list(real.card.bias_values),
-            "image_size": cfg.data.image_size, "normalize": tcfg.normalize, "stage": stage, "objective": objective,
-            "best_epoch": best_epoch}
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data) -> None:
-    if not dist.is_main():
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    if dist.is_main():
+        _write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def dataset_name(cfg: ExperimentConfig) -> str:
     """A short name for the dataset of ``cfg`` (``demo`` or the dataset folder's name)."""
     return "demo" if cfg.data.dataset == "demo" else Path(cfg.data.dataset).name
-
-
-def _stage_names(strategy: str) -> tuple[str, ...]:
-    return ("pretrain", "finetune") if strategy == "ffr" else ("train",)
 
 
 def _concerns(key: str, strategy: str, objective: str) -> bool:
@@ -230,7 +173,7 @@ def _concerns(key: str, strategy: str, objective: str) -> bool:
     Other keys would only repeat identical cells."""
     head, _, rest = key.partition(".")
     if head in ("train", "pretrain", "finetune"):
-        return head in _stage_names(strategy)
+        return head in STRATEGIES.get(strategy).stage_names
     if head == "objective_options":
         return rest.partition(".")[0] == objective
     return True
@@ -322,8 +265,6 @@ def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
     """What the grid of ``cfg`` on ``real`` costs, without training: cells, distinct trained stages
     (after sharing: FFR's step 1 across objectives and variants, ERM's model for DFR), and the
     images those stages pass through the model in training and in per-epoch validation."""
-    from ffr.balance import synthetic_budget
-
     splits: dict[tuple, tuple[int, int, dict]] = {}
     stages: dict[str, tuple[int, int]] = {}
     cells = plan_cells(cfg)
@@ -333,16 +274,16 @@ def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
             counts = split.select(split="train", source="real").group_counts()
             splits[(rate, seed)] = (sum(counts.values()), len(split.select(split="val", source="real")), counts)
         n_real, n_val, counts = splits[(rate, seed)]
-        n_syn = sum(synthetic_budget(strategy, counts).values())
-        plan = [("pretrain", n_syn), ("finetune", n_real)] if strategy == "ffr" else [("train", n_real + n_syn)]
+        impl = STRATEGIES.get(strategy)
+        sizes = dict(impl.stage_sizes(n_real, sum(impl.synthetic_budget(counts).values())))
         init = None
-        for name, n in plan:
-            tcfg = stage_config(eff, name)
-            objective = objective_for(eff, "erm" if name == "pretrain" else eff.objective)
-            trainer = objective_for(eff, objective.trains_as) if objective.trains_as else objective
-            init = json.dumps([name if name == "pretrain" else strategy, rate, seed, asdict(tcfg),
-                               _identity(trainer), init], sort_keys=True, default=str)
-            stages[init] = (n * tcfg.epochs, n_val * tcfg.epochs)
+        for plan in impl.stages:
+            spec = stage_spec(eff, strategy, plan, real, seed)
+            trainer = objectives(spec)[1]
+            # the stage's identity without its data: (stage or strategy, rate, seed) stands for it
+            init = json.dumps([plan.name if plan.data == "synthetic" else strategy, rate, seed,
+                               asdict(spec.loop_settings()), identity(trainer), init], sort_keys=True, default=str)
+            stages[init] = (sizes[plan.name] * spec.settings.epochs, n_val * spec.settings.epochs)
     return {"cells": len(cells), "trained_stages": len(stages),
             "train_images": sum(t for t, _ in stages.values()), "val_images": sum(v for _, v in stages.values())}
 

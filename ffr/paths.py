@@ -32,13 +32,3 @@ def local_dataset(path: str | os.PathLike) -> Path:
     from ffr.integrations.s3 import fetch_dataset
 
     return fetch_dataset(path)
-
-
-def publish(local: str | os.PathLike, dest: str) -> str:
-    """Upload the file or folder ``local`` to the ``s3://`` URI ``dest`` (a no-op for a local
-    ``dest``, which is where ``local`` was written)."""
-    if not is_remote(dest):
-        return dest
-    from ffr.integrations.s3 import upload
-
-    return upload(local, dest)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ffr.data.loading import BatchTransform, TensorData, load_images
 from ffr.data.manifest import Manifest, group_key
 from ffr.train.backbones import create_model
-from ffr.train.loop import resolve_device
+from ffr.train.runtime import resolve_device
 
 
 def _subsample(manifest: Manifest, n: int, rng: np.random.Generator) -> Manifest:

@@ -11,15 +11,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ffr.balance import balance, pool_requirement
+from ffr.config import BACKBONE, IMAGE_SIZE, OBJECTIVE, TrainConfig
 from ffr.data.manifest import DatasetCard, Manifest, group_key
-from ffr.data.splits import bias_rate_split
-from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
+from ffr.data.sources import prepare  # noqa: F401  (the prepare stage, re-exported beside the others)
+from ffr.tracking import NullTracker, Tracker
 
-if TYPE_CHECKING:  # torch loads only in the stages that train: data steps start in a second
-    from ffr.train.loop import TrainConfig
 
 
 def _write_json(path: Path, data) -> Path:
@@ -28,25 +26,6 @@ def _write_json(path: Path, data) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def prepare(dataset: str, out_dir: str | os.PathLike, bias_rate: float, seed: int = 0,
-            min_val_per_group: int = 10, demo: dict | None = None,
-            source_dir: str | os.PathLike | None = None) -> Manifest:
-    """Load a dataset (``demo`` builds the built-in benchmark under ``source_dir``, default
-    ``out_dir/../source``) and write its bias-rate split to ``out_dir`` (manifest.csv, card.json,
-    split_report.json). Returns the split manifest."""
-    out_dir = Path(out_dir)
-    if dataset == "demo":
-        from ffr.data.demo import DemoSpec, make_demo
-
-        real = make_demo(Path(source_dir) if source_dir else out_dir.parent / "source", DemoSpec(**(demo or {})))
-    else:
-        real = Manifest.load(dataset)
-    split, report = bias_rate_split(real, bias_rate, seed, min_val_per_group)
-    split.save(out_dir)
-    report.save(out_dir / "split_report.json")
-    return split
 
 
 def synthetic_need(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr")) -> dict[tuple[str, str], int]:
@@ -142,66 +121,38 @@ def balance_stage(strategy: str, real_dir: str | os.PathLike, synthetic_dir: str
 
 
 def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_path: str | os.PathLike,
-                cfg: TrainConfig | None = None, backbone: str = "small_cnn", objective: str = "erm",
+                cfg: TrainConfig | None = None, backbone: str = BACKBONE, objective: str = OBJECTIVE,
                 objective_options: dict | None = None, init: str | os.PathLike | None = None,
-                weights: str | None = None, image_size: int = 32, seed: int = 0,
-                device: str = "auto", stage: str = "train", tracker: Tracker | None = None) -> dict:
+                weights: str | None = None, image_size: int = IMAGE_SIZE, seed: int = 0,
+                device: str = "auto", stage: str = "train", tracker: Tracker | None = None,
+                processes: int = 1, tracking: dict | None = None) -> dict:
     """Train on the manifest in ``train_dir`` (all its rows), select the checkpoint by worst-group
     accuracy on the real ``val`` split of ``val_dir``, and write it to ``out_path`` with
-    ``<out_path>.history.jsonl`` and ``<out_path>.json`` (best epoch and validation metrics).
-    ``init`` is a checkpoint whose weights start the run (FFR's step 2 starts from step 1).
-    ``tracker`` receives the parameters, the datasets read, per-epoch metrics and the model.
-    Under ``torchrun`` (:mod:`ffr.launch`) every rank trains and rank 0 alone writes and reports."""
-    from ffr.data.loading import TensorData
-    from ffr.train import distributed as dist
-    from ffr.train.backbones import create_model
-    from ffr.train.loop import TrainConfig, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
-    from ffr.train.objectives import create_objective
+    ``<out_path>.history.jsonl`` and ``<out_path>.json`` (best epoch, validation metrics,
+    metadata). ``init`` is a checkpoint whose weights start the run (FFR's step 2 starts from
+    step 1). The stage's plan (:func:`ffr.balance.stage_plan`) decides its objective (FFR's step 1
+    trains with ERM whatever ``objective`` says) and its grouping. ``tracker`` receives the
+    parameters, the datasets read, per-epoch metrics and the model. ``processes`` > 1 runs the
+    stage data-parallel under ``torchrun`` (:func:`ffr.train.stage.run_distributed`; rank 0 opens
+    the MLflow run ``tracking`` describes). Returns the summary."""
+    from ffr.balance import stage_plan
+    from ffr.train.stage import StageSpec, run_distributed, run_stage
 
-    cfg = cfg or TrainConfig()
-    dist.init_from_env()
-    tracker = tracker if tracker is not None and dist.is_main() else NullTracker()
-    seed_everything(seed)
+    if processes > 1:
+        request = dict(train_dir=train_dir, val_dir=val_dir, out_path=out_path, cfg=cfg, backbone=backbone,
+                       objective=objective, objective_options=objective_options, init=init, weights=weights,
+                       image_size=image_size, seed=seed, device=device, stage=stage)
+        return run_distributed(processes, request, tracking)
+    plan = stage_plan(stage)
     train = Manifest.load(train_dir)
     val = Manifest.load(val_dir).select(split="val", source="real")
     if len(val) == 0:
         raise ValueError(f"{val_dir}: no real rows in split 'val' to select checkpoints with")
-    tracker.log_params({"stage": stage, "backbone": backbone, "weights": weights, "objective": objective,
-                        "init": None if init is None else str(init), "seed": seed, "image_size": image_size,
-                        **flatten(cfg, f"{stage}."), **flatten(objective_options or {}, "objective_options.")})
-    tracker.log_dataset(train, "train", str(train_dir))
-    tracker.log_dataset(val, "validation", str(val_dir))
-    dev = resolve_device(device)
-    model = create_model(backbone, len(train.card.classes), weights)
-    if init is not None:
-        start, meta = load_checkpoint(init)
-        if meta["classes"] != list(train.card.classes):
-            raise ValueError(f"{init}: checkpoint classes {meta['classes']} differ from the dataset's {train.card.classes}")
-        model.load_state_dict(start.state_dict())
-    out_path = Path(out_path)
-    history = out_path.with_name(out_path.name + ".history.jsonl")
-    if dist.is_main():
-        history.parent.mkdir(parents=True, exist_ok=True)
-        history.unlink(missing_ok=True)
-
-    def log(rec):
-        with history.open("a") as f:
-            f.write(json.dumps({"stage": stage, **rec}) + "\n")
-        tracker.log_metrics(*epoch_metrics(rec))
-
-    result = fit(model, TensorData.from_manifest(train, image_size), TensorData.from_manifest(val, image_size),
-                 create_objective(objective, **(objective_options or {})), cfg, dev, seed=seed, log=log)
-    meta = {"backbone": backbone, "classes": list(train.card.classes), "bias_values": list(train.card.bias_values),
-            "image_size": image_size, "normalize": cfg.normalize, "stage": stage, "objective": objective,
-            "best_epoch": result.best_epoch, "train_digest": train.digest()}
-    summary = {"checkpoint": str(out_path), "best_epoch": result.best_epoch, "val": result.best_val, "meta": meta}
-    if dist.is_main():
-        save_checkpoint(out_path, result.model, meta)
-        tracker.log_history(result.history)
-        tracker.log_model(result.model, meta)
-        _write_json(out_path.with_name(out_path.name + ".json"), summary)
-    dist.barrier()  # the other ranks return once the files exist
-    return summary
+    spec = StageSpec(stage, train, val, cfg or TrainConfig(), plan.objective_for(objective),
+                     dict(objective_options or {}), backbone, weights, image_size, seed, device,
+                     init=None if init is None else str(init), group_by=plan.group_by)
+    return run_stage(spec, out_path, tracker=tracker,
+                     sources={"train": str(train_dir), "val": str(val_dir)}).summary()
 
 
 def evaluate_stage(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test",
@@ -211,7 +162,8 @@ def evaluate_stage(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, s
     confusion matrix; written to ``out_path`` (JSON) when given and reported to ``tracker``."""
     from ffr.data.loading import TensorData
     from ffr.metrics import GroupTally, confusion_matrix, metrics_from_tally
-    from ffr.train.loop import load_checkpoint, predict, resolve_device
+    from ffr.train.loop import load_checkpoint, predict
+    from ffr.train.runtime import resolve_device
 
     dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, dev)

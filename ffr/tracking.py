@@ -91,7 +91,6 @@ def log_cell(tracker: Tracker, cfg, real, record: dict, pool=None) -> None:
 
     from ffr.balance import balance
     from ffr.data.splits import bias_rate_split
-    from ffr.experiment import stage_config
     from ffr.metrics import flat_metrics
     from ffr.train.loop import load_checkpoint
 
@@ -105,10 +104,10 @@ def log_cell(tracker: Tracker, cfg, real, record: dict, pool=None) -> None:
     for i, stage in enumerate(record["stages"]):
         st = tracker.child(stage["name"])
         st.log_params({"stage": stage["name"], "stage_key": stage.get("key"),
-                       **flatten(stage_config(cfg, stage["name"]), f"{stage['name']}.")})
+                       **flatten(cfg.stage_settings(stage["name"]), f"{stage['name']}.")})
         st.log_dataset(plan[stage["name"]], "train")
         ckpt = Path(stage["checkpoint"])
-        history_file = ckpt.parent / "history.jsonl"
+        history_file = Path(stage.get("history") or ckpt.parent / "history.jsonl")
         history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.is_file() else []
         for rec in history:
             st.log_metrics(*epoch_metrics(rec))

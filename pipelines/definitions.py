@@ -2,7 +2,8 @@
 requests, retries, secrets), registered in :data:`PIPELINES` under the name the CLI uses.
 
 Every parameter has a default, so the Kubeflow UI's run form starts a full run as it is; the
-defaults follow configs/demo.yaml (the built-in demo benchmark, 30 epochs per stage).
+training defaults are the project's (:mod:`ffr.config`'s constants, the same ``ffr compare`` and
+``ffr train`` use) on the built-in demo benchmark.
 """
 
 
@@ -13,6 +14,8 @@ from kfp.dsl import Metrics
 
 from components import (balance_data, collect_shards, comparison_report, evaluate_model, fetch_data_revision,
                         prepare_data, register_model, start_tracking, synthesize_shard, train_model)
+from ffr import config as defaults
+from ffr.balance import STRATEGIES
 from ffr.registry import Registry
 from pipelines.platform import DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 
@@ -20,19 +23,20 @@ PIPELINES: Registry = Registry("pipeline")
 
 # The paper's baselines with their learning rates (ASB trains at 1e-4): the comparison pipeline's
 # default fan-out, editable in the run form.
-DEFAULT_BASELINES = [{"strategy": "none", "lr": 1e-3}, {"strategy": "usb", "lr": 1e-3},
-                     {"strategy": "asb", "lr": 1e-4}]
+DEFAULT_BASELINES = [{"strategy": "none", "lr": defaults.LR}, {"strategy": "usb", "lr": defaults.LR},
+                     {"strategy": "asb", "lr": defaults.ASB_LR}]
+FFR = STRATEGIES.get("ffr")
 
 
 def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per_group, demo_per_digit,
           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
-          num_shards, source_data=None):
+          num_shards, source_data=None, source_adapter="csv", source_options=None):
     """prepare → synthesize (ParallelFor over groups × shards) → collect; returns (prepare, collect).
     ``source_data``: a task whose ``dataset`` output replaces ``source``."""
     extra = {"source_data": source_data.outputs["dataset"]} if source_data is not None else {}
     prep = p.apply(prepare_data(source=source, bias_rate=bias_rate, seed=seed, min_val_per_group=min_val_per_group,
                                 demo_per_digit=demo_per_digit, synthesis_for=synthesis_for, num_shards=num_shards,
-                                **extra),
+                                adapter=source_adapter, adapter_options=source_options or {}, **extra),
                    DATA, "prepare data")
     with dsl.ParallelFor(prep.outputs["Output"], name="synthesis-fan-out") as work:
         shard = p.apply(synthesize_shard(card=prep.outputs["card"], work=work, backend=synthesis_backend,
@@ -102,12 +106,13 @@ def _evaluate(p: Platform, name: str, model, prep, pool, strategy, device, track
 
 def _ffr(p: Platform, prep, pool, train: dict, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
          finetune_lr, tracking: tuple | None = None, finetune_options=None, objective_options=None):
-    """balance(ffr) → train step 1 (synthetic, ERM) → train step 2 (real, from step 1, with
-    ``finetune_options`` and the objective's ``objective_options``) → evaluate."""
+    """balance(ffr) → train step 1 (synthetic, with the objective of FFR's stage plan: ERM) →
+    train step 2 (real, from step 1, with ``finetune_options`` and the objective's
+    ``objective_options``) → evaluate."""
     sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"], strategy="ffr"),
                    DATA, "balance: ffr")
     step1 = _train(p, "ffr step 1: pretrain on synthetic", sets, prep, "pretrain", pretrain_epochs, pretrain_lr,
-                   train, "erm", tracking=tracking)
+                   train, FFR.stage("pretrain").objective_for(objective), tracking=tracking)
     step2 = _train(p, "ffr step 2: fine-tune on real", sets, prep, "finetune", finetune_epochs, finetune_lr,
                    train, objective, init=step1, tracking=tracking, options=finetune_options,
                    objective_options=objective_options)
@@ -123,25 +128,27 @@ def build_ffr_pipeline(platform: Platform | None = None):
                                           "fine-tune on real ones, report worst-group accuracy.")
     def ffr_pipeline(
         source: str = "demo",
-        bias_rate: float = 0.95,
+        source_adapter: str = "csv",
+        source_options: dict = {},
+        bias_rate: float = defaults.BIAS_RATE,
         seed: int = 0,
-        min_val_per_group: int = 10,
+        min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
         demo_per_digit: int = 0,
-        synthesis_backend: str = "procedural",
+        synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
-        synthesis_batch_size: int = 8,
+        synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
         synthesis_options: dict = {},
         synthesis_filters: List[str] = [],
         num_shards: int = 2,
-        backbone: str = "small_cnn",
+        backbone: str = defaults.BACKBONE,
         weights: str = "",
-        image_size: int = 32,
-        objective: str = "erm",
-        batch_size: int = 128,
-        pretrain_epochs: int = 30,
-        pretrain_lr: float = 1e-4,
-        finetune_epochs: int = 30,
-        finetune_lr: float = 1e-3,
+        image_size: int = defaults.IMAGE_SIZE,
+        objective: str = defaults.OBJECTIVE,
+        batch_size: int = defaults.BATCH_SIZE,
+        pretrain_epochs: int = defaults.EPOCHS,
+        pretrain_lr: float = defaults.PRETRAIN_LR,
+        finetune_epochs: int = defaults.EPOCHS,
+        finetune_lr: float = defaults.FINETUNE_LR,
         finetune_options: dict = {},
         objective_options: dict = {},
         train_processes: int = 1,
@@ -162,7 +169,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
         tracking = _tracking(p, "ffr", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
         prep, pool = _data(p, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
                            synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
-                           synthesis_filters, num_shards)
+                           synthesis_filters, num_shards, source_adapter=source_adapter, source_options=source_options)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device, processes=train_processes)
         step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
@@ -182,27 +189,29 @@ def build_comparison_pipeline(platform: Platform | None = None):
                                                      "dataset and one synthetic pool, compared in one report.")
     def comparison_pipeline(
         source: str = "demo",
-        bias_rate: float = 0.95,
+        source_adapter: str = "csv",
+        source_options: dict = {},
+        bias_rate: float = defaults.BIAS_RATE,
         seed: int = 0,
-        min_val_per_group: int = 10,
+        min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
         demo_per_digit: int = 0,
-        synthesis_backend: str = "procedural",
+        synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
-        synthesis_batch_size: int = 8,
+        synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
         synthesis_options: dict = {},
         synthesis_filters: List[str] = [],
         num_shards: int = 2,
-        backbone: str = "small_cnn",
+        backbone: str = defaults.BACKBONE,
         weights: str = "",
-        image_size: int = 32,
-        objective: str = "erm",
-        batch_size: int = 128,
+        image_size: int = defaults.IMAGE_SIZE,
+        objective: str = defaults.OBJECTIVE,
+        batch_size: int = defaults.BATCH_SIZE,
         baselines: List[dict] = DEFAULT_BASELINES,
-        train_epochs: int = 30,
-        pretrain_epochs: int = 30,
-        pretrain_lr: float = 1e-4,
-        finetune_epochs: int = 30,
-        finetune_lr: float = 1e-3,
+        train_epochs: int = defaults.EPOCHS,
+        pretrain_epochs: int = defaults.EPOCHS,
+        pretrain_lr: float = defaults.PRETRAIN_LR,
+        finetune_epochs: int = defaults.EPOCHS,
+        finetune_lr: float = defaults.FINETUNE_LR,
         finetune_options: dict = {},
         objective_options: dict = {},
         train_processes: int = 1,
@@ -221,7 +230,7 @@ def build_comparison_pipeline(platform: Platform | None = None):
         tracking = _tracking(p, "comparison", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
         prep, pool = _data(p, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
                            synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
-                           synthesis_filters, num_shards)
+                           synthesis_filters, num_shards, source_adapter=source_adapter, source_options=source_options)
         train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
                      device=device, processes=train_processes)
         with dsl.ParallelFor(baselines, name="baselines") as b:
@@ -253,24 +262,24 @@ def build_retrain_pipeline(platform: Platform | None = None):
         data_path: str = "data",
         data_rev: str = "",
         data_endpoint: str = "",
-        bias_rate: float = 0.95,
+        bias_rate: float = defaults.BIAS_RATE,
         seed: int = 0,
-        min_val_per_group: int = 10,
-        synthesis_backend: str = "procedural",
+        min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
+        synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
-        synthesis_batch_size: int = 8,
+        synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
         synthesis_options: dict = {},
         synthesis_filters: List[str] = [],
         num_shards: int = 2,
-        backbone: str = "small_cnn",
+        backbone: str = defaults.BACKBONE,
         weights: str = "",
-        image_size: int = 32,
-        objective: str = "erm",
-        batch_size: int = 128,
-        pretrain_epochs: int = 30,
-        pretrain_lr: float = 1e-4,
-        finetune_epochs: int = 30,
-        finetune_lr: float = 1e-3,
+        image_size: int = defaults.IMAGE_SIZE,
+        objective: str = defaults.OBJECTIVE,
+        batch_size: int = defaults.BATCH_SIZE,
+        pretrain_epochs: int = defaults.EPOCHS,
+        pretrain_lr: float = defaults.PRETRAIN_LR,
+        finetune_epochs: int = defaults.EPOCHS,
+        finetune_lr: float = defaults.FINETUNE_LR,
         finetune_options: dict = {},
         objective_options: dict = {},
         train_processes: int = 1,

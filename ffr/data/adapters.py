@@ -3,8 +3,8 @@
 ``csv``: a manifest you bring (CSV with the manifest columns + a card JSON).
 ``folder``: ``root/<split>/<class>/<bias>/*.png|jpg`` — classes and bias values are the folder
 names; the card is written from them (a ``majority_bias`` mapping may be given).
-The public benchmarks (``waterbirds``, ``celeba``, ``celeba_hq``, ``utkface``, ``spuco_animals``)
-live in :mod:`ffr.data.benchmarks`, registered here on import.
+The public datasets (``waterbirds``, ``celeba``, ``celeba_hq``, ``utkface``, ``spuco_animals``)
+live in :mod:`ffr.data.public`. :func:`ffr.data.sources.load_dataset` reads any of them.
 """
 
 from __future__ import annotations
@@ -17,19 +17,6 @@ from ffr.data.manifest import (CARD_FILE, IMAGE_SUFFIXES, SPLITS, DatasetCard, M
 from ffr.registry import Registry
 
 ADAPTERS: Registry = Registry("dataset adapter")
-
-
-def load_dataset(adapter: str, source: str | os.PathLike, **options) -> Manifest:
-    """Read dataset ``source`` with the adapter registered as ``adapter``; an option the adapter
-    does not take is an error naming it."""
-    import inspect
-
-    fn = ADAPTERS.get(adapter)
-    try:
-        inspect.signature(fn).bind(source, **options)
-    except TypeError as e:
-        raise ValueError(f"adapter {adapter!r}: {e} (options given: {sorted(options)})") from None
-    return fn(source, **options)
 
 
 @ADAPTERS.register("csv")
@@ -80,6 +67,3 @@ def folder_adapter(source, name: str | None = None, majority_bias: dict | None =
 
     validate(manifest, check_files=check_files, source=str(root))
     return manifest
-
-
-from ffr.data import benchmarks as _benchmarks  # noqa: E402,F401  (registers the public benchmarks)

@@ -100,13 +100,9 @@ class TensorData:
         )
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, image_size: int, cache_dir=None) -> "TensorData":
-        """Decode ``manifest``'s images: through the memory-mapped cache under ``cache_dir``
-        (built once, reused while the manifest and resolution stay the same), or into memory."""
-        if cache_dir is not None:
-            from ffr.data.cache import open_cache
-
-            return open_cache(manifest, image_size, cache_dir).tensors(manifest)
+    def from_manifest(cls, manifest: Manifest, image_size: int) -> "TensorData":
+        """Decode ``manifest``'s images into memory (a large set: :func:`ffr.data.cache.open_cache`,
+        built once on disk and reused while the manifest and resolution stay the same)."""
         return cls.from_arrays(manifest, load_images(manifest, image_size))
 
     def subset(self, idx) -> "TensorData":

@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from ffr.data.manifest import DatasetCard
-from ffr.synthesis.base import REJECT_INFO, SYNTHESIS_BACKENDS, ImageRequest, fingerprint_dir
+from ffr.synthesis.base import REJECT_INFO, SYNTHESIS_BACKENDS, ImageRequest
+from ffr.synthesis.fingerprint import fingerprint_dir
 from ffr.synthesis.prompts import PromptSet
 
 # Short names → (diffusers scheduler class, options). Any other diffusers scheduler class name works too.
@@ -97,7 +98,7 @@ class DiffusersBackend:
         import diffusers
         import torch
 
-        from ffr.train.loop import resolve_device
+        from ffr.train.runtime import resolve_device
 
         self.prompts = prompts if isinstance(prompts, PromptSet) else PromptSet.load(prompts)
         self.prompts.validate(card)

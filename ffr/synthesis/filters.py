@@ -74,7 +74,7 @@ class ClipScoreFilter:
     (``save_pretrained`` output); nothing is downloaded. Scores are 100 × cosine similarity."""
 
     def __init__(self, model: str, min_score: float = 20.0, device: str = "auto", batch_size: int = 32):
-        from ffr.synthesis.base import fingerprint_dir
+        from ffr.synthesis.fingerprint import fingerprint_dir
 
         path = Path(model)
         if not path.is_dir():
@@ -83,7 +83,7 @@ class ClipScoreFilter:
         import torch
         from transformers import CLIPModel, CLIPProcessor
 
-        from ffr.train.loop import resolve_device
+        from ffr.train.runtime import resolve_device
 
         self.device = resolve_device(device)
         self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval().to(self.device)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ffr.config import TrainConfig  # noqa: F401  (re-exported: the loop's settings)
 from ffr.data.loading import BatchTransform, TensorData
 from ffr.metrics import GroupTally, flat_metrics, metrics_from_tally
 from ffr.train import distributed as dist
@@ -23,33 +24,6 @@ from ffr.train.objectives import Objective, ObjectiveContext, training_group_nam
 
 
 @dataclass
-class TrainConfig:
-    """Hyperparameters of one call of the training loop."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    optimizer: str = "adam"          # adam | sgd
-    momentum: float = 0.9            # sgd only
-    augment: bool = False            # the paper uses no augmentation
-    normalize: str = "imagenet"
-    group_by: str = "auto"           # groups the objective optimises over (see training_groups)
-    eval_batch_size: int = 512
-    amp: str = "auto"                # auto | bf16 | fp16 | off (see ffr.train.runtime.autocast_dtype)
-    channels_last: bool = True       # NHWC memory format: faster convolutions on CPU and GPU
-    deterministic: bool = False      # deterministic kernels; turns cudnn.benchmark off
-    num_threads: int = 0             # CPU threads (0: the usable CPUs not kept busy by others)
-    # Step-2 options (ffr.train.finetune): what a stage keeps from the weights it starts from.
-    freeze_bn: bool = False          # BatchNorm statistics and affine parameters not trained
-    freeze_stages: int = 0           # first k stages of the feature extractor not trained
-    backbone_lr_mult: float = 1.0    # feature extractor lr = lr * this; head lr = lr
-    l2sp: float = 0.0                # weight of the L2-SP pull toward the initial weights
-    lpft_epochs: int = 0             # first epochs train the head alone (LP-FT)
-    select_init: bool = False        # the starting weights compete in checkpoint selection (epoch -1)
-
-
-@dataclass
 class FitResult:
     """The selected checkpoint and what led to it."""
 
@@ -57,15 +31,6 @@ class FitResult:
     best_epoch: int
     best_val: dict
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` → CUDA when present (this process's GPU under ``torchrun``), else CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -245,6 +210,3 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model.feature_norm = bool(meta.get("feature_norm", False))
     return model, meta
 
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -13,6 +13,15 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 _thread_cap: int | None = None  # set by cap_threads in a worker process that shares the CPUs
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` → CUDA when present (this process's GPU under ``torchrun``), else CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(device)
+
+
 def cap_threads(n: int) -> None:
     """Limit this process to ``n`` CPU threads, e.g. one of several worker processes sharing the
     machine: :func:`cpu_budget` (and so every later ``fit``) stays within it."""

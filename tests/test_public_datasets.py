@@ -7,8 +7,8 @@ import pytest
 
 from helpers import write_png
 from ffr.cli import main
-from ffr.data.adapters import load_dataset
-from ffr.data.benchmarks import auto_majority, stratified_split
+from ffr.data.sources import load_dataset
+from ffr.data.public import auto_majority, stratified_split
 from ffr.data.manifest import Manifest, ManifestError
 
 CELEBA_ATTRS = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "

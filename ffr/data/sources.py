@@ -1,0 +1,67 @@
+"""Where the real data comes from, and the one prepare step.
+
+:func:`load_source` reads the real dataset — the built-in demo, or a folder read by any dataset
+adapter (``csv``, ``folder``, ``waterbirds``, ``celeba``, ``celeba_hq``, ``utkface``,
+``spuco_animals``) with its options; :func:`prepare` adds the bias-rate split and writes the
+result. ``ffr prepare``, the DVC prepare stage, the Kubeflow prepare step and ``ffr compare`` all
+go through these two functions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+from ffr.data import public as _public  # noqa: F401  (registers the public datasets' adapters)
+from ffr.data.adapters import ADAPTERS
+from ffr.data.manifest import Manifest
+from ffr.data.splits import bias_rate_split
+
+
+def load_dataset(adapter: str, source: str | os.PathLike, **options) -> Manifest:
+    """Read dataset ``source`` with the adapter registered as ``adapter``; an option the adapter
+    does not take is an error naming it."""
+    fn = ADAPTERS.get(adapter)
+    try:
+        inspect.signature(fn).bind(source, **options)
+    except TypeError as e:
+        raise ValueError(f"adapter {adapter!r}: {e} (options given: {sorted(options)})") from None
+    return fn(source, **options)
+
+
+def load_source(dataset: str, adapter: str = "csv", options: dict | None = None, demo: dict | None = None,
+                demo_dir: str | os.PathLike | None = None) -> Manifest:
+    """The real dataset.
+
+    Args:
+        dataset: ``demo`` (the built-in benchmark) or the dataset's folder (an ``s3://`` URI for
+            the ``csv`` adapter).
+        adapter: The dataset adapter reading ``dataset`` (``csv``: ``manifest.csv`` + ``card.json``;
+            ``folder``: ``<split>/<class>/<bias>/`` image folders; or a public dataset's).
+        options: The adapter's options (e.g. ``{"label": "Blond_Hair"}`` for CelebA).
+        demo: :class:`ffr.data.demo.DemoSpec` overrides (``dataset == "demo"`` only).
+        demo_dir: Where the demo is built.
+    """
+    if dataset == "demo":
+        from ffr.data.demo import DemoSpec, make_demo
+
+        if demo_dir is None:
+            raise ValueError("the demo dataset needs a folder to be built in")
+        return make_demo(Path(demo_dir), DemoSpec(**(demo or {})))
+    return load_dataset(adapter, dataset, **(options or {}))
+
+
+def prepare(dataset: str, out_dir: str | os.PathLike, bias_rate: float, seed: int = 0,
+            min_val_per_group: int = 10, demo: dict | None = None,
+            source_dir: str | os.PathLike | None = None, adapter: str = "csv",
+            options: dict | None = None) -> Manifest:
+    """Load the real dataset (:func:`load_source`; the demo is built under ``source_dir``, default
+    ``out_dir/../source``) and write its bias-rate split to ``out_dir`` (manifest.csv, card.json,
+    split_report.json). Returns the split manifest."""
+    out_dir = Path(out_dir)
+    real = load_source(dataset, adapter, options, demo, source_dir or out_dir.parent / "source")
+    split, report = bias_rate_split(real, bias_rate, seed, min_val_per_group)
+    split.save(out_dir)
+    report.save(out_dir / "split_report.json")
+    return split

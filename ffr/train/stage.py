@@ -1,0 +1,307 @@
+"""The one stage driver: everything that happens to one training stage, whoever asks for it.
+
+``ffr train`` and the DVC stages (:func:`ffr.stages.train_stage`), the Kubeflow train step
+(``components/train.py``), the data-parallel rank entry (:mod:`ffr.launch`) and every grid cell
+of ``ffr compare`` / ``ffr sweep`` (:func:`ffr.experiment.run_cell`) describe a stage as a
+:class:`StageSpec` and call :func:`run_stage`, which
+
+1. builds the model (seeded), loads the starting weights (FFR's step 2 starts from step 1),
+2. calls the training loop (:func:`ffr.train.loop.fit`) — the only call of it in the product —
+   with the objective an objective trains as (DFR trains as ERM),
+3. applies the objective's finalize step when it differs (DFR's last-layer retraining),
+4. writes the checkpoint, its per-epoch history and its summary (:func:`stage_files`),
+5. reports to the tracker, and
+6. with a stage cache, reuses a stage whose key (:meth:`StageSpec.key`) was trained before.
+
+:func:`run_distributed` runs a stage under ``torchrun`` in several processes (one per GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ffr.config import BACKBONE, IMAGE_SIZE, OBJECTIVE, TrainConfig
+from ffr.data.manifest import Manifest
+from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
+
+SUMMARY_SUFFIX = ".json"
+HISTORY_SUFFIX = ".history.jsonl"
+
+
+def stage_files(checkpoint: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """(checkpoint, history, summary) of a stage: ``X.pt``, ``X.pt.history.jsonl`` (one JSON line
+    per epoch) and ``X.pt.json`` (best epoch, validation metrics, metadata; written last, so its
+    presence means the stage finished)."""
+    ckpt = Path(checkpoint)
+    return ckpt, ckpt.with_name(ckpt.name + HISTORY_SUFFIX), ckpt.with_name(ckpt.name + SUMMARY_SUFFIX)
+
+
+@dataclass
+class StageSpec:
+    """One training stage: what it trains on, with which settings, from which weights.
+
+    Args:
+        name: The stage (``train`` for none/USB/ASB, ``pretrain`` / ``finetune`` for FFR).
+        train: Every row is trained on.
+        val: The real validation rows that select the checkpoint (worst-group accuracy).
+        settings: The training loop's settings.
+        objective: Objective name (``erm``, ``resample``, ``groupdro``, ``dfr``).
+        objective_options: The objective's options (e.g. ``{"eta": 0.01}`` for GroupDRO).
+        backbone: Backbone name.
+        weights: Pretrained backbone weights (a local file), or None for a random init.
+        image_size: Side of the square images the model sees.
+        seed: Seeds the model's init and the epoch order.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``.
+        init: Starting weights: a checkpoint path, a model, or None.
+        init_key: The key of the stage ``init`` came from (keys chain through the stage cache).
+        group_by: The groups a group-aware objective optimises over when ``settings.group_by``
+            is ``auto``: the strategy's (:class:`ffr.balance.StagePlan`); ``auto`` decides by
+            whether the set mixes real and synthetic images.
+    """
+
+    name: str
+    train: Manifest
+    val: Manifest
+    settings: TrainConfig = field(default_factory=TrainConfig)
+    objective: str = OBJECTIVE
+    objective_options: dict = field(default_factory=dict)
+    backbone: str = BACKBONE
+    weights: str | None = None
+    image_size: int = IMAGE_SIZE
+    seed: int = 0
+    device: str = "auto"
+    init: Any = None
+    init_key: str | None = None
+    group_by: str = "auto"
+
+    def loop_settings(self) -> TrainConfig:
+        """The settings the loop runs with: ``group_by`` resolved to the strategy's."""
+        if self.settings.group_by == "auto" and self.group_by != "auto":
+            return dataclasses.replace(self.settings, group_by=self.group_by)
+        return self.settings
+
+    def key(self, trainer_identity: str) -> str:
+        """Identity of the trained stage: its data, settings, trainer, model and starting point.
+        Two stages with one key are the same training run (e.g. FFR's step 1 under every step-2
+        variant, ERM's model under DFR)."""
+        blob = json.dumps({"train": self.train.digest(), "val": self.val.digest(), "cfg": asdict(self.loop_settings()),
+                           "objective": trainer_identity, "backbone": self.backbone, "weights": self.weights,
+                           "image_size": self.image_size, "seed": self.seed, "init": self.init_key},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: the selected (and finalized) model and where it was written."""
+
+    model: Any
+    checkpoint: Path
+    history: Path
+    key: str
+    best_epoch: int
+    val: dict
+    objective_state: dict
+    meta: dict
+    reused: bool = False
+
+    def summary(self) -> dict:
+        """The JSON summary written beside the checkpoint."""
+        return {"checkpoint": str(self.checkpoint), "key": self.key, "best_epoch": self.best_epoch, "val": self.val,
+                "objective_state": self.objective_state, "meta": self.meta}
+
+
+def identity(objective) -> str:
+    """What of an objective a stage key depends on: its name and options."""
+    return objective.name + (json.dumps(objective.options, sort_keys=True) if objective.options else "")
+
+
+def objectives(spec: StageSpec):
+    """(the objective, the objective it trains as): DFR trains as ERM and differs only in its
+    finalize step; other objectives train as themselves."""
+    from ffr.train.objectives import create_objective
+
+    objective = create_objective(spec.objective, **(spec.objective_options or {}))
+    trainer = create_objective(objective.trains_as) if objective.trains_as else objective
+    return objective, trainer
+
+
+def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+              tensors: Callable[[Manifest], Any] | None = None, tracker: Tracker | None = None,
+              progress: bool = False, desc: str | None = None, sources: dict | None = None) -> StageResult:
+    """Train (or reuse) the stage ``spec`` and return its result.
+
+    Args:
+        spec: The stage.
+        out: The checkpoint path of the stage's final model (history and summary beside it,
+            see :func:`stage_files`). With ``cache_dir`` it may be omitted: the cached trained
+            stage is then the result, unless a finalize step (DFR) makes a new model.
+        cache_dir: A stage cache: the trained stage lives in ``cache_dir/<key>/model.pt`` and a
+            finished one is loaded instead of trained again.
+        tensors: Decodes a manifest into :class:`~ffr.data.loading.TensorData` (a grid passes its
+            image cache); default: decode the files at ``spec.image_size``.
+        tracker: Receives the parameters, the datasets, per-epoch metrics, the history and the
+            model (rank 0 only under ``torchrun``).
+        progress: Show a progress bar over epochs.
+        desc: The progress bar's label.
+        sources: Where the ``train`` and ``val`` manifests were read from, for the tracker.
+
+    Returns:
+        The stage's :class:`StageResult`. Under ``torchrun`` every rank trains and gets the
+        result; rank 0 alone writes files and reports.
+    """
+    from ffr.data.loading import TensorData
+    from ffr.train import distributed as dist
+    from ffr.train.backbones import create_model
+    from ffr.train.loop import evaluate, fit, load_checkpoint, objective_context, save_checkpoint, seed_everything
+    from ffr.train.runtime import resolve_device
+
+    if out is None and cache_dir is None:
+        raise ValueError("run_stage needs an output checkpoint path or a stage cache")
+    dist.init_from_env()
+    tracker = tracker if tracker is not None and dist.is_main() else NullTracker()
+    if len(spec.val) == 0:
+        raise ValueError(f"stage {spec.name!r}: no real validation rows to select checkpoints with")
+    decode = tensors or (lambda m: TensorData.from_manifest(m, spec.image_size))
+    device = resolve_device(spec.device)
+    settings = spec.loop_settings()
+    objective, trainer = objectives(spec)
+    key = spec.key(identity(trainer))
+    trained_ckpt = Path(cache_dir) / key / "model.pt" if cache_dir is not None else Path(out)
+    ckpt, history, summary = stage_files(trained_ckpt)
+    tracker.log_params({"stage": spec.name, "backbone": spec.backbone, "weights": spec.weights,
+                        "objective": objective.name, "init": None if spec.init is None or not isinstance(
+                            spec.init, (str, os.PathLike)) else str(spec.init), "seed": spec.seed,
+                        "image_size": spec.image_size, "stage_key": key, **flatten(settings, f"{spec.name}."),
+                        **flatten(spec.objective_options or {}, "objective_options.")})
+    tracker.log_dataset(spec.train, "train", (sources or {}).get("train"))
+    tracker.log_dataset(spec.val, "validation", (sources or {}).get("val"))
+    val = decode(spec.val)
+    train = None
+    meta = {"backbone": spec.backbone, "classes": list(spec.train.card.classes),
+            "bias_values": list(spec.train.card.bias_values), "image_size": spec.image_size,
+            "normalize": settings.normalize, "stage": spec.name, "objective": trainer.name,
+            "train_digest": spec.train.digest(), "stage_key": key}
+    reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
+    if reused:
+        model, _ = load_checkpoint(ckpt, device)
+        done = json.loads(summary.read_text())
+        best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
+        records = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
+        for rec in records:
+            tracker.log_metrics(*epoch_metrics(rec))
+    else:
+        seed_everything(spec.seed)  # per stage, so a stage's result does not depend on what ran before
+        model = create_model(spec.backbone, len(spec.train.card.classes), spec.weights)
+        if spec.init is not None:
+            model.load_state_dict(_init_state(spec))
+        if dist.is_main():  # a rerun replaces the history only once the new stage is written
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+        partial = history.with_name(history.name + f".{os.getpid()}.tmp")
+        partial.unlink(missing_ok=True)
+
+        def log(rec):
+            rec = {"stage": spec.name, **rec}
+            with partial.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            tracker.log_metrics(*epoch_metrics(rec))
+
+        train = decode(spec.train)
+        result = fit(model, train, val, trainer, settings, device, seed=spec.seed, log=log, progress=progress,
+                     desc=desc or spec.name)
+        model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
+        records = result.history
+        meta["best_epoch"] = best_epoch
+        if dist.is_main():
+            save_checkpoint(ckpt, model, meta)
+            os.replace(partial, history) if partial.is_file() else history.write_text("")
+            _write_json(summary, StageResult(model, ckpt, history, key, best_epoch, best_val, state, meta).summary())
+        dist.barrier()  # the other ranks go on once the files exist
+    meta["best_epoch"] = best_epoch
+    final_ckpt = ckpt
+    if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
+        train = train if train is not None else decode(spec.train)
+        objective.setup(objective_context(train, settings, device, spec.seed))
+        model = objective.finalize(model, train, val, device)
+        best_val, state = evaluate(model, val, device, settings.normalize, settings.eval_batch_size), objective.state()
+        meta = {**meta, "objective": objective.name}
+        final_ckpt = Path(out) if out is not None else ckpt.with_name(f"model_{objective.name}.pt")
+        _, _, final_summary = stage_files(final_ckpt)
+        if dist.is_main():
+            save_checkpoint(final_ckpt, model, meta)
+            _write_json(final_summary, StageResult(model, final_ckpt, history, key, best_epoch, best_val, state,
+                                                   meta).summary())
+    elif out is not None and Path(out) != ckpt and dist.is_main():  # a cached stage asked for at its own path
+        import shutil
+
+        for src, dst in zip(stage_files(ckpt), stage_files(out)):
+            if src.is_file():
+                Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+        final_ckpt = Path(out)
+    result = StageResult(model, final_ckpt, history, key, best_epoch, best_val, state, meta, reused)
+    tracker.log_history(records)
+    tracker.log_model(model, meta)
+    return result
+
+
+def _init_state(spec: StageSpec) -> dict:
+    """The state dict ``spec.init`` names (a model, or a checkpoint of the same classes)."""
+    from ffr.train.loop import load_checkpoint
+
+    if hasattr(spec.init, "state_dict"):
+        return spec.init.state_dict()
+    start, meta = load_checkpoint(spec.init)
+    if meta["classes"] != list(spec.train.card.classes):
+        raise ValueError(f"{spec.init}: checkpoint classes {meta['classes']} differ from the dataset's "
+                         f"{list(spec.train.card.classes)}")
+    return start.state_dict()
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------ several processes
+def run_distributed(processes: int, request: dict, tracking: dict | None = None) -> dict:
+    """The stage of ``request`` in ``processes`` data-parallel processes (``torchrun
+    --standalone``, one per GPU of the pod); returns its summary (:func:`stage_files`).
+
+    Args:
+        processes: How many processes (ranks) to start.
+        request: :func:`ffr.stages.train_stage`'s arguments, JSON-able (``cfg`` as a dict is fine).
+        tracking: :func:`ffr.integrations.tracking.optional_run`'s arguments (``tracking_uri``,
+            ``run_name``, ``pipeline_run_id``, ``experiment``) for the run rank 0 opens.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    out_path = Path(request["out_path"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = request.get("cfg")
+    spec = {**{k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in request.items()},
+            "cfg": asdict(cfg) if dataclasses.is_dataclass(cfg) else (cfg or asdict(TrainConfig())),
+            "tracking": tracking}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out_path.parent, delete=False) as f:
+        json.dump(spec, f)
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "ffr.launch", f.name]
+        rc = subprocess.run(cmd).returncode  # the processes' output goes to this step's log
+    finally:
+        os.unlink(f.name)
+    if rc != 0:
+        raise RuntimeError(f"data-parallel training of {out_path} in {processes} processes failed (exit {rc}); "
+                           "the ranks' errors are in the log above")
+    return json.loads(stage_files(out_path)[2].read_text())
