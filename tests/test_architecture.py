@@ -45,6 +45,62 @@ def test_importing_the_core_loads_none_of_them():
     assert out.stdout.strip() == "[]"
 
 
+def _loop_fit_uses(path: Path) -> list[int]:
+    """Lines of ``path`` that reach the training loop's ``fit``: ``from ffr.train.loop import fit``
+    (under any name), or ``fit`` taken from a name bound to the ``ffr.train.loop`` module."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules, lines = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "ffr.train.loop":
+            lines += [node.lineno for a in node.names if a.name in ("fit", "*")]
+        elif isinstance(node, ast.ImportFrom) and node.module == "ffr.train":
+            modules |= {a.asname or a.name for a in node.names if a.name == "loop"}
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname for a in node.names if a.name == "ffr.train.loop" and a.asname}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "fit" and isinstance(node.value, ast.Name) \
+                and node.value.id in modules:
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+DRIVER = ROOT / "ffr" / "train" / "stage.py"
+
+
+def test_only_the_stage_driver_calls_the_training_loop():
+    """The CLI, DVC, the components, torchrun's ranks and compare's cells all go through
+    ffr.train.stage.run_stage; a second caller of fit() is a second stage driver. (benchmarks/
+    and tests/ measure and test the loop itself.)"""
+    callers = {}
+    for folder in ("ffr", "components", "pipelines"):
+        for path in (ROOT / folder).rglob("*.py"):
+            lines = _loop_fit_uses(path)
+            if lines and path != DRIVER:
+                callers[str(path.relative_to(ROOT))] = lines
+    assert callers == {}, f"fit() called outside the stage driver: {callers}; call ffr.train.stage.run_stage"
+    assert _loop_fit_uses(DRIVER), "the stage driver no longer calls fit(): update this test"
+
+
+def test_the_fit_guard_catches_a_second_driver(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from ffr.train import loop\ndef go(m):\n    return loop.fit(m, 1, 2, 3, 4, 5)\n")
+    assert _loop_fit_uses(f) == [3]
+    f.write_text("def go(m):\n    from ffr.train.loop import fit as train\n    return train(m)\n")
+    assert _loop_fit_uses(f) == [2]
+    f.write_text("def go(clf, x, y):\n    return clf.fit(x, y)\n")  # scikit-learn's fit is not the loop
+    assert _loop_fit_uses(f) == []
+
+
+def test_importing_the_config_loads_no_torch():
+    """Parsing a config (the CLI's help, a Kubeflow step's validation) must not pay for torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, ffr.config, ffr.balance, ffr.data.sources; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+
+
 def test_the_guard_catches_an_offender(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    import mlflow.pytorch\n")

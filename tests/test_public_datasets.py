@@ -255,3 +255,52 @@ def test_data_import_cli(tmp_path, capsys):
     assert len(m) == 7 and m.card.classes == ["not_blond_hair", "blond_hair"]
     assert main(["data", "import", "celeba", str(tmp_path / "celeba"), "--out", str(out), "--option", "colour=1"]) == 2
     assert "adapter 'celeba'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ every adapter
+def make_utkface(root, n=60):
+    for i in range(n):
+        write_png(root / f"{[1, 3, 25, 40][i % 4]}_{i % 2}_{i % 5}_2017011{i:09d}.jpg.chip.jpg", i)
+
+
+def make_folder(root, n=3):
+    seed = 0
+    for split in ("train", "val", "test"):
+        for c in ("cat", "dog"):
+            for b in ("indoor", "outdoor"):
+                for i in range(n):
+                    seed += 1
+                    write_png(root / split / c / b / f"{i}.png", seed)
+
+
+def make_csv(root):
+    make_folder(root / "images")
+    from ffr.data.sources import load_dataset as load
+
+    load("folder", root / "images").save(root)
+
+
+ADAPTER_FIXTURES = {
+    "csv": (make_csv, {}), "folder": (make_folder, {}), "celeba": (make_celeba, {}),
+    "celeba_hq": (make_celeba_hq, {"partition_file": "list_eval_partition.txt"}),
+    "spuco_animals": (make_spuco, {}), "utkface": (make_utkface, {}),
+    "waterbirds": (lambda root: make_waterbirds(root, [(f"{c}/{c}_{i}_{p}.jpg", y, i % 3, p) for i in range(12)
+                                                       for c, y in (("001.A", 1), ("094.B", 0)) for p in (0, 1)]), {}),
+}
+
+
+@pytest.mark.parametrize("adapter", __import__("ffr.data.adapters", fromlist=["ADAPTERS"]).ADAPTERS.names())
+def test_every_adapter_reads_its_layout_and_prepares(adapter, tmp_path):
+    """Each registered adapter on a fixture in its distribution's layout, through the one prepare
+    that `ffr prepare`, DVC, the Kubeflow prepare step and `compare` share."""
+    from ffr.data.sources import prepare
+
+    assert adapter in ADAPTER_FIXTURES, f"adapter {adapter!r} has no fixture here: add one"
+    make, options = ADAPTER_FIXTURES[adapter]
+    make(tmp_path / "src")
+    split = prepare(str(tmp_path / "src"), tmp_path / "prepared", 0.6, seed=0, min_val_per_group=1,
+                    adapter=adapter, options=options)
+    again = Manifest.load(tmp_path / "prepared")
+    assert len(again) == len(split) > 0 and again.digest() == split.digest()
+    assert set(again.frame["split"]) <= {"train", "val", "test"} and (again.frame["source"] == "real").all()
+    assert (tmp_path / "prepared" / "split_report.json").is_file()

@@ -1,0 +1,72 @@
+"""One place for the defaults: ffr.config's constants. The configs read them by name; a Kubeflow
+component's signature must hold literals (KFP ships a lightweight component's function source
+alone), so this test holds every component's and pipeline's defaults against the constants."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+pytest.importorskip("kfp")
+
+from components import ALL  # noqa: E402
+from ffr import config as defaults  # noqa: E402
+from ffr.balance import STRATEGIES  # noqa: E402
+from ffr.cli import build_parser  # noqa: E402
+from ffr.config import ExperimentConfig, TrainConfig  # noqa: E402
+from pipelines import PIPELINES, get_pipeline  # noqa: E402
+from pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
+from pipelines.run import pipeline_parameters  # noqa: E402
+
+# parameter name -> the constant it defaults to, wherever it appears
+SHARED = {"epochs": "EPOCHS", "train_epochs": "EPOCHS", "pretrain_epochs": "EPOCHS", "finetune_epochs": "EPOCHS",
+          "lr": "LR", "pretrain_lr": "PRETRAIN_LR", "finetune_lr": "FINETUNE_LR", "weight_decay": "WEIGHT_DECAY",
+          "image_size": "IMAGE_SIZE", "backbone": "BACKBONE", "objective": "OBJECTIVE", "bias_rate": "BIAS_RATE",
+          "min_val_per_group": "MIN_VAL_PER_GROUP", "max_attempts": "MAX_ATTEMPTS",
+          "synthesis_backend": "SYNTHESIS_BACKEND", "synthesis_batch_size": "SYNTHESIS_BATCH_SIZE"}
+# the same name means another thing in the synthesis step than in the training step
+PER_COMPONENT = {"synthesize_shard": {"backend": "SYNTHESIS_BACKEND", "batch_size": "SYNTHESIS_BATCH_SIZE"},
+                 "train_model": {"batch_size": "BATCH_SIZE"}}
+
+
+def _component_name(component) -> str:
+    return component.python_func.__name__
+
+
+@pytest.mark.parametrize("component", ALL, ids=_component_name)
+def test_component_defaults_are_the_projects(component):
+    rules = {**SHARED, **PER_COMPONENT.get(_component_name(component), {})}
+    checked = {}
+    for name, p in inspect.signature(component.python_func).parameters.items():
+        if name in rules and p.default is not inspect.Parameter.empty:
+            checked[name] = (p.default, getattr(defaults, rules[name]))
+    assert {k: a for k, (a, b) in checked.items() if a != b} == {}, \
+        f"{_component_name(component)}: defaults differ from ffr.config's: {checked}"
+
+
+@pytest.mark.parametrize("name", PIPELINES.names())
+def test_pipeline_defaults_are_the_projects(name):
+    params = pipeline_parameters(get_pipeline(name))
+    rules = {**SHARED, "batch_size": "BATCH_SIZE"}
+    checked = {k: (params[k], getattr(defaults, rules[k])) for k in params if k in rules}
+    assert checked, f"pipeline {name!r} exposes none of the training defaults"
+    assert {k: a for k, (a, b) in checked.items() if a != b} == {}
+
+
+def test_configs_read_the_same_constants():
+    cfg = ExperimentConfig()
+    assert TrainConfig().epochs == cfg.train.epochs == cfg.pretrain.epochs == cfg.finetune.epochs == defaults.EPOCHS
+    assert (cfg.train.lr, cfg.pretrain.lr, cfg.finetune.lr) == (defaults.LR, defaults.PRETRAIN_LR, defaults.FINETUNE_LR)
+    assert cfg.overrides["asb"]["train.lr"] == defaults.ASB_LR
+    assert {b["strategy"]: b["lr"] for b in DEFAULT_BASELINES} == {"none": defaults.LR, "usb": defaults.LR,
+                                                                   "asb": defaults.ASB_LR}
+    assert cfg.synthesis.batch_size == defaults.SYNTHESIS_BATCH_SIZE
+    assert set(cfg.strategies) == set(STRATEGIES.names())
+
+
+def test_cli_defaults_are_the_projects():
+    sub = build_parser()._subparsers._group_actions[0].choices
+    synth = {a.dest: a.default for a in sub["synthesize"]._actions}
+    assert (synth["batch_size"], synth["max_attempts"], synth["backend"]) == \
+        (defaults.SYNTHESIS_BATCH_SIZE, defaults.MAX_ATTEMPTS, defaults.SYNTHESIS_BACKEND)
