@@ -1,5 +1,6 @@
-"""One small registry type, used for every pluggable family (adapters, synthesis backends,
-balancing strategies, objectives, backbones)."""
+"""One small registry type, used for every pluggable family: dataset adapters, synthesis backends,
+image filters, balancing strategies, objectives, backbones and pipelines (docs/architecture.md
+lists where each lives). Not the MLflow model registry: that is :mod:`ffr.integrations.registry`."""
 
 from __future__ import annotations
 

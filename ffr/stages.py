@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 
 from ffr.balance import balance, pool_requirement
-from ffr.config import BACKBONE, IMAGE_SIZE, OBJECTIVE, TrainConfig
+from ffr.config import (BACKBONE, IMAGE_SIZE, MAX_ATTEMPTS, OBJECTIVE, SYNTHESIS_BACKEND, SYNTHESIS_BATCH_SIZE,
+                        TrainConfig)
 from ffr.data.manifest import DatasetCard, Manifest, group_key
 from ffr.data.sources import prepare  # noqa: F401  (the prepare stage, re-exported beside the others)
 from ffr.tracking import NullTracker, Tracker
@@ -58,8 +59,8 @@ def synthesis_work(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr")
 
 
 def synthesize_stage(card_path: str | os.PathLike, work: dict, out_dir: str | os.PathLike,
-                     backend: str = "procedural", seed: int = 0, batch_size: int = 8,
-                     options: dict | None = None, filters=(), max_attempts: int = 10) -> Manifest:
+                     backend: str = SYNTHESIS_BACKEND, seed: int = 0, batch_size: int = SYNTHESIS_BATCH_SIZE,
+                     options: dict | None = None, filters=(), max_attempts: int = MAX_ATTEMPTS) -> Manifest:
     """Render one work item of :func:`synthesis_work` into ``out_dir`` (images, manifest and the
     run's record, see :func:`ffr.synthesis.outputs.synthesize_dataset`). Numbers in ``work`` may
     arrive as floats (pipeline runners serialise them so)."""

@@ -1,7 +1,9 @@
 """The tracker protocol: what the library reports while it runs, with no tracking backend imported.
 
-Entry points (``run_cell``, ``compare``, ``train_stage``, ``evaluate_stage``) take an optional
-tracker and call these few methods at their record points; :class:`NullTracker` is the default.
+Entry points (the stage driver :func:`ffr.train.stage.run_stage` and so ``train_stage``,
+``compare``, ``evaluate_stage``) take an optional tracker and call these few methods at their
+record points; :class:`NullTracker` is the default. ``compare`` reports each finished cell from
+what it left on disk (:func:`log_cell`), so cells run in worker processes are reported alike.
 The MLflow implementation lives in :mod:`ffr.integrations.tracking`.
 """
 

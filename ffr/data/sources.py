@@ -13,6 +13,7 @@ import inspect
 import os
 from pathlib import Path
 
+from ffr.config import MIN_VAL_PER_GROUP
 from ffr.data import public as _public  # noqa: F401  (registers the public datasets' adapters)
 from ffr.data.adapters import ADAPTERS
 from ffr.data.manifest import Manifest
@@ -53,7 +54,7 @@ def load_source(dataset: str, adapter: str = "csv", options: dict | None = None,
 
 
 def prepare(dataset: str, out_dir: str | os.PathLike, bias_rate: float, seed: int = 0,
-            min_val_per_group: int = 10, demo: dict | None = None,
+            min_val_per_group: int = MIN_VAL_PER_GROUP, demo: dict | None = None,
             source_dir: str | os.PathLike | None = None, adapter: str = "csv",
             options: dict | None = None) -> Manifest:
     """Load the real dataset (:func:`load_source`; the demo is built under ``source_dir``, default

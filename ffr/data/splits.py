@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ffr.config import MIN_VAL_PER_GROUP
 from ffr.data.manifest import Manifest, format_group_counts, group_key
 
 
@@ -52,7 +53,7 @@ def minority_keep(n_majority: int, bias_rate: float, n_minority_groups: int = 1)
 
 
 def bias_rate_split(manifest: Manifest, bias_rate: float, seed: int = 0,
-                    min_val_per_group: int = 10) -> tuple[Manifest, SplitReport]:
+                    min_val_per_group: int = MIN_VAL_PER_GROUP) -> tuple[Manifest, SplitReport]:
     """Subsample the real train and val rows of ``manifest`` to bias rate ``bias_rate``.
 
     Sampling is seeded and independent of row order (rows are sorted by path first). Synthetic

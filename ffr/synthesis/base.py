@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from ffr.data.manifest import DatasetCard, Manifest, group_key
+from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BATCH_SIZE
 from ffr.registry import Registry
 
 SYNTHESIS_BACKENDS: Registry = Registry("synthesis backend")
@@ -115,15 +116,15 @@ class SynthesisRun:
 
 
 def synthesize(backend: SynthesisBackend, card: DatasetCard, counts: dict[tuple[str, str], int],
-               out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = 64, **options) -> Manifest:
+               out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = SYNTHESIS_BATCH_SIZE, **options) -> Manifest:
     """Render the images and return their manifest: :func:`run_synthesis` without the record."""
     return run_synthesis(backend, card, counts, out_dir, base_seed, batch_size, **options).manifest
 
 
 def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tuple[str, str], int],
-                  out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = 64,
+                  out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = SYNTHESIS_BATCH_SIZE,
                   split: str = "train", progress: bool = False, shard: int = 0, num_shards: int = 1,
-                  filters: Sequence = (), max_attempts: int = 10) -> SynthesisRun:
+                  filters: Sequence = (), max_attempts: int = MAX_ATTEMPTS) -> SynthesisRun:
     """Render ``counts[(label, bias)]`` accepted images per group (this shard's part of them) into
     ``out_dir/<label>_<bias>/<index>.png``.
 

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BATCH_SIZE
 from ffr.data.manifest import CARD_FILE, MANIFEST_FILE, DatasetCard, Manifest, ManifestError, group_key
 from ffr.synthesis.base import SynthesisRun, image_relpath
 
@@ -37,8 +38,8 @@ def shard_record_dir(out_dir: str | os.PathLike, shard: int, num_shards: int,
 
 def synthesize_dataset(backend: str, card: DatasetCard, counts: dict[tuple[str, str], int],
                        out_dir: str | os.PathLike, backend_options: dict | None = None, base_seed: int = 0,
-                       shard: int = 0, num_shards: int = 1, batch_size: int = 8, filters: Sequence = (),
-                       max_attempts: int = 10, split: str = "train", progress: bool = False,
+                       shard: int = 0, num_shards: int = 1, batch_size: int = SYNTHESIS_BATCH_SIZE,
+                       filters: Sequence = (), max_attempts: int = MAX_ATTEMPTS, split: str = "train", progress: bool = False,
                        record_dir: str | os.PathLike | None = None) -> tuple[SynthesisRun, Path]:
     """The one entry point behind ``ffr synthesize`` (and the pipeline's synthesis step): build the
     backend, render this shard's images into ``out_dir`` and save the run's record in ``record_dir``

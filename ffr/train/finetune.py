@@ -1,4 +1,4 @@
-"""What a stage may keep from its initialisation: the step-2 options of :class:`TrainConfig`.
+"""What a stage may keep from its initialisation: the step-2 options of :class:`ffr.config.TrainConfig`.
 
 On a strongly biased real set, plain fine-tuning of FFR's step-1 model re-learns the background
 shortcut within a few dozen steps. These options limit how far step 2 moves from step 1:
@@ -24,7 +24,7 @@ from torch import nn
 
 
 class StageControls:
-    """Applies a :class:`~ffr.train.loop.TrainConfig`'s step-2 options to a model for one call of
+    """Applies a :class:`~ffr.config.TrainConfig`'s step-2 options to a model for one call of
     the training loop: which parameters train at which rate, which modules stay in eval mode,
     and the L2-SP penalty."""
 
