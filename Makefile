@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ffr-installed
 RUNS   ?= runs
 
-.PHONY: demo test compare-demo venv clean-venv
+.PHONY: demo test test-fast compare-demo venv clean-venv
 
 venv: $(STAMP)
 
@@ -31,8 +31,13 @@ demo: $(STAMP)
 compare-demo: $(STAMP)
 	$(VENV)/bin/ffr compare --out $(RUNS)/compare-demo --config configs/demo.yaml --workers 2
 
+# Everything: unit, slow end-to-end and integration (real servers) tests. CI runs this.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The unit tier only (no test marked slow or integration): the quick check while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration"
 
 clean-venv:
 	rm -rf $(VENV)

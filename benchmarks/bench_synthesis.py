@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     from ffr.data.manifest import DatasetCard
     from ffr.synthesis import create_backend
-    from ffr.synthesis.base import make_request
+    from ffr.synthesis.generation import make_request
     from ffr.synthesis.tiny import build_tiny_pipeline
 
     if args.threads:

@@ -32,9 +32,9 @@ def evaluate_model(
 
     from ffr.data.manifest import Manifest
     from ffr.metrics import flat_metrics
-    from ffr.integrations.tracking import optional_run
+    from ffr.integrations.mlflow_tracking import optional_run
     from ffr.stages import evaluate_stage
-    from ffr.visuals import evaluation_report_html
+    from ffr.results.views import evaluation_report_html
 
     with optional_run(mlflow_uri, f"evaluate {strategy}", pipeline_run_id, mlflow_experiment,
                       system_metrics=False) as tracker:

@@ -38,8 +38,9 @@ def register_model(
     else:
         from ffr.data.manifest import Manifest
         from ffr.integrations.dvc import dir_digest
-        from ffr.integrations.registry import Evaluation, GatePolicy, register_and_gate
-        from ffr.integrations.tracking import close_run, mlflow_run, pipeline_run
+        from ffr.integrations.model_registry import register_and_gate
+        from ffr.promotion import Evaluation, GatePolicy
+        from ffr.integrations.mlflow_tracking import close_run, mlflow_run, pipeline_run
         from ffr.train.loop import load_checkpoint
 
         with open(metrics.path) as f:

@@ -22,8 +22,8 @@ def comparison_report(
     import json
 
     from ffr.data.manifest import Manifest
-    from ffr.report import STRATEGY_ORDER
-    from ffr.visuals import evaluation_report_html, ffr_gain
+    from ffr.results.tables import STRATEGY_ORDER
+    from ffr.results.views import evaluation_report_html, ffr_gain
 
     found = [json.load(open(a.path)) for a in [*baselines, ffr]]
     rank = {s: i for i, s in enumerate(STRATEGY_ORDER)}

@@ -25,7 +25,7 @@ def start_tracking(
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         return ""
-    from ffr.integrations.tracking import log_params_to, open_run
+    from ffr.integrations.mlflow_tracking import log_params_to, open_run
 
     run_id = open_run(uri, experiment, f"{pipeline_name} {pipeline_run_id}".strip(),
                       {"ffr.pipeline": pipeline_name, "ffr.pipeline_run_id": pipeline_run_id},

@@ -45,7 +45,7 @@ def train_model(
 
     from ffr.config import ConfigError, TrainConfig, from_dict
     from ffr.integrations.dvc import dir_digest
-    from ffr.integrations.tracking import optional_run
+    from ffr.integrations.mlflow_tracking import optional_run
     from ffr.stages import train_stage
 
     explicit = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}

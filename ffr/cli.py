@@ -35,7 +35,7 @@ def _tracker(args, default_name: str, out_dir):
     if not getattr(args, "mlflow", None) or os.environ.get("RANK", "0") != "0":
         yield None
         return
-    from ffr.integrations.tracking import local_store, mlflow_run
+    from ffr.integrations.mlflow_tracking import local_store, mlflow_run
 
     uri, artifacts = (local_store(out_dir) if args.mlflow == "local" else (args.mlflow, None))
     with mlflow_run(uri, args.experiment, args.run_name or default_name, artifact_location=artifacts,
@@ -97,7 +97,7 @@ def cmd_data_split(args) -> int:
 def cmd_compare(args) -> int:
     from ffr.config import load_config
     from ffr.experiment import compare
-    from ffr.report import markdown_table
+    from ffr.results.tables import markdown_table
 
     cfg = load_config(args.config, args.set)
     with _tracker(args, "compare", args.out) as tracker:
@@ -111,7 +111,7 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from ffr.config import load_config
     from ffr.experiment import sweep
-    from ffr.report import markdown_table, wga_pivot
+    from ffr.results.tables import markdown_table, wga_pivot
 
     cfg = load_config(args.config, args.set)
     if args.dry_run:
@@ -176,7 +176,7 @@ def cmd_probe_shortcut(args) -> int:
         print()
         print(summarize_shortcut(results))
     if args.plot:
-        from ffr.plots import plot_shortcut
+        from ffr.results.plots import plot_shortcut
 
         print(f"plot: {plot_shortcut(results, args.plot, args.title or '')}")
     return 0
@@ -217,7 +217,7 @@ def _synthesis_counts(args, card) -> dict:
 def cmd_synthesize(args) -> int:
     from ffr.config import parse_set
     from ffr.data.manifest import CARD_FILE, DatasetCard, format_group_counts
-    from ffr.synthesis.outputs import shard_record_dir, synthesize_dataset
+    from ffr.synthesis.records import shard_record_dir, synthesize_dataset
 
     if args.card is None and args.real is None:
         raise ValueError("--card (or --real, whose card is used) is required")
@@ -247,7 +247,7 @@ def cmd_synthesize(args) -> int:
 
 
 def cmd_synthesize_collect(args) -> int:
-    from ffr.synthesis.outputs import collect
+    from ffr.synthesis.records import collect
 
     m = collect(args.shards, args.out)
     print(f"collected {len(args.shards)} shard run(s): {len(m)} images in {Path(args.out).resolve()}")
@@ -396,13 +396,14 @@ def _endpoint_parent() -> argparse.ArgumentParser:
 
 
 def cmd_promote(args) -> int:
-    from ffr.integrations import registry
-    from ffr.integrations.tracking import local_store
+    from ffr.integrations import model_registry as registry
+    from ffr.promotion import Evaluation, GatePolicy
+    from ffr.integrations.mlflow_tracking import local_store
 
     uri = local_store(args.mlflow_dir)[0] if args.mlflow_dir else args.mlflow
     if not uri:
         raise ValueError("no MLflow server: pass --mlflow URI (or set MLFLOW_TRACKING_URI)")
-    policy = registry.GatePolicy(args.margin, args.tolerance, args.floor)
+    policy = GatePolicy(args.margin, args.tolerance, args.floor)
     version = args.version
     if version is None:
         lineage = dict(kv.split("=", 1) for kv in args.lineage)
@@ -412,7 +413,7 @@ def cmd_promote(args) -> int:
         else:
             if not (args.model_uri and args.evaluation):
                 raise ValueError("pass --run-id, or --model-uri with --evaluation, or --version")
-            evaluation = registry.Evaluation.from_metrics(json.loads(Path(args.evaluation).read_text()))
+            evaluation = Evaluation.from_metrics(json.loads(Path(args.evaluation).read_text()))
             model_uri, run_id = args.model_uri, None
         version = registry.register(uri, args.name, model_uri, evaluation, lineage, run_id)
         print(f"registered {args.name} version {version} (alias {registry.CHALLENGER}) from {model_uri}")

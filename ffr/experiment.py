@@ -58,9 +58,9 @@ def pool_need(cfg: ExperimentConfig, real: Manifest) -> dict[tuple[str, str], in
 def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, str], int],
                  workdir: str | os.PathLike, progress: bool = False) -> Manifest:
     """Render the synthetic pool with the configured backend through the one synthesis entry
-    point (:func:`ffr.synthesis.outputs.synthesize_dataset`: resumable, with its record, rejection
+    point (:func:`ffr.synthesis.records.synthesize_dataset`: resumable, with its record, rejection
     log and contact sheet beside the images)."""
-    from ffr.synthesis.outputs import synthesize_dataset
+    from ffr.synthesis.records import synthesize_dataset
 
     out = Path(workdir) / "synthetic" / f"{cfg.synthesis.backend}-seed{cfg.synthesis.seed}"
     run, _ = synthesize_dataset(cfg.synthesis.backend, real.card, need, out, cfg.synthesis.options,
@@ -317,7 +317,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
-    from ffr.report import mark_selected, write_results
+    from ffr.results.tables import mark_selected, write_results
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,9 +393,9 @@ def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = Tr
           on_cell: Callable[[dict], None] | None = None, plots: bool = True, workers: int = 1) -> list[dict]:
     """``ffr sweep``: :func:`compare` for every dataset of ``cfg.datasets`` (each in
     ``out_dir/<name>``; or the one dataset of ``cfg.data`` in ``out_dir`` itself), then the
-    combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.plots`) in ``out_dir``.
+    combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.results.plots`) in ``out_dir``.
     Resumable: a rerun recomputes nothing that finished."""
-    from ffr.report import mark_selected, write_results
+    from ffr.results.tables import mark_selected, write_results
 
     out = Path(out_dir)
     if not cfg.datasets:
@@ -411,7 +411,7 @@ def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = Tr
         records = mark_selected(records)
         write_results(records, out)
     if plots:
-        from ffr.plots import write_plots
+        from ffr.results.plots import write_plots
 
         write_plots(records, out)
     return records

@@ -28,7 +28,7 @@ def main(spec_path: str) -> None:
     dist.init_from_env()
     run = contextlib.nullcontext()
     if tracking and dist.is_main():
-        from ffr.integrations.tracking import optional_run
+        from ffr.integrations.mlflow_tracking import optional_run
 
         run = optional_run(system_metrics=True, **tracking)
     with run as tracker:

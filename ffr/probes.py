@@ -256,7 +256,7 @@ def shortcut_stats(results: list[dict]) -> dict[str, dict]:
     seed has the figure)."""
     from collections import defaultdict
 
-    from ffr.report import _mean, _std
+    from ffr.results.tables import _mean, _std
 
     by: dict[str, list[dict]] = defaultdict(list)
     for r in results:
@@ -278,7 +278,7 @@ def shortcut_stats(results: list[dict]) -> dict[str, dict]:
 
 def summarize_shortcut(results: list[dict]) -> str:
     """Mean ± std over seeds of the shortcut figures, one row per model label without its seed."""
-    from ffr.report import _pm
+    from ffr.results.tables import _pm
 
     cols = ("probe_acc", "minority_real", "minority_synthetic", "minority_gap")
     lines = ["| model | seeds | " + " | ".join(SHORTCUT_FIGURES[c] for c in cols) + " |",

@@ -1,6 +1,6 @@
 """One small registry type, used for every pluggable family: dataset adapters, synthesis backends,
 image filters, balancing strategies, objectives, backbones and pipelines (docs/architecture.md
-lists where each lives). Not the MLflow model registry: that is :mod:`ffr.integrations.registry`."""
+lists where each lives). Not the MLflow model registry: that is :mod:`ffr.integrations.model_registry`."""
 
 from __future__ import annotations
 

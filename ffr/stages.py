@@ -62,9 +62,9 @@ def synthesize_stage(card_path: str | os.PathLike, work: dict, out_dir: str | os
                      backend: str = SYNTHESIS_BACKEND, seed: int = 0, batch_size: int = SYNTHESIS_BATCH_SIZE,
                      options: dict | None = None, filters=(), max_attempts: int = MAX_ATTEMPTS) -> Manifest:
     """Render one work item of :func:`synthesis_work` into ``out_dir`` (images, manifest and the
-    run's record, see :func:`ffr.synthesis.outputs.synthesize_dataset`). Numbers in ``work`` may
+    run's record, see :func:`ffr.synthesis.records.synthesize_dataset`). Numbers in ``work`` may
     arrive as floats (pipeline runners serialise them so)."""
-    from ffr.synthesis.outputs import synthesize_dataset
+    from ffr.synthesis.records import synthesize_dataset
 
     counts = {(str(work["label"]), str(work["bias"])): int(work["count"])}
     run, _ = synthesize_dataset(backend, DatasetCard.load(card_path), counts, out_dir, options, base_seed=seed,
@@ -76,8 +76,8 @@ def synthesize_stage(card_path: str | os.PathLike, work: dict, out_dir: str | os
 
 def collect_stage(shard_dirs: list, card_path: str | os.PathLike, out_dir: str | os.PathLike) -> Manifest:
     """One synthetic pool in ``out_dir`` from the shard runs ``shard_dirs`` (checked and merged by
-    :func:`ffr.synthesis.outputs.collect`); an empty pool of ``card_path``'s card when there are none."""
-    from ffr.synthesis.outputs import collect
+    :func:`ffr.synthesis.records.collect`); an empty pool of ``card_path``'s card when there are none."""
+    from ffr.synthesis.records import collect
 
     if shard_dirs:
         return collect(list(shard_dirs), out_dir)

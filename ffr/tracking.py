@@ -4,7 +4,7 @@ Entry points (the stage driver :func:`ffr.train.stage.run_stage` and so ``train_
 ``compare``, ``evaluate_stage``) take an optional tracker and call these few methods at their
 record points; :class:`NullTracker` is the default. ``compare`` reports each finished cell from
 what it left on disk (:func:`log_cell`), so cells run in worker processes are reported alike.
-The MLflow implementation lives in :mod:`ffr.integrations.tracking`.
+The MLflow implementation lives in :mod:`ffr.integrations.mlflow_tracking`.
 """
 
 from __future__ import annotations

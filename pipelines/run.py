@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import ffr
-from ffr.visuals import format_group_table
+from ffr.results.views import format_group_table
 from pipelines.definitions import get_pipeline
 from pipelines.platform import Platform
 
@@ -158,7 +158,7 @@ def _tracking_params(pipeline, params: dict, mlflow: str | None, run_dir: Path) 
     if not mlflow or "mlflow_uri" in params or "mlflow_uri" not in pipeline_parameters(pipeline):
         return {}
     if mlflow == "local":
-        from ffr.integrations.tracking import local_store
+        from ffr.integrations.mlflow_tracking import local_store
 
         uri, artifacts = local_store(run_dir)
         return {"mlflow_uri": uri, "mlflow_artifacts": artifacts}

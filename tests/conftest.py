@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
 from ffr.data.manifest import DatasetCard, Manifest
 from helpers import write_png
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration/ is in the ``integration`` tier (real servers)."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).relative_to(Path(__file__).parent).parts[:-1]:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True)

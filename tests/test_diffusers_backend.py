@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from ffr.data.manifest import DatasetCard, Manifest  # noqa: E402
 from ffr.synthesis import SynthesisError, create_backend, image_seed, run_synthesis  # noqa: E402
-from ffr.synthesis.base import ImageRequest, make_request, read_record  # noqa: E402
+from ffr.synthesis.generation import ImageRequest, make_request, read_record  # noqa: E402
 from ffr.synthesis.fingerprint import fingerprint_dir  # noqa: E402
 from ffr.synthesis.prompts import PromptSet, PromptSetError  # noqa: E402
 from ffr.synthesis.tiny import build_tiny_clip, build_tiny_pipeline  # noqa: E402

@@ -21,7 +21,7 @@ from components import base_image  # noqa: E402
 from ffr.cli import main  # noqa: E402
 from ffr.data.manifest import group_key  # noqa: E402
 from ffr.stages import prepare  # noqa: E402
-from ffr.visuals import format_group_table  # noqa: E402
+from ffr.results.views import format_group_table  # noqa: E402
 from pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
 from pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
 

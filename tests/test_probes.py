@@ -16,7 +16,7 @@ from ffr.data.demo import DemoSpec, make_demo
 from ffr.data.loading import TensorData
 from ffr.data.manifest import DatasetCard, Manifest
 from ffr.probes import domain_gap, probe_checkpoint, shortcut_probe
-from ffr.synthesis.base import create_backend, synthesize
+from ffr.synthesis.generation import create_backend, synthesize
 from ffr.train.backbones import Classifier, create_model
 from ffr.train.loop import save_checkpoint
 
@@ -172,7 +172,7 @@ def fake_probe(label: str, probe_min: float, probe_maj: float, real: float, synt
 
 
 def test_shortcut_stats_summary_and_plot(tmp_path):
-    from ffr.plots import plot_shortcut
+    from ffr.results.plots import plot_shortcut
     from ffr.probes import shortcut_stats, summarize_shortcut
 
     results = [fake_probe("usb erm r=0.99 s=0", 0.9, 0.7, 0.2, 0.8),

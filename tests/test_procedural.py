@@ -9,7 +9,7 @@ import pytest
 
 from ffr.data.demo import DemoSpec
 from ffr.data.manifest import DatasetCard, Manifest
-from ffr.synthesis.base import SYNTHESIS_BACKENDS, ImageRequest, create_backend, image_seed, synthesize
+from ffr.synthesis.generation import SYNTHESIS_BACKENDS, ImageRequest, create_backend, image_seed, synthesize
 from ffr.synthesis.procedural import ProceduralBackend
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ffr.integrations.registry import Evaluation, GatePolicy, decide
+from ffr.promotion import Evaluation, GatePolicy, decide
 
 POLICY = GatePolicy(margin=0.01, tolerance=0.02, floor=0.5)
 

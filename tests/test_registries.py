@@ -93,7 +93,7 @@ def _backend_options(name, card, tmp_path):
 def test_every_synthesis_backend_renders_through_the_one_entry_point(name, card, tmp_path):
     """Each backend through synthesize_dataset (what `ffr synthesize`, the Kubeflow shard step and
     compare's pool call): every group rendered, the record written, a rerun renders nothing."""
-    from ffr.synthesis.outputs import CONTACT_SHEET_FILE, INFO_FILE, synthesize_dataset
+    from ffr.synthesis.records import CONTACT_SHEET_FILE, INFO_FILE, synthesize_dataset
 
     card, options = _backend_options(name, card, tmp_path)
     counts = {g: 2 for g in card.groups}
@@ -120,7 +120,7 @@ def _filter_spec(name, tmp_path):
 def test_every_filter_builds_from_its_spec_and_judges_images(name, tmp_path):
     from PIL import Image
 
-    from ffr.synthesis.base import ImageRequest
+    from ffr.synthesis.generation import ImageRequest
 
     f = make_filter(_filter_spec(name, tmp_path))
     assert f.spec.startswith(name)

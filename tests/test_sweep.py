@@ -14,7 +14,7 @@ import pytest
 
 from ffr.config import ExperimentConfig, from_dict
 from ffr.experiment import _grid, plan_cells, sweep
-from ffr.report import wga_pivot
+from ffr.results.tables import wga_pivot
 
 TINY = {
     "data": {"dataset": "demo", "image_size": 16, "demo": {"per_digit": 10, "image_size": 16}},
@@ -167,7 +167,7 @@ def test_search_alternatives_are_one_axis():
 
 
 def test_candidates_table_marks_the_validation_choice():
-    from ffr.report import candidates_table, mark_selected
+    from ffr.results.tables import candidates_table, mark_selected
 
     def rec(hp, val, test, seed):
         return {"dataset": "d", "objective": "erm", "strategy": "ffr", "bias_rate": 0.99, "seed": seed,

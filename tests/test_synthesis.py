@@ -13,9 +13,9 @@ from PIL import Image
 
 from ffr.data.manifest import DatasetCard, Manifest
 from ffr.synthesis import SynthesisError, image_seed, run_synthesis
-from ffr.synthesis.base import read_record
+from ffr.synthesis.generation import read_record
 from ffr.synthesis.filters import FILTERS, GrayscaleFilter, make_filter
-from ffr.synthesis.outputs import (CONTACT_SHEET_FILE, REJECTIONS_FILE, collect, read_rejections, save_run,
+from ffr.synthesis.records import (CONTACT_SHEET_FILE, REJECTIONS_FILE, collect, read_rejections, save_run,
                                    synthesize_dataset)
 from ffr.synthesis.prompts import PromptSet, PromptSetError, shipped_prompt_sets
 
@@ -251,7 +251,7 @@ def test_folder_backend_imports_groups_and_replaces_rejects(tmp_path, card):
 # ------------------------------------------------------------------------------- collect + CLI
 def test_collect_checks_shards_and_copies_from_other_roots(tmp_path, card):
     from ffr.data.manifest import ManifestError
-    from ffr.synthesis import base as synth_base
+    from ffr.synthesis import generation as synth_base
 
     counts = {g: 4 for g in card.groups}
     records = []

@@ -1,7 +1,7 @@
 """Synthesis: backends that render an image for any (class, bias) group on request, prompt sets,
 filters, and the resumable, shardable generation loop."""
 
-from ffr.synthesis.base import (  # noqa: F401
+from ffr.synthesis.generation import (  # noqa: F401
     SYNTHESIS_BACKENDS,
     ImageRequest,
     SynthesisBackend,

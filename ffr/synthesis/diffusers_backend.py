@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from ffr.data.manifest import DatasetCard
-from ffr.synthesis.base import REJECT_INFO, SYNTHESIS_BACKENDS, ImageRequest
+from ffr.synthesis.generation import REJECT_INFO, SYNTHESIS_BACKENDS, ImageRequest
 from ffr.synthesis.fingerprint import fingerprint_dir
 from ffr.synthesis.prompts import PromptSet
 

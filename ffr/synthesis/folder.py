@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from ffr.data.manifest import IMAGE_SUFFIXES, MANIFEST_FILE, DatasetCard, Manifest, group_key
-from ffr.synthesis.base import SYNTHESIS_BACKENDS, ImageRequest, SynthesisError
+from ffr.synthesis.generation import SYNTHESIS_BACKENDS, ImageRequest, SynthesisError
 
 
 @SYNTHESIS_BACKENDS.register("folder")

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ffr.data.demo import class_digits
 from ffr.data.manifest import DatasetCard
-from ffr.synthesis.base import SYNTHESIS_BACKENDS, ImageRequest
+from ffr.synthesis.generation import SYNTHESIS_BACKENDS, ImageRequest
 
 # Varied faces (sans, serif, italic, Computer Modern, STIX) so no single glyph shape stands for a digit.
 FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",

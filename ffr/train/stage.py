@@ -282,7 +282,7 @@ def run_distributed(processes: int, request: dict, tracking: dict | None = None)
     Args:
         processes: How many processes (ranks) to start.
         request: :func:`ffr.stages.train_stage`'s arguments, JSON-able (``cfg`` as a dict is fine).
-        tracking: :func:`ffr.integrations.tracking.optional_run`'s arguments (``tracking_uri``,
+        tracking: :func:`ffr.integrations.mlflow_tracking.optional_run`'s arguments (``tracking_uri``,
             ``run_name``, ``pipeline_run_id``, ``experiment``) for the run rank 0 opens.
     """
     if processes < 1:

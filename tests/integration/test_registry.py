@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ffr.integrations.registry import (CHALLENGER, CHAMPION, Evaluation, GatePolicy, promote, register)
-from ffr.integrations.tracking import ServingModel, TrackingError, mlflow_run
+from ffr.integrations.model_registry import CHALLENGER, CHAMPION, promote, register
+from ffr.promotion import Evaluation, GatePolicy
+from ffr.integrations.mlflow_tracking import ServingModel, TrackingError, mlflow_run
 from ffr.train.backbones import create_model
 from tests.integration.servers import free_port
 

@@ -9,7 +9,7 @@ import pytest
 
 from ffr.config import load_config
 from ffr.experiment import compare
-from ffr.integrations.tracking import TrackingError, mlflow_run
+from ffr.integrations.mlflow_tracking import TrackingError, mlflow_run
 from ffr.stages import evaluate_stage, train_stage
 from ffr.train.loop import TrainConfig
 from tests.integration.servers import free_port

@@ -13,7 +13,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from ffr.report import OBJECTIVE_ORDER, STRATEGY_ORDER, summary_rows
+from ffr.results.tables import OBJECTIVE_ORDER, STRATEGY_ORDER, summary_rows
 
 
 def _ordered(values, order):

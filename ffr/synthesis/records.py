@@ -19,7 +19,7 @@ from typing import Sequence
 
 from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BATCH_SIZE
 from ffr.data.manifest import CARD_FILE, MANIFEST_FILE, DatasetCard, Manifest, ManifestError, group_key
-from ffr.synthesis.base import SynthesisRun, image_relpath
+from ffr.synthesis.generation import SynthesisRun, image_relpath
 
 REJECTIONS_FILE = "rejections.csv"
 INFO_FILE = "synthesis.json"
@@ -45,7 +45,7 @@ def synthesize_dataset(backend: str, card: DatasetCard, counts: dict[tuple[str, 
     backend, render this shard's images into ``out_dir`` and save the run's record in ``record_dir``
     (default: ``out_dir`` itself for an unsharded run, else :func:`shard_record_dir`). Returns the
     run and the record directory."""
-    from ffr.synthesis.base import create_backend, run_synthesis
+    from ffr.synthesis.generation import create_backend, run_synthesis
 
     impl = create_backend(backend, card, **(backend_options or {}))
     run = run_synthesis(impl, card, counts, out_dir, base_seed=base_seed, batch_size=batch_size, split=split,
