@@ -17,6 +17,7 @@ def _png_bytes(manifest: Manifest) -> list[bytes]:
     return [p.read_bytes() for p in manifest.abs_paths()]
 
 
+@pytest.mark.slow  # builds the whole 5,000-image demo
 def test_default_demo_counts_validity_and_colours(tmp_path):
     m = make_demo(tmp_path / "demo")
     assert len(m) == 5000
