@@ -329,7 +329,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
             tracker.log_params(flatten(cfg))
         real = prepare_real(cfg, out)
         tracker.log_dataset(real, "source", str(out / "data") if cfg.data.dataset == "demo" else cfg.data.dataset)
-        needs_pool = any(s != "none" for s in cfg.strategies)
+        needs_pool = any(STRATEGIES.get(s).uses_synthetic for s in cfg.strategies)
         pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
     done: dict[str, dict] = {}

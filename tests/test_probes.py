@@ -16,7 +16,7 @@ from ffr.data.demo import DemoSpec, make_demo
 from ffr.data.loading import TensorData
 from ffr.data.manifest import DatasetCard, Manifest
 from ffr.probes import domain_gap, probe_checkpoint, shortcut_probe
-from ffr.synthesis.generation import create_backend, synthesize
+from ffr.synthesis.generation import create_backend, run_synthesis
 from ffr.train.backbones import Classifier, create_model
 from ffr.train.loop import save_checkpoint
 
@@ -27,7 +27,7 @@ def small_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("gap")
     real = make_demo(root / "demo", DemoSpec(per_digit=40)).select(split="train")
     card = real.card
-    synthetic = synthesize(create_backend("procedural", card), card, {g: 60 for g in card.groups}, root / "syn")
+    synthetic = run_synthesis(create_backend("procedural", card), card, {g: 60 for g in card.groups}, root / "syn").manifest
     return real, synthetic
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from ffr.data.demo import DemoSpec
 from ffr.data.manifest import DatasetCard, Manifest
-from ffr.synthesis.generation import SYNTHESIS_BACKENDS, ImageRequest, create_backend, image_seed, synthesize
+from ffr.synthesis.generation import SYNTHESIS_BACKENDS, ImageRequest, create_backend, image_seed, run_synthesis
 from ffr.synthesis.procedural import ProceduralBackend
 
 
@@ -75,7 +75,7 @@ def test_image_size_and_options(card23):
 def test_synthesize_writes_valid_manifest_and_resumes(tmp_path, card23):
     backend = create_backend("procedural", card23)
     counts = {g: 3 for g in card23.groups}
-    m = synthesize(backend, card23, counts, tmp_path / "syn", base_seed=7)
+    m = run_synthesis(backend, card23, counts, tmp_path / "syn", base_seed=7).manifest
     assert len(m) == 18 and set(m.frame["generator"]) == {"procedural-v1"}
     assert all(p.is_file() for p in m.abs_paths())
     m.save(tmp_path / "syn")
@@ -86,9 +86,9 @@ def test_synthesize_writes_valid_manifest_and_resumes(tmp_path, card23):
     for p in m.abs_paths():
         os.utime(p, (1_000_000, 1_000_000))
     before = [p.read_bytes() for p in m.abs_paths()]
-    again = synthesize(create_backend("procedural", card23), card23, counts, tmp_path / "syn", base_seed=7)
+    again = run_synthesis(create_backend("procedural", card23), card23, counts, tmp_path / "syn", base_seed=7).manifest
     assert [p.stat().st_mtime for p in again.abs_paths()] == [1_000_000] * 18  # nothing rewritten
     assert again.digest() == m.digest()
     # Rendering them anew gives the same bytes: the kept files are exactly what a rerun would write.
-    fresh = synthesize(create_backend("procedural", card23), card23, counts, tmp_path / "fresh", base_seed=7)
+    fresh = run_synthesis(create_backend("procedural", card23), card23, counts, tmp_path / "fresh", base_seed=7).manifest
     assert [p.read_bytes() for p in fresh.abs_paths()] == before

@@ -11,7 +11,6 @@ from ffr.synthesis.generation import (  # noqa: F401
     image_seed,
     plan_requests,
     run_synthesis,
-    synthesize,
 )
 
 # Built-in backends register themselves on import (diffusers itself is imported only when used).

@@ -115,12 +115,6 @@ class SynthesisRun:
     info: dict = field(default_factory=dict)
 
 
-def synthesize(backend: SynthesisBackend, card: DatasetCard, counts: dict[tuple[str, str], int],
-               out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = SYNTHESIS_BATCH_SIZE, **options) -> Manifest:
-    """Render the images and return their manifest: :func:`run_synthesis` without the record."""
-    return run_synthesis(backend, card, counts, out_dir, base_seed, batch_size, **options).manifest
-
-
 def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tuple[str, str], int],
                   out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = SYNTHESIS_BATCH_SIZE,
                   split: str = "train", progress: bool = False, shard: int = 0, num_shards: int = 1,
