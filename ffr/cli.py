@@ -35,12 +35,12 @@ def _tracker(args, default_name: str, out_dir):
     if not getattr(args, "mlflow", None) or os.environ.get("RANK", "0") != "0":
         yield None
         return
-    from ffr.integrations.mlflow_tracking import local_store, mlflow_run
+    from ffr.integrations.mlflow_tracking import local_store, mlflow_run, redact_uri
 
     uri, artifacts = (local_store(out_dir) if args.mlflow == "local" else (args.mlflow, None))
     with mlflow_run(uri, args.experiment, args.run_name or default_name, artifact_location=artifacts,
                     tags={"ffr.command": " ".join(sys.argv[1:3])}) as tracker:
-        print(f"MLflow run {tracker.run_id} at {uri}", file=sys.stderr)
+        print(f"MLflow run {tracker.run_id} at {redact_uri(uri)}", file=sys.stderr)
         yield tracker
     if args.mlflow == "local":
         print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
@@ -201,6 +201,8 @@ def _synthesis_counts(args, card) -> dict:
                 raise ValueError(f"--count expects GROUP=N, got {item!r}")
             counts[group(name)] = int(n)
     elif args.per_group is not None:
+        if args.per_group < 1:
+            raise ValueError(f"--per-group must be at least 1, got {args.per_group}")
         counts = {g: args.per_group for g in card.groups}
     elif args.real:
         from ffr.stages import synthetic_need
@@ -223,6 +225,8 @@ def cmd_synthesize(args) -> int:
         raise ValueError("--card (or --real, whose card is used) is required")
     if args.out is None:
         raise ValueError("--out is required")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     card = DatasetCard.load(args.card or Path(args.real) / CARD_FILE)
     counts = _synthesis_counts(args, card)
     options = dict(parse_set(o) for o in args.option)
@@ -230,10 +234,13 @@ def cmd_synthesize(args) -> int:
     record = None
     if args.group:  # a fan-out over groups: each task keeps its record apart
         record = shard_record_dir(args.out, args.shard, args.num_shards, [g for g in card.groups if g in counts])
-    run, record = synthesize_dataset(args.backend, card, counts, args.out, options, base_seed=args.seed,
-                                     shard=args.shard, num_shards=args.num_shards, batch_size=args.batch_size,
-                                     filters=args.filter, max_attempts=args.max_attempts, progress=not args.quiet,
-                                     record_dir=record)
+    from ffr.locks import output_lock
+
+    with output_lock(Path(record or args.out), ".ffr.lock"):  # shards writing into one --out lock their records
+        run, record = synthesize_dataset(args.backend, card, counts, args.out, options, base_seed=args.seed,
+                                         shard=args.shard, num_shards=args.num_shards, batch_size=args.batch_size,
+                                         filters=args.filter, max_attempts=args.max_attempts,
+                                         progress=not args.quiet, record_dir=record)
     per_group = run.manifest.group_counts()
     print(format_group_counts({"images": {g: per_group[g] for g in counts}}))
     print(f"{len(run.manifest)} images ({run.info['resumed']} kept from an earlier run, {run.info['rejected']} "
@@ -263,7 +270,18 @@ def cmd_prepare(args) -> int:
     m = prepare(cfg.data.dataset, args.out, args.bias_rate, args.seed, cfg.data.min_val_per_group,
                 cfg.data.demo, args.source, cfg.data.adapter, cfg.data.options)
     print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
+    for line in _split_warnings(m):
+        print(f"ffr: {line}", file=sys.stderr)
     return 0
+
+
+def _split_warnings(m) -> list[str]:
+    """What a split's report warns about (groups absent from validation or test)."""
+    from ffr.data.splits import SplitReport
+
+    counts = {s: {f"{l}|{b}": n for (l, b), n in m.select(split=s, source="real").group_counts().items()}
+              for s in ("train", "val", "test")}
+    return SplitReport(0.0, 0, counts, counts).warnings()
 
 
 def cmd_balance(args) -> int:
@@ -280,7 +298,12 @@ def cmd_train(args) -> int:
     from ffr.config import load_config
     from ffr.stages import train_stage
 
+    from ffr.config import ConfigError, experiment_problems
+
     cfg = load_config(args.config, args.set)
+    problems = experiment_problems(cfg)  # device, image size and every stage's settings, before any data
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     objective = stage_plan(args.stage).objective_for(cfg.objective)
     with _tracker(args, args.stage, Path(args.out).parent) as tracker:
         summary = train_stage(args.train, args.val, args.out, cfg.stage_settings(args.stage), cfg.backbone, objective,
@@ -517,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[_tracking_parent()], help="group metrics of a checkpoint on a split")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out")
     p.add_argument("--groups-csv", help="also write per-group accuracy as CSV (group,acc,n) for plots")
     p.set_defaults(func=cmd_evaluate)
@@ -617,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ffr: error: {msg}", file=sys.stderr)
         return 2

@@ -125,6 +125,80 @@ class ExperimentConfig:
         return stages[stage]
 
 
+# --------------------------------------------------------------------------------- validation
+# Checked when a config is loaded, before any data is read or any image rendered: a bad value is
+# an error naming the field, not a traceback hours later (or a silent run that trained nothing).
+MAX_IMAGE_SIZE = 1024
+MAX_SEED = 2 ** 63 - 1
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def train_problems(cfg: TrainConfig, where: str) -> list[str]:
+    """What is wrong with one stage's settings (empty when nothing)."""
+    out = []
+
+    def need(ok: bool, field_: str, rule: str) -> None:
+        if not ok:
+            out.append(f"{where}.{field_}: {getattr(cfg, field_)!r} {rule}")
+
+    need(cfg.epochs >= 1, "epochs", "must be at least 1")
+    need(cfg.batch_size >= 2, "batch_size", "must be at least 2 (a batch of one breaks BatchNorm: nothing would train)")
+    need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    need(cfg.lr > 0, "lr", "must be positive")
+    need(cfg.weight_decay >= 0, "weight_decay", "must not be negative")
+    need(0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
+    need(cfg.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
+    need(cfg.amp in ("auto", "bf16", "fp16", "off"), "amp", "must be auto, bf16, fp16 or off")
+    need(cfg.normalize in ("imagenet", "half"), "normalize", "must be imagenet or half")
+    need(cfg.group_by in ("auto", "label_bias", "label_bias_source"), "group_by",
+         "must be auto, label_bias or label_bias_source")
+    need(cfg.num_threads >= 0, "num_threads", "must be 0 (automatic) or more")
+    need(cfg.freeze_stages >= 0, "freeze_stages", "must not be negative")
+    need(cfg.backbone_lr_mult >= 0, "backbone_lr_mult", "must not be negative")
+    need(cfg.l2sp >= 0, "l2sp", "must not be negative")
+    need(0 <= cfg.lpft_epochs <= max(cfg.epochs, 0), "lpft_epochs", f"must be in [0, epochs={cfg.epochs}]")
+    return out
+
+
+def check_train(cfg: TrainConfig, where: str = "train") -> TrainConfig:
+    """``cfg``, or a :class:`ConfigError` listing every bad field."""
+    problems = train_problems(cfg, where)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def experiment_problems(cfg: "ExperimentConfig") -> list[str]:
+    """What is wrong with an experiment config, names of registered things left aside (those are
+    :func:`ffr.checks.check_names`'s)."""
+    import re
+
+    out = []
+    for stage in ("train", "pretrain", "finetune"):
+        out += train_problems(getattr(cfg, stage), stage)
+    if not 8 <= cfg.data.image_size <= MAX_IMAGE_SIZE:
+        out.append(f"data.image_size: {cfg.data.image_size} must be in [8, {MAX_IMAGE_SIZE}]")
+    if cfg.data.min_val_per_group < 1:
+        out.append(f"data.min_val_per_group: {cfg.data.min_val_per_group} must be at least 1")
+    if not re.fullmatch(DEVICE_PATTERN, str(cfg.device)):
+        out.append(f"device: {cfg.device!r} is not a device: auto, cpu, cuda, cuda:N or mps")
+    for i, rate in enumerate(cfg.bias_rates):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+            out.append(f"bias_rates[{i}]: {rate!r} must be a number in (0, 1)")
+    for i, seed in enumerate(cfg.seeds):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            out.append(f"seeds[{i}]: {seed!r} must be an integer in [0, 2**63)")
+    if not cfg.strategies:
+        out.append("strategies: empty; name at least one of none, usb, asb, ffr")
+    if cfg.synthesis.batch_size < 1:
+        out.append(f"synthesis.batch_size: {cfg.synthesis.batch_size} must be at least 1")
+    if cfg.synthesis.max_attempts < 1:
+        out.append(f"synthesis.max_attempts: {cfg.synthesis.max_attempts} must be at least 1")
+    if not 0 <= cfg.synthesis.seed <= MAX_SEED:
+        out.append(f"synthesis.seed: {cfg.synthesis.seed} must be an integer in [0, 2**63)")
+    return out
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -214,12 +288,44 @@ def set_dotted(cfg, key: str, value: Any) -> None:
     setattr(obj, last, _coerce(value, hints[last], key))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (YAML keeps the last,
+    silently: a config that sets ``lr`` twice means one of them is a mistake)."""
+
+
+def _mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"key {key!r} is given twice (first on line "
+                f"{seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def yaml_load(text: str, where: str):
+    """Parse YAML ``text`` (duplicate keys refused); a syntax error is a :class:`ConfigError`
+    naming ``where`` (the file, or the ``--set`` item) and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML{at}: {problem}") from None
+
+
 def parse_set(item: str) -> tuple[str, Any]:
     """``key=value`` with the value parsed as YAML (``lr=1e-4`` → 0.0001, ``seeds=[0,1]``)."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     k, v = item.split("=", 1)
-    val = yaml.safe_load(v)
+    val = yaml_load(v, f"--set {item!r}")
     if isinstance(val, str):
         try:  # YAML 1.1 reads "1e-4" (no dot) as a string
             val = float(val)
@@ -237,7 +343,10 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, c
         path = local_path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml_load(path.read_text(encoding="utf-8"), str(path)) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         cfg = from_dict(cls, data, where=str(path))

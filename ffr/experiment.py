@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,7 @@ from ffr.train import distributed as dist
 from ffr.tracking import NullTracker, Tracker, flatten, log_cell
 from ffr.train.loop import evaluate, seed_everything
 from ffr.train.runtime import cap_threads, cpu_budget, resolve_device
-from ffr.train.stage import StageSpec, identity, objectives, run_stage
+from ffr.train.stage import StageSpec, identity, objectives, read_json, run_stage
 
 
 def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None,
@@ -145,7 +146,7 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
         "objective_options": cfg.objective_options.get(cfg.objective) or {},
         "hparams": hparams or {}, "val": final["val"], "test": final["test"],
         "stages": stages, "synthetic_per_group": plan.synthetic_per_group,
-        "split": report.after, "seconds": round(time.time() - t0, 2),
+        "split": report.after, "absent": report.absent, "seconds": round(time.time() - t0, 2),
     }
     _write_json(cell_dir / "record.json", record)
     return record
@@ -312,14 +313,25 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     other, so the stages they share (FFR's step 1) are trained once.
 
     ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracking.log_cell`)
-    and the result tables.
+    and the result tables — after the local results are written, so a tracking server that goes
+    away costs the tracking (one warning), never the results. One run at a time per ``out_dir``
+    (:func:`ffr.locks.output_lock`).
     """
+    from ffr.checks import check_experiment
+    from ffr.locks import output_lock
+
+    check_experiment(cfg)  # every name and value, before any data is read or image rendered
+    with output_lock(out_dir):
+        return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker)
+
+
+def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers: int, dataset: str | None,
+             tracker: Tracker | None) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
     from ffr.results.tables import mark_selected, write_results
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dist.init_from_env()
     tracker = tracker or NullTracker()
@@ -338,7 +350,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         strategy, rate, seed, hp, eff = cell
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
         if (cdir / "record.json").is_file():
-            done[cdir.name] = json.loads((cdir / "record.json").read_text())
+            done[cdir.name] = read_json(cdir / "record.json")
         else:
             # cells of one (strategy, rate, seed) share stages (FFR's step 1, ERM for DFR): one process
             todo.setdefault((strategy, rate, seed), []).append(cell)
@@ -372,20 +384,25 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     records = []
     for strategy, rate, seed, hp, eff in cells:
         cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
-        record = done.get(cdir.name) or json.loads((cdir / "record.json").read_text())
+        record = done.get(cdir.name) or read_json(cdir / "record.json")
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
             on_cell(record)
-    for (strategy, rate, seed, hp, eff), record in zip(cells, records):
-        cell_tracker = tracker.child(record["cell"])
-        log_cell(cell_tracker, eff, real, record, pool)
-        cell_tracker.close()
+    effective = [eff for _, _, _, _, eff in cells]
     records = mark_selected(records)
-    if dist.is_main():
+    if dist.is_main():  # local results first: a tracking server gone now cannot cost them
         write_results(records, out)
-        for name in ("results.md", "results.csv", "results.json"):
-            tracker.log_artifact(str(out / name))
+    try:
+        for eff, record in zip(effective, records):
+            cell_tracker = tracker.child(record["cell"])
+            log_cell(cell_tracker, eff, real, record, pool)
+            cell_tracker.close()
+        if dist.is_main():
+            for name in ("results.md", "results.csv", "results.json"):
+                tracker.log_artifact(str(out / name))
+    except (RuntimeError, OSError) as e:  # the MLflow adapter's TrackingError is a RuntimeError
+        print(f"ffr: warning: tracking stopped ({e}); the local results are complete in {out}", file=sys.stderr)
     return records
 
 
@@ -395,9 +412,16 @@ def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = Tr
     ``out_dir/<name>``; or the one dataset of ``cfg.data`` in ``out_dir`` itself), then the
     combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.results.plots`) in ``out_dir``.
     Resumable: a rerun recomputes nothing that finished."""
-    from ffr.results.tables import mark_selected, write_results
+    from ffr.locks import output_lock
 
     out = Path(out_dir)
+    with output_lock(out):
+        return _sweep(cfg, out, progress, on_cell, plots, workers)
+
+
+def _sweep(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, plots: bool, workers: int) -> list[dict]:
+    from ffr.results.tables import mark_selected, write_results
+
     if not cfg.datasets:
         records = compare(cfg, out, progress, on_cell, workers)
     else:

@@ -15,6 +15,16 @@ def is_remote(path) -> bool:
     return isinstance(path, str) and path.startswith("s3://")
 
 
+def inside(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
+    """``root / rel``, checked to resolve inside ``root``: every file ffr writes under an output
+    folder goes through here, so no name (a class, a bias value, a key) can place it elsewhere."""
+    base = Path(root).resolve()
+    full = (base / rel).resolve()
+    if full != base and base not in full.parents:
+        raise ValueError(f"{rel!s}: resolves to {full}, outside the output folder {base}; refusing to write there")
+    return base / rel
+
+
 def local_path(path: str | os.PathLike) -> Path:
     """``path`` itself, or the local copy of the object or prefix an ``s3://`` URI names."""
     if not is_remote(path):

@@ -17,6 +17,7 @@ from ffr.config import (BACKBONE, IMAGE_SIZE, MAX_ATTEMPTS, OBJECTIVE, SYNTHESIS
                         TrainConfig)
 from ffr.data.manifest import DatasetCard, Manifest, group_key
 from ffr.data.sources import prepare  # noqa: F401  (the prepare stage, re-exported beside the others)
+from ffr.paths import inside
 from ffr.tracking import NullTracker, Tracker
 
 
@@ -93,7 +94,7 @@ def materialize(manifest: Manifest, out_dir: str | os.PathLike) -> Manifest:
     out = Path(out_dir).resolve()
     if out != manifest.root:
         for rel, src in zip(manifest.frame["path"], manifest.abs_paths()):
-            dst = out / rel
+            dst = inside(out, rel)
             if dst.exists():
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +138,24 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
     stage data-parallel under ``torchrun`` (:func:`ffr.train.stage.run_distributed`; rank 0 opens
     the MLflow run ``tracking`` describes). Returns the summary."""
     from ffr.balance import stage_plan
+    from ffr.checks import name_problems
+    from ffr.config import ConfigError, check_train
+
+    plan = stage_plan(stage)
+    check_train(cfg or TrainConfig(), stage)
+    problems = name_problems(backbone, [plan.objective_for(objective)], {plan.objective_for(objective): objective_options})
+    if problems:
+        raise ConfigError("; ".join(problems))
+    from ffr.locks import output_lock
+
+    out_path = Path(out_path)
+    with output_lock(out_path.parent, out_path.name + ".lock"):
+        return _train_stage(train_dir, val_dir, out_path, cfg, backbone, objective, objective_options, init, weights,
+                            image_size, seed, device, stage, tracker, processes, tracking, plan)
+
+
+def _train_stage(train_dir, val_dir, out_path, cfg, backbone, objective, objective_options, init, weights,
+                 image_size, seed, device, stage, tracker, processes, tracking, plan) -> dict:
     from ffr.train.stage import StageSpec, run_distributed, run_stage
 
     if processes > 1:
@@ -144,7 +163,6 @@ def train_stage(train_dir: str | os.PathLike, val_dir: str | os.PathLike, out_pa
                        objective=objective, objective_options=objective_options, init=init, weights=weights,
                        image_size=image_size, seed=seed, device=device, stage=stage)
         return run_distributed(processes, request, tracking)
-    plan = stage_plan(stage)
     train = Manifest.load(train_dir)
     val = Manifest.load(val_dir).select(split="val", source="real")
     if len(val) == 0:

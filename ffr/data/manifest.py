@@ -96,6 +96,10 @@ class DatasetCard:
         for c in self.classes:
             if c not in self.majority_bias:
                 out.append(f"field 'majority_bias' has no entry for class {c!r}")
+        for name, values in (("classes", self.classes), ("bias_values", self.bias_values)):
+            out += [f"field {name!r}: {v!r} {why}" for v in values for why in [name_problem(v)] if why]
+        if os.path.isabs(self.root) or str(self.root).startswith("~") or "\x00" in str(self.root):
+            out.append(f"field 'root' must be a path relative to the card's folder, got {self.root!r}")
         return out
 
     @property
@@ -205,6 +209,8 @@ class Manifest:
             raise ManifestError(str(path), ["the file is empty (no header row)"]) from None
         except pd.errors.ParserError as e:
             raise ManifestError(str(path), [f"not a valid CSV: {e}"]) from None
+        except UnicodeDecodeError as e:
+            raise ManifestError(str(path), [f"not UTF-8 text (byte {e.start}: {e.reason})"]) from None
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
             raise ManifestError(str(path), [
@@ -306,8 +312,33 @@ class Manifest:
         return Manifest(pd.concat(frames, ignore_index=True), card, root)
 
 
+# A card's root may climb out of its folder (a prepared split points back at its source images),
+# but never to the file system's root or into the system's own directories.
+SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc",
+                                      "/run", "/sbin", "/sys"))
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class or bias value, or None: the names become folder names of
+    synthetic images, so no path separator, no NUL or control character, no leading dot (``..``)."""
+    if not name or not name.strip():
+        return "is empty"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if any(ord(ch) < 32 for ch in name):
+        return "contains a NUL or control character"
+    if name.startswith("."):
+        return "starts with a dot"
+    return None
+
+
 def _root_for(folder: Path, card: DatasetCard) -> Path:
-    return (folder / card.root).resolve()
+    root = (folder / card.root).resolve()
+    if root == Path(root.anchor) or any(root == d or d in root.parents for d in SYSTEM_DIRS):
+        raise ManifestError(str(folder / CARD_FILE),
+                            [f"field 'root' {card.root!r} resolves to {root}, the file system's root or a system "
+                             "directory: images are read only from data folders"])
+    return root
 
 
 def format_group_counts(counts_by_split: dict[str, dict[tuple[str, str], int]]) -> str:
@@ -358,6 +389,14 @@ def validate_frame(frame: pd.DataFrame, card: DatasetCard, root: Path,
             problems.append(f"{where}: split {r['split']!r} is not one of {list(SPLITS)}")
         if r.get("source") and str(r["source"]) not in SOURCES:
             problems.append(f"{where}: source {r['source']!r} is not one of {list(SOURCES)}")
+        seed = r.get("seed")
+        if seed is not None and not (isinstance(seed, float) and np.isnan(seed)) and str(seed).strip() not in ("", "<NA>"):
+            try:
+                ok = 0 <= int(str(seed).strip()) < 2 ** 63
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(f"{where}: field 'seed' {seed!r} is not an integer in [0, 2**63)")
         if r.get("source") == "synthetic":
             gen = r.get("generator")
             if gen is None or (isinstance(gen, float) and np.isnan(gen)) or not str(gen).strip():
@@ -372,14 +411,15 @@ def validate_frame(frame: pd.DataFrame, card: DatasetCard, root: Path,
             problems.append(f"{where}: path {path!r} escapes the dataset root {root}")
             continue
         split = str(r.get("split"))
-        if path in seen_path:
-            j, other_split = seen_path[path]
+        key = os.path.normpath(path).replace(os.sep, "/")  # ./x.png and x.png are one file
+        if key in seen_path:
+            j, other_split = seen_path[key]
             if other_split != split:
                 problems.append(f"{where}: image {path!r} is in split {split!r} and in split {other_split!r} ({_line(j)})")
             else:
                 problems.append(f"{where}: duplicate path {path!r} (first at {_line(j)})")
             continue
-        seen_path[path] = (i, split)
+        seen_path[key] = (i, split)
     if check_files:
         problems.extend(_check_files(frame, root, seen_path))
     return problems
@@ -399,8 +439,10 @@ def _check_files(frame: pd.DataFrame, root: Path, paths: dict[str, tuple[int, st
         try:
             data = full.read_bytes()
             with Image.open(io.BytesIO(data)) as im:
-                im.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError) as e:
+                im.verify()  # the container's structure ...
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()    # ... and every pixel: a truncated JPEG passes verify() alone
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
             problems.append(f"{_line(i)}: image file is unreadable: {full} ({type(e).__name__}: {e})")
             continue
         digest = hashlib.md5(data).hexdigest()

@@ -49,7 +49,11 @@ def load_source(dataset: str, adapter: str = "csv", options: dict | None = None,
 
         if demo_dir is None:
             raise ValueError("the demo dataset needs a folder to be built in")
-        return make_demo(Path(demo_dir), DemoSpec(**(demo or {})))
+        try:
+            spec = DemoSpec(**(demo or {}))
+        except TypeError as e:
+            raise ValueError(f"data.demo: {e}") from None
+        return make_demo(Path(demo_dir), spec)
     return load_dataset(adapter, dataset, **(options or {}))
 
 

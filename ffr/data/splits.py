@@ -32,15 +32,29 @@ class SplitReport:
     before: dict[str, dict[str, int]]
     after: dict[str, dict[str, int]]
 
+    @property
+    def absent(self) -> dict[str, list[str]]:
+        """Groups with no real image in the validation or test split, per split: worst-group
+        accuracy there is taken over the groups present, so these are reported wherever it is."""
+        return {s: [k.replace("|", "_") for k, n in self.after[s].items() if n == 0]
+                for s in ("val", "test") if any(n == 0 for n in self.after.get(s, {}).values())}
+
+    def warnings(self) -> list[str]:
+        """One line per split with absent groups."""
+        return [f"warning: no real {s} image in group(s) {', '.join(g)}: worst-group accuracy on {s} covers only "
+                "the groups present" for s, g in self.absent.items()]
+
     def to_dict(self) -> dict:
-        return {"bias_rate": self.bias_rate, "seed": self.seed, "before": self.before, "after": self.after}
+        return {"bias_rate": self.bias_rate, "seed": self.seed, "before": self.before, "after": self.after,
+                "absent": self.absent}
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def format(self) -> str:
         table = {s: {tuple(k.split("|")): v for k, v in c.items()} for s, c in self.after.items()}
-        return f"bias rate {self.bias_rate}, seed {self.seed}\n" + format_group_counts(table)
+        return "\n".join([f"bias rate {self.bias_rate}, seed {self.seed}", format_group_counts(table),
+                          *self.warnings()])
 
 
 def minority_keep(n_majority: int, bias_rate: float, n_minority_groups: int = 1) -> int:
@@ -71,6 +85,11 @@ def bias_rate_split(manifest: Manifest, bias_rate: float, seed: int = 0,
             in_class = real & (frame["split"] == split) & (frame["label"] == c)
             n_maj = int((in_class & (frame["bias"] == maj)).sum())
             minority_values = [b for b in card.bias_values if b != maj]
+            n_min = int((in_class & (frame["bias"] != maj)).sum())
+            if split == "train" and n_maj == 0 and n_min:
+                raise ValueError(f"class {c!r}: its majority group {group_key(c, maj)} has no real train image, so a "
+                                 f"bias-rate split would drop all {n_min} of its minority images and the class "
+                                 "with them; fix the card's majority_bias or the data")
             keep = minority_keep(n_maj, bias_rate, len(minority_values)) if n_maj else 0
             if split == "val":
                 keep = max(keep, min_val_per_group)

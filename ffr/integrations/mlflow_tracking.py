@@ -18,10 +18,12 @@ import contextlib
 import functools
 import json
 import os
+import base64
 import re
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -44,28 +46,64 @@ class TrackingError(ServiceError):
     """The tracking server or registry could not be used; the message says which and why."""
 
 
+# The password of a URI's user info (up to the authority's last '@'), and the value of a query or
+# fragment parameter whose name says it is a secret.
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\"<>]*:)[^\s/?#'\"<>]*@")
+_PARAM = re.compile(r"(?P<head>[?&;#](?P<name>[^=&;#\s/?'\"<>]+)=)(?P<value>[^&;#\s'\"<>]*)")
+_SECRET_NAME = re.compile(r"token|passw|secret|signature|credential|api[-_]?key|^(?:pwd|pass|sig|key|auth|code)$",
+                          re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for a message: the password of its user info and the values of secret-looking
+    query or fragment parameters (``token``, ``access_token``, ``password``, ``X-Amz-Signature``,
+    ``api_key`` ...) replaced by ``***``; ``http://alice:s3cret@host/`` → ``http://alice:***@host/``.
+    Anything else is kept as it is (a user name without a password too). Works as well on a
+    message that contains URIs (an MLflow error naming the request URL)."""
+    def param(m: re.Match) -> str:
+        return m["head"] + "***" if _SECRET_NAME.search(urllib.parse.unquote(m["name"])) else m[0]
+
+    return _PARAM.sub(param, _USERINFO.sub(r"\g<head>***@", str(uri)))
+
+
 def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def _health_request(tracking_uri: str) -> urllib.request.Request:
+    """``GET <tracking_uri>/health``, the URI's user info sent as a Basic ``Authorization``
+    header (as MLflow's client does) instead of being left in the host name."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    url = urllib.parse.urlunsplit((parts.scheme, hostport, parts.path.rstrip("/") + "/health", parts.query, ""))
+    request = urllib.request.Request(url)
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    return request
+
+
 def check_server(tracking_uri: str, attempts: int = 3, delay: float = 1.0) -> None:
     """For an HTTP tracking URI, wait for ``/health`` to answer (bounded attempts with backoff);
-    raise :class:`TrackingError` when it never does. Local stores need no check."""
+    raise :class:`TrackingError` when it never does. Local stores need no check. The message
+    shows the URI redacted (:func:`redact_uri`)."""
     if not _is_http(tracking_uri):
         return
-    url = tracking_uri.rstrip("/") + "/health"
+    request = _health_request(tracking_uri)
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with urllib.request.urlopen(request, timeout=5) as r:
                 if r.status == 200:
                     return
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: a malformed URI (port)
             last = e
         if attempt + 1 < attempts:
             time.sleep(delay * 2 ** attempt)
-    raise TrackingError(f"MLflow server {tracking_uri} is not reachable ({attempts} attempts to {url}: {last}); "
-                        "start it or set --mlflow / MLFLOW_TRACKING_URI to a running one")
+    raise TrackingError(redact_uri(f"MLflow server {tracking_uri} is not reachable ({attempts} attempts to "
+                                   f"{request.full_url}: {last}); start it or set --mlflow / MLFLOW_TRACKING_URI "
+                                   "to a running one"))
 
 
 def configure(tracking_uri: str) -> None:
@@ -74,6 +112,8 @@ def configure(tracking_uri: str) -> None:
 
     for k, v in HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    if redact_uri(tracking_uri) != tracking_uri:  # MLflow prints "View run ... at: <URI>/#/..." otherwise
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     check_server(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
 
@@ -87,7 +127,8 @@ def client_for(tracking_uri: str):
 
 
 def guarded(action: str) -> Callable:
-    """Turn MLflow and connection failures of ``action`` into a :class:`TrackingError`."""
+    """Turn MLflow and connection failures of ``action`` into a :class:`TrackingError` (whose
+    message shows any URI in them redacted: MLflow's name the request URL, credentials included)."""
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -99,7 +140,7 @@ def guarded(action: str) -> Callable:
             except TrackingError:
                 raise
             except (MlflowException, OSError) as e:
-                raise TrackingError(f"{action} failed: {type(e).__name__}: {e}") from e
+                raise TrackingError(redact_uri(f"{action} failed: {type(e).__name__}: {e}")) from e
         return inner
 
     return wrap
@@ -370,7 +411,7 @@ def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None 
                                tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(),
                                                             **(tags or {})}.items() if v is not None})
     except Exception as e:
-        raise TrackingError(f"could not start an MLflow run at {tracking_uri}: {type(e).__name__}: {e}") from e
+        raise TrackingError(redact_uri(f"could not start an MLflow run at {tracking_uri}: {type(e).__name__}: {e}")) from e
     tracker = MlflowTracker(run.info.run_id)
     try:
         yield tracker

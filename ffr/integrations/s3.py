@@ -48,6 +48,12 @@ class S3Error(ServiceError):
     failing after its retries."""
 
 
+class UnsafeKeyError(ValueError):
+    """An object's key cannot be mirrored safely: its local path would leave the cache folder of
+    the prefix being downloaded (a ``..`` component, a symlink), or is ambiguous (an empty or ``.``
+    component, a backslash, a NUL). Nothing is written when a download meets one."""
+
+
 def is_s3(path) -> bool:
     return isinstance(path, str) and path.startswith("s3://")
 
@@ -137,13 +143,58 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FFR_CACHE", Path.home() / ".cache" / "ffr")) / "s3"
 
 
+def _show(bucket: str, key: str) -> str:
+    """``s3://bucket/key`` for a message, control characters (a NUL) escaped."""
+    return f"s3://{bucket}/" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
+
+
+def _inside(base: Path, rel: str, bucket: str, key: str, where: str = "the cache") -> Path:
+    """``base`` joined with the ``/``-separated ``rel`` (the part of ``key`` below the prefix that
+    ``base`` mirrors), refused with :class:`UnsafeKeyError` unless it is a plain relative path that
+    stays inside ``base``, symlinks resolved. Every local path made from a key goes through here."""
+    def refuse(why: str):
+        return UnsafeKeyError(f"{_show(bucket, key)}: {why}; refusing to write outside {where}")
+
+    if "\x00" in key:
+        raise refuse("key contains a NUL character")
+    if "\\" in key:
+        raise refuse("key contains a backslash (a path separator on some systems)")
+    parts = rel.split("/") if rel else []
+    if ".." in parts:
+        raise refuse("key escapes the prefix (a '..' component)")
+    if "" in parts:
+        raise refuse("key has an empty path component (an absolute-looking key or '//')")
+    if "." in parts:
+        raise refuse("key has a '.' component")
+    path = base.joinpath(*parts)
+    real_base, real = os.path.realpath(base), os.path.realpath(path)
+    if real != real_base and not real.startswith(real_base.rstrip(os.sep) + os.sep):
+        raise refuse(f"key resolves to {real}, outside {real_base} (a symlink?)")
+    return path
+
+
+def _below(prefix: str, key: str) -> str:
+    """The part of ``key`` below ``prefix`` ("" for the prefix itself; all of it below the bucket)."""
+    if key == prefix:
+        return ""
+    if not prefix:
+        return key
+    if not key.startswith(prefix + "/"):
+        raise AssertionError(f"{key!r} is not under {prefix!r}")  # callers list under the prefix
+    return key[len(prefix) + 1:]
+
+
+def _mirror_dir(bucket: str, prefix: str) -> Path:
+    """``<cache>/<bucket>/<prefix>``, checked to stay inside the cache."""
+    bucket_dir = _inside(cache_dir(), bucket, bucket, prefix)
+    return _inside(bucket_dir, prefix, bucket, prefix)
+
+
 def local_mirror(uri: str) -> Path:
-    """Where ``uri`` lives in the cache (``<cache>/<bucket>/<key>``)."""
+    """Where ``uri`` lives in the cache (``<cache>/<bucket>/<key>``); an :class:`UnsafeKeyError`
+    for a key that would not stay inside it."""
     bucket, key = parse_s3_uri(uri)
-    parts = [p for p in key.split("/") if p]
-    if any(p == ".." for p in parts):
-        raise ValueError(f"{uri!r}: '..' is not allowed in an S3 key")
-    return cache_dir().joinpath(bucket, *parts)
+    return _mirror_dir(bucket, key)
 
 
 class _Index:
@@ -187,12 +238,16 @@ def _list(s3, bucket: str, prefix: str, uri: str) -> dict[str, str]:
     return with_retries(page_all, uri, "listing")
 
 
-def _fetch(s3, bucket: str, keys: dict[str, str], index: _Index) -> None:
-    """Download ``keys`` (key → ETag) into the mirror, skipping those cached with the same ETag.
-    Each file is written to a temporary name and renamed, so a cached file is always complete."""
+def _fetch(s3, bucket: str, keys: dict[str, str], index: _Index, prefix: str) -> None:
+    """Download ``keys`` (key → ETag, each ``prefix`` or under it) into the mirror, skipping those
+    cached with the same ETag. Every key's local path is checked to stay inside the prefix's
+    mirror folder before anything is downloaded (:class:`UnsafeKeyError` otherwise). Each file is
+    written to a temporary name and renamed, so a cached file is always complete."""
+    base = _mirror_dir(bucket, prefix)
+    dests = {key: _inside(base, _below(prefix, key), bucket, key) for key in keys}
 
     def one(key: str) -> None:
-        dest = cache_dir().joinpath(bucket, *key.split("/"))
+        dest = dests[key]
         if dest.is_file() and index.etags.get(key) == keys[key]:
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -219,10 +274,10 @@ def resolve_path(path) -> Path:
     if key in found:  # an object (a prefix of other keys too, at most: take the object)
         found = {key: found[key]}
     else:
-        found = {k: e for k, e in found.items() if k.startswith(key + "/") or not key}
+        found = {k: e for k, e in found.items() if (k.startswith(key + "/") or not key) and not k.endswith("/")}
     if not found:
         raise S3Error(f"{path}: no such object or prefix")
-    _fetch(s3, bucket, found, _Index(bucket))
+    _fetch(s3, bucket, found, _Index(bucket), key)
     return local_mirror(path)
 
 
@@ -237,9 +292,10 @@ def download_prefix(uri: str, dest: str | os.PathLike, client=None) -> Path:
     if not keys:
         raise FileNotFoundError(f"no objects under {uri}")
     dest = Path(dest)
+    targets = {k: _inside(dest, k[len(start):], bucket, k, where=str(dest)) for k in keys}  # all before any write
 
     def one(key: str) -> None:
-        target = dest.joinpath(*key[len(start):].split("/"))
+        target = targets[key]
         target.parent.mkdir(parents=True, exist_ok=True)
         with_retries(lambda: s3.download_file(bucket, key, str(target)), f"s3://{bucket}/{key}", "downloading")
 
@@ -267,8 +323,8 @@ def fetch_dataset(uri: str) -> Path:
                                     "reading")["ETag"]
         except S3Error as e:
             raise S3Error(f"s3://{bucket}/{key}: not a dataset ({e})") from None
-    _fetch(s3, bucket, heads, index)
-    local = cache_dir().joinpath(bucket, *key.split("/"))
+    _fetch(s3, bucket, heads, index, key)
+    local = local_mirror(f"s3://{bucket}/{key}")
     card_root = json.loads((local / "card.json").read_text()).get("root", ".")
     root = posixpath.normpath(posixpath.join(key, card_root)) if key else posixpath.normpath(card_root)
     if root.startswith(".."):
@@ -282,7 +338,7 @@ def fetch_dataset(uri: str) -> Path:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise S3Error(f"{uri}: {len(missing)} image(s) named by the manifest are not in the bucket: "
                       f"{missing[:5]}{more}")
-    _fetch(s3, bucket, {k: listed[k] for k in wanted}, index)
+    _fetch(s3, bucket, {k: listed[k] for k in wanted}, index, root)
     return local
 
 

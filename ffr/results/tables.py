@@ -139,6 +139,18 @@ def candidates_table(records: list[dict]) -> str:
                       "|---|---|---|---|---|---|---|---|"] + lines)
 
 
+def absent_notes(records: list[dict]) -> list[str]:
+    """A warning per (bias rate, split) whose cells lack some group entirely: their worst-group
+    accuracy is over the groups present only."""
+    seen: dict[tuple, set] = {}
+    for r in records:
+        for split, groups in (r.get("absent") or {}).items():
+            seen.setdefault((r["bias_rate"], split), set()).update(groups)
+    return [f"**warning**: at bias rate {rate} the {split} split has no image of group(s) "
+            f"{', '.join(sorted(groups))}; worst-group accuracy there covers only the groups present."
+            for (rate, split), groups in sorted(seen.items())]
+
+
 def write_results(records: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
     """``results.json`` (every record), ``results.md`` and ``results.csv`` (the selected summary)."""
     out = Path(out_dir)
@@ -147,8 +159,9 @@ def write_results(records: list[dict], out_dir: str | os.PathLike) -> dict[str, 
     tmp.write_text(json.dumps(records, indent=2) + "\n")
     os.replace(tmp, paths["json"])
     cands = candidates_table(records)
+    notes = absent_notes(records)
     paths["md"].write_text(markdown_table(records) + "\n\n" + wga_pivot(records) + "\n"
-                           + (f"\n{cands}\n" if cands else ""))
+                           + (f"\n{cands}\n" if cands else "") + "".join(f"\n{n}\n" for n in notes))
     rows = summary_rows(records)
     with paths["csv"].open("w", newline="") as f:
         if rows:

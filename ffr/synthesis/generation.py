@@ -22,6 +22,9 @@ from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BATCH_SIZE
 from ffr.registry import Registry
 
 SYNTHESIS_BACKENDS: Registry = Registry("synthesis backend")
+# Images one run (one shard) plans and renders at most: its plan is held in memory before the first
+# image is written, and a run this long (days with Stable Diffusion) should be sharded anyway.
+MAX_IMAGES_PER_RUN = 500_000
 META_KEY = "ffr"            # PNG text chunk holding an image's record
 REJECT_INFO = "ffr_reject"  # a backend may set ``image.info[REJECT_INFO] = reason`` (e.g. NSFW-blanked)
 
@@ -67,7 +70,11 @@ class SynthesisBackend(Protocol):
 
 def create_backend(name: str, card: DatasetCard, **options) -> SynthesisBackend:
     """Instantiate the backend registered as ``name`` for the groups of ``card``."""
-    return SYNTHESIS_BACKENDS.get(name)(card=card, **options)
+    cls = SYNTHESIS_BACKENDS.get(name)
+    try:
+        return cls(card=card, **options)
+    except TypeError as e:
+        raise ValueError(f"synthesis backend {name!r}: {e} (options given: {sorted(options)})") from None
 
 
 def image_seed(base_seed: int, label: str, bias: str, index: int, attempt: int = 0) -> int:
@@ -144,6 +151,22 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
         raise ValueError(f"counts name group(s) not in card {card.name!r}: {[group_key(*g) for g in unknown]}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    negative = {group_key(*g): n for g, n in counts.items() if int(n) < 0}
+    if negative:
+        raise ValueError(f"image counts must not be negative: {negative}")
+    if sum(int(n) for n in counts.values()) == 0:
+        raise ValueError("nothing to render: every group's count is 0")
+    share = -(-sum(int(n) for n in counts.values()) // max(1, int(num_shards)))
+    if share > MAX_IMAGES_PER_RUN:
+        raise ValueError(f"{sum(int(n) for n in counts.values()):,} images in {num_shards} shard(s) is about {share:,} "
+                         f"per run, over the limit of {MAX_IMAGES_PER_RUN:,}: split the work over more shards "
+                         "(--num-shards / the pipeline's num_shards)")
+    from ffr.paths import inside
+
+    for label, bias in counts:  # class and bias names become folder names: never outside out_dir
+        inside(out_dir, group_key(label, bias))
     filters = [make_filter(f) for f in filters]
     if hasattr(backend, "reserve"):
         backend.reserve(dict(counts))

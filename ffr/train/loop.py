@@ -159,7 +159,8 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             steps += 1
         dist.sync_buffers(model)
         val_metrics = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size, cfg.amp)
-        record = {"epoch": epoch, "train/loss": dist.mean(float(loss_sum) / steps) if steps else float("nan"),
+        record = {"epoch": epoch, "steps": steps,
+                  "train/loss": dist.mean(float(loss_sum) / steps) if steps else float("nan"),
                   **flat_metrics(val_metrics, "val"), **objective.state()}
         history.append(record)
         if log is not None and dist.is_main():
@@ -172,6 +173,9 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             bar.update(1)
     if bar is not None:
         bar.close()
+    if cfg.epochs > 0 and not any(h.get("steps") for h in history):
+        raise ValueError(f"{desc}: no optimizer step was taken in {cfg.epochs} epoch(s) ({len(train)} training rows, "
+                         f"batch size {cfg.batch_size}); nothing was trained")
     controls.release(model)
     selected = copy.deepcopy(model)
     selected.load_state_dict(best_state)
@@ -201,12 +205,26 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     ``path`` may be an ``s3://`` URI (downloaded once into a local cache)."""
     from ffr.paths import local_path
 
-    blob = torch.load(local_path(path), map_location=device, weights_only=True)
+    import pickle
+    import zipfile
+
+    local = local_path(path)
+    if not local.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(local, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a readable ffr checkpoint (truncated or another kind of file: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
         raise ValueError(f"{path} is not an ffr checkpoint (expected keys 'state_dict' and 'meta')")
     meta = blob["meta"]
-    model = create_model(meta["backbone"], len(meta["classes"]))
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model = create_model(meta["backbone"], len(meta["classes"]))
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{path}: the checkpoint does not describe a model ffr can build ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     model.feature_norm = bool(meta.get("feature_norm", False))
     return model, meta
 

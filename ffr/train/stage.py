@@ -194,7 +194,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
     reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
     if reused:
         model, _ = load_checkpoint(ckpt, device)
-        done = json.loads(summary.read_text())
+        done = read_json(summary)
         best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
         records = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
         for rec in records:
@@ -265,6 +265,15 @@ def _init_state(spec: StageSpec) -> dict:
         raise ValueError(f"{spec.init}: checkpoint classes {meta['classes']} differ from the dataset's "
                          f"{list(spec.train.card.classes)}")
     return start.state_dict()
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file ffr wrote (a cell's record, a stage's summary); a damaged one is an error naming
+    it (delete it and rerun: the cell or stage is then recomputed)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: damaged ({e}); delete it and rerun to recompute it") from None
 
 
 def _write_json(path: Path, data) -> None:

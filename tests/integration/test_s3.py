@@ -166,3 +166,111 @@ def test_prompt_file_and_folder_source_from_s3(tmp_path, bucket, card):
     s3.upload(tmp_path / "imgs", f"s3://{bucket}/imgs")
     backend = FolderBackend(card, f"s3://{bucket}/imgs")
     assert all(len(v) == 1 for v in backend.files.values())
+
+
+# -- hostile keys (issue 13): a listed key never places a file outside the cache
+
+ESCAPE = "cfg/../../../escape/PWNED.txt"  # from <cache>/<bucket>/: <cache>/../escape/PWNED.txt
+
+
+def _put(bucket, **objects):
+    client = _s3()
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def _refusal(fn, *args) -> ValueError | None:
+    """The ValueError ``fn(*args)`` raises (None when it raises nothing), so that what it wrote
+    can be checked before the error is."""
+    try:
+        fn(*args)
+    except ValueError as e:
+        return e
+    return None
+
+
+def _nothing_escaped(*paths: Path) -> None:
+    for p in paths:
+        assert not p.exists(), f"{p} was written outside the cache"
+        assert not p.parent.exists() or not any(p.parent.iterdir()), f"{p.parent} holds files (a partial download?)"
+
+
+def test_prefix_with_a_key_escaping_the_cache_is_refused(bucket, tmp_path):
+    _put(bucket, **{"cfg/ok.yaml": b"seeds: [1]\n", ESCAPE: b"pwned"})
+    would_be = (s3.cache_dir() / bucket / ESCAPE).resolve()
+    assert s3.cache_dir().resolve() not in would_be.parents  # the key does point outside the cache
+    err = _refusal(s3.resolve_path, f"s3://{bucket}/cfg")
+    _nothing_escaped(would_be)
+    assert isinstance(err, s3.UnsafeKeyError)
+    assert str(err).startswith(f"s3://{bucket}/{ESCAPE}: key escapes the prefix")
+    assert "refusing" in str(err)
+    assert not (s3.cache_dir() / bucket / "cfg" / "ok.yaml").exists()  # refused before anything is written
+
+
+MALFORMED = {  # key under the prefix → what the refusal says
+    "a\\..\\..\\b.txt": "backslash",
+    "nul\x00.txt": "NUL",
+    "/etc/passwd": "absolute-looking",
+    "./x.txt": "'.' component",
+    "sub/../x.txt": "key escapes the prefix",
+}
+
+
+def test_prefix_with_a_malformed_key_is_refused(bucket):
+    # One prefix per case (the bucket fixture names the bucket after the test: no parametrize ids).
+    for i, (rest, why) in enumerate(MALFORMED.items()):
+        _put(bucket, **{f"c{i}/ok.yaml": b"seeds: [1]\n", f"c{i}/{rest}": b"x"})
+        with pytest.raises(ValueError, match=why) as e:
+            s3.resolve_path(f"s3://{bucket}/c{i}")
+        assert str(e.value).startswith(f"s3://{bucket}/c{i}/"), rest
+        assert "\x00" not in str(e.value)  # shown escaped
+        assert not (s3.cache_dir() / bucket / f"c{i}").exists()
+
+
+def test_symlink_in_the_cache_does_not_lead_outside(bucket, tmp_path):
+    _put(bucket, **{"cfg/link/x.txt": b"x"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (s3.cache_dir() / bucket / "cfg").mkdir(parents=True)
+    (s3.cache_dir() / bucket / "cfg" / "link").symlink_to(outside)
+    err = _refusal(s3.resolve_path, f"s3://{bucket}/cfg")
+    assert not any(outside.iterdir())
+    assert err is not None and "outside the cache" in str(err)
+
+
+def test_dataset_whose_manifest_names_a_key_escaping_the_cache_is_refused(bucket, tmp_path):
+    """A dataset at the bucket's root whose manifest names ``../../escape/PWNED.png``, an object
+    that exists under exactly that key: it would land two levels above the bucket's mirror."""
+    key = "../../escape/PWNED.png"
+    _put(bucket, **{"card.json": b'{"name": "x", "root": "."}', "manifest.csv": f"path\n{key}\n".encode(),
+                    key: b"pwned"})
+    would_be = (s3.cache_dir() / bucket / key).resolve()
+    assert s3.cache_dir().resolve() not in would_be.parents
+    err = _refusal(s3.fetch_dataset, f"s3://{bucket}")
+    _nothing_escaped(would_be)
+    assert err is not None and str(err).startswith(f"s3://{bucket}/{key}: key escapes the prefix")
+
+
+def test_download_prefix_refuses_a_key_escaping_the_destination(bucket, tmp_path):
+    _put(bucket, **{"model/ok.bin": b"ok", "model/../../escape/PWNED.bin": b"pwned"})
+    dest = tmp_path / "a" / "dl"
+    would_be = (dest / "../../escape/PWNED.bin").resolve()
+    assert would_be == tmp_path / "escape" / "PWNED.bin"
+    err = _refusal(s3.download_prefix, f"s3://{bucket}/model", dest)
+    _nothing_escaped(would_be)
+    assert err is not None and str(err).startswith(f"s3://{bucket}/model/../../escape/PWNED.bin: key escapes")
+    assert not dest.exists()
+
+
+def test_cli_config_prefix_with_an_escaping_key_is_a_clean_error(bucket, tmp_path, capsys):
+    from ffr.cli import main
+
+    _put(bucket, **{"cfg/ok.yaml": b"seeds: [1]\n", ESCAPE: b"pwned"})
+    would_be = (s3.cache_dir() / bucket / ESCAPE).resolve()
+    rc = main(["compare", "--config", f"s3://{bucket}/cfg", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    _nothing_escaped(would_be)
+    assert rc == 2
+    assert f"ffr: error: s3://{bucket}/{ESCAPE}: key escapes the prefix" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,115 @@
+"""Validation at start: every name and option of a run checked before any data is read, any image
+rendered or any model trained — with Stable Diffusion, a misspelt backbone found after synthesis
+is hours lost. Each check raises a :class:`~ffr.config.ConfigError` (a ``ValueError``: the CLI
+prints ``ffr: error: ...`` and exits 2) that lists every problem at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from ffr.config import ConfigError, ExperimentConfig, experiment_problems, with_overrides
+
+
+def name_problems(backbone: str | None = None, objectives=(), objective_options: dict | None = None,
+                  strategies=(), backend: str | None = None, filters=(), adapter: str | None = None,
+                  adapter_options: dict | None = None, demo: dict | None = None, where: str = "") -> list[str]:
+    """What is wrong with the registered names a run uses (empty when nothing)."""
+    out: list[str] = []
+    pre = f"{where}." if where else ""
+
+    def known(registry, name, field_):
+        if name not in registry:
+            out.append(f"{pre}{field_}: unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+            return False
+        return True
+
+    if backbone is not None:
+        from ffr.train.backbones import BACKBONES
+
+        known(BACKBONES, backbone, "backbone")
+    if objectives:
+        from ffr.train.objectives import OBJECTIVES, create_objective
+
+        for name in objectives:
+            if known(OBJECTIVES, name, "objective"):
+                try:
+                    create_objective(name, **((objective_options or {}).get(name) or {}))
+                except (ValueError, TypeError) as e:
+                    out.append(f"{pre}objective_options.{name}: {e}")
+    if strategies:
+        from ffr.balance import STRATEGIES
+
+        for name in strategies:
+            known(STRATEGIES, name, "strategies")
+    if backend is not None:
+        from ffr.synthesis import SYNTHESIS_BACKENDS
+
+        known(SYNTHESIS_BACKENDS, backend, "synthesis.backend")
+    if filters:
+        from ffr.synthesis.filters import FILTERS
+
+        for spec in filters:
+            name = spec.get("name") if isinstance(spec, dict) else str(spec).partition(":")[0].strip()
+            known(FILTERS, name, "synthesis.filters")
+    if adapter is not None:
+        from ffr.data.sources import ADAPTERS
+
+        if known(ADAPTERS, adapter, "data.adapter"):
+            try:
+                inspect.signature(ADAPTERS.get(adapter)).bind("source", **(adapter_options or {}))
+            except TypeError as e:
+                out.append(f"{pre}data.options: adapter {adapter!r}: {e}")
+    if demo:
+        from ffr.data.demo import DemoSpec
+
+        fields = {f.name for f in dataclasses.fields(DemoSpec)}
+        bad = sorted(set(demo) - fields)
+        if bad:
+            out.append(f"{pre}data.demo: unknown key(s) {bad}; known: {sorted(fields)}")
+    return out
+
+
+def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` — every value, every registered name, the per-strategy overrides and every search
+    candidate — or a :class:`ConfigError` listing all problems."""
+    from ffr.balance import STRATEGIES
+
+    problems = experiment_problems(cfg)
+    objectives = list(cfg.objectives) or [cfg.objective]
+    problems += name_problems(cfg.backbone, objectives, cfg.objective_options, cfg.strategies,
+                              cfg.synthesis.backend, cfg.synthesis.filters,
+                              cfg.data.adapter if cfg.data.dataset != "demo" else None, cfg.data.options,
+                              cfg.data.demo if cfg.data.dataset == "demo" else None)
+    for strategy, overrides in (cfg.overrides or {}).items():
+        if strategy not in STRATEGIES:
+            problems.append(f"overrides: unknown balancing strategy {strategy!r}; known: "
+                            f"{', '.join(STRATEGIES.names())}")
+            continue
+        try:
+            problems += [f"overrides.{strategy}: {p}" for p in experiment_problems(with_overrides(cfg, overrides))]
+        except ConfigError as e:
+            problems.append(f"overrides.{strategy}: {e}")
+    for scope, space in (cfg.search or {}).items():
+        if scope != "*" and scope not in STRATEGIES:
+            problems.append(f"search: unknown balancing strategy {scope!r}; known: *, {', '.join(STRATEGIES.names())}")
+            continue
+        if not isinstance(space, dict):
+            problems.append(f"search.{scope}: expected a mapping of key -> list of values, got {space!r}")
+            continue
+        for key, values in space.items():
+            if not isinstance(values, list) or not values:
+                problems.append(f"search.{scope}.{key}: expected a non-empty list of values, got {values!r}")
+    if not problems:
+        from ffr.experiment import plan_cells
+
+        try:
+            for strategy, _, _, hp, eff in plan_cells(cfg):
+                problems += [f"search candidate {hp} of {strategy}: {p}" for p in experiment_problems(eff)
+                             + name_problems(eff.backbone, [eff.objective], eff.objective_options)]
+        except ConfigError as e:
+            problems.append(f"search: {e}")
+    problems = list(dict.fromkeys(problems))
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    return cfg
