@@ -101,7 +101,8 @@ def cmd_compare(args) -> int:
 
     cfg = load_config(args.config, args.set)
     with _tracker(args, "compare", args.out) as tracker:
-        records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers, tracker=tracker)
+        records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers, tracker=tracker,
+                          verify=args.verify)
     print()
     print(markdown_table(records))
     print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
@@ -550,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every image file's content against the decoded cache (size and time always are)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", parents=[_config_parent()],

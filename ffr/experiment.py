@@ -32,11 +32,22 @@ from ffr.train.stage import StageSpec, identity, objectives, read_json, run_stag
 
 
 def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None,
-                     cache_dir: str | os.PathLike, progress: bool = False, image_size: int | None = None) -> ImageCache:
+                     cache_dir: str | os.PathLike, progress: bool = False, image_size: int | None = None,
+                     verify: bool = False) -> ImageCache:
     """The decoded-image cache of the real data and the synthetic pool at ``image_size`` (default:
-    the configured resolution), built once under ``cache_dir``; every cell of a grid reads it."""
+    the configured resolution), built once under ``cache_dir``; every cell of a grid reads it.
+    ``verify``: check the image files' contents too (:func:`ffr.data.cache.open_cache`)."""
     every = Manifest.concat([real] + ([pool] if pool is not None else []))
-    return open_cache(every, image_size or cfg.data.image_size, cache_dir, progress=progress)
+    return open_cache(every, image_size or cfg.data.image_size, cache_dir, progress=progress, verify=verify)
+
+
+def data_identity(real: Manifest, pool: Manifest | None) -> str:
+    """What a grid's cells depend on of their data: the real and synthetic manifests' digests and
+    their image files' sizes. A dataset edited under the same path gets new cells."""
+    parts = [real.digest(), real.files_fingerprint(times=False)]
+    if pool is not None:
+        parts += [pool.digest(), pool.files_fingerprint(times=False)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def prepare_real(cfg: ExperimentConfig, workdir: str | os.PathLike) -> Manifest:
@@ -198,7 +209,7 @@ def _diff(value, default):
     return value
 
 
-def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict) -> str:
+def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict, data: str = "") -> str:
     """A directory name that changes whenever anything the cell depends on changes.
 
     Only the settings that differ from the defaults enter the hash, so adding a new option (with
@@ -213,7 +224,7 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
     if cfg.objective_options.get(cfg.objective):  # only the cell's own objective's options matter
         relevant["objective_options"] = cfg.objective_options[cfg.objective]
     blob = json.dumps({"cfg": relevant, "strategy": strategy, "rate": rate, "seed": seed, "hp": hparams,
-                       "version": __version__}, sort_keys=True, default=str)
+                       "version": __version__, "data": data}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
 
@@ -247,14 +258,16 @@ def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, Exper
 
 
 def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
-               cells: list, threads: int | None = None, dataset: str | None = None) -> list[dict]:
-    """Run ``cells`` one after the other (in a worker process when ``threads`` is set)."""
+               cells: list, threads: int | None = None, dataset: str | None = None,
+               data: str = "") -> list[dict]:
+    """Run ``cells`` one after the other (in a worker process when ``threads`` is set); ``data``
+    is the grid's :func:`data_identity`."""
     if threads:
         cap_threads(threads)
     caches: dict[int, ImageCache] = {}  # by resolution (a search may vary data.image_size)
     records = []
     for strategy, rate, seed, hp, eff in cells:
-        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp, data)
         if eff.data.image_size not in caches:  # built by compare() already: this only opens it
             caches[eff.data.image_size] = open_image_cache(eff, real, pool, out / "cache")
         records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, caches[eff.data.image_size], hp,
@@ -303,7 +316,7 @@ def _die_with_parent() -> None:
 
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
             on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None,
-            tracker: Tracker | None = None) -> list[dict]:
+            tracker: Tracker | None = None, verify: bool = False) -> list[dict]:
     """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×
     seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
@@ -315,18 +328,20 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracking.log_cell`)
     and the result tables — after the local results are written, so a tracking server that goes
     away costs the tracking (one warning), never the results. One run at a time per ``out_dir``
-    (:func:`ffr.locks.output_lock`).
+    (:func:`ffr.locks.output_lock`). Cells are keyed on the data too (:func:`data_identity`): a
+    dataset rewritten under the same path is computed afresh. ``verify`` checks every image
+    file's content against the decoded cache (slow; size and time are always checked).
     """
     from ffr.checks import check_experiment
     from ffr.locks import output_lock
 
     check_experiment(cfg)  # every name and value, before any data is read or image rendered
     with output_lock(out_dir):
-        return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker)
+        return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker, verify)
 
 
 def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers: int, dataset: str | None,
-             tracker: Tracker | None) -> list[dict]:
+             tracker: Tracker | None, verify: bool = False) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
@@ -344,11 +359,12 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
         needs_pool = any(STRATEGIES.get(s).uses_synthetic for s in cfg.strategies)
         pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
+    data = data_identity(real, pool)
     done: dict[str, dict] = {}
     todo: dict[tuple, list] = {}
     for cell in cells:
         strategy, rate, seed, hp, eff = cell
-        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp, data)
         if (cdir / "record.json").is_file():
             done[cdir.name] = read_json(cdir / "record.json")
         else:
@@ -367,15 +383,16 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
                 bar.update(1)
 
     for size in sorted({cell[4].data.image_size for group in todo.values() for cell in group}):
-        open_image_cache(cfg, real, pool, out / "cache", progress, size)  # decode once, before any worker starts
+        open_image_cache(cfg, real, pool, out / "cache", progress, size, verify)  # decode once, before any worker
     if workers <= 1 or len(todo) <= 1:
         for group in todo.values():
-            finished(_run_cells(cfg, real, pool, out, group, dataset=dataset))
+            finished(_run_cells(cfg, real, pool, out, group, dataset=dataset, data=data))
     else:
         threads = max(1, cpu_budget() // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_die_with_parent) as ex:
-            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset) for group in todo.values()]
+            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset, data)
+                       for group in todo.values()]
             for fut in as_completed(futures):
                 finished(fut.result())
     if bar is not None:
@@ -383,7 +400,7 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
     dist.barrier()  # under torchrun: rank 0 has written every record before any rank reads them
     records = []
     for strategy, rate, seed, hp, eff in cells:
-        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp)
+        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp, data)
         record = done.get(cdir.name) or read_json(cdir / "record.json")
         record["cell"] = cdir.name
         records.append(record)
@@ -401,8 +418,12 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
         if dist.is_main():
             for name in ("results.md", "results.csv", "results.json"):
                 tracker.log_artifact(str(out / name))
-    except (RuntimeError, OSError) as e:  # the MLflow adapter's TrackingError is a RuntimeError
-        print(f"ffr: warning: tracking stopped ({e}); the local results are complete in {out}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  (any tracking backend's failure: the results are safe on disk)
+        from ffr.paths import redact_uri
+
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"ffr: warning: tracking stopped ({redact_uri(first)}); the local results are complete in {out}",
+              file=sys.stderr)
     return records
 
 

@@ -7,6 +7,8 @@ imported only when a URI is actually met, so the core keeps no boto3 dependency.
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from pathlib import Path
 
 
@@ -42,3 +44,23 @@ def local_dataset(path: str | os.PathLike) -> Path:
     from ffr.integrations.s3 import fetch_dataset
 
     return fetch_dataset(path)
+
+
+# The password of a URI's user info (up to the authority's last '@'), and the value of a query or
+# fragment parameter whose name says it is a secret.
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\"<>]*:)[^\s/?#'\"<>]*@")
+_PARAM = re.compile(r"(?P<head>[?&;#](?P<name>[^=&;#\s/?'\"<>]+)=)(?P<value>[^&;#\s'\"<>]*)")
+_SECRET_NAME = re.compile(r"token|passw|secret|signature|credential|api[-_]?key|^(?:pwd|pass|sig|key|auth|code)$",
+                          re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for a message: the password of its user info and the values of secret-looking
+    query or fragment parameters (``token``, ``access_token``, ``password``, ``X-Amz-Signature``,
+    ``api_key`` ...) replaced by ``***``; ``http://alice:s3cret@host/`` → ``http://alice:***@host/``.
+    Anything else is kept as it is (a user name without a password too). Works as well on a
+    message that contains URIs (an MLflow error naming the request URL)."""
+    def param(m: re.Match) -> str:
+        return m["head"] + "***" if _SECRET_NAME.search(urllib.parse.unquote(m["name"])) else m[0]
+
+    return _PARAM.sub(param, _USERINFO.sub(r"\g<head>***@", str(uri)))

@@ -42,8 +42,10 @@ CHUNK_BYTES = 32 << 20      # builds and whole-set reads go this many bytes at a
 
 def cache_key(manifest: Manifest, image_size: int) -> str:
     """The name of ``manifest``'s cache at ``image_size`` px: changes with the manifest's digest,
-    its root directory and the resolution."""
-    blob = json.dumps([FORMAT, manifest.digest(), str(manifest.root), int(image_size)])
+    its root directory, the resolution and the image files' sizes and modification times (an
+    image replaced in place gets a new cache)."""
+    blob = json.dumps([FORMAT, manifest.digest(), str(manifest.root), int(image_size),
+                       manifest.files_fingerprint()])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -229,19 +231,26 @@ def build(paths: list[str], image_size: int, data_path: Path, workers: int | Non
 def open_cache(manifest: Manifest, image_size: int, cache_dir: str | os.PathLike, workers: int | None = None,
                verify: bool = False, progress: bool = False) -> ImageCache:
     """The cache of ``manifest`` at ``image_size`` px under ``cache_dir``, built first when it is
-    missing or incomplete. ``verify`` also checks the pixels' sha256 (reads the whole file) and
+    missing or incomplete. ``verify`` also checks the cache file's sha256 and the image files'
+    contents (reads them all: an image rewritten with its old size and time is caught too) and
     rebuilds on a mismatch. Safe to call from several processes at once."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(manifest, image_size)
     data_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
     paths = _unique_paths(manifest)
+    content = manifest.files_fingerprint(content=True) if verify else None
+
+    def sound(meta):
+        return meta is not None and (not verify or (meta.get("content") == content
+                                                    and ImageCache(data_path, meta, paths).verify()))
+
     meta = _read_meta(meta_path, data_path, key)
-    if meta is not None and (not verify or ImageCache(data_path, meta, paths).verify()):
+    if sound(meta):
         return ImageCache(data_path, meta, paths)
     with _locked(cache_dir / f"{key}.lock"):
         meta = _read_meta(meta_path, data_path, key)  # another process may have built it meanwhile
-        if meta is not None and verify and not ImageCache(data_path, meta, paths).verify():
+        if meta is not None and not sound(meta):
             meta = None
         if meta is None:
             meta_path.unlink(missing_ok=True)  # from here on the old file is never read
@@ -257,7 +266,7 @@ def open_cache(manifest: Manifest, image_size: int, cache_dir: str | os.PathLike
                 bar.close()
             meta = {"format": FORMAT, "key": key, "digest": manifest.digest(), "root": str(manifest.root),
                     "image_size": int(image_size), "n": len(paths), "bytes": len(paths) * 3 * image_size ** 2,
-                    "sha256": sha}
+                    "sha256": sha, "content": content}
             tmp = meta_path.with_name(meta_path.name + f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(meta, indent=1) + "\n")
             os.replace(tmp, meta_path)  # last: marks the cache complete

@@ -291,6 +291,22 @@ class Manifest:
         h.update(json.dumps(card, sort_keys=True).encode())
         return h.hexdigest()
 
+    def files_fingerprint(self, content: bool = False, times: bool = True) -> str:
+        """A digest of the image files themselves: each file's size and (``times``) modification
+        time, and with ``content`` its bytes (slow: every file read). The decoded-image cache keys
+        on it, so images replaced in place are never served from an old cache; a grid's cells key
+        on the sizes (``times=False``: a regenerated, byte-identical dataset keeps its cells)."""
+        h = hashlib.sha256()
+        for rel, full in sorted(zip(self.frame["path"], self.abs_paths())):
+            try:
+                st = full.stat()
+                h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns if times else ''}|".encode())
+                if content:
+                    h.update(hashlib.sha256(full.read_bytes()).digest())
+            except OSError:
+                h.update(f"{rel}|missing|".encode())
+        return h.hexdigest()
+
     def rebase(self, new_root: str | os.PathLike) -> "Manifest":
         """The same images with paths rewritten relative to ``new_root`` (which must contain them)."""
         new_root = Path(new_root).resolve()

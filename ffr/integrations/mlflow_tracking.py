@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ffr.integrations import ServiceError
+from ffr.paths import redact_uri
 from ffr.metrics import flat_metrics
 
 # Bounded retries for every request the MLflow client makes (MLflow's own defaults wait minutes).
@@ -44,26 +45,6 @@ _BAD_KEY = re.compile(r"[^\w\-. /:]")
 
 class TrackingError(ServiceError):
     """The tracking server or registry could not be used; the message says which and why."""
-
-
-# The password of a URI's user info (up to the authority's last '@'), and the value of a query or
-# fragment parameter whose name says it is a secret.
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\"<>]*:)[^\s/?#'\"<>]*@")
-_PARAM = re.compile(r"(?P<head>[?&;#](?P<name>[^=&;#\s/?'\"<>]+)=)(?P<value>[^&;#\s'\"<>]*)")
-_SECRET_NAME = re.compile(r"token|passw|secret|signature|credential|api[-_]?key|^(?:pwd|pass|sig|key|auth|code)$",
-                          re.IGNORECASE)
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` fit for a message: the password of its user info and the values of secret-looking
-    query or fragment parameters (``token``, ``access_token``, ``password``, ``X-Amz-Signature``,
-    ``api_key`` ...) replaced by ``***``; ``http://alice:s3cret@host/`` → ``http://alice:***@host/``.
-    Anything else is kept as it is (a user name without a password too). Works as well on a
-    message that contains URIs (an MLflow error naming the request URL)."""
-    def param(m: re.Match) -> str:
-        return m["head"] + "***" if _SECRET_NAME.search(urllib.parse.unquote(m["name"])) else m[0]
-
-    return _PARAM.sub(param, _USERINFO.sub(r"\g<head>***@", str(uri)))
 
 
 def _is_http(uri: str) -> bool:

@@ -90,10 +90,12 @@ class StageSpec:
         return self.settings
 
     def key(self, trainer_identity: str) -> str:
-        """Identity of the trained stage: its data, settings, trainer, model and starting point.
+        """Identity of the trained stage: its data (the manifests and the files' sizes),
+        settings, trainer, model and starting point.
         Two stages with one key are the same training run (e.g. FFR's step 1 under every step-2
         variant, ERM's model under DFR)."""
         blob = json.dumps({"train": self.train.digest(), "val": self.val.digest(), "cfg": asdict(self.loop_settings()),
+                           "files": [self.train.files_fingerprint(times=False), self.val.files_fingerprint(times=False)],
                            "objective": trainer_identity, "backbone": self.backbone, "weights": self.weights,
                            "image_size": self.image_size, "seed": self.seed, "init": self.init_key},
                           sort_keys=True, default=str)
