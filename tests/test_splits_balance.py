@@ -106,3 +106,24 @@ def test_balance_errors(make_dataset, tmp_path, card):
     with pytest.raises(ValueError, match="synthetic pool too small: group cat_outdoor: needs 10, pool has 3"):
         balance("usb", real, _synthetic_pool(tmp_path, card, 3))
     assert STRATEGIES.names() == ["asb", "ffr", "none", "usb"]
+
+
+def test_absent_validation_and_test_groups_are_recorded_and_shown(make_dataset, tmp_path, capsys):
+    """A group missing from val or test shrinks worst-group accuracy to the groups present: the
+    split report records it, `ffr prepare` warns, and a grid's results.md says so."""
+    from ffr.cli import main
+    from ffr.results.tables import absent_notes
+
+    root = make_dataset({("train", "cat", "indoor"): 20, ("train", "cat", "outdoor"): 4,
+                         ("train", "dog", "indoor"): 4, ("train", "dog", "outdoor"): 20,
+                         ("val", "cat", "indoor"): 3, ("val", "dog", "indoor"): 3, ("val", "dog", "outdoor"): 3,
+                         ("test", "cat", "indoor"): 2, ("test", "cat", "outdoor"): 2, ("test", "dog", "indoor"): 2})
+    _, report = bias_rate_split(Manifest.load(root), 0.8, seed=0, min_val_per_group=1)
+    assert report.absent == {"val": ["cat_outdoor"], "test": ["dog_outdoor"]}
+    assert report.to_dict()["absent"] == report.absent and "warning" in report.format()
+    assert main(["prepare", "--set", f"data.dataset={root}", "--set", "data.min_val_per_group=1",
+                 "--bias-rate", "0.8", "--out", str(tmp_path / "prep")]) == 0
+    err = capsys.readouterr().err
+    assert "no real val image in group(s) cat_outdoor" in err and "no real test image in group(s) dog_outdoor" in err
+    notes = absent_notes([{"bias_rate": 0.8, "absent": report.absent}])
+    assert len(notes) == 2 and "test split has no image of group(s) dog_outdoor" in notes[0]
