@@ -13,9 +13,14 @@ FROM ${BASE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG UID=1000
+# The git revision the image is built from (`make image` passes it): runs and registered models
+# record it as ffr.git_commit where no checkout exists.
+ARG GIT_COMMIT=unknown
+LABEL org.opencontainers.image.revision="${GIT_COMMIT}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    FFR_GIT_COMMIT=${GIT_COMMIT} \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/home/ffr \
     MPLCONFIGDIR=/tmp/matplotlib \

@@ -57,9 +57,13 @@ def register_model(
             t.log_dataset(Manifest.load(data.path).select(split=m.get("split", "test"), source="real"), "test",
                           data.path)
             t.log_evaluation(m, "test")
-            t.log_model(net, meta)
-            version, d = register_and_gate(uri, registered_model_name, t.model_uri, Evaluation.from_metrics(m),
-                                           lineage, GatePolicy(gate_margin, gate_tolerance, gate_floor), t.run_id)
+            logged = str(model.metadata.get("mlflow_model_uri") or "")
+            if not logged:  # the training step tracked nowhere: log the model here
+                t.log_model(net, meta)
+                logged = t.model_uri
+            version, d = register_and_gate(uri, registered_model_name, logged, Evaluation.from_metrics(m),
+                                           lineage, GatePolicy(gate_margin, gate_tolerance, gate_floor),
+                                           None if model.metadata.get("mlflow_model_uri") else t.run_id)
         if parent:
             close_run(uri, parent)
         result = {"registered": True, "model": registered_model_name, "version": version, "promoted": d.promote,

@@ -357,8 +357,19 @@ def _platform(args):
 def cmd_run(args) -> int:
     from pipelines.run import main_table, parse_params, run_local
 
+    inherited = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow = args.mlflow
+    if mlflow == "env":
+        if not inherited:
+            raise ValueError("--mlflow env: $MLFLOW_TRACKING_URI is not set")
+        mlflow = inherited
+    elif inherited and mlflow == "local":
+        from ffr.paths import redact_uri
+
+        print(f"ffr: MLFLOW_TRACKING_URI ({redact_uri(inherited)}) is set but not used: this run tracks into its "
+              "own folder's store; pass --mlflow env (or --mlflow URI) to use that server", file=sys.stderr)
     run = run_local(args.pipeline, parse_params(args.param), args.runs_dir, progress=not args.quiet,
-                    mlflow=None if args.mlflow == "none" else args.mlflow)
+                    mlflow=None if mlflow == "none" else mlflow)
     print()
     print(main_table(run))
     return 0
@@ -445,7 +456,28 @@ def cmd_promote(args) -> int:
     print(f"gate for {args.name} version {version}: {decision.summary}")
     if decision.promote:
         print(f"{args.name}@{registry.CHAMPION} -> version {version}  (load: models:/{args.name}@{registry.CHAMPION})")
-    return 0
+        return 0
+    # A decision, not an error: exit 1 so that a scheduled job or a CI step can act on it.
+    print(f"{args.name}@{registry.CHAMPION} unchanged: version {version} was "
+          f"{'refused' if decision.refused else 'not promoted'}", file=sys.stderr)
+    return 1
+
+
+def cmd_serve(args) -> int:
+    from ffr.integrations.mlflow_tracking import local_store, redact_uri
+    from ffr.integrations.serving import resolve_version, serve
+
+    uri = local_store(args.mlflow_dir)[0] if args.mlflow_dir else args.mlflow
+    if not uri:
+        raise ValueError("no MLflow registry: pass --mlflow URI (or set MLFLOW_TRACKING_URI) or --mlflow-dir RUN_DIR")
+    alias = None if args.version else args.alias
+    version = resolve_version(uri, args.name, alias, args.version)
+    print(f"serving {args.name} version {version} from {redact_uri(uri)} on http://{args.host}:{args.port}/invocations",
+          flush=True)
+    print("  ask it: curl -s -H 'Content-Type: application/json' "
+          f"http://{args.host}:{args.port}/invocations -d '{{\"dataframe_split\": {{\"columns\": [\"image\"], "
+          "\"data\": [[\"'\"$(base64 -w0 photo.png)\"'\"]]}}}}'", flush=True)
+    return serve(uri, args.name, alias, version, args.host, args.port, args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -570,9 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run a Kubeflow pipeline locally (KFP local runner, no cluster); print its group metrics")
     p.add_argument("--runs-dir", default="runs", help="each run gets a new folder <runs-dir>/<pipeline>-<timestamp>/")
     p.add_argument("--quiet", action="store_true", help="print only the final table (the log is in the run folder)")
-    p.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI") or "local", metavar="URI",
-                   help="MLflow tracking + registry: 'local' (default unless $MLFLOW_TRACKING_URI is set) keeps a "
-                        "store in the run folder; a server URI; or 'none'")
+    p.add_argument("--mlflow", default="local", metavar="URI",
+                   help="MLflow tracking + registry: 'local' (default) keeps a store in the run folder; a server "
+                        "URI; 'env' for $MLFLOW_TRACKING_URI (never used without this flag); or 'none'")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("compile", parents=[_pipeline_parent(), _cluster_parent()], help="write a pipeline's YAML")
     p.add_argument("--out", help="output file (default <pipeline>-pipeline.yaml)")
@@ -603,6 +635,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.02, help="largest allowed drop of any group's accuracy")
     p.add_argument("--floor", type=float, default=0.5, help="worst-group accuracy every champion must reach")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("serve", help="serve a registered model (default @champion) over HTTP: images in, class out")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("--alias", default="champion", help="the alias to serve (default champion)")
+    p.add_argument("--version", help="serve this version instead of an alias")
+    p.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI"), metavar="URI",
+                   help="tracking server / store holding the registry (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--mlflow-dir", metavar="RUN_DIR", help="use the local store of a run folder instead")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_serve)
 
     probe = sub.add_parser("probe", help="diagnostics")
     psub = probe.add_subparsers(dest="probe_command", required=True)

@@ -49,12 +49,13 @@ class Platform:
     retry_steps: tuple = (SYNTHESIS, TRAIN)
     cached_steps: tuple = (DATA, SYNTHESIS)
     secrets: dict = field(default_factory=_default_secrets)
+    image_env: bool = True    # every step's $FFR_IMAGE names its image (lineage of runs and models)
 
     @classmethod
     def local(cls) -> "Platform":
         """For the local runner: no retries (a failure there is a bug or bad input, and retrying
         it only waits), no secrets."""
-        return cls(retries=0, secrets={})
+        return cls(retries=0, secrets={}, image_env=False)
 
     def apply(self, task, kind: str, name: str | None = None):
         """Configure ``task`` (a step of kind ``kind``) and return it."""
@@ -70,6 +71,10 @@ class Platform:
             task.set_retry(self.retries, backoff_duration=self.backoff, backoff_factor=self.backoff_factor,
                            backoff_max_duration=self.backoff_max)
         task.set_caching_options(kind in self.cached_steps)
+        if self.image_env:
+            from components.image import base_image
+
+            task.set_env_variable("FFR_IMAGE", base_image())  # lineage: runs and models name their image
         for secret, keys in self.secrets.items():
             kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=dict(keys), optional=True)
         return task

@@ -177,6 +177,18 @@ def _fail_open_runs(uri: str) -> None:
                 client.set_terminated(r.info.run_id, "FAILED")
 
 
+@contextlib.contextmanager
+def _env_without(name: str, keep: bool = False):
+    """The ``with`` block without environment variable ``name`` (the runner's steps inherit the
+    environment: an inherited ``MLFLOW_TRACKING_URI`` must not send a local run to a shared server)."""
+    value = None if keep else os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[name] = value
+
+
 def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.PathLike = "runs",
               progress: bool = True, mlflow: str | None = None) -> LocalRun:
     """Run pipeline ``name`` with the KFP local runner (subprocesses in this Python environment).
@@ -214,7 +226,10 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     if progress:
         print(f"running pipeline {name!r} locally in {run_dir} (log: {run_dir / 'run.log'})")
     try:
-        with open(run_dir / "run.log", "w") as log, _subprocess_path(), warnings.catch_warnings():
+        inherited = os.environ.get("MLFLOW_TRACKING_URI")
+        shared = mlflow not in (None, "local", "none") and mlflow == inherited
+        with open(run_dir / "run.log", "w") as log, _subprocess_path(), warnings.catch_warnings(), \
+                _env_without("MLFLOW_TRACKING_URI", keep=shared):
             # The components name the project's image, not a "python" one: the runner's warning
             # about it does not apply (the subprocess runs in this environment).
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -367,7 +382,27 @@ def main_table(run: LocalRun) -> str:
                  "(then open http://127.0.0.1:5000)")
     elif run.mlflow_uri:
         text += f"\nMLflow: {run.mlflow_uri}"
+    for line in registration_lines(run.run_dir):
+        text += f"\n{line}"
     return text
+
+
+def registration_lines(run_dir: str | os.PathLike) -> list[str]:
+    """What the run's register step decided: the registered version and the promotion gate's
+    verdict (read from its ``decision`` output)."""
+    lines = []
+    for path in sorted(Path(run_dir).glob("outputs/**/register-model*/decision")):
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if d.get("registered"):
+            verdict = "promoted to @champion" if d.get("promoted") else ("refused" if d.get("refused") else
+                                                                         "not promoted (champion kept)")
+            lines.append(f"registered: {d['model']} version {d['version']}, {verdict}: {d['summary']}")
+        else:
+            lines.append(f"registered: no ({d.get('summary', '')})")
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: python -m pipelines.run [name]

@@ -4,8 +4,9 @@ One parent run per pipeline / ``compare`` run (:func:`mlflow_run`), a nested run
 cell (:meth:`MlflowTracker.child`). A run records the resolved config as parameters, per-epoch
 metrics under stable names, the test evaluation (scalars, a group table, a per-group accuracy
 figure), the validation-WGA-by-epoch figure, its dataset inputs (with their DVC digest and URI),
-system metrics, and the selected model (``mlflow.pytorch``, loadable at any batch size, with a
-signature and an input example).
+system metrics, and the selected model as the servable image classifier
+(:mod:`ffr.integrations.serving`: encoded images in, class and probabilities out, with a
+signature, an input example and pinned requirements).
 
 Talking to a server is bounded: the server must answer ``/health`` within a few attempts, and
 each request is retried a bounded number of times (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` etc.,
@@ -39,7 +40,6 @@ from ffr.metrics import flat_metrics
 # Bounded retries for every request the MLflow client makes (MLflow's own defaults wait minutes).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-MODEL_NAME = "model"
 _BAD_KEY = re.compile(r"[^\w\-. /:]")
 
 
@@ -136,25 +136,21 @@ def git_commit(path: str | os.PathLike = ".") -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def provenance() -> dict[str, str]:
+    """What produced a run or a model: the ffr version, the git revision of the code that runs
+    (the checkout ffr is imported from; in an image without one, ``$FFR_GIT_COMMIT``, which the
+    image sets from its build argument) and, in a cluster, the component image (``$FFR_IMAGE``,
+    set on every step by the pipeline). Tags ``ffr.version``, ``ffr.git_commit``, ``ffr.image``."""
+    import ffr
+
+    out = {"ffr.version": ffr.__version__,
+           "ffr.git_commit": git_commit(Path(ffr.__file__).resolve().parent) or os.environ.get("FFR_GIT_COMMIT"),
+           "ffr.image": os.environ.get("FFR_IMAGE")}
+    return {k: v for k, v in out.items() if v}
+
+
 def _key(k: str) -> str:
     return _BAD_KEY.sub("_", k)
-
-
-class ServingModel(torch.nn.Module):
-    """What is logged to MLflow: the classifier with its input normalisation built in. Takes float
-    images ``(N, 3, H, W)`` with values in [0, 1]; returns class logits ``(N, n_classes)``."""
-
-    def __init__(self, model: torch.nn.Module, normalize: str = "imagenet"):
-        super().__init__()
-        from ffr.data.loading import NORMALIZATION
-
-        mean, std = NORMALIZATION[normalize]
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
 
 
 class MlflowTracker:
@@ -280,24 +276,13 @@ class MlflowTracker:
 
     # -- model
     def log_model(self, model, meta: dict) -> None:
-        """Log the model as ``mlflow.pytorch``, normalisation included, with a signature over float
-        images in [0, 1] and a 2-image input example. Serialised as a ``torch.export`` graph ("pt2":
-        loading runs no pickled code and needs no ``ffr``); the 2-image example makes the batch
-        dimension symbolic, so the loaded model takes any batch size (a 1-image example would
-        freeze it at 1)."""
-        import mlflow
-        from mlflow.models import infer_signature
+        """Log the model as the servable image classifier (:mod:`ffr.integrations.serving`: an
+        MLflow pyfunc that takes encoded images, applies the model's own preprocessing and answers
+        with the class, the probabilities and the version), once per training run."""
+        from ffr.integrations.serving import log_servable
 
-        size = int(meta["image_size"])
-        serving = ServingModel(copy_to_cpu(model), meta.get("normalize", "imagenet")).eval()
-        example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            out = serving(example).numpy()
-        signature = infer_signature(example.numpy(), out)
         with _active(self.run_id):
-            info = mlflow.pytorch.log_model(serving, name=MODEL_NAME, signature=signature,
-                                            input_example=example.numpy(), serialization_format="pt2",
-                                            metadata={"ffr": _plain(meta)}, pip_requirements=[])
+            info = log_servable(copy_to_cpu(model), _plain(meta))
         self.model_uri = info.model_uri
         self.set_tags({"ffr.model_uri": info.model_uri, "ffr.model_classes": json.dumps(meta["classes"])})
 
@@ -389,7 +374,7 @@ def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None 
         mlflow.set_experiment(experiment_id=experiment_id)
         run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics,
                                parent_run_id=parent_run_id or None, nested=bool(parent_run_id),
-                               tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(),
+                               tags={k: str(v) for k, v in {**provenance(),
                                                             **(tags or {})}.items() if v is not None})
     except Exception as e:
         raise TrackingError(redact_uri(f"could not start an MLflow run at {tracking_uri}: {type(e).__name__}: {e}")) from e
@@ -444,7 +429,7 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, 
     configure(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     run = client.create_run(_experiment(experiment, artifact_location), run_name=run_name,
-                            tags={k: str(v) for k, v in {"ffr.git_commit": git_commit(), **(tags or {})}.items()
+                            tags={k: str(v) for k, v in {**provenance(), **(tags or {})}.items()
                                   if v is not None})
     return run.info.run_id
 

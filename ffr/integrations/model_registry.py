@@ -54,8 +54,10 @@ def register(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluatio
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    from ffr.integrations.mlflow_tracking import provenance
+
     tags = {**evaluation.tags("test"), **{f"lineage.{k}": str(v) for k, v in (lineage or {}).items()},
-            STATUS_TAG: "pending"}
+            **provenance(), STATUS_TAG: "pending"}
     source, model_id = model_uri, None
     if model_uri.startswith("models:/m-"):  # an MLflow 3 logged model: register its artifacts
         model_id = model_uri.removeprefix("models:/").split("/")[0]

@@ -56,13 +56,15 @@ def test_dir_digest_is_the_version_dvc_records(tmp_path, make_dataset):
 @pytest.mark.slow
 def test_repro_sweep_push_and_pull_into_a_fresh_clone(tmp_path, s3_env, bucket):
     """The project's own dvc.yaml and params.yaml (shrunk further through `dvc exp`'s --set-param
-    only where noted) in a scratch git repository."""
+    only where noted) in a scratch git repository, with a copy of ffr/: the stages' code deps (the
+    commands run this checkout's ffr, through _env's shim)."""
     env = _env(tmp_path, {**DUMMY_AWS})
     dvc, git = binary("dvc"), shutil.which("git")
     proj = tmp_path / "proj"
     proj.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, proj / name)
+    shutil.copytree(REPO / "ffr", proj / "ffr", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["prepare"]["per_digit"] = 12   # smaller than the demo default: test time
     params["pretrain"]["epochs"] = params["finetune"]["epochs"] = 2
@@ -132,3 +134,55 @@ def test_get_revision_brings_back_each_version_from_the_s3_remote(tmp_path, s3_e
         assert info["dvc_md5"] == md5 and _files(out) == files
         assert info["commit"] == run([git, "rev-parse", tag], proj, env).strip()
     assert versions["v1"][0] != versions["v2"][0]
+
+
+def _changed_stages(proj: Path, env: dict) -> dict:
+    """`dvc status`: stage name -> what changed, for every stage that `dvc repro` would rerun."""
+    out = run([binary("dvc"), "status", "--json"], proj, env).strip()
+    return json.loads(out or "{}")
+
+
+def test_status_after_a_code_edit_names_the_stages_that_run_that_code(tmp_path):
+    """dvc.yaml lists each stage's code under `deps`: an edit of the training loop reruns the training
+    stages (and evaluate, which loads the model through it) but not the data stages; one of the
+    procedural synthesis backend reruns synthesize only. In a git clone of this repository, with the
+    working tree's dvc.yaml and params.yaml; `dvc commit` records stand-in outputs instead of a
+    `dvc repro`: what is tested is what DVC hashes, not what the stages compute (that is
+    test_repro_sweep_push_and_pull_into_a_fresh_clone)."""
+    env = _env(tmp_path)
+    dvc, git = binary("dvc"), shutil.which("git")
+    clone = tmp_path / "clone"
+    run([git, "clone", "-q", str(REPO), str(clone)], tmp_path, env)
+    for name in ("dvc.yaml", "params.yaml"):   # the working tree's: may be ahead of the last commit
+        shutil.copy(REPO / name, clone / name)
+    if not (clone / ".dvc").is_dir():
+        run([dvc, "init", "-q"], clone, env)
+    stages = yaml.safe_load((clone / "dvc.yaml").read_text())["stages"]
+    for st in stages.values():
+        paths = [d for d in st.get("deps", []) if not d.startswith("ffr/")] + list(st.get("outs", []))
+        paths += [next(iter(p)) if isinstance(p, dict) else p for p in st.get("metrics", []) + st.get("plots", [])]
+        for rel in paths:
+            target = clone / rel
+            if target.suffix in (".csv", ".json"):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(f"{rel}\n")
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                (target / "stand-in.txt").write_text(f"{rel}\n")
+    run([dvc, "commit", "-f", "-q"], clone, env)
+    assert _changed_stages(clone, env) == {}
+
+    def edited(rel: str) -> dict:
+        with (clone / rel).open("a") as f:
+            f.write("# an edit\n")
+        try:
+            return _changed_stages(clone, env)
+        finally:
+            run([git, "checkout", "-q", "--", rel], clone, env)
+
+    changed = edited("ffr/train/loop.py")
+    assert set(changed) == {"pretrain", "finetune", "evaluate"}, changed
+    assert "ffr/train/loop.py" in json.dumps(changed["pretrain"])
+    assert set(edited("ffr/synthesis/procedural.py")) == {"synthesize"}
+    assert set(edited("ffr/cli.py")) == set(stages)   # the entry point every stage runs
+    assert _changed_stages(clone, env) == {}

@@ -95,5 +95,17 @@ def test_retrain_pipeline_tracks_registers_and_gates(tmp_path, mlflow_env, s3_en
     assert tags["lineage.data.source.rev"] == "v1" and tags["lineage.data.source.dvc_md5"] == md5
     assert tags["lineage.data.source.commit"] == run([git, "rev-parse", "v1"], proj, env).strip()
     assert tags["lineage.pipeline_run_id"] == parent.data.tags["ffr.pipeline_run_id"]
+    # One model per training run: the champion is step 2's logged model, whose source run holds the
+    # training parameters; the version names the code that made it.
+    assert version.run_id == fine.info.run_id and fine.data.params["finetune.epochs"] == "2"
+    import ffr
+
+    assert tags["ffr.version"] == ffr.__version__ and tags.get("ffr.git_commit")
+    assert parent.data.tags["ffr.version"] == ffr.__version__
+    import pandas as pd
+
+    from ffr.integrations.serving import example_png
+
     model = mlflow.pyfunc.load_model("models:/retrain-test@champion")
-    assert np.asarray(model.predict(np.random.rand(3, 3, 32, 32).astype(np.float32))).shape == (3, 2)
+    answer = model.predict(pd.DataFrame({"image": [example_png(32)] * 3}))
+    assert len(answer) == 3 and set(answer["class"]) <= {"low", "high"}

@@ -13,7 +13,7 @@ import torch
 
 from ffr.integrations.model_registry import CHALLENGER, CHAMPION, promote, register
 from ffr.promotion import Evaluation, GatePolicy
-from ffr.integrations.mlflow_tracking import ServingModel, TrackingError, mlflow_run
+from ffr.integrations.mlflow_tracking import TrackingError, mlflow_run
 from ffr.train.backbones import create_model
 from tests.integration.servers import free_port
 
@@ -27,8 +27,8 @@ def logged(mlflow_server):
     torch.manual_seed(0)
     model = create_model("small_cnn", 2).eval()
     with mlflow_run(mlflow_server.url, "registry-tests", "model", system_metrics=False) as t:
-        t.log_model(model, {"image_size": 16, "classes": ["a", "b"], "normalize": "imagenet"})
-    return t.model_uri, ServingModel(model).eval()
+        t.log_model(model, {"image_size": 16, "classes": ["a", "b"], "normalize": "imagenet", "backbone": "small_cnn"})
+    return t.model_uri, model
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,31 @@ def test_gate_promotes_better_and_refuses_worse_or_regressed(mlflow_env, model_u
     assert c.get_model_version(name, v1).tags["gate.replaced_by"] == v2
     assert c.get_model_version(name, v5).tags["gate.decision"] == "refused"
 
-    # The champion loads by alias and predicts batches of sizes it was never shown.
-    model = mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}")
-    x = torch.rand(5, 3, 16, 16)
-    with torch.inference_mode():
-        assert torch.allclose(model(x), logged[1](x), atol=1e-5)
+    # The champion loads by alias and classifies images (uint8 RGB) with the model's own
+    # preprocessing, any batch size: the same probabilities as the model in this process.
+    from ffr.data.loading import BatchTransform
+
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    pngs = []
+    for a in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG")
+        pngs.append(buf.getvalue())
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
-    assert np.asarray(pyfunc.predict(np.random.rand(3, 3, 16, 16).astype(np.float32))).shape == (3, 2)
+    out = pyfunc.predict(pd.DataFrame({"image": pngs}))
+    raw = pyfunc.unwrap_python_model().predict(None, pixels)  # uint8 pixels, without the JSON contract
+    assert raw.equals(out)
+    with torch.inference_mode():
+        expected = torch.softmax(logged[1](BatchTransform("imagenet")(torch.from_numpy(pixels).permute(0, 3, 1, 2))), 1)
+    assert list(out.columns) == ["class", "probabilities", "model_version"] and len(out) == 5
+    got = np.array([[json.loads(p)[c] for c in ("a", "b")] for p in out["probabilities"]])
+    assert np.allclose(got, expected.numpy(), atol=1e-5)
+    assert list(out["class"]) == [("a", "b")[i] for i in expected.argmax(1).tolist()]
 
 
 def test_server_down_leaves_no_registry_state(mlflow_env, model_uri):

@@ -60,14 +60,17 @@ def test_compare_run_logs_nested_runs_metrics_tables_and_model(mlflow_env, tmp_p
     assert {[t.value for t in d.tags if t.key == "mlflow.data.context"][0]
             for d in ffr_cell.inputs.dataset_inputs} == {"validation", "test"}
 
-    # The model of the cell's last stage, loaded back, predicts batches of any size.
+    # The model of the cell's last stage, loaded back, classifies images in batches of any size.
     assert "ffr.model_uri" not in stages["pretrain"].data.tags
-    model = mlflow.pytorch.load_model(fine.data.tags["ffr.model_uri"])
-    for n in (1, 5):
-        assert tuple(model(__import__("torch").rand(n, 3, 32, 32)).shape) == (n, 2)
+    import pandas as pd
+
+    from ffr.integrations.serving import example_png
+
     pyfunc = mlflow.pyfunc.load_model(fine.data.tags["ffr.model_uri"])
     assert pyfunc.metadata.signature is not None
-    assert np.asarray(pyfunc.predict(np.random.rand(7, 3, 32, 32).astype(np.float32))).shape == (7, 2)
+    for n in (1, 7):
+        answer = pyfunc.predict(pd.DataFrame({"image": [example_png(32)] * n}))
+        assert len(answer) == n and set(answer["class"]) <= {"low", "high"}
 
 
 @pytest.mark.slow
@@ -128,4 +131,12 @@ def test_cli_local_store_in_the_run_folder_and_promote(tmp_path, capsys, monkeyp
     assert (out / "mlartifacts").is_dir()
     mlflow.set_tracking_uri(uri)
     pyfunc = mlflow.pyfunc.load_model("models:/demo-model@champion")
-    assert np.asarray(pyfunc.predict(np.random.rand(3, 3, 32, 32).astype(np.float32))).shape == (3, 2)
+    from ffr.integrations.serving import example_png
+    import pandas as pd
+
+    answer = pyfunc.predict(pd.DataFrame({"image": [example_png(32)] * 3}))
+    assert len(answer) == 3 and set(answer["class"]) <= {"low", "high"}
+    # the gate now rejects (a champion exists; same numbers, no gain): a decision, exit 1
+    assert main(["promote", "--mlflow-dir", str(out), "--name", "demo-model", "--run-id", cell.info.run_id,
+                 "--floor", "0"]) == 1
+    assert "demo-model@champion unchanged: version 2 was not promoted" in capsys.readouterr().err

@@ -1,0 +1,208 @@
+"""The servable model: what ffr logs to MLflow and registers, an MLflow pyfunc that takes what a
+caller has — images — and answers with the class.
+
+Input (``/invocations`` of ``mlflow models serve``, or ``pyfunc.load_model(...).predict``):
+
+- a table with an ``image`` column of encoded image bytes (PNG, JPEG, ...) or their base64 text —
+  the JSON body ``{"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}``. This is
+  the model's signature, so MLflow checks it on every request;
+- in Python, also a uint8 array ``(N, H, W, 3)`` of RGB pixels, through the unwrapped model
+  (``pyfunc.load_model(uri).unwrap_python_model().predict(None, pixels)``): MLflow's signature
+  check admits one input form, and the HTTP contract is the encoded image.
+
+Every image gets the model's own preprocessing (RGB, bilinear resize to the training resolution,
+the training normalisation). Output: one row per image with ``class``, ``probabilities`` (a JSON
+object class → probability) and ``model_version`` (the registered version when served through
+``ffr serve``, else the training stage's key).
+
+The model directory holds the ffr checkpoint (state dict + metadata, loaded with
+``weights_only=True``) and the ``ffr`` package itself as code, so it loads wherever torch,
+torchvision and pillow are installed: its requirements name those, pinned to the versions it was
+trained with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+
+MODEL_NAME = "model"
+IMAGE_COLUMN = "image"
+VERSION_ENV = "FFR_MODEL_VERSION"  # set by `ffr serve` to the registered version it serves
+
+
+def _requirements() -> list[str]:
+    """The serving environment: the training environment's torch, torchvision, pillow, numpy,
+    pandas, PyYAML and mlflow, pinned."""
+    from importlib import metadata
+
+    out = []
+    for dist in ("torch", "torchvision", "pillow", "numpy", "pandas", "pyyaml", "mlflow"):
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        out.append(f"{dist}=={version.split('+')[0]}")  # a local build tag (+cu130) is no index version
+    return out
+
+
+def _image_bytes(value) -> bytes:
+    """Encoded image bytes from a table cell: bytes, or base64 text of them."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("an 'image' value is text but not base64 of an encoded image") from None
+    raise ValueError(f"an 'image' value must be encoded image bytes or their base64 text, got {type(value).__name__}")
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """The pyfunc: see the module docstring."""
+
+    def load_context(self, context) -> None:
+        from ffr.train.loop import load_checkpoint
+
+        self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"])
+        self.model.eval()
+        self.classes = list(self.meta["classes"])
+        self.image_size = int(self.meta["image_size"])
+
+    def pixels(self, model_input) -> np.ndarray:
+        """The inputs as a uint8 ``(N, size, size, 3)`` array, each image decoded and resized."""
+        from ffr.data.loading import decode_image
+
+        import pandas as pd
+
+        if isinstance(model_input, dict) and IMAGE_COLUMN in model_input:
+            model_input = pd.DataFrame({IMAGE_COLUMN: list(np.atleast_1d(model_input[IMAGE_COLUMN]))})
+        if isinstance(model_input, pd.DataFrame):
+            if IMAGE_COLUMN not in model_input.columns:
+                raise ValueError(f"expected a column {IMAGE_COLUMN!r} of encoded images; got {list(model_input.columns)}")
+            out = []
+            for i, value in enumerate(model_input[IMAGE_COLUMN]):
+                try:
+                    out.append(decode_image(io.BytesIO(_image_bytes(value)), self.image_size))
+                except (OSError, ValueError) as e:
+                    raise ValueError(f"image {i}: not a decodable image ({e})") from None
+            return np.stack(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        arr = np.asarray(model_input)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"expected uint8 RGB images (N, H, W, 3), got an array of shape {arr.shape}")
+        if arr.shape[1:3] != (self.image_size, self.image_size):
+            from PIL import Image
+
+            arr = np.stack([np.asarray(Image.fromarray(a.astype(np.uint8)).resize(
+                (self.image_size, self.image_size), Image.BILINEAR)) for a in arr])
+        return arr.astype(np.uint8)
+
+    def predict(self, context, model_input, params=None):
+        """One row per image: ``class``, ``probabilities`` (JSON), ``model_version``."""
+        import pandas as pd
+        import torch
+
+        from ffr.data.loading import BatchTransform
+
+        x = torch.from_numpy(self.pixels(model_input)).permute(0, 3, 1, 2).contiguous()
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(BatchTransform(self.meta.get("normalize", "imagenet"))(x)), dim=1)
+        version = os.environ.get(VERSION_ENV) or str(self.meta.get("stage_key", ""))
+        rows = [{"class": self.classes[int(p.argmax())],
+                 "probabilities": json.dumps({c: round(float(v), 6) for c, v in zip(self.classes, p)}),
+                 "model_version": version} for p in probs]
+        return pd.DataFrame(rows, columns=["class", "probabilities", "model_version"])
+
+
+def example_png(size: int) -> bytes:
+    """A small PNG to show callers the input format (the model's input example)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def log_servable(model, meta: dict, name: str = MODEL_NAME):
+    """Log ``model`` (a classifier with its checkpoint metadata) to the active MLflow run as the
+    servable pyfunc; returns MLflow's model info."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    import ffr
+    from ffr.train.loop import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "model.pt", model, meta)
+        example = pd.DataFrame({IMAGE_COLUMN: [example_png(int(meta["image_size"]))]})
+        runner = ImageClassifier()
+        runner.model, runner.meta = model.eval(), meta
+        runner.classes, runner.image_size = list(meta["classes"]), int(meta["image_size"])
+        output = runner.predict(None, example)
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=ImageClassifier(), artifacts={"checkpoint": str(ckpt)},
+            code_paths=[str(Path(ffr.__file__).parent)], pip_requirements=_requirements(),
+            signature=infer_signature(example, output), input_example=example,
+            metadata={"ffr": json.loads(json.dumps(meta, default=str))})
+
+
+def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> list[str]:
+    """The ``mlflow models serve`` command line that serves ``model_uri`` from this environment."""
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).with_name("mlflow")
+    mlflow_cli = str(exe) if exe.is_file() else (shutil.which("mlflow") or "mlflow")
+    return [mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
+            "--workers", str(workers)]
+
+
+def resolve_version(tracking_uri: str, name: str, alias: str | None = "champion", version: str | None = None) -> str:
+    """The registered version of ``name`` that ``alias`` (or ``version``) names; a clear error when
+    there is none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from ffr.integrations.mlflow_tracking import TrackingError, redact_uri
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        if version is not None:
+            return str(client.get_model_version(name, str(version)).version)
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as e:
+        what = f"version {version}" if version is not None else f"alias @{alias}"
+        raise TrackingError(f"registered model {name!r} has no {what} at {redact_uri(tracking_uri)} "
+                            f"({str(e).splitlines()[0]})") from None
+
+
+def serve(tracking_uri: str, name: str, alias: str | None = "champion", version: str | None = None,
+          host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> int:
+    """Serve registered model ``name`` (``@alias``, or ``version``) over HTTP with ``mlflow models
+    serve`` in this environment until interrupted; answers carry the registered version. Returns
+    the server's exit code."""
+    import subprocess
+
+    resolved = resolve_version(tracking_uri, name, alias, version)
+    uri = f"models:/{name}/{resolved}"
+    import sys
+
+    # mlflow starts its web server by name (uvicorn): this environment's scripts come first, even
+    # when it is a virtual environment nobody activated
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri,
+           VERSION_ENV: f"{name}/{resolved}"}
+    try:
+        return subprocess.run(serve_command(uri, host, port, workers), env=env).returncode
+    except KeyboardInterrupt:
+        return 0
