@@ -41,6 +41,11 @@ def evaluate_model(
         m = {"strategy": strategy, **evaluate_stage(os.path.join(model.path, "model.pt"), data.path, split, None,
                                                     device, tracker=tracker)}
     m["model"] = dict(model.metadata)
+    uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri and pipeline_run_id:  # the headline on the pipeline's own run: <strategy>/test/worst_group_acc ...
+        from ffr.integrations.mlflow_tracking import log_summary_to
+
+        log_summary_to(uri, mlflow_experiment, pipeline_run_id, {strategy: m})
     with open(metrics.path, "w") as f:
         json.dump(m, f, indent=2)
     for name, value in flat_metrics(m, split).items():

@@ -15,11 +15,17 @@ def comparison_report(
     report: Output[HTML],
     summary: Output[Metrics],
     synthetic: Input[Dataset] = None,
+    mlflow_uri: str = "",
+    mlflow_experiment: str = "ffr",
+    pipeline_run_id: str = "",
 ):
     """Side by side: the baselines' and FFR's test metrics (files written by ``evaluate_model``) in
     one HTML report with a few synthetic images per group; ``summary`` logs each strategy's
-    worst-group accuracy and FFR's gain over the best baseline, and holds every result as JSON."""
+    worst-group accuracy and FFR's gain over the best baseline, and holds every result as JSON.
+    With a tracking server (``mlflow_uri`` or ``$MLFLOW_TRACKING_URI``) the pipeline's own MLflow
+    run gets the comparison table (Markdown and HTML) and the per-group figure of every strategy."""
     import json
+    import os
 
     from ffr.data.manifest import Manifest
     from ffr.results.tables import STRATEGY_ORDER
@@ -37,5 +43,23 @@ def comparison_report(
     with open(summary.path, "w") as f:
         json.dump({"results": results, "ffr_gain": gain}, f, indent=2)
     pool = Manifest.load(synthetic.path, check_files=False) if synthetic is not None else None
+    html = evaluation_report_html(results, "Strategies compared: test split", pool)
     with open(report.path, "w") as f:
-        f.write(evaluation_report_html(results, "Strategies compared: test split", pool))
+        f.write(html)
+    uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri and pipeline_run_id:
+        import tempfile
+
+        from ffr.integrations.mlflow_tracking import log_summary_to
+        from ffr.results.views import format_group_table
+
+        with tempfile.TemporaryDirectory() as tmp:
+            md, page = os.path.join(tmp, "comparison.md"), os.path.join(tmp, "comparison.html")
+            with open(md, "w") as f:
+                f.write("# Strategies compared: test split\n\n```\n" + format_group_table(results) + "\n```\n"
+                        + (f"\nFFR's gain in worst-group accuracy over the best baseline: "
+                           f"{gain['ffr_gain_wga']:+.3f}\n" if gain else ""))
+            with open(page, "w") as f:
+                f.write(html)
+            log_summary_to(uri, mlflow_experiment, pipeline_run_id, results,
+                           {"comparison/comparison.md": md, "comparison/comparison.html": page})

@@ -1,6 +1,8 @@
 """Components: open the pipeline's MLflow run (its steps nest under it), and fetch a dataset at a
 DVC revision (the retraining pipeline's input)."""
 
+from typing import List
+
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
@@ -15,10 +17,12 @@ def start_tracking(
     pipeline_name: str = "ffr",
     pipeline_run_id: str = "",
     params: dict = {},
+    integer_params: List[str] = [],
 ) -> str:
     """Open the pipeline run's parent MLflow run, tagged with the pipeline run id and holding the
     pipeline's parameters, and return its id: the training and evaluation steps nest their runs
-    under it and the register step closes it. ``mlflow_uri`` empty: ``$MLFLOW_TRACKING_URI`` (from
+    under it and the register step closes it. ``integer_params`` names the parameters that are
+    integers (a dict parameter carries only doubles: 5 arrives as 5.0 and is logged as 5). ``mlflow_uri`` empty: ``$MLFLOW_TRACKING_URI`` (from
     the ``ffr-mlflow`` secret on a cluster); neither set: no tracking, returns ""."""
     import os
 
@@ -30,7 +34,15 @@ def start_tracking(
     run_id = open_run(uri, experiment, f"{pipeline_name} {pipeline_run_id}".strip(),
                       {"ffr.pipeline": pipeline_name, "ffr.pipeline_run_id": pipeline_run_id},
                       artifact_location or None)
-    log_params_to(uri, run_id, params)
+    def integer(v):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return v
+        return int(f) if f.is_integer() else v
+
+    typed = {k: (integer(v) if k in set(integer_params) else v) for k, v in params.items()}
+    log_params_to(uri, run_id, typed)
     return run_id
 
 

@@ -416,6 +416,9 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
             log_cell(cell_tracker, eff, real, record, pool)
             cell_tracker.close()
         if dist.is_main():
+            from ffr.results.tables import summary_metrics
+
+            tracker.log_metrics(summary_metrics(records))  # the headline on the parent run itself
             for name in ("results.md", "results.csv", "results.json"):
                 tracker.log_artifact(str(out / name))
     except Exception as e:  # noqa: BLE001  (any tracking backend's failure: the results are safe on disk)

@@ -53,7 +53,9 @@ def _tracking(p: Platform, name: str, mlflow_uri, mlflow_experiment, mlflow_arti
     the opening task): steps find the run by the pipeline run id and run after the opening task."""
     start = p.apply(start_tracking(mlflow_uri=mlflow_uri, experiment=mlflow_experiment,
                                    artifact_location=mlflow_artifacts, pipeline_name=name,
-                                   pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, params=params),
+                                   pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, params=params,
+                                   integer_params=sorted(k for k, v in params.items()
+                                                         if getattr(v, "channel_type", None) == "Integer")),
                     TRACK, "open MLflow run")
     return {"mlflow_uri": mlflow_uri, "mlflow_experiment": mlflow_experiment,
             "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}, start
@@ -242,8 +244,9 @@ def build_comparison_pipeline(platform: Platform | None = None):
         step2, ffr_ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
                              finetune_lr, tracking, finetune_options, objective_options)
         _register(p, step2, ffr_ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
-        report = p.apply(comparison_report(baselines=dsl.Collected(ev.outputs["metrics"]),
-                                           ffr=ffr_ev.outputs["metrics"], synthetic=pool.outputs["pool"]),
+        report = p.apply(_tracked(comparison_report(baselines=dsl.Collected(ev.outputs["metrics"]),
+                                                    ffr=ffr_ev.outputs["metrics"], synthetic=pool.outputs["pool"],
+                                                    **tracking[0]), tracking),
                          EVALUATE, "comparison report")
         return report.outputs["summary"]
 

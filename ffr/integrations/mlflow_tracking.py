@@ -326,6 +326,22 @@ def _group_bars(ax, metrics: dict, prefix: str) -> None:
     ax.tick_params(axis="x", rotation=30)
 
 
+def _strategy_bars(ax, results: dict[str, dict]) -> None:
+    """Per-group test accuracy, one bar per strategy in each group."""
+    groups = list(next(iter(results.values()))["groups"])
+    width = 0.8 / max(1, len(results))
+    for i, (strategy, m) in enumerate(results.items()):
+        xs = [g + (i - (len(results) - 1) / 2) * width for g in range(len(groups))]
+        wga = m.get("worst_group_acc")
+        ax.bar(xs, [m["groups"][g]["acc"] or 0.0 for g in groups], width,
+               label=f"{strategy} (worst {wga:.3f})" if wga is not None else strategy)
+    ax.set_xticks(range(len(groups)), groups, rotation=30)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("per-group test accuracy by strategy")
+
+
 def _wga_by_epoch(ax, history: list[dict]) -> None:
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r.get("val/worst_group_acc", np.nan) for r in history], marker="o", label="val worst-group")
@@ -441,6 +457,27 @@ def close_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
 
     configure(tracking_uri)
     mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
+@guarded("logging the pipeline's summary to its run")
+def log_summary_to(tracking_uri: str, experiment: str, pipeline_run_id: str, results: dict[str, dict],
+                   files: dict[str, str] | None = None) -> str | None:
+    """Put a pipeline's headline on its parent run (found by ``pipeline_run_id``): per strategy of
+    ``results`` (strategy → :func:`ffr.stages.evaluate_stage` metrics) ``<strategy>/test/
+    worst_group_acc``, ``balanced_acc``, ``average_acc``; with several strategies the per-group
+    accuracy figure; and ``files`` (artifact path → local file, e.g. the comparison table).
+    Returns the parent run's id (None when there is none)."""
+    parent = pipeline_run(tracking_uri, experiment, pipeline_run_id)
+    if parent is None:
+        return None
+    tracker = MlflowTracker(parent)
+    tracker.log_metrics({f"{s}/test/{k}": float(m[k]) for s, m in results.items()
+                         for k in ("worst_group_acc", "balanced_acc", "average_acc") if m.get(k) is not None})
+    if len(results) > 1:
+        tracker._figure(lambda ax: _strategy_bars(ax, results), "figures/group_accuracy_by_strategy.png")
+    for artifact_path, local in (files or {}).items():
+        tracker.client.log_artifact(parent, local, os.path.dirname(artifact_path) or None)
+    return parent
 
 
 @guarded("logging the pipeline's parameters")

@@ -73,6 +73,24 @@ def summary_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def summary_metrics(records: list[dict]) -> dict[str, float]:
+    """The grid's headline as flat metrics for a parent run: per strategy the mean test worst-group,
+    balanced and average accuracy of the selected records, named ``<strategy>/test/<metric>``;
+    prefixed ``<objective>/`` and suffixed ``@<bias rate>`` when the grid has several of those."""
+    rows = summary_rows(records)
+    several_obj = len({r["objective"] for r in rows}) > 1
+    several_rate = len({r["bias_rate"] for r in rows}) > 1
+    several_ds = len({r["dataset"] for r in rows}) > 1
+    out = {}
+    for r in rows:
+        name = (f"{r['dataset']}/" if several_ds else "") + (f"{r['objective']}/" if several_obj else "") + r["strategy"]
+        for metric in ("worst_group_acc", "balanced_acc", "average_acc"):
+            value = r[f"test_{metric}_mean"]
+            if value is not None:
+                out[f"{name}/test/{metric}" + (f"@{r['bias_rate']}" if several_rate else "")] = float(value)
+    return out
+
+
 def _pm(m, s) -> str:
     return "—" if m is None else f"{m:.3f} ± {s:.3f}"
 

@@ -109,3 +109,41 @@ def test_retrain_pipeline_tracks_registers_and_gates(tmp_path, mlflow_env, s3_en
     model = mlflow.pyfunc.load_model("models:/retrain-test@champion")
     answer = model.predict(pd.DataFrame({"image": [example_png(32)] * 3}))
     assert len(answer) == 3 and set(answer["class"]) <= {"low", "high"}
+
+
+@pytest.mark.slow
+def test_comparison_run_is_readable_in_its_own_store(tmp_path, monkeypatch, capsys):
+    """`ffr run comparison` with the run folder's store: the parent run carries the headline
+    (each strategy's test metrics, the comparison table, the figure), integer parameters stay
+    integers, the registered version names the code that made it, and `ffr promote` exits 1 when
+    the gate rejects."""
+    import ffr
+    from mlflow import MlflowClient
+
+    from ffr.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/never-used")  # inherited: must be ignored
+    params = ["demo_per_digit=10", "bias_rate=0.9", "num_shards=1", "train_epochs=1", "pretrain_epochs=1",
+              "finetune_epochs=1", "device=cpu"]
+    assert main(["run", "comparison", "--quiet", "--runs-dir", str(tmp_path / "runs"),
+                 *[a for p in params for a in ("--param", p)]]) == 0
+    printed = capsys.readouterr()
+    assert "is set but not used" in printed.err and "registered: ffr version 1" in printed.out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("ffr")
+    parent = client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'comparison'")[0]
+    metrics = parent.data.metrics
+    for strategy in ("none", "usb", "asb", "ffr"):
+        assert {f"{strategy}/test/{m}" for m in ("worst_group_acc", "balanced_acc", "average_acc")} <= set(metrics)
+    assert parent.data.params["num_shards"] == "1" and parent.data.params["bias_rate"] == "0.9"
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/comparison.md", "comparison/comparison.html"} <= arts
+    assert "figures/group_accuracy_by_strategy.png" in {a.path for a in client.list_artifacts(parent.info.run_id,
+                                                                                                 "figures")}
+    assert parent.data.tags["ffr.version"] == ffr.__version__
+    version = client.get_model_version("ffr", "1")
+    assert version.tags["ffr.version"] == ffr.__version__ and version.tags["ffr.git_commit"]
+    rc = main(["promote", "--mlflow-dir", str(run_dir), "--name", "ffr", "--version", "1", "--floor", "0.999"])
+    assert rc == 1 and "ffr@champion unchanged" in capsys.readouterr().err
