@@ -424,6 +424,10 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
     except Exception as e:  # noqa: BLE001  (any tracking backend's failure: the results are safe on disk)
         from ffr.paths import redact_uri
 
+        try:
+            tracker.broken = True  # closing the run may fail too: this warning is the one report
+        except AttributeError:
+            pass
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"ffr: warning: tracking stopped ({redact_uri(first)}); the local results are complete in {out}",
               file=sys.stderr)

@@ -178,15 +178,23 @@ class MlflowTracker:
         import mlflow
 
         for c in self._children:
+            c.broken = getattr(self, "broken", False) or getattr(c, "broken", False)
             c.close("FAILED" if status != "FINISHED" else status)
         if self._closed:
             return
         self._closed = True
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            mlflow.end_run(status)
-        else:
-            self.client.set_terminated(self.run_id, status)
+        try:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self.run_id:
+                mlflow.end_run(status)
+            else:
+                self.client.set_terminated(self.run_id, status)
+        except Exception as e:
+            if getattr(self, "broken", False):  # the failure was reported already (compare's warning)
+                return
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise TrackingError(redact_uri(f"could not close MLflow run {self.run_id}: {type(e).__name__}: "
+                                           f"{first}")) from None
 
     # -- values
     def log_params(self, params: dict[str, Any]) -> None:

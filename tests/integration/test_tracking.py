@@ -140,3 +140,31 @@ def test_cli_local_store_in_the_run_folder_and_promote(tmp_path, capsys, monkeyp
     assert main(["promote", "--mlflow-dir", str(out), "--name", "demo-model", "--run-id", cell.info.run_id,
                  "--floor", "0"]) == 1
     assert "demo-model@champion unchanged: version 2 was not promoted" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_server_gone_mid_compare_costs_only_the_tracking(mlflow_env, proxy_to, tmp_path, monkeypatch, capsys):
+    """The tracking server stops answering after the cells have trained (every request through the
+    proxy dropped from then on): `ffr compare` still writes results.json/md/csv, prints its table,
+    reports the tracking failure once — no traceback — and exits 0."""
+    import ffr.experiment as experiment
+    from ffr.cli import main
+
+    proxy = proxy_to(mlflow_env)
+    real_log_cell, cut = experiment.log_cell, []
+
+    def cut_then_log(*args, **kwargs):
+        if not cut:
+            cut.append(1)
+            proxy.fail(lambda method, path: True, lambda n: "drop")
+        return real_log_cell(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "log_cell", cut_then_log)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--out", str(out), "--quiet", "--mlflow", proxy.url, *[a for s in TINY for a in ("--set", s)]])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert all((out / f).is_file() for f in ("results.json", "results.md", "results.csv"))
+    assert captured.err.count("ffr: warning: tracking stopped") == 1 and "Traceback" not in captured.err
+    assert "ffr: error" not in captured.err and "| ffr |" in captured.out
