@@ -68,10 +68,10 @@ def train_model(
         # System metrics (CPU, memory, GPU) are sampled where the work is: in the training steps.
         with optional_run(system_metrics=True, **tracking) as tracker:
             s = train_stage(tracker=tracker, **args)
-        if tracker is not None and getattr(tracker, "model_uri", None):
-            # the register step registers this logged model: one model per training run, whose
-            # source run holds the training parameters
-            model.metadata["mlflow_model_uri"] = tracker.model_uri
+    if s.get("mlflow_model_uri"):
+        # the register step registers this logged model (from this step's run, rank 0's under
+        # torchrun): one model per training run, whose source run holds the training parameters
+        model.metadata["mlflow_model_uri"] = s["mlflow_model_uri"]
     model.metadata.update({"framework": "pytorch", "stage": stage, "backbone": backbone, "objective": objective,
                            "best_epoch": s["best_epoch"], "processes": processes, "train_digest": s["meta"]["train_digest"],
                            "train_dvc_md5": dir_digest(os.path.join(training_sets.path, stage)),

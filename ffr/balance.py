@@ -140,13 +140,18 @@ class Strategy:
 def stage_plan(stage: str) -> StagePlan:
     """The plan of a stage named ``stage`` (``train``, ``pretrain``, ``finetune``) in the
     registered strategies: what ``ffr train --stage`` and a pipeline's train step know of the
-    stage they run. Strategies sharing a stage name give it the same objective rule."""
-    for name in STRATEGIES.names():
-        strategy = STRATEGIES.get(name)
-        if stage in strategy.stage_names:
-            return strategy.stage(stage)
-    known = sorted({s for n in STRATEGIES.names() for s in STRATEGIES.get(n).stage_names})
-    raise KeyError(f"unknown stage {stage!r}; known: {', '.join(known)}")
+    stage they run, without knowing the strategy. Strategies sharing a stage name give it the
+    same objective rule; where they differ in data or grouping (``train`` is real-only for
+    ``none``, mixed for USB/ASB) the plan says ``auto``: grouped by what the set holds."""
+    plans = [STRATEGIES.get(n).stage(stage) for n in STRATEGIES.names() if stage in STRATEGIES.get(n).stage_names]
+    if not plans:
+        known = sorted({s for n in STRATEGIES.names() for s in STRATEGIES.get(n).stage_names})
+        raise KeyError(f"unknown stage {stage!r}; known: {', '.join(known)}")
+    if len({(p.objective, p.init_from) for p in plans}) > 1:
+        raise AssertionError(f"strategies disagree on stage {stage!r}'s objective or start: {plans}")
+    if len({(p.data, p.group_by) for p in plans}) > 1:
+        return StagePlan(stage, "any", plans[0].objective, plans[0].init_from, group_by="auto")
+    return plans[0]
 
 
 def synthetic_budget(strategy: str, real_counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:

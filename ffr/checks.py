@@ -70,6 +70,27 @@ def name_problems(backbone: str | None = None, objectives=(), objective_options:
     return out
 
 
+def check_sweep(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` of ``ffr sweep``: every dataset's effective config checked before the first grid
+    starts (a typo in the last dataset must not surface after hours of the first)."""
+    if not cfg.datasets:
+        return check_experiment(cfg)
+    problems = []
+    for name, overrides in cfg.datasets.items():
+        if overrides is not None and not isinstance(overrides, dict):
+            problems.append(f"datasets.{name}: expected a mapping of dotted keys to values, got {overrides!r}")
+            continue
+        try:
+            eff = with_overrides(cfg, dict(overrides or {}))
+            eff.datasets = {}
+            check_experiment(eff)
+        except ConfigError as e:
+            problems.append(f"datasets.{name}: {e}")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
 def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` — every value, every registered name, the per-strategy overrides and every search
     candidate — or a :class:`ConfigError` listing all problems."""
@@ -82,6 +103,9 @@ def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
                               cfg.data.adapter if cfg.data.dataset != "demo" else None, cfg.data.options,
                               cfg.data.demo if cfg.data.dataset == "demo" else None)
     for strategy, overrides in (cfg.overrides or {}).items():
+        if not isinstance(overrides, dict):
+            problems.append(f"overrides.{strategy}: expected a mapping of dotted keys to values, got {overrides!r}")
+            continue
         if strategy not in STRATEGIES:
             problems.append(f"overrides: unknown balancing strategy {strategy!r}; known: "
                             f"{', '.join(STRATEGIES.names())}")

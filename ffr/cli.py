@@ -220,7 +220,7 @@ def _synthesis_counts(args, card) -> dict:
 def cmd_synthesize(args) -> int:
     from ffr.config import parse_set
     from ffr.data.manifest import CARD_FILE, DatasetCard, format_group_counts
-    from ffr.synthesis.records import shard_record_dir, synthesize_dataset
+    from ffr.synthesis.records import default_record_dir, shard_record_dir, synthesize_dataset
 
     if args.card is None and args.real is None:
         raise ValueError("--card (or --real, whose card is used) is required")
@@ -235,6 +235,8 @@ def cmd_synthesize(args) -> int:
     record = None
     if args.group:  # a fan-out over groups: each task keeps its record apart
         record = shard_record_dir(args.out, args.shard, args.num_shards, [g for g in card.groups if g in counts])
+    else:  # shards of one --out run side by side: each locks its own record
+        record = default_record_dir(args.out, card, counts, args.shard, args.num_shards)
     from ffr.locks import output_lock
 
     with output_lock(Path(record or args.out), ".ffr.lock"):  # shards writing into one --out lock their records

@@ -296,7 +296,15 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping(loader, node, deep=False):
     seen = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` merges; its keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                    f"a key must be a plain value, got {key!r}",
+                                                    key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping", node.start_mark, f"key {key!r} is given twice (first on line "

@@ -41,13 +41,12 @@ def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | Non
     return open_cache(every, image_size or cfg.data.image_size, cache_dir, progress=progress, verify=verify)
 
 
-def data_identity(real: Manifest, pool: Manifest | None) -> str:
-    """What a grid's cells depend on of their data: the real and synthetic manifests' digests and
-    their image files' sizes. A dataset edited under the same path gets new cells."""
-    parts = [real.digest(), real.files_fingerprint(times=False)]
-    if pool is not None:
-        parts += [pool.digest(), pool.files_fingerprint(times=False)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+def data_identity(real: Manifest) -> str:
+    """What a grid's cells depend on of their real data: its manifest's digest and its image files'
+    sizes. A dataset edited under the same path gets new cells. (The synthetic pool is identified
+    by the synthesis settings in the config: a pool grown for a new bias rate or strategy keeps its
+    first images, which are the ones every existing cell drew, so finished cells stay valid.)"""
+    return hashlib.sha256(f"{real.digest()}|{real.files_fingerprint(times=False)}".encode()).hexdigest()[:16]
 
 
 def prepare_real(cfg: ExperimentConfig, workdir: str | os.PathLike) -> Manifest:
@@ -359,7 +358,7 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
         needs_pool = any(STRATEGIES.get(s).uses_synthetic for s in cfg.strategies)
         pool = prepare_pool(cfg, real, pool_need(cfg, real), out, progress) if needs_pool else None
     cells = plan_cells(cfg)
-    data = data_identity(real, pool)
+    data = data_identity(real)
     done: dict[str, dict] = {}
     todo: dict[tuple, list] = {}
     for cell in cells:
@@ -440,8 +439,10 @@ def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = Tr
     ``out_dir/<name>``; or the one dataset of ``cfg.data`` in ``out_dir`` itself), then the
     combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.results.plots`) in ``out_dir``.
     Resumable: a rerun recomputes nothing that finished."""
+    from ffr.checks import check_sweep
     from ffr.locks import output_lock
 
+    check_sweep(cfg)
     out = Path(out_dir)
     with output_lock(out):
         return _sweep(cfg, out, progress, on_cell, plots, workers)

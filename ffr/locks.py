@@ -24,8 +24,10 @@ class OutputBusy(ValueError):
 
 
 def _under_launcher() -> bool:
-    """A rank of ``torchrun`` (its parent holds the lock) or a worker spawned by ``compare``."""
-    return "LOCAL_RANK" in os.environ or os.environ.get("FFR_LOCK_HELD") == "1"
+    """A rank of ``torchrun`` (its parent holds the lock) or a worker process spawned by a run that
+    holds one (``compare``'s workers): ``FFR_LOCK_HELD`` names the holder's pid, another than ours."""
+    holder = os.environ.get("FFR_LOCK_HELD")
+    return "LOCAL_RANK" in os.environ or (holder is not None and holder != str(os.getpid()))
 
 
 @contextlib.contextmanager
@@ -72,7 +74,7 @@ def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE):
     os.pwrite(fd, f"pid {os.getpid()}: ffr {' '.join(sys.argv[1:])}".encode(), 0)
     _held[path] = 1
     previous = os.environ.get("FFR_LOCK_HELD")
-    os.environ["FFR_LOCK_HELD"] = "1"  # workers and ranks started from here write under this lock
+    os.environ["FFR_LOCK_HELD"] = str(os.getpid())  # workers and ranks started from here write under it
     try:
         yield
     finally:

@@ -196,3 +196,29 @@ def test_images_replaced_in_place_are_not_served_from_the_old_cache(tmp_path):
     assert (open_cache(m, 8, tmp_path / "cache").tensors(m).images[:] == new).all()  # size + time: fooled
     verified = open_cache(m, 8, tmp_path / "cache", verify=True).tensors(m).images[:]
     assert not (verified == new).all()
+
+
+def test_a_holder_still_locks_the_other_folders_it_writes(tmp_path):
+    """Inside one run's lock a second output (sweep's per-dataset folders) is really locked too."""
+    from ffr.locks import output_lock
+
+    with output_lock(tmp_path / "sweep"):
+        with output_lock(tmp_path / "sweep" / "a"):
+            code = ("from ffr.locks import output_lock, OutputBusy\n"
+                    f"try:\n    with output_lock({str(tmp_path / 'sweep' / 'a')!r}):\n        print('got it')\n"
+                    "except OutputBusy as e:\n    print('busy', e)\n")
+            env = {k: v for k, v in os.environ.items() if k != "FFR_LOCK_HELD"}
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                                 env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
+            assert out.stdout.startswith("busy") and f"pid {os.getpid()}" in out.stdout
+
+
+def test_sweep_checks_every_dataset_before_the_first_grid(tmp_path):
+    from ffr.config import ConfigError
+    from ffr.experiment import sweep
+
+    cfg = from_dict(ExperimentConfig, {"datasets": {"a": {}, "b": {"backbone": "resnet9000"}, "c": 5}})
+    with pytest.raises(ConfigError) as e:
+        sweep(cfg, tmp_path / "sw", progress=False)
+    assert "datasets.b" in str(e.value) and "resnet9000" in str(e.value) and "datasets.c" in str(e.value)
+    assert not (tmp_path / "sw").exists()

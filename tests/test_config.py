@@ -48,3 +48,13 @@ def test_with_overrides_is_a_copy():
     cfg = ExperimentConfig()
     other = with_overrides(cfg, {"train.lr": 0.5})
     assert other.train.lr == 0.5 and cfg.train.lr == 1e-3
+
+
+def test_yaml_merge_keys_still_work_and_odd_keys_are_errors(tmp_path):
+    from ffr.config import ConfigError, yaml_load
+
+    assert yaml_load("base: &b {lr: 1}\ntrain:\n  <<: *b\n  lr: 2\n", "x.yaml")["train"] == {"lr": 2}
+    with pytest.raises(ConfigError, match="x.yaml: invalid YAML .*plain value"):
+        yaml_load("? [1, 2]\n: 3\n", "x.yaml")
+    with pytest.raises(ConfigError, match="given twice"):
+        yaml_load("a: 1\na: 2\n", "x.yaml")

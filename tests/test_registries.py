@@ -130,3 +130,21 @@ def test_every_filter_builds_from_its_spec_and_judges_images(name, tmp_path):
     assert len(verdicts) == 2 and all(v is None or isinstance(v, str) for v in verdicts)
     if name == "grayscale":
         assert verdicts[0] is None and verdicts[1] is not None
+
+
+def test_a_mixed_strategys_grouping_falls_back_when_nothing_synthetic_was_drawn(card, tmp_path):
+    """(Y, B, G) on a set without synthetic rows would leave half of GroupDRO's groups empty: the
+    stage trains on (Y, B), as the loop's own `auto` does. `ffr train --stage train` (strategy
+    unknown) groups by what the set holds."""
+    from ffr.config import TrainConfig
+    from ffr.train.stage import StageSpec
+
+    real, pool = _real_and_pool(card, tmp_path)
+    mixed = STRATEGIES.get("usb").stage("train")
+    assert StageSpec("train", real, real, TrainConfig(), group_by=mixed.group_by).loop_settings().group_by == "label_bias"
+    both = Manifest.concat([real, pool])
+    assert StageSpec("train", both, real, TrainConfig(), group_by=mixed.group_by).loop_settings().group_by \
+        == "label_bias_source"
+    assert stage_plan("train").group_by == "auto"
+    assert StageSpec("train", real, real, TrainConfig(group_by="label_bias_source"),
+                     group_by="label_bias").loop_settings().group_by == "label_bias_source"  # an explicit choice wins

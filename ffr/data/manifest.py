@@ -331,7 +331,8 @@ class Manifest:
 # A card's root may climb out of its folder (a prepared split points back at its source images),
 # but never to the file system's root or into the system's own directories.
 SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc",
-                                      "/run", "/sbin", "/sys"))
+                                      "/sbin", "/sys"))
+DATA_DIRS_UNDER_SYSTEM = (Path("/dev/shm"),)  # RAM-disk staging is a data folder
 
 
 def name_problem(name: str) -> str | None:
@@ -350,7 +351,8 @@ def name_problem(name: str) -> str | None:
 
 def _root_for(folder: Path, card: DatasetCard) -> Path:
     root = (folder / card.root).resolve()
-    if root == Path(root.anchor) or any(root == d or d in root.parents for d in SYSTEM_DIRS):
+    exempt = any(root == d or d in root.parents for d in DATA_DIRS_UNDER_SYSTEM)
+    if root == Path(root.anchor) or (not exempt and any(root == d or d in root.parents for d in SYSTEM_DIRS)):
         raise ManifestError(str(folder / CARD_FILE),
                             [f"field 'root' {card.root!r} resolves to {root}, the file system's root or a system "
                              "directory: images are read only from data folders"])

@@ -1,4 +1,4 @@
-"""S3 through boto3: ``s3://`` URIs wherever the library takes a path.
+"""S3 through s3fs: ``s3://`` URIs wherever the library takes a path.
 
 Reads go through a local cache that mirrors the bucket (``<cache>/<bucket>/<key>``), so a dataset's
 relative paths resolve there exactly as in the bucket; an object is downloaded again only when its
@@ -7,7 +7,7 @@ last, so a dataset whose upload failed half way has no manifest and cannot be lo
 
 Configuration comes from the environment only, and credentials are never logged:
 
-- credentials: boto3's usual chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a profile,
+- credentials: botocore's usual chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a profile,
   a web identity or instance role);
 - endpoint: ``FFR_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or
   ``MLFLOW_S3_ENDPOINT_URL`` (MinIO, moto, Ceph ...); AWS itself when none is set;
@@ -26,11 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
-                                 NoCredentialsError, PartialCredentialsError)
+import botocore.session
+import s3fs
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+from s3fs.core import S3_RETRYABLE_ERRORS
 
 from ffr.integrations import ServiceError
 
@@ -77,43 +76,56 @@ def retries() -> int:
     return max(1, int(os.environ.get("FFR_S3_RETRIES", "5")))
 
 
-def s3_client():
-    """A boto3 S3 client: endpoint from the environment, botocore's standard retry mode (exponential
-    backoff with jitter on throttling, 5xx and connection errors), bounded timeouts."""
-    session = boto3.session.Session()
-    if session.get_credentials() is None:
+def filesystem() -> s3fs.S3FileSystem:
+    """The S3 filesystem for the environment's endpoint, credentials and retries (fsspec keeps one
+    instance per distinct set, with its connections): botocore's standard retry mode per request
+    (exponential backoff with jitter on throttling, 5xx and connection errors), bounded timeouts,
+    and no listing cache, so every listing is fresh."""
+    creds = botocore.session.get_session().get_credentials()
+    if creds is None:
         raise S3Error("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                       "(or AWS_PROFILE / a role) in the environment")
-    cfg = Config(retries={"max_attempts": retries(), "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                 s3={"addressing_style": "path"} if endpoint_url() else None)
-    return session.client("s3", endpoint_url=endpoint_url(), config=cfg)
+    creds, endpoint = creds.get_frozen_credentials(), endpoint_url()
+    config = {"retries": {"max_attempts": retries(), "mode": "standard"}, "connect_timeout": 5, "read_timeout": 60}
+    if endpoint:
+        config["s3"] = {"addressing_style": "path"}
+    fs = s3fs.S3FileSystem(key=creds.access_key, secret=creds.secret_key, token=creds.token, endpoint_url=endpoint,
+                           config_kwargs=config, use_listings_cache=False)
+    fs.retries = 1  # botocore retries each request and with_retries each transfer: no third layer
+    return fs
+
+
+def _response(err: BaseException | None) -> tuple[str, int] | None:
+    """The S3 error code and HTTP status behind ``err`` (s3fs raises botocore's ClientError as the
+    cause of an OSError); None when S3 did not answer."""
+    while err is not None and not isinstance(err, ClientError):
+        err = err.__cause__
+    return None if err is None else (str(err.response.get("Error", {}).get("Code", "")),
+                                     err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _transient(err: BaseException) -> bool:
-    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
-        return False
-    if isinstance(err, ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
-        return code in _TRANSIENT_CODES or status >= 500
-    # s3transfer wraps the cause of a failed upload in S3UploadFailedError (a plain Exception).
-    return isinstance(err, (BotoConnectionError, BotoCoreError)) or type(err).__name__ == "S3UploadFailedError"
+    answer = _response(err)
+    if answer is not None:
+        return answer[0] in _TRANSIENT_CODES or answer[1] >= 500
+    return (isinstance(err, (BotoCoreError, *S3_RETRYABLE_ERRORS))
+            and not isinstance(err, (NoCredentialsError, PartialCredentialsError)))
 
 
-def _explain(err: BaseException, uri: str, action: str) -> S3Error:
+def _explain(err: BaseException, uri: str, action: str, attempts: int) -> S3Error:
+    code = (_response(err) or ("", 0))[0]
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return S3Error(f"{action} {uri}: no usable AWS credentials in the environment "
                        "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-    if isinstance(err, ClientError):
-        code = err.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            return S3Error(f"{action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist"
-                           f" (endpoint {endpoint_url() or 'AWS'})")
-        if code in ("NoSuchKey", "404"):
-            return S3Error(f"{action} {uri}: no such object")
-        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return S3Error(f"{action} {uri}: access denied ({code}); check the credentials in the environment")
-    return S3Error(f"{action} {uri} failed after {retries()} attempt(s): {type(err).__name__}: {err}")
+    if code == "NoSuchBucket":
+        return S3Error(f"{action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist"
+                       f" (endpoint {endpoint_url() or 'AWS'})")
+    if code in ("NoSuchKey", "404"):
+        return S3Error(f"{action} {uri}: no such object")
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return S3Error(f"{action} {uri}: access denied ({code}); check the credentials in the environment")
+    after = f" after {attempts} attempt(s)" if _transient(err) else ""
+    return S3Error(f"{action} {uri} failed{after}: {type(err).__name__}: {err}")
 
 
 def with_retries(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None,
@@ -121,7 +133,7 @@ def with_retries(fn: Callable[[], T], uri: str, action: str, attempts: int | Non
     """Run ``fn`` and retry it with exponential backoff and jitter on transient errors.
 
     botocore already retries each request; this covers whole transfers (a multipart upload whose
-    part kept failing is aborted by boto3 and started again here). Permanent errors raise
+    part kept failing is aborted by s3fs and started again here). Permanent errors raise
     :class:`S3Error` at once, transient ones after the last attempt."""
     attempts = attempts or retries()
     for attempt in range(1, attempts + 1):
@@ -131,7 +143,7 @@ def with_retries(fn: Callable[[], T], uri: str, action: str, attempts: int | Non
             if isinstance(err, S3Error):
                 raise
             if not _transient(err) or attempt == attempts:
-                raise _explain(err, uri, action) from err
+                raise _explain(err, uri, action, attempt) from err
             time.sleep(base_delay * 2 ** (attempt - 1) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
@@ -225,42 +237,38 @@ def _parallel(fn: Callable, items: list) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _list(s3, bucket: str, prefix: str, uri: str) -> dict[str, str]:
-    """Key → ETag of every object under ``prefix``."""
-    out = {}
-
-    def page_all():
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                out[obj["Key"]] = obj["ETag"]
-        return out
-
-    return with_retries(page_all, uri, "listing")
+def _list(fs: s3fs.S3FileSystem, bucket: str, prefix: str, uri: str) -> dict[str, str]:
+    """Key → ETag of every object whose key starts with ``prefix`` (folder markers left out)."""
+    found = with_retries(lambda: fs.find(bucket, prefix=prefix, detail=True), uri, "listing")
+    return {name.partition("/")[2]: info["ETag"] for name, info in found.items() if not name.endswith("/")}
 
 
-def _fetch(s3, bucket: str, keys: dict[str, str], index: _Index, prefix: str) -> None:
-    """Download ``keys`` (key → ETag, each ``prefix`` or under it) into the mirror, skipping those
-    cached with the same ETag. Every key's local path is checked to stay inside the prefix's
-    mirror folder before anything is downloaded (:class:`UnsafeKeyError` otherwise). Each file is
-    written to a temporary name and renamed, so a cached file is always complete."""
-    base = _mirror_dir(bucket, prefix)
-    dests = {key: _inside(base, _below(prefix, key), bucket, key) for key in keys}
+def _fetch(fs: s3fs.S3FileSystem, bucket: str, keys: dict[str, str], prefix: str, dest: Path | None = None) -> None:
+    """Download ``keys`` (key → ETag, each ``prefix`` or under it) into ``dest`` with their layout
+    below the prefix; into the prefix's mirror in the cache when ``dest`` is None, skipping the
+    objects cached with the same ETag. Every key's local path is checked to stay inside that folder
+    before anything is downloaded (:class:`UnsafeKeyError` otherwise). Each file is written to a
+    temporary name and renamed, so a downloaded file is always complete."""
+    base, index = (dest, None) if dest is not None else (_mirror_dir(bucket, prefix), _Index(bucket))
+    where = "the cache" if index else str(dest)
+    dests = {key: _inside(base, _below(prefix, key), bucket, key, where) for key in keys}
 
     def one(key: str) -> None:
         dest = dests[key]
-        if dest.is_file() and index.etags.get(key) == keys[key]:
+        if index and dest.is_file() and index.etags.get(key) == keys[key]:
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-        uri = f"s3://{bucket}/{key}"
-        with_retries(lambda: s3.download_file(bucket, key, str(tmp)), uri, "downloading")
+        with_retries(lambda: fs.get_file(f"{bucket}/{key}", str(tmp)), f"s3://{bucket}/{key}", "downloading")
         os.replace(tmp, dest)
-        index.etags[key] = keys[key]
+        if index:
+            index.etags[key] = keys[key]
 
     try:
         _parallel(one, sorted(keys))
     finally:
-        index.save()
+        if index:
+            index.save()
 
 
 def resolve_path(path) -> Path:
@@ -269,38 +277,29 @@ def resolve_path(path) -> Path:
     if not is_s3(path):
         return Path(path)
     bucket, key = parse_s3_uri(path)
-    s3 = s3_client()
-    found = _list(s3, bucket, key, path)
+    fs = filesystem()
+    found = _list(fs, bucket, key, path)
     if key in found:  # an object (a prefix of other keys too, at most: take the object)
         found = {key: found[key]}
     else:
-        found = {k: e for k, e in found.items() if (k.startswith(key + "/") or not key) and not k.endswith("/")}
+        found = {k: e for k, e in found.items() if k.startswith(key + "/") or not key}
     if not found:
         raise S3Error(f"{path}: no such object or prefix")
-    _fetch(s3, bucket, found, _Index(bucket), key)
+    _fetch(fs, bucket, found, key)
     return local_mirror(path)
 
 
-def download_prefix(uri: str, dest: str | os.PathLike, client=None) -> Path:
+def download_prefix(uri: str, dest: str | os.PathLike) -> Path:
     """Download every object under the prefix ``uri`` into ``dest``, keeping the key layout below
     the prefix; returns ``dest``. A FileNotFoundError when nothing is there. (Callers that cache,
     like the diffusers backend, make the folder appear atomically themselves.)"""
     bucket, prefix = parse_s3_uri(uri)
-    s3 = client or s3_client()
-    start = f"{prefix}/" if prefix else ""
-    keys = [k for k in _list(s3, bucket, start, uri) if not k.endswith("/")]  # no folder markers
+    fs = filesystem()
+    keys = _list(fs, bucket, f"{prefix}/" if prefix else "", uri)
     if not keys:
         raise FileNotFoundError(f"no objects under {uri}")
-    dest = Path(dest)
-    targets = {k: _inside(dest, k[len(start):], bucket, k, where=str(dest)) for k in keys}  # all before any write
-
-    def one(key: str) -> None:
-        target = targets[key]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with_retries(lambda: s3.download_file(bucket, key, str(target)), f"s3://{bucket}/{key}", "downloading")
-
-    _parallel(one, keys)
-    return dest
+    _fetch(fs, bucket, keys, prefix, Path(dest))
+    return Path(dest)
 
 
 def fetch_dataset(uri: str) -> Path:
@@ -313,17 +312,15 @@ def fetch_dataset(uri: str) -> Path:
     bucket, key = parse_s3_uri(uri)
     if key.endswith("manifest.csv"):
         key = posixpath.dirname(key)
-    s3 = s3_client()
-    index = _Index(bucket)
-    heads = {}
-    for name in _LAST:
-        k = posixpath.join(key, name)
-        try:
-            heads[k] = with_retries(lambda: s3.head_object(Bucket=bucket, Key=k), f"s3://{bucket}/{k}",
-                                    "reading")["ETag"]
-        except S3Error as e:
-            raise S3Error(f"s3://{bucket}/{key}: not a dataset ({e})") from None
-    _fetch(s3, bucket, heads, index, key)
+    fs = filesystem()
+    try:
+        heads = {k: _list(fs, bucket, k, uri).get(k) for k in (posixpath.join(key, n) for n in _LAST)}
+    except S3Error as e:
+        raise S3Error(f"s3://{bucket}/{key}: not a dataset ({e})") from None
+    absent = [k for k, etag in heads.items() if etag is None]
+    if absent:
+        raise S3Error(f"s3://{bucket}/{key}: not a dataset (s3://{bucket}/{absent[0]}: no such object)")
+    _fetch(fs, bucket, heads, key)
     local = local_mirror(f"s3://{bucket}/{key}")
     card_root = json.loads((local / "card.json").read_text()).get("root", ".")
     root = posixpath.normpath(posixpath.join(key, card_root)) if key else posixpath.normpath(card_root)
@@ -332,25 +329,32 @@ def fetch_dataset(uri: str) -> Path:
     root = "" if root == "." else root
     rows = pd.read_csv(local / "manifest.csv", dtype=str, usecols=["path"], keep_default_na=False)["path"]
     wanted = {posixpath.normpath(posixpath.join(root, p)) for p in rows if p}
-    listed = _list(s3, bucket, root + "/" if root else "", uri)
+    listed = _list(fs, bucket, root + "/" if root else "", uri)
     missing = sorted(w for w in wanted if w not in listed)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise S3Error(f"{uri}: {len(missing)} image(s) named by the manifest are not in the bucket: "
                       f"{missing[:5]}{more}")
-    _fetch(s3, bucket, {k: listed[k] for k in wanted}, index, root)
+    _fetch(fs, bucket, {k: listed[k] for k in wanted}, root)
     return local
 
 
-def upload(local: str | os.PathLike, uri: str, transfer: TransferConfig | None = None) -> str:
+def upload(local: str | os.PathLike, uri: str, chunksize: int | None = None) -> str:
     """Upload a file, or a folder's files under the prefix ``uri``; returns ``uri`` once every byte is
     stored. Each file is one atomic S3 object (a multipart upload is completed or aborted); a
     folder's ``card.json`` and ``manifest.csv`` go last, so a dataset interrupted mid-upload is not
     loadable as if complete. Transient failures are retried with backoff; others raise
-    :class:`S3Error`."""
+    :class:`S3Error`.
+
+    Args:
+        local: a file, or a folder whose files are uploaded with their relative paths as keys.
+        uri: the object (for a file) or the prefix (for a folder).
+        chunksize: the part size of multipart uploads, which a file of at least two parts gets
+            (at least 5 MiB; s3fs's default, 50 MiB, when None).
+    """
     local = Path(local)
     bucket, key = parse_s3_uri(uri)
-    s3 = s3_client()
+    fs = filesystem()
     if local.is_file():
         body, last = [(local, key)], []
     elif local.is_dir():
@@ -362,7 +366,8 @@ def upload(local: str | os.PathLike, uri: str, transfer: TransferConfig | None =
 
     def one(item):
         path, k = item
-        with_retries(lambda: s3.upload_file(str(path), bucket, k, Config=transfer), f"s3://{bucket}/{k}", "uploading")
+        with_retries(lambda: fs.put_file(str(path), f"{bucket}/{k}", chunksize=chunksize), f"s3://{bucket}/{k}",
+                     "uploading")
 
     _parallel(one, body)  # raises the first failure: the manifest is then never written
     for item in last:

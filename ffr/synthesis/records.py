@@ -36,6 +36,16 @@ def shard_record_dir(out_dir: str | os.PathLike, shard: int, num_shards: int,
     return Path(out_dir) / "shards" / f"{tag}.{shard:03d}-of-{num_shards:03d}"
 
 
+def default_record_dir(out_dir: str | os.PathLike, card: DatasetCard, counts: dict, shard: int = 0,
+                       num_shards: int = 1) -> Path:
+    """Where a run keeps its record: ``out_dir`` itself unsharded, else :func:`shard_record_dir`
+    (named by the groups it renders when they are not all of the card's)."""
+    if num_shards == 1:
+        return Path(out_dir)
+    subset = None if set(counts) == set(card.groups) else [g for g in card.groups if g in counts]
+    return shard_record_dir(out_dir, shard, num_shards, subset)
+
+
 def synthesize_dataset(backend: str, card: DatasetCard, counts: dict[tuple[str, str], int],
                        out_dir: str | os.PathLike, backend_options: dict | None = None, base_seed: int = 0,
                        shard: int = 0, num_shards: int = 1, batch_size: int = SYNTHESIS_BATCH_SIZE,
@@ -52,8 +62,7 @@ def synthesize_dataset(backend: str, card: DatasetCard, counts: dict[tuple[str, 
                         progress=progress, shard=shard, num_shards=num_shards, filters=filters,
                         max_attempts=max_attempts)
     if record_dir is None:
-        subset = None if set(counts) == set(card.groups) else [g for g in card.groups if g in counts]
-        record_dir = out_dir if num_shards == 1 else shard_record_dir(out_dir, shard, num_shards, subset)
+        record_dir = default_record_dir(out_dir, card, counts, shard, num_shards)
     save_run(run, record_dir, {"backend": backend, "backend_options": dict(backend_options or {})})
     return run, Path(record_dir)
 

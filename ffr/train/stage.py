@@ -84,10 +84,15 @@ class StageSpec:
     group_by: str = "auto"
 
     def loop_settings(self) -> TrainConfig:
-        """The settings the loop runs with: ``group_by`` resolved to the strategy's."""
-        if self.settings.group_by == "auto" and self.group_by != "auto":
-            return dataclasses.replace(self.settings, group_by=self.group_by)
-        return self.settings
+        """The settings the loop runs with: ``group_by`` resolved to the strategy's. A mixed
+        strategy's (Y, B, G) grouping on a set with no synthetic image (USB with nothing to add)
+        is (Y, B): a source group with no row would only dilute GroupDRO's weights."""
+        if self.settings.group_by != "auto" or self.group_by == "auto":
+            return self.settings
+        group_by = self.group_by
+        if group_by == "label_bias_source" and not self.train.is_synthetic().any():
+            group_by = "label_bias"
+        return dataclasses.replace(self.settings, group_by=group_by)
 
     def key(self, trainer_identity: str) -> str:
         """Identity of the trained stage: its data (the manifests and the files' sizes),
@@ -115,11 +120,13 @@ class StageResult:
     objective_state: dict
     meta: dict
     reused: bool = False
+    model_uri: str | None = None   # where the tracker logged the model, when it did
 
     def summary(self) -> dict:
         """The JSON summary written beside the checkpoint."""
-        return {"checkpoint": str(self.checkpoint), "key": self.key, "best_epoch": self.best_epoch, "val": self.val,
-                "objective_state": self.objective_state, "meta": self.meta}
+        out = {"checkpoint": str(self.checkpoint), "key": self.key, "best_epoch": self.best_epoch, "val": self.val,
+               "objective_state": self.objective_state, "meta": self.meta}
+        return {**out, "mlflow_model_uri": self.model_uri} if self.model_uri else out
 
 
 def identity(objective) -> str:
@@ -218,8 +225,12 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             tracker.log_metrics(*epoch_metrics(rec))
 
         train = decode(spec.train)
-        result = fit(model, train, val, trainer, settings, device, seed=spec.seed, log=log, progress=progress,
-                     desc=desc or spec.name)
+        try:
+            result = fit(model, train, val, trainer, settings, device, seed=spec.seed, log=log, progress=progress,
+                         desc=desc or spec.name)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # the previous history (if any) stays as it was
+            raise
         model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
         records = result.history
         meta["best_epoch"] = best_epoch
@@ -253,6 +264,11 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
     result = StageResult(model, final_ckpt, history, key, best_epoch, best_val, state, meta, reused)
     tracker.log_history(records)
     tracker.log_model(model, meta)
+    result.model_uri = getattr(tracker, "model_uri", None)
+    if result.model_uri and dist.is_main():  # for a caller in another process (torchrun's parent)
+        summary_path = stage_files(final_ckpt)[2]
+        if summary_path.is_file():
+            _write_json(summary_path, {**read_json(summary_path), "mlflow_model_uri": result.model_uri})
     return result
 
 

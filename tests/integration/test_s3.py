@@ -106,8 +106,6 @@ def test_transient_faults_are_retried(tmp_path, bucket, proxy_to, s3_env, monkey
 
 def test_multipart_part_failing_past_request_retries_restarts_the_upload(tmp_path, bucket, proxy_to, s3_env,
                                                                          monkeypatch):
-    from boto3.s3.transfer import TransferConfig
-
     proxy = proxy_to(s3_env)
     monkeypatch.setenv("FFR_S3_ENDPOINT_URL", proxy.url)
     # Part 2 of the first multipart upload fails on every attempt botocore makes, so that transfer
@@ -121,11 +119,9 @@ def test_multipart_part_failing_past_request_retries_restarts_the_upload(tmp_pat
         return m == "PUT" and "partNumber=2" in p and upload_id == first[0]
 
     proxy.fail(part2_of_first_upload, lambda n: "drop")
-    data = os.urandom(6 * 1024 * 1024)
+    data = os.urandom(11 * 1024 * 1024)  # three parts of 5 MiB at most
     (tmp_path / "big.bin").write_bytes(data)
-    cfg = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024,
-                         max_concurrency=1)
-    s3.upload(tmp_path / "big.bin", f"s3://{bucket}/big.bin", transfer=cfg)
+    s3.upload(tmp_path / "big.bin", f"s3://{bucket}/big.bin", chunksize=5 * 1024 * 1024)
     client = _s3(s3_env.url)
     assert client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
     assert sum(1 for m, p, _ in proxy.seen if m == "POST" and p.endswith("?uploads")) == 2  # restarted once
