@@ -34,7 +34,7 @@ COPY components ./components
 COPY pipelines ./pipelines
 
 # One install of the project with the extras a cluster run needs (kfp for the component executor,
-# diffusers for Stable Diffusion synthesis, boto3 for s3:// paths, mlflow and dvc for tracking, the
+# diffusers for Stable Diffusion synthesis, s3fs for s3:// paths, mlflow and dvc for tracking, the
 # registry and data revisions): the dependency set is pyproject's (no second list to drift). torch
 # and torchvision resolve from TORCH_INDEX (CPU or CUDA wheels; their local version label, e.g.
 # +cpu, ranks above PyPI's build of the same release), everything else from PyPI. The versions

@@ -1,7 +1,7 @@
 """Paths or URIs: the library's load points accept ``s3://`` URIs wherever they take a path.
 
 A URI is resolved to a local copy (downloaded once into a cache) by :mod:`ffr.integrations.s3`,
-imported only when a URI is actually met, so the core keeps no boto3 dependency.
+imported only when a URI is actually met, so the core keeps no S3 client dependency.
 """
 
 from __future__ import annotations

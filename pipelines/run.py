@@ -142,14 +142,23 @@ def _subprocess_path():
 @contextlib.contextmanager
 def _keep_print():
     """Restore ``builtins.print`` afterwards: the runner indents task logs by swapping it, and
-    two ParallelFor threads doing so at once can leave the indenting version installed."""
+    two ParallelFor threads doing so at once can leave the indenting version installed. Likewise
+    drop the logging handlers the runner attached to the redirected stdout (the run's log file,
+    closed after the run): a later log record would otherwise fail with a logging traceback."""
     import builtins
+    import logging
 
     original = builtins.print
     try:
         yield
     finally:
         builtins.print = original
+        loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(lg, logging.Logger)]
+        for lg in loggers:
+            for h in list(lg.handlers):
+                if isinstance(getattr(h, "stream", None), _Tee):
+                    lg.removeHandler(h)
 
 
 def _tracking_params(pipeline, params: dict, mlflow: str | None, run_dir: Path) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"kfp", "mlflow", "dvc", "dvc_data", "boto3", "botocore", "s3transfer"}
+FORBIDDEN = {"kfp", "mlflow", "dvc", "dvc_data", "boto3", "botocore", "s3transfer", "s3fs", "aiobotocore"}
 
 
 def _module_imports(path: Path) -> set[str]:

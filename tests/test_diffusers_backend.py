@@ -185,6 +185,7 @@ def test_clip_filter_rejects_low_scores_and_records_them(backend, wb_card, tmp_p
 
 def test_model_from_s3_is_downloaded_once(tiny_sd, wb_card, tmp_path, monkeypatch):
     moto = pytest.importorskip("moto")
+    pytest.importorskip("moto.server")
     import boto3
 
     from ffr.integrations import s3
@@ -192,8 +193,14 @@ def test_model_from_s3_is_downloaded_once(tiny_sd, wb_card, tmp_path, monkeypatc
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with moto.mock_aws():
-        client = boto3.client("s3")
+    # A moto server on 127.0.0.1, not moto.mock_aws(): s3fs talks to S3 through aiobotocore, which
+    # an in-process botocore mock cannot answer.
+    server = moto.server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("FFR_S3_ENDPOINT_URL", f"http://{host}:{port}")
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
         client.create_bucket(Bucket="models")
         for f in tiny_sd.rglob("*"):
             if f.is_file():
@@ -209,3 +216,5 @@ def test_model_from_s3_is_downloaded_once(tiny_sd, wb_card, tmp_path, monkeypatc
         create_backend("diffusers", wb_card, model="s3://models/sd/tiny", prompts="waterbirds",
                        cache_dir=str(tmp_path), **SIZE)
         assert calls == []  # the cached copy is used
+    finally:
+        server.stop()

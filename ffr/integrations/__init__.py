@@ -1,4 +1,4 @@
-"""Adapters to external services — object storage (S3 through boto3), MLflow tracking and registry,
+"""Adapters to external services — object storage (S3 through s3fs), MLflow tracking and registry,
 DVC: the only place in ``ffr`` that imports them. The core reaches them lazily, when a URI or a
 tracker asks."""
 
