@@ -125,7 +125,7 @@ def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
             if not isinstance(values, list) or not values:
                 problems.append(f"search.{scope}.{key}: expected a non-empty list of values, got {values!r}")
     if not problems:
-        from ffr.experiment import plan_cells
+        from ffr.grid import plan_cells
 
         try:
             for strategy, _, _, hp, eff in plan_cells(cfg):

@@ -10,7 +10,6 @@ recomputed.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 from ffr.balance import STRATEGIES, balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
+from ffr.grid import plan_cells
 from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
@@ -79,11 +79,6 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
                                 filters=cfg.synthesis.filters, max_attempts=cfg.synthesis.max_attempts,
                                 progress=progress, record_dir=out)
     return run.manifest
-
-
-def objectives_of(cfg: ExperimentConfig) -> list[str]:
-    """The objectives a grid runs: ``objectives``, or the single ``objective``."""
-    return list(cfg.objectives) or [cfg.objective]
 
 
 def stage_spec(cfg: ExperimentConfig, strategy: str, stage, val: Manifest, seed: int,
@@ -178,28 +173,6 @@ def dataset_name(cfg: ExperimentConfig) -> str:
     return "demo" if cfg.data.dataset == "demo" else Path(cfg.data.dataset).name
 
 
-def _concerns(key: str, strategy: str, objective: str) -> bool:
-    """Whether search key ``key`` can change a cell of ``strategy`` × ``objective``: a stage's
-    settings concern only strategies with that stage, an objective's options only that objective.
-    Other keys would only repeat identical cells."""
-    head, _, rest = key.partition(".")
-    if head in ("train", "pretrain", "finetune"):
-        return head in STRATEGIES.get(strategy).stage_names
-    if head == "objective_options":
-        return rest.partition(".")[0] == objective
-    return True
-
-
-def _grid(search: dict, strategy: str, objective: str | None = None) -> list[dict]:
-    space = {**search.get("*", {}), **search.get(strategy, {})}
-    if objective is not None:
-        space = {k: v for k, v in space.items() if _concerns(k, strategy, objective)}
-    if not space:
-        return [{}]
-    keys = sorted(space)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(space[k] for k in keys))]
-
-
 def _diff(value, default):
     """The parts of ``value`` that differ from ``default`` (nested dicts compared key by key)."""
     if isinstance(value, dict) and isinstance(default, dict):
@@ -226,34 +199,6 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
                        "version": __version__, "data": data}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
-
-
-def dotted(hp: dict, prefix: str = "") -> dict:
-    """Flatten a hyperparameter choice into dotted overrides. A search value may be a mapping —
-    a set of overrides under its key, e.g. ``finetune: [{}, {l2sp: 0.1}, {lpft_epochs: 3}]`` — so
-    alternatives that set several keys together are one axis, not a product."""
-    out = {}
-    for k, v in hp.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(dotted(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, ExperimentConfig]]:
-    """Every (strategy, bias rate, seed, hparams, effective config) of the grid, for every
-    objective (the effective config's ``objective``)."""
-    cells = []
-    for objective in objectives_of(cfg):
-        for strategy in cfg.strategies:
-            for hp in _grid(cfg.search, strategy, objective):
-                eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **dotted(hp), "objective": objective})
-                for rate in cfg.bias_rates:
-                    for seed in cfg.seeds:
-                        cells.append((strategy, float(rate), int(seed), hp, eff))
-    return cells
 
 
 def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ffr.config import ExperimentConfig, with_overrides
-from ffr.experiment import cell_id, plan_cells
+from ffr.experiment import cell_id
+from ffr.grid import plan_cells
 
 
 def test_plan_cells_applies_overrides_and_search():

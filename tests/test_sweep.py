@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ffr.config import ExperimentConfig, from_dict
-from ffr.experiment import _grid, plan_cells, sweep
+from ffr.experiment import sweep
+from ffr.grid import _grid, plan_cells
 from ffr.results.tables import wga_pivot
 
 TINY = {

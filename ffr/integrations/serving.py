@@ -171,18 +171,18 @@ def resolve_version(tracking_uri: str, name: str, alias: str | None = "champion"
     """The registered version of ``name`` that ``alias`` (or ``version``) names; a clear error when
     there is none."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    from ffr.integrations.mlflow_tracking import TrackingError, redact_uri
+    from ffr.integrations import ServiceError
+    from ffr.paths import redact_uri
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         if version is not None:
             return str(client.get_model_version(name, str(version)).version)
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as e:
+    except Exception as e:  # MlflowException, or the server not answering
         what = f"version {version}" if version is not None else f"alias @{alias}"
-        raise TrackingError(f"registered model {name!r} has no {what} at {redact_uri(tracking_uri)} "
+        raise ServiceError(f"registered model {name!r} has no {what} at {redact_uri(tracking_uri)} "
                             f"({str(e).splitlines()[0]})") from None
 
 

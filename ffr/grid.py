@@ -1,0 +1,65 @@
+"""The grid of an experiment: which cells (strategy × bias rate × seed × hyperparameters ×
+objective) a config asks for. Pure planning over the config and the strategies' stage plans —
+no data, no training; ``ffr.experiment`` runs the cells, ``ffr.checks`` validates every one."""
+
+from __future__ import annotations
+
+import itertools
+
+from ffr.balance import STRATEGIES
+from ffr.config import ExperimentConfig, with_overrides
+
+
+def objectives_of(cfg: ExperimentConfig) -> list[str]:
+    """The objectives a grid runs: ``objectives``, or the single ``objective``."""
+    return list(cfg.objectives) or [cfg.objective]
+
+
+def _concerns(key: str, strategy: str, objective: str) -> bool:
+    """Whether search key ``key`` can change a cell of ``strategy`` × ``objective``: a stage's
+    settings concern only strategies with that stage, an objective's options only that objective.
+    Other keys would only repeat identical cells."""
+    head, _, rest = key.partition(".")
+    if head in ("train", "pretrain", "finetune"):
+        return head in STRATEGIES.get(strategy).stage_names
+    if head == "objective_options":
+        return rest.partition(".")[0] == objective
+    return True
+
+
+def _grid(search: dict, strategy: str, objective: str | None = None) -> list[dict]:
+    space = {**search.get("*", {}), **search.get(strategy, {})}
+    if objective is not None:
+        space = {k: v for k, v in space.items() if _concerns(k, strategy, objective)}
+    if not space:
+        return [{}]
+    keys = sorted(space)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(space[k] for k in keys))]
+
+
+def dotted(hp: dict, prefix: str = "") -> dict:
+    """Flatten a hyperparameter choice into dotted overrides. A search value may be a mapping —
+    a set of overrides under its key, e.g. ``finetune: [{}, {l2sp: 0.1}, {lpft_epochs: 3}]`` — so
+    alternatives that set several keys together are one axis, not a product."""
+    out = {}
+    for k, v in hp.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(dotted(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, ExperimentConfig]]:
+    """Every (strategy, bias rate, seed, hparams, effective config) of the grid, for every
+    objective (the effective config's ``objective``)."""
+    cells = []
+    for objective in objectives_of(cfg):
+        for strategy in cfg.strategies:
+            for hp in _grid(cfg.search, strategy, objective):
+                eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **dotted(hp), "objective": objective})
+                for rate in cfg.bias_rates:
+                    for seed in cfg.seeds:
+                        cells.append((strategy, float(rate), int(seed), hp, eff))
+    return cells
