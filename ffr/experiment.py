@@ -21,6 +21,7 @@ from typing import Any, Callable
 from ffr.balance import STRATEGIES, balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
 from ffr.grid import plan_cells
+from ffr.paths import write_atomic, write_json
 from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
@@ -143,7 +144,7 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
                        "best_epoch": result.best_epoch, "val": result.val,
                        "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp)})
     if dist.is_main():  # the cell's stages' histories, in order (rank 0 alone wrote them)
-        _write_text(cell_dir / "history.jsonl", "".join(line + "\n" for line in history_lines))
+        write_atomic(cell_dir / "history.jsonl", "".join(line + "\n" for line in history_lines))
     final = stages[-1]
     record = {
         "dataset": dataset or dataset_name(cfg),
@@ -157,15 +158,9 @@ def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strat
     return record
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data) -> None:
-    if dist.is_main():
-        _write_text(path, json.dumps(data, indent=2) + "\n")
+    if dist.is_main():  # under torchrun every rank runs the cell; one writes
+        write_json(path, data)
 
 
 def dataset_name(cfg: ExperimentConfig) -> str:
@@ -362,9 +357,12 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
         if dist.is_main():
             from ffr.results.tables import summary_metrics
 
+            from ffr.results.plots import plot_group_accuracy
+
             tracker.log_metrics(summary_metrics(records))  # the headline on the parent run itself
-            for name in ("results.md", "results.csv", "results.json"):
-                tracker.log_artifact(str(out / name))
+            figure = plot_group_accuracy(records, out / "group_accuracy.png")
+            for path in [out / n for n in ("results.md", "results.html", "results.csv", "results.json")] + [figure]:
+                tracker.log_artifact(str(path))
     except Exception as e:  # noqa: BLE001  (any tracking backend's failure: the results are safe on disk)
         from ffr.paths import redact_uri
 

@@ -17,6 +17,30 @@ def is_remote(path) -> bool:
     return isinstance(path, str) and path.startswith("s3://")
 
 
+def temp_beside(path: str | os.PathLike) -> Path:
+    """A temporary name next to ``path``, unique per process: a file is written there, then
+    renamed over ``path``, so a reader never sees half a file and two processes never share one."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (through :func:`temp_beside`); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """``data`` as indented JSON, written atomically."""
+    import json
+
+    return write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
 def inside(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
     """``root / rel``, checked to resolve inside ``root``: every file ffr writes under an output
     folder goes through here, so no name (a class, a bias value, a key) can place it elsewhere."""

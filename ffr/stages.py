@@ -7,7 +7,6 @@ directory or file; none finds another stage's output by scanning folders.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,17 +16,9 @@ from ffr.config import (BACKBONE, IMAGE_SIZE, MAX_ATTEMPTS, OBJECTIVE, SYNTHESIS
                         TrainConfig)
 from ffr.data.manifest import DatasetCard, Manifest, group_key
 from ffr.data.sources import prepare  # noqa: F401  (the prepare stage, re-exported beside the others)
-from ffr.paths import inside
+from ffr.paths import inside, write_json
 from ffr.tracking import NullTracker, Tracker
 
-
-
-def _write_json(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def synthetic_need(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr")) -> dict[tuple[str, str], int]:
@@ -118,7 +109,7 @@ def balance_stage(strategy: str, real_dir: str | os.PathLike, synthetic_dir: str
         train = materialize(stage.train, out / stage.name) if self_contained else stage.train
         train.save(out / stage.name)
     summary = plan.summary()
-    _write_json(out / "plan.json", summary)
+    write_json(out / "plan.json", summary)
     return summary
 
 
@@ -197,7 +188,7 @@ def evaluate_stage(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, s
     metrics["classes"] = list(data.card.classes)
     metrics["data_digest"] = data.digest()
     if out_path is not None:
-        _write_json(Path(out_path), metrics)
+        write_json(Path(out_path), metrics)
     tracker = tracker or NullTracker()
     tracker.log_dataset(data, split if split != "val" else "validation", str(data_dir))
     tracker.log_evaluation(metrics, split)

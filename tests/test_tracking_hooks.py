@@ -95,4 +95,5 @@ def test_compare_reports_a_nested_run_per_cell_and_stage(tmp_path):
             assert [c[1][1] for c in child.of("log_dataset")] == ["train"]
             assert child.of("log_evaluation")[0][1][1] == "test"
         assert [len(c.of("log_model")) for c in cell.children] == [0] * (len(stages) - 1) + [1]
-    assert [c[1][0].rsplit("/", 1)[-1] for c in rec.of("log_artifact")] == ["results.md", "results.csv", "results.json"]
+    assert [c[1][0].rsplit("/", 1)[-1] for c in rec.of("log_artifact")] == \
+        ["results.md", "results.html", "results.csv", "results.json", "group_accuracy.png"]

@@ -228,7 +228,9 @@ class Manifest:
         directory.mkdir(parents=True, exist_ok=True)
         card = DatasetCard.from_dict({**self.card.to_dict(), "root": os.path.relpath(self.root, directory.resolve())})
         csv_path = directory / MANIFEST_FILE
-        tmp = csv_path.with_suffix(".csv.tmp")
+        from ffr.paths import temp_beside
+
+        tmp = temp_beside(csv_path)
         self.frame[list(COLUMNS)].to_csv(tmp, index=False)
         os.replace(tmp, csv_path)
         card.save(directory / CARD_FILE)

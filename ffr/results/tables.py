@@ -10,6 +10,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from ffr.paths import write_atomic, write_json
+
 STRATEGY_ORDER = ["none", "usb", "asb", "ffr"]
 OBJECTIVE_ORDER = ["erm", "resample", "groupdro", "dfr"]
 
@@ -169,17 +171,36 @@ def absent_notes(records: list[dict]) -> list[str]:
             for (rate, split), groups in sorted(seen.items())]
 
 
+def summary_html(records: list[dict]) -> str:
+    """The selected summary as a self-contained HTML page (what a tracking UI shows as is)."""
+    import html
+
+    cols = [("dataset", "dataset"), ("objective", "objective"), ("bias rate", "bias_rate"), ("strategy", "strategy"),
+            ("seeds", "seeds")]
+    metrics = [("test WGA", "test_worst_group_acc"), ("test balanced", "test_balanced_acc"),
+               ("test average", "test_average_acc"), ("val WGA", "val_worst_group_acc")]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols + metrics)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for _, k in cols)
+                   + "".join(f"<td>{_pm(r[k + '_mean'], r[k + '_std'])}</td>" for _, k in metrics) + "</tr>"
+                   for r in summary_rows(records))
+    notes = "".join(f"<p>{html.escape(n.replace('**', ''))}</p>" for n in absent_notes(records))
+    return ("<!doctype html><meta charset='utf-8'><title>ffr results</title><style>td,th{padding:2px 8px}"
+            "td{text-align:right}</style><h1>Test results (mean ± std over seeds, hyperparameters chosen by "
+            f"validation WGA)</h1><table><tr>{head}</tr>{body}</table>{notes}\n")
+
+
 def write_results(records: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """``results.json`` (every record), ``results.md`` and ``results.csv`` (the selected summary)."""
+    """``results.json`` (every record), ``results.md``, ``results.html`` and ``results.csv`` (the
+    selected summary)."""
     out = Path(out_dir)
-    paths = {"json": out / "results.json", "md": out / "results.md", "csv": out / "results.csv"}
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    os.replace(tmp, paths["json"])
+    paths = {"json": out / "results.json", "md": out / "results.md", "csv": out / "results.csv",
+             "html": out / "results.html"}
+    write_json(paths["json"], records)
     cands = candidates_table(records)
     notes = absent_notes(records)
     paths["md"].write_text(markdown_table(records) + "\n\n" + wga_pivot(records) + "\n"
                            + (f"\n{cands}\n" if cands else "") + "".join(f"\n{n}\n" for n in notes))
+    write_atomic(paths["html"], summary_html(records))
     rows = summary_rows(records)
     with paths["csv"].open("w", newline="") as f:
         if rows:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BATCH_SIZE
+from ffr.paths import temp_beside
 from ffr.data.manifest import CARD_FILE, MANIFEST_FILE, DatasetCard, Manifest, ManifestError, group_key
 from ffr.synthesis.generation import SynthesisRun, image_relpath
 
@@ -81,7 +82,7 @@ def save_run(run: SynthesisRun, directory: str | os.PathLike, extra_info: dict |
 
 def write_rejections(rejections: list[dict], path: Path) -> None:
     """Rejected attempts as CSV (header only when there were none)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_beside(path)
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=REJECTION_FIELDS, extrasaction="ignore")
         w.writeheader()

@@ -16,6 +16,7 @@ import torch
 from ffr.config import TrainConfig  # noqa: F401  (re-exported: the loop's settings)
 from ffr.data.loading import BatchTransform, TensorData
 from ffr.metrics import GroupTally, flat_metrics, metrics_from_tally
+from ffr.paths import temp_beside
 from ffr.train import distributed as dist
 from ffr.train.runtime import autocast_dtype, configure
 from ffr.train.backbones import Classifier, create_model
@@ -193,7 +194,7 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> P
     if not dist.is_main():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_beside(path)
     meta = {**meta, "feature_norm": bool(getattr(model, "feature_norm", False))}
     torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
     os.replace(tmp, path)

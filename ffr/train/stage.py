@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from ffr.config import BACKBONE, IMAGE_SIZE, OBJECTIVE, TrainConfig
 from ffr.data.manifest import Manifest
+from ffr.paths import temp_beside, write_json
 from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
 
 SUMMARY_SUFFIX = ".json"
@@ -215,7 +216,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             model.load_state_dict(_init_state(spec))
         if dist.is_main():  # a rerun replaces the history only once the new stage is written
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-        partial = history.with_name(history.name + f".{os.getpid()}.tmp")
+        partial = temp_beside(history)
         partial.unlink(missing_ok=True)
 
         def log(rec):
@@ -237,7 +238,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
         if dist.is_main():
             save_checkpoint(ckpt, model, meta)
             os.replace(partial, history) if partial.is_file() else history.write_text("")
-            _write_json(summary, StageResult(model, ckpt, history, key, best_epoch, best_val, state, meta).summary())
+            write_json(summary, StageResult(model, ckpt, history, key, best_epoch, best_val, state, meta).summary())
         dist.barrier()  # the other ranks go on once the files exist
     meta["best_epoch"] = best_epoch
     final_ckpt = ckpt
@@ -251,7 +252,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
         _, _, final_summary = stage_files(final_ckpt)
         if dist.is_main():
             save_checkpoint(final_ckpt, model, meta)
-            _write_json(final_summary, StageResult(model, final_ckpt, history, key, best_epoch, best_val, state,
+            write_json(final_summary, StageResult(model, final_ckpt, history, key, best_epoch, best_val, state,
                                                    meta).summary())
     elif out is not None and Path(out) != ckpt and dist.is_main():  # a cached stage asked for at its own path
         import shutil
@@ -268,7 +269,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
     if result.model_uri and dist.is_main():  # for a caller in another process (torchrun's parent)
         summary_path = stage_files(final_ckpt)[2]
         if summary_path.is_file():
-            _write_json(summary_path, {**read_json(summary_path), "mlflow_model_uri": result.model_uri})
+            write_json(summary_path, {**read_json(summary_path), "mlflow_model_uri": result.model_uri})
     return result
 
 
@@ -292,13 +293,6 @@ def read_json(path: str | os.PathLike):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: damaged ({e}); delete it and rerun to recompute it") from None
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ several processes

@@ -36,7 +36,11 @@ def test_compare_run_logs_nested_runs_metrics_tables_and_model(mlflow_env, tmp_p
     assert parent.info.status == "FINISHED"
     assert parent.data.params["finetune.epochs"] == "2" and parent.data.tags["ffr.pipeline_run_id"] == "p-1"
     assert any(k.startswith("system/") for k in parent.data.metrics), parent.data.metrics.keys()
-    assert {a.path for a in client.list_artifacts(parent_id)} >= {"results.md", "results.csv", "results.json"}
+    assert {a.path for a in client.list_artifacts(parent_id)} >= {"results.md", "results.html", "results.csv",
+                                                                 "results.json", "group_accuracy.png"}
+    # the headline on the parent run itself: each strategy's mean test numbers
+    assert {f"{s}/test/{m}" for s in ("none", "ffr") for m in ("worst_group_acc", "balanced_acc", "average_acc")} \
+        <= set(parent.data.metrics)
 
     cells = {r.data.params["strategy"]: r for r in _children(client, parent)}
     assert set(cells) == {"none", "ffr"}
