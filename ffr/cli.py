@@ -60,7 +60,7 @@ def cmd_data_demo(args) -> int:
 def cmd_data_validate(args) -> int:
     from ffr.data.manifest import Manifest, format_group_counts
 
-    m = Manifest.load(args.manifest, check_files=not args.no_files)
+    m = Manifest.load(args.manifest, check_files="decode" if not args.no_files else False)
     print(f"{args.manifest}: OK, {len(m)} rows")
     print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
     return 0

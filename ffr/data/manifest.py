@@ -185,7 +185,7 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike, card: DatasetCard | str | None = None,
-             validate: bool = True, check_files: bool = True) -> "Manifest":
+             validate: bool = True, check_files: bool | str = True) -> "Manifest":
         """Load ``manifest.csv`` (or a dataset directory holding one) and its card.
 
         The card is ``card.json`` beside the CSV unless given. With ``validate`` (the default)
@@ -378,13 +378,17 @@ def _line(i: int) -> str:
 
 
 def validate_frame(frame: pd.DataFrame, card: DatasetCard, root: Path,
-                   check_files: bool = True) -> list[str]:
+                   check_files: bool | str = True) -> list[str]:
     """Every problem of a manifest table, each naming the CSV line, the field and the value.
 
     Checks: required columns; labels and bias values known to the card; split and source
     values; synthetic rows carry a generator; paths stay inside the root; no duplicate path;
     and, with ``check_files``, that every image exists and decodes, and that no image (by
     content) appears in two splits.
+
+    ``check_files="decode"`` decodes every pixel too (slower; what ``ffr data validate`` does: a
+    truncated JPEG passes the structural check). Training decodes every image anyway and names a
+    file that fails (:class:`ffr.data.loading.ImageDecodeError`).
     """
     problems: list[str] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -441,11 +445,12 @@ def validate_frame(frame: pd.DataFrame, card: DatasetCard, root: Path,
             continue
         seen_path[key] = (i, split)
     if check_files:
-        problems.extend(_check_files(frame, root, seen_path))
+        problems.extend(_check_files(frame, root, seen_path, decode=check_files == "decode"))
     return problems
 
 
-def _check_files(frame: pd.DataFrame, root: Path, paths: dict[str, tuple[int, str]]) -> list[str]:
+def _check_files(frame: pd.DataFrame, root: Path, paths: dict[str, tuple[int, str]],
+                 decode: bool = False) -> list[str]:
     """Every missing or unreadable image, and images whose bytes appear in two splits."""
     from PIL import Image, UnidentifiedImageError
 
@@ -460,8 +465,9 @@ def _check_files(frame: pd.DataFrame, root: Path, paths: dict[str, tuple[int, st
             data = full.read_bytes()
             with Image.open(io.BytesIO(data)) as im:
                 im.verify()  # the container's structure ...
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()    # ... and every pixel: a truncated JPEG passes verify() alone
+            if decode:       # ... and every pixel (`ffr data validate`): a truncated JPEG passes verify()
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
             problems.append(f"{_line(i)}: image file is unreadable: {full} ({type(e).__name__}: {e})")
             continue
