@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ffr-installed
 RUNS   ?= runs
 
-.PHONY: demo test test-fast compare-demo venv clean-venv
+.PHONY: demo test test-fast compare-demo venv clean-venv image image-base image-test push
 
 venv: $(STAMP)
 
@@ -41,3 +41,49 @@ test-fast: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------------------------- the image
+# `make image` builds the component image with podman (ENGINE=docker works too), tagged
+# <version>-<git revision> (python3 -m ffr.revision: what `ffr compile` names), from BASE_IMAGE
+# (default the public slim Python image). The build gets this machine's own pip indexes
+# (docker/pip_sources.py: its PIP_* settings, local ones mounted read-only).
+ENGINE      ?= podman
+ENGINE_OPTS ?= $(if $(filter podman,$(ENGINE)),--isolation=chroot)
+IMAGE_REPO  ?= ghcr.io/ffr-project/ffr
+IMAGE_TAG   := $(shell $(PYTHON) -m ffr.revision tag)
+IMAGE       ?= $(IMAGE_REPO):$(IMAGE_TAG)
+BASE_IMAGE  ?= docker.io/library/python:3.11-slim
+TORCH_INDEX ?=
+PIP_SOURCES ?= $(shell $(PYTHON) docker/pip_sources.py)
+image:
+	$(ENGINE) build $(ENGINE_OPTS) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_INDEX=$(TORCH_INDEX) \
+	  --build-arg VERSION=$$($(PYTHON) -m ffr.revision version) --build-arg GIT_COMMIT=$$($(PYTHON) -m ffr.revision commit) \
+	  $(PIP_SOURCES) -t $(IMAGE) .
+	@echo "built $(IMAGE)"
+
+# A Debian base image made offline from Debian's packages (no registry needed): Python 3 with
+# venv and CA certificates. About a minute; skipped when the image exists.
+DEBIAN_BASE ?= localhost/ffr-debian-base:bookworm
+image-base:
+	$(ENGINE) image exists $(DEBIAN_BASE) || { \
+	  mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm - | \
+	  $(ENGINE) import - $(DEBIAN_BASE); }
+
+# Build the image on the Debian base, then run every component from its file system (podman
+# image mount + chroot, as the image's user) through a whole pipeline on tiny settings
+# (tests/image/). Needs root, podman and mmdebstrap (apt-get install podman mmdebstrap).
+TEST_IMAGE ?= localhost/ffr:$(IMAGE_TAG)
+image-test: $(STAMP) image-base
+	$(MAKE) image BASE_IMAGE=$(DEBIAN_BASE) IMAGE=$(TEST_IMAGE)
+	FFR_TEST_IMAGE=$(TEST_IMAGE) $(PY) -m pytest -q -p no:cacheprovider tests/image
+
+# Push the image to REGISTRY (e.g. make push REGISTRY=registry.example.com/team): as
+# $(REGISTRY)/ffr:<tag>; the digest is recorded in build/pushed-images.json, and
+# `ffr compile --image $(REGISTRY)/ffr` then pins the pipeline to it.
+REGISTRY ?=
+push:
+	@test -n "$(REGISTRY)" || { echo "make push: set REGISTRY, e.g. make push REGISTRY=registry.example.com/team"; exit 2; }
+	$(ENGINE) tag $(IMAGE) $(REGISTRY)/ffr:$(IMAGE_TAG)
+	mkdir -p build
+	$(ENGINE) push $(PUSH_OPTS) --digestfile build/.digest $(REGISTRY)/ffr:$(IMAGE_TAG)
+	$(PYTHON) -m ffr.revision record-push $(REGISTRY)/ffr:$(IMAGE_TAG) build/.digest

@@ -1,13 +1,15 @@
-"""The container image the components run in: the project's image tagged with ``ffr.__version__``.
+"""The container image the components run in: the project's image, tagged
+``<version>-<git revision>`` (:func:`ffr.revision.image_tag`), the tag `make image` builds.
 
-``FFR_IMAGE`` overrides it when a pipeline is defined (compiled, submitted): a repository
-(``registry.example.com/team/ffr`` → ``…/ffr:<version>``) or a full reference with a tag or digest
-(``…/ffr:0.1.0-cuda``), used as given. See docs/kubeflow.md.
+``FFR_IMAGE`` (``ffr compile --image``) overrides it when a pipeline is defined (compiled,
+submitted): a repository (``registry.example.com/team/ffr`` → ``…/ffr:<version>-<revision>``,
+pinned to the pushed digest when `make push` recorded one in ``build/pushed-images.json``) or a
+full reference with a tag or digest (``…/ffr:0.1.0-cuda``), used as given. See docs/kubeflow.md.
 """
 
 import os
 
-from ffr import __version__  # ffr/__init__.py imports nothing: this stays light
+from ffr.revision import image_tag, pushed_digest  # light: the standard library and ffr/__init__
 
 DEFAULT_REPOSITORY = "ghcr.io/ffr-project/ffr"
 
@@ -16,7 +18,11 @@ def base_image() -> str:
     """The image reference components are compiled with."""
     ref = os.environ.get("FFR_IMAGE", "").strip() or DEFAULT_REPOSITORY
     name = ref.rsplit("/", 1)[-1]
-    return ref if (":" in name or "@" in name) else f"{ref}:{__version__}"
+    if ":" in name or "@" in name:
+        return ref
+    tagged = f"{ref}:{image_tag()}"
+    digest = pushed_digest(tagged)
+    return f"{tagged}@{digest}" if digest else tagged
 
 
 # Every component: the project's image, nothing installed at start-up (the image has ffr and

@@ -66,11 +66,14 @@ def test_components_run_in_the_project_image_and_install_nothing():
 
 def test_base_image_follows_ffr_image(monkeypatch):
     from ffr import __version__
+    from ffr.revision import image_tag
 
+    tag = image_tag()  # <version>-<12 hex digits of the commit>[-dirty], what `make image` builds
+    assert tag.startswith(f"{__version__}-") and len(tag.split("-")[1]) == 12
     monkeypatch.delenv("FFR_IMAGE", raising=False)
-    assert base_image() == f"ghcr.io/ffr-project/ffr:{__version__}"
+    assert base_image() == f"ghcr.io/ffr-project/ffr:{tag}"
     monkeypatch.setenv("FFR_IMAGE", "registry.example.com:5000/team/ffr")
-    assert base_image() == f"registry.example.com:5000/team/ffr:{__version__}"
+    assert base_image() == f"registry.example.com:5000/team/ffr:{tag}"
     monkeypatch.setenv("FFR_IMAGE", "registry.example.com:5000/team/ffr:0.1.0-cuda")
     assert base_image() == "registry.example.com:5000/team/ffr:0.1.0-cuda"
 

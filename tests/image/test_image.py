@@ -1,0 +1,118 @@
+"""The component image, built by `make image-test` (which sets ``FFR_TEST_IMAGE``): its labels
+and user, and every component executed from its file system — the command a Kubeflow pod runs
+(``python3 -m kfp.dsl.executor_main`` with executor input JSON) — through whole pipelines on
+tiny settings: prepare → synthesize → collect → balance → train → evaluate → report, with the
+MLflow tracking and register steps, and the retraining pipeline's data-revision step. Nothing of
+this checkout is visible inside: the steps import the image's own ffr and kfp.
+
+Skipped unless ``FFR_TEST_IMAGE`` names a built image; needs root (mount, chroot) and podman.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+IMAGE = os.environ.get("FFR_TEST_IMAGE", "")
+pytestmark = pytest.mark.skipif(not IMAGE or shutil.which("podman") is None or os.geteuid() != 0,
+                                reason="set FFR_TEST_IMAGE to a built image (make image-test); needs root and podman")
+
+TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1,
+        "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    from chroot import ImageRoot
+
+    runs = tmp_path_factory.mktemp("image-runs")
+    with ImageRoot(IMAGE, binds=[runs]) as r:
+        r.runs = runs
+        yield r
+
+
+@pytest.fixture
+def in_image(root, monkeypatch):
+    """The KFP local runner with every step executed in the image."""
+    from kfp import local
+    from kfp.local import docker_task_handler
+
+    from chroot import ChrootTaskHandler
+
+    monkeypatch.setattr(docker_task_handler, "DockerTaskHandler", ChrootTaskHandler)
+    monkeypatch.setattr(ChrootTaskHandler, "root", root)
+    monkeypatch.setattr(ChrootTaskHandler, "executed", [])
+    return local.DockerRunner()
+
+
+def test_labels_user_and_revision(root):
+    import ffr
+    from ffr.revision import code_revision
+
+    commit, _ = code_revision()
+    assert root.labels["org.opencontainers.image.version"] == ffr.__version__
+    assert root.labels["org.opencontainers.image.revision"] == commit == root.env["FFR_GIT_COMMIT"]
+    assert root.labels["org.opencontainers.image.source"].startswith("https://")
+    assert root.user.split(":")[0] not in ("", "0", "root")
+
+
+def test_the_image_has_its_own_python_with_everything_the_components_import(root):
+    code = ("import json, os, sys, ffr, components, pipelines, kfp, torch, torchvision, mlflow, dvc, s3fs, diffusers;"
+            "from ffr.integrations import serving;"
+            "print(json.dumps({'ffr': ffr.__file__, 'python': sys.executable, 'uid': os.getuid(),"
+            " 'components': len(components.ALL), 'tag': __import__('ffr.revision').revision.image_tag()}))")
+    out = root.run(["python3", "-c", code])
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["ffr"].startswith("/opt/venv/") and info["python"].startswith("/opt/venv/")
+    assert info["uid"] != 0 and info["components"] >= 10
+    import ffr
+    from ffr.revision import code_revision
+
+    assert info["tag"] == f"{ffr.__version__}-{code_revision()[0][:12]}"  # the image names itself as it was built
+    # the folders KFP's launcher stages artifacts in (and /models) belong to the user; the code does not
+    owners = root.run(["stat", "-c", "%n %u", "/gcs", "/minio", "/s3", "/models", "/opt/venv/bin/python3"]).stdout.split("\n")
+    uid = root.user.split(":")[0]
+    assert [line.split()[1] for line in owners if line][:4] == [uid] * 4
+    assert owners[4].split()[1] == "0"
+
+
+def test_comparison_pipeline_runs_every_step_in_the_image(root, in_image):
+    from components.image import base_image
+    from pipelines.run import run_local
+    from chroot import ChrootTaskHandler
+
+    run = run_local("comparison", {**TINY, "train_epochs": 1}, root.runs, progress=False, mlflow="local",
+                    runner=in_image)
+    assert list(run.results) == ["none", "usb", "asb", "ffr"]
+    for strategy, m in run.results.items():
+        assert 0.0 <= m["worst_group_acc"] <= m["average_acc"] <= 1.0 and m["groups"], strategy
+    functions = [f for _, f in ChrootTaskHandler.executed]
+    assert {"prepare_data", "synthesize_shard", "collect_shards", "balance_data", "train_model", "evaluate_model",
+            "comparison_report", "start_tracking", "register_model"} <= set(functions)
+    assert functions.count("train_model") == 5 and functions.count("evaluate_model") == 4
+    assert {image for image, _ in ChrootTaskHandler.executed} == {base_image()}
+    assert len(list(run.run_dir.glob("outputs/**/model.pt"))) == 5
+    assert (run.output.parent / "report").read_text().count("<table") >= 1
+    # the steps' MLflow runs, written from inside the image into the run folder's store
+    from mlflow import MlflowClient
+
+    client = MlflowClient(run.mlflow_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) >= 10 and all(r.info.status == "FINISHED" for r in runs)
+    commits = {r.data.tags.get("ffr.git_commit") for r in runs if "ffr.git_commit" in r.data.tags}
+    assert commits == {root.env["FFR_GIT_COMMIT"]}  # the image's revision: no checkout inside
+    assert client.get_model_version("ffr", "1").source
+
+
+def test_retrain_pipeline_fetches_its_data_in_the_image(root, in_image):
+    from pipelines.run import run_local
+    from chroot import ChrootTaskHandler
+
+    run = run_local("retrain", {k: v for k, v in TINY.items() if k != "demo_per_digit"} | {"bias_rate": 0.95},
+                    root.runs, progress=False, mlflow=None, runner=in_image)
+    assert "fetch_data_revision" in [f for _, f in ChrootTaskHandler.executed]
+    assert list(run.results) == ["ffr"]
