@@ -7,6 +7,7 @@ neither torch nor a GPU. Every component runs in the project's image (:func:`bas
 """
 
 from components.balance import balance_data
+from components.check import check_config
 from components.collect import collect_shards
 from components.evaluate import evaluate_model
 from components.image import base_image
@@ -14,12 +15,12 @@ from components.prepare import prepare_data
 from components.register import register_model
 from components.report import comparison_report
 from components.synthesize import synthesize_shard
-from components.tracking import fetch_data_revision, start_tracking
+from components.tracking import fetch_data_revision, finish_tracking, start_tracking
 from components.train import train_model
 
-ALL = [prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
-       comparison_report, start_tracking, fetch_data_revision, register_model]
+ALL = [check_config, prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
+       comparison_report, start_tracking, finish_tracking, fetch_data_revision, register_model]
 
-__all__ = ["ALL", "base_image", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
+__all__ = ["ALL", "base_image", "check_config", "finish_tracking", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
            "train_model", "evaluate_model", "comparison_report", "start_tracking", "fetch_data_revision",
            "register_model"]

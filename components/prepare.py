@@ -22,19 +22,42 @@ def prepare_data(
     source_data: Input[Dataset] = None,
     adapter: str = "csv",
     adapter_options: dict = {},
+    source_digest: str = "",
 ) -> List[dict]:
     """Prepare the real data and plan the synthesis.
 
-    ``source`` is ``demo`` (the built-in benchmark, built inside the artifact; ``demo_per_digit`` > 0
-    keeps that many images of each digit) or a dataset folder every pod can read, read by the
-    dataset ``adapter`` with ``adapter_options`` (``csv``: manifest.csv + card.json, an ``s3://``
-    URI too; ``folder``: ``<split>/<class>/<bias>/`` image folders; ``waterbirds``, ``celeba``,
-    ``celeba_hq``, ``utkface``, ``spuco_animals``: the public datasets as distributed);
-    ``source_data``, when given, is the dataset instead (e.g. a data revision fetched by
-    ``fetch_data_revision``). Train and val are subsampled to
-    ``bias_rate``. Outputs the split dataset (metadata: group counts, content digest, DVC version
-    ``dvc_md5``), its card, and returns the synthesis work list: one item per (group, shard) with
-    the images that group needs for the strategies ``synthesis_for``.
+    Loads the real dataset, subsamples its train and val splits to ``bias_rate`` (the test split
+    is kept whole), and plans the synthesis fan-out.
+
+    Args:
+        source: ``demo`` (the built-in benchmark, built inside the artifact) or a dataset folder
+            every pod can read (an ``s3://`` URI too), read by ``adapter``.
+        bias_rate: Fraction of each class's train and val images that carry the class's majority
+            bias, between 0 and 1 exclusive (e.g. 0.95).
+        seed: Seed of the bias-rate subsampling.
+        min_val_per_group: Real validation images kept per minority group at least (checkpoint
+            selection needs every group).
+        demo_per_digit: ``demo`` only: images of each digit to keep; 0 keeps the whole demo.
+        synthesis_for: The strategies (``usb``, ``asb``, ``ffr``) whose synthetic budget the
+            work list covers.
+        num_shards: Shards each group's synthesis is split into (at most one per image).
+        source_data: When given, the dataset instead of ``source`` (e.g. a data revision fetched
+            by ``fetch_data_revision``).
+        adapter: The dataset adapter reading ``source``: ``csv`` (manifest.csv + card.json),
+            ``folder`` (``<split>/<class>/<bias>/`` image folders), or a public dataset as
+            distributed: ``waterbirds``, ``celeba``, ``celeba_hq``, ``utkface``, ``spuco_animals``.
+        adapter_options: The adapter's options, e.g. ``{"label": "Blond_Hair"}`` (celeba).
+        source_digest: The content fingerprint of ``source`` (``check_config``'s output): not read
+            here, it makes the step's cache key on the data, so a dataset rewritten under the
+            same ``source`` is prepared again.
+
+    Returns:
+        Output: The synthesis work list: one ``{"label", "bias", "count", "shard",
+            "num_shards"}`` item per (group, shard) with the images that group needs for
+            ``synthesis_for``.
+        dataset: The split dataset (manifest.csv, card.json, images); its metadata holds
+            the bias rate, group counts, content digest and DVC version (``dvc_md5``).
+        card: The dataset's card.json (classes, bias values, majority bias per class).
     """
     import os
     import shutil
@@ -49,5 +72,6 @@ def prepare_data(
     split = prepare(source, dataset.path, bias_rate, seed, min_val_per_group, demo,
                     os.path.join(dataset.path, "images"), adapter, dict(adapter_options))
     shutil.copyfile(os.path.join(dataset.path, "card.json"), card.path)
-    dataset.metadata.update({"bias_rate": bias_rate, **manifest_summary(split), "dvc_md5": dir_digest(dataset.path)})
+    dataset.metadata.update({"bias_rate": bias_rate, **manifest_summary(split), "dvc_md5": dir_digest(dataset.path),
+                             **({"source_digest": source_digest} if source_digest else {})})
     return synthesis_work(dataset.path, synthesis_for, num_shards)

@@ -21,14 +21,40 @@ def register_model(
     gate_floor: float = 0.5,
     source_data: Input[Dataset] = None,
 ) -> str:
-    """Log ``model`` to MLflow (with its test evaluation ``metrics`` and test data), register it as
-    a version of ``registered_model_name`` with alias ``challenger``, and move ``champion`` to it
-    only if it beats the champion on the same test data (worst-group accuracy up by at least
-    ``gate_margin``, no group down by more than ``gate_tolerance``; the first champion needs
-    ``gate_floor``). The decision, both models' numbers and the lineage (pipeline run id, git
-    commit, data digests, the data revision of ``source_data``) become version tags. Closes the
-    pipeline's MLflow run. Without a tracking server (``mlflow_uri`` empty and no
-    ``$MLFLOW_TRACKING_URI``) nothing is registered. Returns the decision in one line."""
+    """Register the model in the MLflow model registry as the challenger; promote it if it wins.
+
+    Logs ``model`` to MLflow (with its test evaluation and test data), registers it as a version
+    of ``registered_model_name`` with alias ``challenger``, and moves ``champion`` to it only if
+    it beats the champion on the same test data. The decision, both models' numbers and the
+    lineage (pipeline run id, git commit, data digests, the data revision of ``source_data``)
+    become version tags. Closes the pipeline's MLflow run. Without a tracking server
+    (``mlflow_uri`` empty and no ``$MLFLOW_TRACKING_URI``) nothing is registered.
+
+    Args:
+        model: The model to register (``train_model``'s ``model``; FFR's step 2).
+        metrics: Its test evaluation (``evaluate_model``'s ``metrics``).
+        data: The prepared dataset whose test split both models are compared on.
+        registered_model_name: Registered model name in the MLflow model registry.
+        mlflow_uri: MLflow tracking server (and model registry) URI; empty:
+            ``$MLFLOW_TRACKING_URI`` (from the ``ffr-mlflow`` secret on a cluster); neither set:
+            nothing is registered.
+        mlflow_experiment: MLflow experiment of the pipeline's run.
+        pipeline_run_id: The Kubeflow run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``) that finds
+            the pipeline's MLflow run; empty: a standalone run.
+        gate_margin: Worst-group accuracy (a fraction, 0-1) the challenger must gain over the
+            champion to be promoted, e.g. 0.005 = half a point.
+        gate_tolerance: Largest drop of any group's accuracy (a fraction) a promoted challenger
+            may have against the champion.
+        gate_floor: Worst-group accuracy (a fraction) every champion must reach, the first one
+            included.
+        source_data: The fetched data revision (``fetch_data_revision``'s ``dataset``), whose
+            metadata becomes the version's data lineage; none: no data revision recorded.
+
+    Returns:
+        Output: The decision in one line.
+        decision: The decision as JSON (registered, version, promoted, reasons); scalar
+            ``promoted`` 1 or 0.
+    """
     import json
     import os
 
@@ -40,7 +66,7 @@ def register_model(
         from ffr.integrations.dvc import dir_digest
         from ffr.integrations.model_registry import register_and_gate
         from ffr.promotion import Evaluation, GatePolicy
-        from ffr.integrations.mlflow_tracking import close_run, mlflow_run, pipeline_run
+        from ffr.integrations.mlflow_tracking import mlflow_run, pipeline_run
         from ffr.train.loop import load_checkpoint
 
         with open(metrics.path) as f:
@@ -64,8 +90,6 @@ def register_model(
             version, d = register_and_gate(uri, registered_model_name, logged, Evaluation.from_metrics(m),
                                            lineage, GatePolicy(gate_margin, gate_tolerance, gate_floor),
                                            None if model.metadata.get("mlflow_model_uri") else t.run_id)
-        if parent:
-            close_run(uri, parent)
         result = {"registered": True, "model": registered_model_name, "version": version, "promoted": d.promote,
                   "refused": d.refused, "reasons": d.reasons, "summary": f"version {version}: {d.summary}"}
     with open(decision.path, "w") as f:

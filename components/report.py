@@ -19,11 +19,27 @@ def comparison_report(
     mlflow_experiment: str = "ffr",
     pipeline_run_id: str = "",
 ):
-    """Side by side: the baselines' and FFR's test metrics (files written by ``evaluate_model``) in
-    one HTML report with a few synthetic images per group; ``summary`` logs each strategy's
-    worst-group accuracy and FFR's gain over the best baseline, and holds every result as JSON.
+    """The baselines' and FFR's test metrics side by side, in one report.
+
     With a tracking server (``mlflow_uri`` or ``$MLFLOW_TRACKING_URI``) the pipeline's own MLflow
-    run gets the comparison table (Markdown and HTML) and the per-group figure of every strategy."""
+    run gets the comparison table (Markdown and HTML) and the per-group figure of every strategy.
+
+    Args:
+        baselines: The baselines' ``evaluate_model`` metrics files (one per baseline).
+        ffr: FFR's ``evaluate_model`` metrics file.
+        synthetic: The synthetic pool whose images the report shows; none: no images.
+        mlflow_uri: MLflow tracking server URI; empty: ``$MLFLOW_TRACKING_URI`` (from the
+            ``ffr-mlflow`` secret on a cluster); neither set: nothing is tracked.
+        mlflow_experiment: MLflow experiment of the pipeline's run.
+        pipeline_run_id: The Kubeflow run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``) that finds
+            the pipeline's MLflow run; empty: nothing is logged.
+
+    Returns:
+        report: HTML with every strategy's group table and a few synthetic images per
+            group.
+        summary: Each strategy's worst-group accuracy and FFR's gain over the best
+            baseline (``ffr_gain_wga``) as scalars, and every result as JSON.
+    """
     import json
     import os
 

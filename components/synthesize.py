@@ -20,11 +20,31 @@ def synthesize_shard(
     filters: List[str] = [],
     max_attempts: int = 10,
 ):
-    """Render the synthetic images of one work item ``{"label", "bias", "count", "shard",
-    "num_shards"}`` with the synthesis ``backend`` (``backend_options`` e.g. a model path);
-    ``filters`` (e.g. ``grayscale``) reject images, which are then re-rendered with the next
-    attempt's seed. Every image's seed derives from (``seed``, group, index, attempt), so shards
-    and retries reproduce the same images."""
+    """Render the synthetic images of one (group, shard) work item.
+
+    Every image's seed derives from (``seed``, group, index, attempt), so shards and retries
+    reproduce the same images.
+
+    Args:
+        card: The dataset card (``prepare_data``'s ``card``): classes, bias values, groups.
+        work: One item of ``prepare_data``'s work list: ``{"label", "bias", "count", "shard",
+            "num_shards"}``.
+        backend: The synthesis backend: ``procedural`` (digits on procedural textures, CPU),
+            ``diffusers`` (Stable Diffusion or another diffusers text-to-image model, GPU) or
+            ``folder`` (images read from a folder per group or a manifest).
+        seed: Base seed of every image's seed.
+        batch_size: Images rendered together (a GPU memory knob; the images do not depend on it).
+        backend_options: The backend's settings, e.g. ``{"model": "s3://bucket/sd15",
+            "prompts": "spuco_animals", "steps": 25}`` (diffusers) or ``{"source": "DIR"}``
+            (folder); an unknown key fails the step with a message naming it.
+        filters: Image filters that reject an image, which is then re-rendered with the next
+            attempt's seed: ``grayscale[:tolerance=3]``, ``clip:model=DIR[,min_score=20]``.
+        max_attempts: Attempts per image before the step fails.
+
+    Returns:
+        shard: This shard's images and manifest; its metadata names the backend and
+            the group counts.
+    """
     from ffr.stages import manifest_summary, synthesize_stage
 
     m = synthesize_stage(card.path, work, shard.path, backend, seed, batch_size, backend_options, filters,

@@ -30,17 +30,52 @@ def train_model(
     mlflow_experiment: str = "ffr",
     pipeline_run_id: str = "",
 ):
-    """Train on the ``stage`` folder of ``training_sets`` (``train``, ``pretrain`` or ``finetune``),
-    starting from ``init_model`` when given (FFR's step 2 starts from step 1), and keep the epoch
-    with the best worst-group accuracy on the real validation split of ``val_data``. ``weights``
-    names pretrained backbone weights (empty: random init). ``options``: any other training
-    setting (``TrainConfig`` field), e.g. FFR step-2 variants ``{"freeze_stages": 2}``,
-    ``{"l2sp": 0.1}``, ``{"lpft_epochs": 5}``, ``{"backbone_lr_mult": 0.1}``, ``{"select_init": true}``;
-    ``objective_options``: the objective's, e.g. ``{"eta": 0.01}`` for GroupDRO. ``processes`` > 1:
-    data-parallel in that many processes of this pod (``torchrun``; one per GPU the step was given),
-    the checkpoint and the MLflow run from rank 0. With a tracking server (``mlflow_uri``
-    or ``$MLFLOW_TRACKING_URI``) the step logs a run nested under the pipeline run's
-    (``pipeline_run_id``): parameters, datasets, per-epoch metrics, system metrics, the model."""
+    """One call of the training loop: FFR's pretraining, its fine-tuning, or a baseline.
+
+    Keeps the epoch with the best worst-group accuracy on the real validation split of
+    ``val_data``. With a tracking server (``mlflow_uri`` or ``$MLFLOW_TRACKING_URI``) the step
+    logs a run nested under the pipeline run's: parameters, datasets, per-epoch metrics, system
+    metrics, the model.
+
+    Args:
+        training_sets: ``balance_data``'s output; the ``stage`` folder is trained on.
+        val_data: The prepared dataset (``prepare_data``'s ``dataset``) whose real ``val`` rows
+            select the checkpoint.
+        stage: The folder of ``training_sets`` to train on: ``train`` (none, usb, asb),
+            ``pretrain`` (FFR step 1, synthetic) or ``finetune`` (FFR step 2, real).
+        init_model: Weights to start from (FFR's step 2 starts from step 1); none: ``weights``.
+        backbone: ``small_cnn``, ``tiny_cnn``, ``resnet18``, ``resnet18_small``, ``resnet50``,
+            ``resnet50_small`` (``_small``: a stem for 32-64 px images).
+        weights: Pretrained backbone weights, a torchvision-format state dict file every pod can
+            read; empty: random init.
+        objective: ``erm``, ``resample`` (group-balanced sampling), ``groupdro`` (online
+            GroupDRO) or ``dfr`` (ERM, then the last layer refit on the real validation split).
+        epochs: Training epochs.
+        lr: Learning rate.
+        batch_size: Images per batch (over all processes).
+        weight_decay: Weight decay of the optimizer.
+        image_size: Images are resized to this many pixels square.
+        seed: Seed of the model's initialisation and the data order.
+        device: ``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda`` or
+            ``cuda:N``.
+        options: Any other training setting (a ``TrainConfig`` field), e.g. FFR step-2 variants
+            ``{"freeze_stages": 2}``, ``{"l2sp": 0.1}``, ``{"lpft_epochs": 5}``,
+            ``{"backbone_lr_mult": 0.1}``, ``{"select_init": true}``; not ``epochs``, ``lr``,
+            ``batch_size`` or ``weight_decay``, which are parameters of their own.
+        objective_options: The objective's options, e.g. ``{"eta": 0.01}`` for GroupDRO,
+            ``{"n_refits": 20}`` for DFR.
+        processes: More than 1: data-parallel in that many processes of this pod (``torchrun``;
+            one per GPU the step was given), the checkpoint and the MLflow run from rank 0.
+        mlflow_uri: MLflow tracking server URI; empty: ``$MLFLOW_TRACKING_URI`` (from the
+            ``ffr-mlflow`` secret on a cluster); neither set: nothing is tracked.
+        mlflow_experiment: MLflow experiment of the pipeline's run.
+        pipeline_run_id: The Kubeflow run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``) that finds
+            the pipeline's MLflow run; empty: a standalone run.
+
+    Returns:
+        model: ``model.pt`` (the selected epoch's weights); its metadata holds the stage,
+            backbone, objective, best epoch and validation accuracies.
+    """
     import os
 
     from ffr.config import ConfigError, TrainConfig, from_dict

@@ -137,3 +137,74 @@ def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     return cfg
+
+
+def pipeline_problems(*, objective: str, backbone: str, stages: dict[str, dict], finetune_options: dict,
+                      objective_options: dict, baselines: list, synthesis_backend: str, synthesis_filters: list,
+                      source: str, source_adapter: str, source_options: dict, bias_rate: float, num_shards: int,
+                      device: str, image_size: int, batch_size: int) -> list[str]:
+    """What is wrong with a Kubeflow pipeline's run-form values (empty when nothing): the names
+    (objective, backbone, synthesis backend and filters, adapter, baseline strategies), every
+    training stage's settings (``stages``: stage name → ``{"epochs", "lr"}``; FFR's step 2 with
+    ``finetune_options``) and the objective's options — what the first step of every pipeline
+    checks, so a typo fails in seconds, not after synthesis."""
+    from ffr.config import TrainConfig, from_dict, train_problems
+
+    problems = []
+    if not 0 < bias_rate < 1:
+        problems.append(f"bias_rate: {bias_rate!r} must be between 0 and 1 (exclusive)")
+    if num_shards < 1:
+        problems.append(f"num_shards: {num_shards!r} must be at least 1")
+    if image_size < 8:
+        problems.append(f"image_size: {image_size!r} must be at least 8 pixels")
+    if not (device in ("auto", "cpu", "mps") or device == "cuda" or device.startswith("cuda:")):
+        problems.append(f"device: {device!r} must be auto, cpu, cuda, cuda:N or mps")
+    if not isinstance(finetune_options, dict):
+        problems.append(f"finetune_options: expected a mapping of training settings, got {finetune_options!r}")
+        finetune_options = {}
+    for stage, values in stages.items():
+        options = finetune_options if stage == "finetune" else {}
+        clash = sorted(set(options) & {"epochs", "lr", "batch_size", "weight_decay"})
+        if clash:
+            problems.append(f"finetune_options: {clash} are parameters of their own; set them there")
+            continue
+        try:
+            cfg = from_dict(TrainConfig, {**values, "batch_size": batch_size, **options},
+                            f"{stage} ({'finetune_options' if options else 'training settings'})")
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        problems += train_problems(cfg, stage)
+    strategies = []
+    for i, b in enumerate(baselines or []):
+        if not isinstance(b, dict) or set(b) - {"strategy", "lr"} or "strategy" not in b:
+            problems.append(f"baselines[{i}]: expected {{strategy: NAME, lr: NUMBER}}, got {b!r}")
+            continue
+        strategies.append(b["strategy"])
+        lr = b.get("lr", 1e-3)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+            problems.append(f"baselines[{i}].lr: {lr!r} must be a positive number")
+    if not isinstance(objective_options, dict):
+        problems.append(f"objective_options: expected a mapping, got {objective_options!r}")
+        objective_options = {}
+    problems += name_problems(backbone, [objective], {objective: objective_options}, strategies, synthesis_backend,
+                              synthesis_filters, source_adapter if source != "demo" else None, source_options)
+    return list(dict.fromkeys(problems))
+
+
+def source_fingerprint(source: str) -> str:
+    """What the data steps' cache keys on besides the parameters: a digest of the dataset's
+    content, so a dataset rewritten under the same ``source`` is not served from the cache. A
+    folder or file: its DVC version (md5 of every file); ``s3://``: the objects' keys and ETags;
+    ``demo``: built from code, the code's version keys it (the image)."""
+    if source == "demo":
+        return "demo"
+    from ffr.integrations.s3 import is_s3
+
+    if is_s3(source):
+        from ffr.integrations.s3 import fingerprint
+
+        return fingerprint(source)
+    from ffr.integrations.dvc import dir_digest
+
+    return "md5-" + dir_digest(source)

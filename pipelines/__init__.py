@@ -4,7 +4,8 @@ default, no cluster), compiled to YAML, submitted to or scheduled on a Kubeflow 
 The registry :data:`PIPELINES` maps a name (``ffr``, ``comparison``, ``retrain``) to a builder
 taking a :class:`Platform`; :func:`get_pipeline` builds (once) and returns one; ``ffr_pipeline``,
 ``comparison_pipeline`` and ``retrain_pipeline`` are the default builds. :mod:`pipelines.run` holds
-the launchers behind ``ffr run / compile / submit / schedule``.
+the launchers behind ``ffr run / compile``, :mod:`pipelines.cluster` those behind ``ffr submit /
+schedule / upload``.
 """
 
 from pipelines import definitions

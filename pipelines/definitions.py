@@ -1,8 +1,9 @@
 """The pipelines. Each is built by a function of the :class:`~pipelines.platform.Platform` (GPU
 requests, retries, secrets), registered in :data:`PIPELINES` under the name the CLI uses.
 
-Every parameter has a default, so the Kubeflow UI's run form starts a full run as it is; the
-training defaults are the project's (:mod:`ffr.config`'s constants, the same ``ffr compare`` and
+Every parameter has a default, so the Kubeflow UI's run form starts a full run as it is, and a
+description (:mod:`pipelines.parameters`), which the run form shows beside it. The training
+defaults are the project's (:mod:`ffr.config`'s constants, the same ``ffr compare`` and
 ``ffr train`` use) on the built-in demo benchmark.
 """
 
@@ -10,14 +11,15 @@ training defaults are the project's (:mod:`ffr.config`'s constants, the same ``f
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import Metrics
 
-from components import (balance_data, collect_shards, comparison_report, evaluate_model, fetch_data_revision,
-                        prepare_data, register_model, start_tracking, synthesize_shard, train_model)
+from components import (balance_data, check_config, collect_shards, comparison_report, evaluate_model,
+                        fetch_data_revision, finish_tracking, prepare_data, register_model, start_tracking,
+                        synthesize_shard, train_model)
 from ffr import config as defaults
 from ffr.balance import STRATEGIES
 from ffr.registry import Registry
-from pipelines.platform import DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
+from pipelines.parameters import documented
+from pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 
 PIPELINES: Registry = Registry("pipeline")
 
@@ -28,17 +30,40 @@ DEFAULT_BASELINES = [{"strategy": "none", "lr": defaults.LR}, {"strategy": "usb"
 FFR = STRATEGIES.get("ffr")
 
 
-def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per_group, demo_per_digit,
+def _exit_handler(p: Platform, mlflow_uri, mlflow_experiment) -> dsl.ExitHandler:
+    """The group every step of a pipeline runs in: when it ends — succeeded or failed — its exit
+    task closes the pipeline's MLflow runs (FAILED, with the cause, when a step failed)."""
+    close = p.apply(finish_tracking(mlflow_uri=mlflow_uri, experiment=mlflow_experiment,
+                                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), TRACK, "close MLflow runs")
+    return dsl.ExitHandler(close, name="pipeline-steps")
+
+
+def _check(p: Platform, scope: dict, source="demo", source_adapter="csv", source_options=None, baselines=None,
+           train_epochs=0):
+    """The first step: the run form's values checked (names, every stage's settings, options)
+    and the dataset fingerprinted. ``scope``: the pipeline function's parameters."""
+    extra = {"baselines": baselines, "train_epochs": train_epochs} if baselines is not None else {}
+    names = ("objective", "backbone", "pretrain_epochs", "pretrain_lr", "finetune_epochs", "finetune_lr",
+             "finetune_options", "objective_options", "synthesis_backend", "synthesis_filters", "bias_rate",
+             "num_shards", "device", "image_size", "batch_size")
+    task = check_config(**{k: scope[k] for k in names}, source=source, source_adapter=source_adapter,
+                        source_options=source_options if source_options is not None else {}, **extra)
+    return p.apply(task, CHECK, "check configuration")
+
+
+def _data(p: Platform, check, synthesis_for: list, source, bias_rate, seed, min_val_per_group, demo_per_digit,
           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
           num_shards, source_data=None, source_adapter="csv", source_options=None):
     """prepare → synthesize (ParallelFor over groups × shards) → collect; returns (prepare, collect).
-    ``source_data``: a task whose ``dataset`` output replaces ``source``."""
+    Prepare takes ``check``'s dataset fingerprint (its cache keys on the data); ``source_data``: a
+    task whose ``dataset`` output replaces ``source``."""
     extra = {"source_data": source_data.outputs["dataset"]} if source_data is not None else {}
     prep = p.apply(prepare_data(source=source, bias_rate=bias_rate, seed=seed, min_val_per_group=min_val_per_group,
                                 demo_per_digit=demo_per_digit, synthesis_for=synthesis_for, num_shards=num_shards,
-                                adapter=source_adapter, adapter_options=source_options or {}, **extra),
+                                adapter=source_adapter, adapter_options=source_options or {},
+                                source_digest=check.output, **extra),
                    DATA, "prepare data")
-    with dsl.ParallelFor(prep.outputs["Output"], name="synthesis-fan-out") as work:
+    with dsl.ParallelFor(prep.outputs["Output"], name="synthesis-fan-out", parallelism=p.parallelism or None) as work:
         shard = p.apply(synthesize_shard(card=prep.outputs["card"], work=work, backend=synthesis_backend,
                                          seed=synthesis_seed, batch_size=synthesis_batch_size,
                                          backend_options=synthesis_options, filters=synthesis_filters),
@@ -48,15 +73,17 @@ def _data(p: Platform, synthesis_for: list, source, bias_rate, seed, min_val_per
     return prep, pool
 
 
-def _tracking(p: Platform, name: str, mlflow_uri, mlflow_experiment, mlflow_artifacts, params: dict) -> tuple:
-    """Open the pipeline's MLflow run. Returns (the arguments that nest a step's run under it,
-    the opening task): steps find the run by the pipeline run id and run after the opening task."""
+def _tracking(p: Platform, check, name: str, mlflow_uri, mlflow_experiment, mlflow_artifacts, params: dict) -> tuple:
+    """Open the pipeline's MLflow run, once ``check`` passed. Returns (the arguments that nest a
+    step's run under it, the opening task): steps find the run by the pipeline run id and run
+    after the opening task."""
     start = p.apply(start_tracking(mlflow_uri=mlflow_uri, experiment=mlflow_experiment,
                                    artifact_location=mlflow_artifacts, pipeline_name=name,
                                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, params=params,
                                    integer_params=sorted(k for k, v in params.items()
                                                          if getattr(v, "channel_type", None) == "Integer")),
                     TRACK, "open MLflow run")
+    start.after(check)
     return {"mlflow_uri": mlflow_uri, "mlflow_experiment": mlflow_experiment,
             "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}, start
 
@@ -128,6 +155,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
 
     @dsl.pipeline(name="ffr", description="From Fake to Real: pretrain on balanced synthetic images, "
                                           "fine-tune on real ones, report worst-group accuracy.")
+    @documented()
     def ffr_pipeline(
         source: str = "demo",
         source_adapter: str = "csv",
@@ -162,22 +190,24 @@ def build_ffr_pipeline(platform: Platform | None = None):
         gate_margin: float = 0.005,
         gate_tolerance: float = 0.02,
         gate_floor: float = 0.5,
-    ) -> Metrics:
+    ):
         """prepare → synthesize (groups × shards) → collect → balance (ffr) → train step 1 →
         train step 2 (init = step 1) → evaluate → register (MLflow model registry, promotion gate).
         With a tracking server (``mlflow_uri`` or the ``ffr-mlflow`` secret) every step logs a
-        run nested under the pipeline's; without one nothing is tracked or registered. Returns
-        the test metrics."""
-        tracking = _tracking(p, "ffr", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
-        prep, pool = _data(p, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
-                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
-                           synthesis_filters, num_shards, source_adapter=source_adapter, source_options=source_options)
-        train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                     device=device, processes=train_processes)
-        step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
-                         tracking, finetune_options, objective_options)
-        _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
-        return ev.outputs["metrics"]
+        run nested under the pipeline's; without one nothing is tracked or registered."""
+        scope = dict(locals())
+        with _exit_handler(p, mlflow_uri, mlflow_experiment):
+            check = _check(p, scope, source, source_adapter, source_options)
+            tracking = _tracking(p, check, "ffr", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(scope))
+            prep, pool = _data(p, check, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
+                               synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
+                               synthesis_filters, num_shards, source_adapter=source_adapter,
+                               source_options=source_options)
+            train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
+                         device=device, processes=train_processes)
+            step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
+                             finetune_lr, tracking, finetune_options, objective_options)
+            _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
 
     return ffr_pipeline
 
@@ -189,6 +219,7 @@ def build_comparison_pipeline(platform: Platform | None = None):
 
     @dsl.pipeline(name="ffr-comparison", description="The baselines (none, USB, ASB) and FFR on one prepared "
                                                      "dataset and one synthetic pool, compared in one report.")
+    @documented()
     def comparison_pipeline(
         source: str = "demo",
         source_adapter: str = "csv",
@@ -225,30 +256,35 @@ def build_comparison_pipeline(platform: Platform | None = None):
         gate_margin: float = 0.005,
         gate_tolerance: float = 0.02,
         gate_floor: float = 0.5,
-    ) -> Metrics:
+    ):
         """prepare → synthesize → collect, then each baseline of ``baselines`` (``{"strategy",
         "lr"}``, in parallel: balance → train → evaluate) and FFR (balance → step 1 → step 2 →
-        evaluate → register), then one comparison report. Returns the comparison summary."""
-        tracking = _tracking(p, "comparison", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
-        prep, pool = _data(p, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
-                           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
-                           synthesis_filters, num_shards, source_adapter=source_adapter, source_options=source_options)
-        train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                     device=device, processes=train_processes)
-        with dsl.ParallelFor(baselines, name="baselines") as b:
-            sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
-                                        strategy=b.strategy), DATA, "balance: baseline")
-            model = _train(p, "train baseline", sets, prep, "train", train_epochs, b.lr, train, objective,
-                           tracking=tracking, objective_options=objective_options)
-            ev = _evaluate(p, "evaluate: baseline", model, prep, pool, b.strategy, device, tracking)
-        step2, ffr_ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
-                             finetune_lr, tracking, finetune_options, objective_options)
-        _register(p, step2, ffr_ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
-        report = p.apply(_tracked(comparison_report(baselines=dsl.Collected(ev.outputs["metrics"]),
-                                                    ffr=ffr_ev.outputs["metrics"], synthetic=pool.outputs["pool"],
-                                                    **tracking[0]), tracking),
-                         EVALUATE, "comparison report")
-        return report.outputs["summary"]
+        evaluate → register), then one comparison report."""
+        scope = dict(locals())
+        with _exit_handler(p, mlflow_uri, mlflow_experiment):
+            check = _check(p, scope, source, source_adapter, source_options, baselines, train_epochs)
+            tracking = _tracking(p, check, "comparison", mlflow_uri, mlflow_experiment, mlflow_artifacts,
+                                 _params(scope))
+            prep, pool = _data(p, check, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group,
+                               demo_per_digit, synthesis_backend, synthesis_seed, synthesis_batch_size,
+                               synthesis_options, synthesis_filters, num_shards, source_adapter=source_adapter,
+                               source_options=source_options)
+            train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
+                         device=device, processes=train_processes)
+            with dsl.ParallelFor(baselines, name="baselines", parallelism=p.parallelism or None) as b:
+                sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
+                                            strategy=b.strategy), DATA, "balance: baseline")
+                model = _train(p, "train baseline", sets, prep, "train", train_epochs, b.lr, train, objective,
+                               tracking=tracking, objective_options=objective_options)
+                ev = _evaluate(p, "evaluate: baseline", model, prep, pool, b.strategy, device, tracking)
+            step2, ffr_ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
+                                 finetune_lr, tracking, finetune_options, objective_options)
+            _register(p, step2, ffr_ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance,
+                      gate_floor)
+            report = p.apply(_tracked(comparison_report(baselines=dsl.Collected(ev.outputs["metrics"]),
+                                                        ffr=ffr_ev.outputs["metrics"], synthetic=pool.outputs["pool"],
+                                                        **tracking[0]), tracking),
+                             EVALUATE, "comparison report")
 
     return comparison_pipeline
 
@@ -260,6 +296,7 @@ def build_retrain_pipeline(platform: Platform | None = None):
 
     @dsl.pipeline(name="ffr-retrain", description="Retrain FFR on a data revision, register the model as the "
                                                   "challenger and promote it only if it beats the champion.")
+    @documented()
     def retrain_pipeline(
         data_repo: str = "",
         data_path: str = "data",
@@ -294,25 +331,28 @@ def build_retrain_pipeline(platform: Platform | None = None):
         gate_margin: float = 0.005,
         gate_tolerance: float = 0.02,
         gate_floor: float = 0.5,
-    ) -> Metrics:
+    ):
         """fetch the dataset at ``data_rev`` of the DVC project ``data_repo`` (folder ``data_path``;
         empty repo: the built-in demo) → the FFR pipeline → register the model as the challenger
         and run the promotion gate against the champion. The data revision (repo, revision,
-        commit, DVC version) is recorded in the model version's lineage. Returns the test metrics."""
-        tracking = _tracking(p, "retrain", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(locals()))
-        fetch = p.apply(fetch_data_revision(repo=data_repo, path=data_path, rev=data_rev, endpoint_url=data_endpoint),
-                        DATA, "fetch data revision")
-        fetch.set_caching_options(False)  # a branch or tag may move: always ask the repository
-        prep, pool = _data(p, ["ffr"], "demo", bias_rate, seed, min_val_per_group, 0, synthesis_backend,
-                           synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters, num_shards,
-                           source_data=fetch)
-        train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                     device=device, processes=train_processes)
-        step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr,
-                         tracking, finetune_options, objective_options)
-        _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor,
-                  source_data=fetch)
-        return ev.outputs["metrics"]
+        commit, DVC version) is recorded in the model version's lineage."""
+        scope = dict(locals())
+        with _exit_handler(p, mlflow_uri, mlflow_experiment):
+            check = _check(p, scope)
+            tracking = _tracking(p, check, "retrain", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(scope))
+            fetch = p.apply(fetch_data_revision(repo=data_repo, path=data_path, rev=data_rev,
+                                                endpoint_url=data_endpoint), DATA, "fetch data revision")
+            fetch.set_caching_options(False)  # a branch or tag may move: always ask the repository
+            fetch.after(check)
+            prep, pool = _data(p, check, ["ffr"], "demo", bias_rate, seed, min_val_per_group, 0, synthesis_backend,
+                               synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters, num_shards,
+                               source_data=fetch)
+            train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
+                         device=device, processes=train_processes)
+            step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
+                             finetune_lr, tracking, finetune_options, objective_options)
+            _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor,
+                      source_data=fetch)
 
     return retrain_pipeline
 

@@ -1,8 +1,8 @@
-"""Launchers: run a pipeline with the KFP local runner (the default: no cluster), compile it to
-YAML, submit it to a Kubeflow Pipelines endpoint, or schedule it there as a recurring run.
+"""Launchers: run a pipeline with the KFP local runner (the default: no cluster), or compile it to
+YAML. Submitting, scheduling and uploading to a Kubeflow Pipelines cluster is :mod:`pipelines.cluster`.
 
-The CLI (``ffr run / compile / submit / schedule``) imports this module lazily, so the core
-``ffr`` package never imports kfp.
+The CLI (``ffr run / compile``) imports this module lazily, so the core ``ffr`` package never
+imports kfp.
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,6 +93,9 @@ def _refuse_source_tree(runs_dir: Path) -> None:
             raise PipelineError(f"runs folder {runs_dir} is inside the source package {src}; choose another")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class _Tee:
     """A stdout stand-in for the local runner: everything goes to the log file; the lines that
     say which task started or finished are also written to ``console`` (the real stdout).
@@ -105,10 +105,11 @@ class _Tee:
 
     def __init__(self, log, console):
         self.log, self.console, self._buf, self._lock = log, console, "", threading.Lock()
+        self._color = bool(console is not None and getattr(console, "isatty", lambda: False)())
 
     def write(self, s: str) -> int:
         with self._lock:
-            self.log.write(s)
+            self.log.write(_ANSI.sub("", s))  # the log is read in editors and CI logs: no colour codes
             self._buf += s
             *lines, self._buf = self._buf.split("\n")
             if lines:
@@ -116,7 +117,7 @@ class _Tee:
             if self.console is not None:
                 for line in lines:
                     if self._KEEP.search(line):
-                        self.console.write(line.strip() + "\n")
+                        self.console.write((line if self._color else _ANSI.sub("", line)).strip() + "\n")
                         self.console.flush()
         return len(s)
 
@@ -174,18 +175,6 @@ def _tracking_params(pipeline, params: dict, mlflow: str | None, run_dir: Path) 
     return {"mlflow_uri": mlflow}
 
 
-def _fail_open_runs(uri: str) -> None:
-    """After a failed local run: the runs its store (in the run folder, so all of them are this
-    run's) still has open end as FAILED."""
-    with contextlib.suppress(Exception):
-        from mlflow import MlflowClient
-
-        client = MlflowClient(uri)
-        for exp in client.search_experiments():
-            for r in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
-                client.set_terminated(r.info.run_id, "FAILED")
-
-
 @contextlib.contextmanager
 def _env_without(name: str, keep: bool = False):
     """The ``with`` block without environment variable ``name`` (the runner's steps inherit the
@@ -198,8 +187,64 @@ def _env_without(name: str, keep: bool = False):
             os.environ[name] = value
 
 
+def result_file(run_dir: str | os.PathLike) -> Path:
+    """The file holding a finished local run's results: the comparison report's summary, else
+    the one evaluation's metrics (the pipelines return nothing: their steps run inside an exit
+    handler, and KFP takes no pipeline output from inside one)."""
+    outputs = Path(run_dir) / "outputs"
+    found = sorted(outputs.glob("**/comparison-report*/summary")) or sorted(outputs.glob("**/evaluate-model*/metrics"))
+    if len(found) != 1:
+        raise PipelineError(f"{outputs}: expected one comparison summary or one evaluation, found {len(found)}")
+    return found[0]
+
+
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+
+
+def display_names(pipeline) -> dict[str, str]:
+    """Task name (``train-model-2``) → the display name the Kubeflow UI shows (``ffr step 2:
+    fine-tune on real``), over the pipeline's DAG and its sub-DAGs (loops, exit handler)."""
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {name: task.task_info.name for dag in dags for name, task in dag.tasks.items()}
+
+
+def failure_summary(log_path: str | os.PathLike, pipeline) -> str | None:
+    """Which step failed and why, read from a local run's log: the display name of each failed
+    step (the first one first) and the last exception its log shows, with the lines that
+    continue the message. None when the log names no failed step."""
+    try:
+        lines = [_ANSI.sub("", line.rstrip("\n")) for line in Path(log_path).read_text(errors="replace").splitlines()]
+    except OSError:
+        return None
+    names = display_names(pipeline)
+    failed = [m[1] for line in lines if (m := re.search(r"Task '([^']+)' finished with status FAILURE", line))]
+    if not failed:
+        return None
+    task = failed[0]
+    start = max((i for i, line in enumerate(lines) if f"Executing task '{task}'" in line), default=0)
+    end = next((i for i, line in enumerate(lines) if i > start and f"Task '{task}' finished" in line), len(lines))
+    body = [line.strip() for line in lines[start:end]]  # the runner indents a step's log
+    cause = None
+    for i, line in enumerate(body):
+        if _EXCEPTION.match(line):
+            more = []
+            for nxt in body[i + 1:]:
+                if not nxt.startswith("- "):
+                    break
+                more.append(f"  {nxt}")
+            cause = "\n".join([line, *more])
+    base = re.sub(r"-(\d+|iteration-\d+)$", "", task)
+    step = names.get(task) or names.get(base) or task
+    text = f"step {step!r} ({task}) failed" + (f": {cause}" if cause else "")
+    others = [t for t in dict.fromkeys(failed[1:]) if t != task]
+    if others:
+        text += f"\n(then also failed or skipped: {', '.join(others)})"
+    return text
+
+
 def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.PathLike = "runs",
-              progress: bool = True, mlflow: str | None = None) -> LocalRun:
+              progress: bool = True, mlflow: str | None = None, runner=None) -> LocalRun:
     """Run pipeline ``name`` with the KFP local runner (subprocesses in this Python environment).
 
     Everything the run writes lies in one new folder ``<runs_dir>/<name>-<timestamp>/``:
@@ -209,7 +254,9 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     Nothing outside the run folder is written or deleted. ``progress`` prints a line as each
     task starts and ends. ``mlflow``: ``local`` tracks the run and registers its model in an MLflow
     store inside the run folder (``mlflow.db``, ``mlartifacts/``), a URI in that server; None:
-    only if ``params`` say so.
+    only if ``params`` say so. ``runner``: the KFP local runner configuration (default
+    subprocesses of this Python environment; the image test passes one that runs each step in
+    the component image).
     """
     from kfp import local
 
@@ -228,7 +275,7 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     mlflow_uri = tracking.get("mlflow_uri") or params.get("mlflow_uri")
     record["mlflow"] = mlflow_uri
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "outputs"),
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "outputs"),
                workspace_root=str(workspace), raise_on_error=True)
     t0 = time.perf_counter()
     console = sys.stdout if progress else None
@@ -245,15 +292,14 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
             # Resources, display names and secrets are cluster settings; locally they do nothing.
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             with contextlib.redirect_stdout(_Tee(log, console)), _keep_print():
-                task = pipeline(**params, **tracking)
-        output = Path(task.output.path)
+                pipeline(**params, **tracking)
+        output = result_file(run_dir)
         results = load_results(output)
     except Exception as e:
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", seconds=round(time.perf_counter() - t0, 2))
+        cause = failure_summary(run_dir / "run.log", pipeline) or _ANSI.sub("", f"{type(e).__name__}: {e}")
+        record.update(status="failed", error=cause, seconds=round(time.perf_counter() - t0, 2))
         (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-        if mlflow == "local" and tracking:
-            _fail_open_runs(mlflow_uri)
-        raise PipelineError(f"pipeline {name!r} failed: {e}\n(see {run_dir / 'run.log'})") from e
+        raise PipelineError(f"pipeline {name!r} failed: {cause}\n(see {run_dir / 'run.log'})") from e
     seconds = time.perf_counter() - t0
     record.update(status="succeeded", seconds=round(seconds, 2), output=str(output))
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -262,125 +308,43 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
 
 
 # ------------------------------------------------------------------------------------------ compile
-def compile_pipeline(name: str, out: str | os.PathLike, platform: Platform | None = None) -> Path:
-    """Write pipeline ``name`` (built for ``platform``) as KFP IR YAML to ``out``."""
+def typed_params(name: str, pipeline, params: dict) -> dict:
+    """``params`` checked against pipeline ``name``'s parameters and converted to their types (an
+    integer for a float parameter becomes a float; an empty value for a string parameter, which
+    YAML reads as null, the empty string). A :class:`PipelineError` names a parameter the pipeline
+    does not have, or one whose value does not fit its type, and the type it expects."""
+    from pipelines.parameters import parameter_types
+
+    _check_params(name, pipeline, params)
+    types = parameter_types(pipeline)
+    typed = {}
+    for key, value in params.items():
+        want = types[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif want is str and value is None:
+            value = ""
+        if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
+            hint = (f"; quote it to pass it as text: --param {key}='\"{value}\"'"
+                    if want is str and isinstance(value, (int, float, bool)) else "")
+            raise PipelineError(f"pipeline {name!r} parameter {key!r} expects {want.__name__}, got {value!r} "
+                                f"({type(value).__name__}){hint}")
+        typed[key] = value
+    return typed
+
+
+def compile_pipeline(name: str, out: str | os.PathLike, platform: Platform | None = None,
+                     params: dict | None = None) -> Path:
+    """Write pipeline ``name`` (built for ``platform``) as KFP IR YAML to ``out``. ``params``
+    (name → value) replace those parameters' defaults in it: what the run form starts with."""
     from kfp import compiler
 
+    pipeline = get_pipeline(name, platform)
+    defaults = typed_params(name, pipeline, dict(params or {}))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(get_pipeline(name, platform), str(out))
+    compiler.Compiler().compile(pipeline, str(out), pipeline_parameters=defaults or None)
     return out
-
-
-# ------------------------------------------------------------------------------------ cluster APIs
-_FIELDS = [  # (name, low, high, names) of the 6 fields of a Kubeflow cron expression
-    ("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None),
-    ("day-of-month", 1, 31, None),
-    ("month", 1, 12, ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]),
-    ("day-of-week", 0, 6, ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),
-]
-_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-_CRON_HELP = ("Kubeflow takes 6 fields: second minute hour day-of-month month day-of-week, "
-              "e.g. '0 0 3 * * *' (every day at 03:00:00) or '0 30 2 * * MON' (Mondays at 02:30:00)")
-
-
-def validate_cron(expr: str) -> str:
-    """Check a Kubeflow (robfig/cron, with seconds) cron expression; return it normalised
-    (single spaces). A :class:`PipelineError` names the bad field otherwise."""
-    text = " ".join(str(expr).split())
-    if text in _DESCRIPTORS or re.fullmatch(r"@every ((\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)", text):
-        return text
-    fields = text.split(" ") if text else []
-    if len(fields) != 6:
-        raise PipelineError(f"bad cron expression {expr!r}: {len(fields)} field(s); {_CRON_HELP}")
-
-    def value(tok: str, name, low, high, names) -> int:
-        if names and tok.upper() in names:
-            return names.index(tok.upper()) + low
-        if not tok.isdigit():
-            raise PipelineError(f"bad cron expression {expr!r}: {name} field has {tok!r}, not a number"
-                                + (f" or one of {', '.join(names)}" if names else "") + f"; {_CRON_HELP}")
-        v = int(tok)
-        if not low <= v <= high:
-            raise PipelineError(f"bad cron expression {expr!r}: {name} {v} is outside {low}-{high}; {_CRON_HELP}")
-        return v
-
-    for field_text, (name, low, high, names) in zip(fields, _FIELDS):
-        for part in field_text.split(","):
-            rng, _, step = part.partition("/")
-            if step and (not step.isdigit() or int(step) == 0):
-                raise PipelineError(f"bad cron expression {expr!r}: {name} step {step!r} is not a positive integer")
-            if rng == "?" and name in ("day-of-month", "day-of-week") and not step:
-                continue
-            if rng == "*":
-                continue
-            lo, dash, hi = rng.partition("-")
-            a = value(lo, name, low, high, names)
-            if dash and value(hi, name, low, high, names) < a:
-                raise PipelineError(f"bad cron expression {expr!r}: {name} range {rng!r} runs backwards")
-    return text
-
-
-def check_endpoint(host: str, timeout: float = 10.0) -> None:
-    """Fail fast, with a clear message, when ``host`` is not a reachable Kubeflow Pipelines API
-    (``GET /apis/v2beta1/healthz``). kfp.Client would otherwise retry for half a minute."""
-    if not re.match(r"^https?://", host or ""):
-        raise PipelineError(f"--host must be an http(s) URL of the Kubeflow Pipelines API, got {host!r}")
-    url = host.rstrip("/") + "/apis/v2beta1/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            r.read()
-    except urllib.error.HTTPError as e:
-        hint = " (authentication needed?)" if e.code in (401, 403) else " (is this the KFP API address?)"
-        raise PipelineError(f"Kubeflow Pipelines at {host} answered HTTP {e.code} on {url}{hint}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise PipelineError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
-
-
-def _client(host: str, namespace: str | None):
-    import kfp
-
-    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": so do we
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        return kfp.Client(host=host, namespace=namespace or "kubeflow")
-
-
-def _package(host: str, name: str, params: dict, platform: Platform | None, tmp: str) -> str:
-    """Check the parameters, then the endpoint, then compile: the cheap failures come first."""
-    _check_params(name, get_pipeline(name, platform), params)
-    check_endpoint(host)
-    return str(compile_pipeline(name, Path(tmp) / f"{name}.yaml", platform))
-
-
-def submit(host: str, name: str = "ffr", params: dict | None = None, experiment: str = "ffr",
-           run_name: str | None = None, platform: Platform | None = None, namespace: str | None = None) -> str:
-    """Create a run of pipeline ``name`` on the Kubeflow Pipelines API at ``host``; returns its id."""
-    params = dict(params or {})
-    with tempfile.TemporaryDirectory() as tmp:
-        package = _package(host, name, params, platform, tmp)
-        client = _client(host, namespace)
-        exp = client.create_experiment(experiment, namespace=namespace)
-        run = client.run_pipeline(exp.experiment_id, run_name or f"{name} {datetime.now():%Y-%m-%d %H:%M:%S}",
-                                  pipeline_package_path=package, params=params)
-    return run.run_id
-
-
-def schedule(host: str, cron: str, name: str = "retrain", params: dict | None = None, experiment: str = "ffr",
-             job_name: str | None = None, platform: Platform | None = None, namespace: str | None = None,
-             max_concurrency: int = 1) -> str:
-    """Create a recurring run of pipeline ``name`` on ``host`` with the 6-field ``cron``
-    expression (runs missed while paused are not caught up); returns its id."""
-    cron = validate_cron(cron)
-    params = dict(params or {})
-    with tempfile.TemporaryDirectory() as tmp:
-        package = _package(host, name, params, platform, tmp)
-        client = _client(host, namespace)
-        exp = client.create_experiment(experiment, namespace=namespace)
-        job = client.create_recurring_run(exp.experiment_id, job_name or f"{name} ({cron})", cron_expression=cron,
-                                          max_concurrency=max_concurrency, no_catchup=True, params=params,
-                                          pipeline_package_path=package)
-    return job.recurring_run_id
 
 
 def main_table(run: LocalRun) -> str:

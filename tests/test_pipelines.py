@@ -28,7 +28,7 @@ from pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, 
 TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1,
         "device": "cpu"}
 # Executor name prefix → step kind (pipelines/platform.py).
-KINDS = {"exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
+KINDS = {"exec-check-config": "check", "exec-finish-tracking": "track", "exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
          "exec-balance-data": "data", "exec-train-model": "train", "exec-evaluate-model": "evaluate",
          "exec-comparison-report": "evaluate", "exec-start-tracking": "track", "exec-register-model": "track",
          "exec-fetch-data-revision": "data"}
@@ -99,7 +99,80 @@ def test_compiled_pipeline_is_valid_and_cluster_ready(tmp_path, name, gpu):
             assert retry.max_retry_count == 0, task.task_info.name
         cached = kind in ("data", "synthesis") and exe not in UNCACHED
         assert task.caching_options.enable_cache == cached, task.task_info.name
-    assert kinds_seen == {"data", "synthesis", "train", "evaluate", "track"}
+    assert kinds_seen == {"check", "data", "synthesis", "train", "evaluate", "track"}
+
+
+def dag_tasks(spec) -> dict:
+    """Task name → task spec over the root DAG and every sub-DAG, with each group's own tasks."""
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {name: task for dag in dags for name, task in dag.tasks.items()}
+
+
+@pytest.mark.parametrize("name", PIPELINES.names())
+def test_every_step_runs_after_the_config_check_inside_an_exit_handler(tmp_path, name):
+    spec, _ = load_compiled(compile_pipeline(name, tmp_path / f"{name}.yaml"))
+    tasks = dag_tasks(spec)
+    # the exit task: runs whatever happened, with the pipeline's final status
+    exits = [n for n, t in tasks.items() if t.trigger_policy.strategy == t.trigger_policy.ALL_UPSTREAM_TASKS_COMPLETED]
+    assert exits == ["finish-tracking"]
+    assert any(p.HasField("task_final_status") for p in tasks["finish-tracking"].inputs.parameters.values())
+    (group,) = tasks["finish-tracking"].dependent_tasks
+    # every step of the group depends, directly or through others, on the config check
+    parents = {n: set(t.dependent_tasks) for n, t in tasks.items()}
+    # a sub-DAG's tasks inherit its group task's dependencies
+    for comp_name, comp in spec.components.items():
+        if comp.HasField("dag"):
+            owner = next((n for n, t in tasks.items() if t.component_ref.name == comp_name), None)
+            for inner in comp.dag.tasks:
+                parents[inner] |= parents.get(owner, set()) | ({owner} if owner else set())
+
+    def ancestors(n, seen=None):
+        seen = set() if seen is None else seen
+        for d in parents.get(n, ()):
+            if d not in seen:
+                seen.add(d)
+                ancestors(d, seen)
+        return seen
+
+    steps = [n for n, t in tasks.items() if spec.components[t.component_ref.name].executor_label]
+    for n in steps:
+        if n not in ("check-config", "finish-tracking"):
+            assert "check-config" in ancestors(n), f"{n} may run before the config check"
+    # the data steps' cache keys on the data: prepare takes the check's fingerprint
+    digest = tasks["prepare-data"].inputs.parameters["source_digest"].task_output_parameter
+    assert digest.producer_task == "check-config" and digest.output_parameter_key == "Output"
+    assert group.startswith("exit-handler")
+
+
+def test_cluster_scheduling_options_reach_the_compiled_yaml(tmp_path, capsys):
+    out = tmp_path / "c.yaml"
+    assert main(["compile", "comparison", "--out", str(out), "--gpu", "--node-selector", "pool=gpu",
+                 "--toleration", "nvidia.com/gpu:NoSchedule", "--toleration", "team=ml:NoExecute",
+                 "--shm-size", "8Gi", "--parallelism", "3"]) == 0
+    spec, platform = load_compiled(out)
+    k8s = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)["executors"]
+    for exe, cfg in k8s.items():
+        if kind_of(exe) in ("synthesis", "train"):
+            assert cfg["nodeSelector"]["labels"] == {"pool": "gpu"}, exe
+            assert {(t["key"], t["operator"], t.get("value"), t["effect"]) for t in cfg["tolerations"]} == \
+                {("nvidia.com/gpu", "Exists", None, "NoSchedule"), ("team", "Equal", "ml", "NoExecute")}
+        else:
+            assert "nodeSelector" not in cfg and "tolerations" not in cfg, exe
+        shm = [v for v in cfg.get("emptyDirMounts", []) if v["mountPath"] == "/dev/shm"]
+        if kind_of(exe) == "train":
+            assert shm == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "8Gi"}]
+        else:
+            assert not shm, exe
+    loops = [t for t in dag_tasks(spec).values() if t.WhichOneof("iterator")]
+    assert len(loops) == 2 and all(t.iterator_policy.parallelism_limit == 3 for t in loops)
+
+
+@pytest.mark.parametrize("args, msg", [(["--toleration", "a:Sometimes"], "EFFECT one of"),
+                                       (["--node-selector", "pool"], "LABEL=VALUE"),
+                                       (["--parallelism", "-1"], "--parallelism")])
+def test_bad_scheduling_options_are_refused(tmp_path, capsys, args, msg):
+    assert main(["compile", "ffr", "--out", str(tmp_path / "x.yaml"), *args]) == 2
+    assert msg in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
 
 
 @pytest.mark.parametrize("name", PIPELINES.names())

@@ -21,7 +21,6 @@ import json
 import os
 import base64
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -127,24 +126,17 @@ def guarded(action: str) -> Callable:
     return wrap
 
 
-def git_commit(path: str | os.PathLike = ".") -> str | None:
-    """The commit checked out at ``path`` (None outside a git work tree)."""
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def provenance() -> dict[str, str]:
     """What produced a run or a model: the ffr version, the git revision of the code that runs
     (the checkout ffr is imported from; in an image without one, ``$FFR_GIT_COMMIT``, which the
     image sets from its build argument) and, in a cluster, the component image (``$FFR_IMAGE``,
     set on every step by the pipeline). Tags ``ffr.version``, ``ffr.git_commit``, ``ffr.image``."""
     import ffr
+    from ffr.revision import code_revision
 
+    commit, dirty = code_revision()
     out = {"ffr.version": ffr.__version__,
-           "ffr.git_commit": git_commit(Path(ffr.__file__).resolve().parent) or os.environ.get("FFR_GIT_COMMIT"),
+           "ffr.git_commit": commit and commit + ("-dirty" if dirty else ""),
            "ffr.image": os.environ.get("FFR_IMAGE")}
     return {k: v for k, v in out.items() if v}
 
@@ -465,6 +457,34 @@ def close_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
 
     configure(tracking_uri)
     mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
+@guarded("closing the pipeline's MLflow runs")
+def finish_pipeline_run(tracking_uri: str, experiment: str, pipeline_run_id: str, succeeded: bool,
+                        reason: str = "") -> str | None:
+    """End pipeline run ``pipeline_run_id``'s MLflow runs: the parent FINISHED or, when the
+    pipeline failed, FAILED with ``reason`` as its ``ffr.failure`` tag; any step run still open (a
+    pod killed before its step could close it) FAILED. What the pipeline's exit handler calls,
+    whatever happened. Returns the parent's id (None: no such run)."""
+    import mlflow
+
+    configure(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or not pipeline_run_id:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`ffr.pipeline_run_id` = '{pipeline_run_id}'")
+    parent = next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
+    for r in runs:
+        if r is not parent and r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, "FAILED")
+    if parent is None:
+        return None
+    if not succeeded:
+        client.set_tag(parent.info.run_id, "ffr.failure", (reason or "a step failed")[:4000])
+    if parent.info.status == "RUNNING" or not succeeded:
+        client.set_terminated(parent.info.run_id, "FINISHED" if succeeded else "FAILED")
+    return parent.info.run_id
 
 
 @guarded("logging the pipeline's summary to its run")

@@ -243,6 +243,21 @@ def _list(fs: s3fs.S3FileSystem, bucket: str, prefix: str, uri: str) -> dict[str
     return {name.partition("/")[2]: info["ETag"] for name, info in found.items() if not name.endswith("/")}
 
 
+def fingerprint(uri: str) -> str:
+    """A digest of everything under ``uri`` (a prefix): its keys with their ETags (content
+    hashes), so it changes when any object is added, removed or rewritten. One listing, no
+    download."""
+    import hashlib
+
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    listed = _list(filesystem(), bucket, prefix, uri)
+    if not listed:
+        raise FileNotFoundError(f"{uri}: no objects under this prefix")
+    text = "\n".join(f"{key[len(prefix):]}\t{etag}" for key, etag in sorted(listed.items()))
+    return "s3-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def _fetch(fs: s3fs.S3FileSystem, bucket: str, keys: dict[str, str], prefix: str, dest: Path | None = None) -> None:
     """Download ``keys`` (key → ETag, each ``prefix`` or under it) into ``dest`` with their layout
     below the prefix; into the prefix's mirror in the cache when ``dest`` is None, skipping the
