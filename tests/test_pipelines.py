@@ -302,3 +302,68 @@ def test_comparison_pipeline_runs_locally(tmp_path):
     report = run.output.parent / "report"
     html = report.read_text()
     assert all(f">{s}<" in html for s in wga)
+
+
+def test_run_form_problems_are_all_listed():
+    from ffr.checks import pipeline_problems
+
+    ok = dict(objective="erm", backbone="small_cnn", stages={"pretrain": {"epochs": 2, "lr": 1e-3},
+                                                            "finetune": {"epochs": 2, "lr": 1e-3}},
+              finetune_options={"lpft_epochs": 1}, objective_options={}, baselines=[{"strategy": "none", "lr": 1e-3}],
+              synthesis_backend="procedural", synthesis_filters=[], source="demo", source_adapter="csv",
+              source_options={}, bias_rate=0.95, num_shards=2, device="auto", image_size=32, batch_size=64)
+    assert pipeline_problems(**ok) == []
+    bad = pipeline_problems(**{**ok, "objective": "groupdro", "objective_options": {"etaa": 1},
+                               "backbone": "resnet5", "finetune_options": {"lpft_epochs": 5, "lr": 1},
+                               "baselines": [{"strategy": "nonee", "lr": 1e-3}, {"strategy": "usb", "lr": -1}],
+                               "synthesis_backend": "dalle", "bias_rate": 1.0, "num_shards": 0, "device": "gpu"})
+    text = "\n".join(bad)
+    for needle in ("objective_options.groupdro", "resnet5", "finetune_options: ['lr']", "nonee", "baselines[1].lr",
+                   "dalle", "bias_rate", "num_shards", "device"):
+        assert needle in text, needle
+    lpft = pipeline_problems(**{**ok, "finetune_options": {"lpft_epochs": 5}})
+    assert lpft and "lpft_epochs" in lpft[0]
+
+
+def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
+    from ffr.checks import source_fingerprint
+
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "manifest.csv").write_text("path\nimages/a.png\n")
+    (tmp_path / "d" / "images" / "a.png").write_bytes(b"1234")
+    first = source_fingerprint(str(tmp_path / "d"))
+    assert source_fingerprint("demo") == "demo" and first.startswith("md5-")
+    (tmp_path / "d" / "images" / "a.png").write_bytes(b"4321")  # same size, same name, new content
+    assert source_fingerprint(str(tmp_path / "d")) != first
+    with pytest.raises(FileNotFoundError):
+        source_fingerprint(str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+def test_config_error_fails_the_first_step_with_its_cause(tmp_path):
+    with pytest.raises(PipelineError) as e:
+        run_local("ffr", {**TINY, "objective": "ermm", "finetune_options": {"freeze_stages": -1}},
+                  tmp_path / "runs", progress=False, mlflow="local")
+    msg = str(e.value)
+    assert "step 'check configuration' (check-config) failed" in msg
+    assert "unknown objective 'ermm'" in msg and "freeze_stages" in msg and "\x1b[" not in msg
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert "\x1b[" not in (run_dir / "run.log").read_text()
+    assert not list(run_dir.glob("outputs/**/prepare-data*"))  # nothing ran after the check
+    assert json.loads((run_dir / "run.json").read_text())["error"].startswith("step 'check configuration'")
+
+
+@pytest.mark.slow
+def test_a_failed_step_closes_the_pipelines_mlflow_runs_as_failed(tmp_path):
+    from mlflow import MlflowClient
+
+    with pytest.raises(PipelineError) as e:
+        run_local("ffr", {**TINY, "synthesis_options": {"no_such_option": 1}}, tmp_path / "runs", progress=False,
+                  mlflow="local")
+    assert "step 'synthesize shard'" in str(e.value) and "no_such_option" in str(e.value)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    runs = client.search_runs([x.experiment_id for x in client.search_experiments()])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FAILED" and parents[0].data.tags["ffr.failure"]
+    assert all(r.info.status != "RUNNING" for r in runs)

@@ -270,3 +270,20 @@ def test_cli_config_prefix_with_an_escaping_key_is_a_clean_error(bucket, tmp_pat
     assert f"ffr: error: s3://{bucket}/{ESCAPE}: key escapes the prefix" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_fingerprint_of_a_prefix_follows_its_content(bucket):
+    from ffr.checks import source_fingerprint
+
+    _put(bucket, **{"fp/manifest.csv": b"a,b\n", "fp/images/1.png": b"one", "other/x.png": b"x"})
+    first = source_fingerprint(f"s3://{bucket}/fp")
+    assert first.startswith("s3-") and source_fingerprint(f"s3://{bucket}/fp/") == first
+    _put(bucket, **{"other/y.png": b"y"})  # outside the prefix
+    assert source_fingerprint(f"s3://{bucket}/fp") == first
+    _put(bucket, **{"fp/images/1.png": b"uno"})  # rewritten under the same key
+    second = source_fingerprint(f"s3://{bucket}/fp")
+    assert second != first
+    _put(bucket, **{"fp/images/2.png": b"two"})
+    assert source_fingerprint(f"s3://{bucket}/fp") not in (first, second)
+    with pytest.raises(FileNotFoundError, match="no objects"):
+        source_fingerprint(f"s3://{bucket}/nothing-here")
