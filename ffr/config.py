@@ -50,7 +50,7 @@ class TrainConfig:
     amp: str = "auto"                # auto | bf16 | fp16 | off (see ffr.train.runtime.autocast_dtype)
     channels_last: bool = True       # NHWC memory format: faster convolutions on CPU and GPU
     deterministic: bool = False      # deterministic kernels; turns cudnn.benchmark off
-    num_threads: int = 0             # CPU threads (0: the usable CPUs not kept busy by others)
+    num_threads: int = 0             # CPU threads: 0 the machine's usable CPUs (fixed: exact reruns); -1 adaptive
     # Step-2 options (ffr.train.finetune): what a stage keeps from the weights it starts from.
     freeze_bn: bool = False          # BatchNorm statistics and affine parameters not trained
     freeze_stages: int = 0           # first k stages of the feature extractor not trained
@@ -152,7 +152,8 @@ def train_problems(cfg: TrainConfig, where: str) -> list[str]:
     need(cfg.normalize in ("imagenet", "half"), "normalize", "must be imagenet or half")
     need(cfg.group_by in ("auto", "label_bias", "label_bias_source"), "group_by",
          "must be auto, label_bias or label_bias_source")
-    need(cfg.num_threads >= 0, "num_threads", "must be 0 (automatic) or more")
+    need(cfg.num_threads >= -1, "num_threads", "must be 0 (the machine's CPUs), N > 0, or -1 (adaptive: follows "
+         "the load, not reproducible)")
     need(cfg.freeze_stages >= 0, "freeze_stages", "must not be negative")
     need(cfg.backbone_lr_mult >= 0, "backbone_lr_mult", "must not be negative")
     need(cfg.l2sp >= 0, "l2sp", "must not be negative")

@@ -260,8 +260,10 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
 
-    With ``workers`` > 1 the unfinished cells run in that many processes (the CPU threads shared
-    among them). Cells that differ only in hyperparameters run in one process, one after the
+    With ``workers`` > 1 the unfinished cells run in that many processes. Each trains with the
+    same thread count as a lone run (``num_threads`` 0: the machine's CPUs), so the numbers do
+    not depend on ``workers``; only adaptive threads (``num_threads: -1``) share the CPUs among
+    the workers. Cells that differ only in hyperparameters run in one process, one after the
     other, so the stages they share (FFR's step 1) are trained once.
 
     ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracking.log_cell`)
@@ -327,7 +329,7 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
         for group in todo.values():
             finished(_run_cells(cfg, real, pool, out, group, dataset=dataset, data=data))
     else:
-        threads = max(1, cpu_budget() // workers)
+        threads = max(1, cpu_budget() // workers)  # the share of adaptive (num_threads -1) cells only
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_die_with_parent) as ex:
             futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset, data)

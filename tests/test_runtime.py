@@ -42,13 +42,26 @@ def test_configure_sets_threads_and_determinism():
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert torch.are_deterministic_algorithms_enabled()
         runtime.configure(torch.device("cpu"), num_threads=0, deterministic=True)
-        assert torch.get_num_threads() == runtime.cpu_budget() >= 1   # load-independent
+        assert torch.get_num_threads() == runtime.machine_cpus() >= 1
         runtime.configure(torch.device("cpu"), num_threads=0, deterministic=False)
-        assert 1 <= torch.get_num_threads() <= runtime.cpu_budget()
+        assert torch.get_num_threads() == runtime.machine_cpus()  # the default never follows the load
         assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.set_num_threads(before)
         runtime.configure(torch.device("cpu"), before, False)
+
+
+def test_default_threads_ignore_load_and_worker_share_adaptive_follows_them(monkeypatch):
+    monkeypatch.setattr(runtime, "machine_cpus", lambda: 8)
+    monkeypatch.setattr(runtime, "_thread_cap", None)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (30.0, 0, 0))   # oversubscribed
+    runtime.cap_threads(2)                                               # a worker's share
+    assert runtime.threads_for(0) == 8 and runtime.threads_for(3) == 3
+    assert runtime.threads_for(runtime.ADAPTIVE) == 1
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.0, 0, 0))
+    assert runtime.threads_for(runtime.ADAPTIVE) == 2
+    with pytest.raises(ValueError):
+        runtime.threads_for(-2)
 
 
 def test_auto_threads_leave_busy_cpus_alone(monkeypatch):

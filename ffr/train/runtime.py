@@ -22,17 +22,21 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
+ADAPTIVE = -1  # TrainConfig.num_threads: follow the load (fast on a shared machine, not reproducible)
+
+
 def cap_threads(n: int) -> None:
-    """Limit this process to ``n`` CPU threads, e.g. one of several worker processes sharing the
-    machine: :func:`cpu_budget` (and so every later ``fit``) stays within it."""
+    """Limit an *adaptive* (``num_threads=-1``) process to ``n`` CPU threads, e.g. one of several
+    worker processes sharing the machine. The default thread count ignores it: a cell computes
+    the same numbers whether it runs alone or beside others."""
     global _thread_cap
     _thread_cap = max(1, int(n))
-    torch.set_num_threads(_thread_cap)
 
 
-def cpu_budget() -> int:
+def machine_cpus() -> int:
     """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (a
-    container limited to 2 CPUs on a 64-core host must not start 64 threads)."""
+    container limited to 2 CPUs on a 64-core host must not start 64 threads). Fixed for a given
+    machine and container: neither the load nor other processes change it."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
@@ -40,20 +44,39 @@ def cpu_budget() -> int:
             n = min(n, max(1, int(int(quota) // int(period))))
     except (OSError, ValueError):
         pass
+    return max(1, n)
+
+
+def cpu_budget() -> int:
+    """:func:`machine_cpus`, capped by :func:`cap_threads` (an adaptive worker's share)."""
+    n = machine_cpus()
     return max(1, min(n, _thread_cap or n))
 
 
 def auto_threads(deterministic: bool = False) -> int:
-    """Threads for torch's CPU kernels: every usable CPU, minus those other processes keep busy
-    (the 1-minute load average, ourselves excluded). On an oversubscribed machine OpenMP
-    threads wait on each other: 2 threads ran a small CNN 2.5x slower than 1 under a load of
-    18 on 2 CPUs. ``deterministic`` skips the load term (thread count can change float
-    rounding, so a rerun must not depend on the load)."""
+    """The adaptive thread count: every usable CPU of this worker's share, minus those other
+    processes keep busy (the 1-minute load average, ourselves excluded). On an oversubscribed
+    machine OpenMP threads wait on each other: 2 threads ran a small CNN 2.5x slower than 1 under
+    a load of 18 on 2 CPUs. ``deterministic`` skips the load term."""
     n = cpu_budget()
     if deterministic or not hasattr(os, "getloadavg"):
         return n
     busy = max(0.0, os.getloadavg()[0] - 1.0)
     return max(1, min(n, round(n - busy)))
+
+
+def threads_for(num_threads: int = 0) -> int:
+    """torch's CPU thread count for ``TrainConfig.num_threads``: N > 0 as given; 0 (the default)
+    the machine's usable CPUs (:func:`machine_cpus`), the same in every process whatever the load
+    or the number of workers — the thread count changes float rounding (weights trained with 1
+    and 2 threads differ from the first epoch), so a rerun gives bit-identical metrics only with
+    a fixed count; -1 (:data:`ADAPTIVE`) the opt-in for speed on a shared machine,
+    :func:`auto_threads` (load and worker share), at the cost of exact reruns."""
+    if num_threads == ADAPTIVE:
+        return auto_threads()
+    if num_threads < 0:
+        raise ValueError(f"num_threads {num_threads}: 0 (the machine's CPUs), N > 0, or -1 (adaptive)")
+    return num_threads or machine_cpus()
 
 
 def cpu_native_bf16() -> bool:
@@ -88,11 +111,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def configure(device: torch.device, num_threads: int = 0, deterministic: bool = False) -> None:
-    """Process-wide settings for training on ``device``: the CPU thread count (0:
-    :func:`auto_threads`), cuDNN autotuning (off, with deterministic algorithms, when
+    """Process-wide settings for training on ``device``: the CPU thread count
+    (:func:`threads_for`), cuDNN autotuning (off, with deterministic algorithms, when
     ``deterministic``)."""
     if torch.device(device).type == "cpu":
-        n = num_threads or auto_threads(deterministic)
+        n = threads_for(num_threads)
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
     torch.backends.cudnn.benchmark = not deterministic
