@@ -1,8 +1,10 @@
 """The one group evaluator: per-group accuracy and counts, worst-group, balanced and average
-accuracy. Used for checkpoint selection and for the final report alike.
+accuracy, and — when the confidences are given — the expected calibration error (ECE) per group.
+Used for checkpoint selection and for the final report alike.
 
-Counts are accumulated in a :class:`GroupTally` (correct and total per group), so tallies from
-several batches — or several processes — add up exactly before any ratio is taken.
+Counts are accumulated in a :class:`GroupTally` (correct and total per group, and per group and
+confidence bin the count, the correct predictions and the summed confidence), so tallies from
+several batches — or several processes — add up before any ratio is taken.
 """
 
 from __future__ import annotations
@@ -14,35 +16,77 @@ import numpy as np
 from ffr.data.manifest import DatasetCard
 
 
+ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017) and SubpopBench
+
+
 @dataclass
 class GroupTally:
-    """Correct and total predictions per group (index = label * n_bias + bias)."""
+    """Correct and total predictions per group (index = label * n_bias + bias); with
+    confidences, per group and confidence bin (``[n_groups, ECE_BINS]``) the count, the correct
+    predictions and the summed confidence, for the expected calibration error."""
 
     n_groups: int
     correct: np.ndarray = field(default=None)  # type: ignore[assignment]
     total: np.ndarray = field(default=None)  # type: ignore[assignment]
+    bin_count: np.ndarray = field(default=None)  # type: ignore[assignment]
+    bin_correct: np.ndarray = field(default=None)  # type: ignore[assignment]
+    bin_confidence: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.correct is None:
             self.correct = np.zeros(self.n_groups, dtype=np.int64)
         if self.total is None:
             self.total = np.zeros(self.n_groups, dtype=np.int64)
+        shape = (self.n_groups, ECE_BINS)
+        if self.bin_count is None:
+            self.bin_count = np.zeros(shape, dtype=np.int64)
+        if self.bin_correct is None:
+            self.bin_correct = np.zeros(shape, dtype=np.int64)
+        if self.bin_confidence is None:
+            self.bin_confidence = np.zeros(shape, dtype=np.float64)
 
-    def add(self, pred, label, group) -> "GroupTally":
-        """Count a batch of predictions (array-likes or tensors of equal length)."""
+    def add(self, pred, label, group, confidence=None) -> "GroupTally":
+        """Count a batch of predictions (array-likes or tensors of equal length); ``confidence``:
+        the predicted class's probability per row, for the calibration error."""
         pred, label, group = (np.asarray(_np(a)).astype(np.int64).ravel() for a in (pred, label, group))
         if not (len(pred) == len(label) == len(group)):
             raise ValueError(f"pred, label and group lengths differ: {len(pred)}, {len(label)}, {len(group)}")
         if len(group) and (group.min() < 0 or group.max() >= self.n_groups):
             raise ValueError(f"group index out of range [0, {self.n_groups})")
-        self.correct += np.bincount(group, weights=(pred == label), minlength=self.n_groups).astype(np.int64)
+        hit = pred == label
+        self.correct += np.bincount(group, weights=hit, minlength=self.n_groups).astype(np.int64)
         self.total += np.bincount(group, minlength=self.n_groups).astype(np.int64)
+        if confidence is not None:
+            conf = np.asarray(_np(confidence), dtype=np.float64).ravel()
+            if len(conf) != len(pred):
+                raise ValueError(f"confidence has {len(conf)} values for {len(pred)} predictions")
+            b = np.clip((conf * ECE_BINS).astype(np.int64), 0, ECE_BINS - 1)  # bin k: (k/B, (k+1)/B]
+            cell = group * ECE_BINS + b
+            size = self.n_groups * ECE_BINS
+            self.bin_count += np.bincount(cell, minlength=size).reshape(self.n_groups, ECE_BINS)
+            self.bin_correct += np.bincount(cell, weights=hit, minlength=size).astype(np.int64).reshape(
+                self.n_groups, ECE_BINS)
+            self.bin_confidence += np.bincount(cell, weights=conf, minlength=size).reshape(self.n_groups, ECE_BINS)
         return self
 
     def __iadd__(self, other: "GroupTally") -> "GroupTally":
         self.correct += other.correct
         self.total += other.total
+        self.bin_count += other.bin_count
+        self.bin_correct += other.bin_correct
+        self.bin_confidence += other.bin_confidence
         return self
+
+    def ece(self) -> tuple[np.ndarray, float] | None:
+        """(ECE per group, ECE over all rows) — Σ over bins of |correct − summed confidence|
+        divided by the rows counted — or None when no confidences were counted."""
+        counted = self.bin_count.sum(1)
+        if not counted.sum():
+            return None
+        gap = np.abs(self.bin_correct - self.bin_confidence)
+        per_group = np.where(counted > 0, gap.sum(1) / np.maximum(counted, 1), np.nan)
+        overall = float(np.abs(self.bin_correct.sum(0) - self.bin_confidence.sum(0)).sum() / counted.sum())
+        return per_group, overall
 
 
 def _np(a):
@@ -53,7 +97,9 @@ def _np(a):
 
 def metrics_from_tally(tally: GroupTally, card: DatasetCard) -> dict:
     """The report for a tally: ``worst_group_acc``, ``worst_group``, ``balanced_acc``,
-    ``average_acc``, ``n`` and ``groups`` (``{"<label>_<bias>": {"acc", "n"}}``).
+    ``average_acc``, ``n`` and ``groups`` (``{"<label>_<bias>": {"acc", "n"}}``). With
+    confidences counted also ``ece`` (all rows), ``worst_group_ece`` (the largest group ECE) and
+    each group's ``ece``.
 
     A group with no images is reported with ``acc: None`` and ``n: 0`` and left out of the
     worst-group and balanced figures; if no group has images these are ``None`` too.
@@ -73,7 +119,7 @@ def metrics_from_tally(tally: GroupTally, card: DatasetCard) -> dict:
         wga, bal = accs[worst], float(np.mean(list(accs.values())))
     else:
         worst, wga, bal = None, None, None
-    return {
+    out = {
         "worst_group_acc": wga,
         "worst_group": worst,
         "balanced_acc": bal,
@@ -82,11 +128,20 @@ def metrics_from_tally(tally: GroupTally, card: DatasetCard) -> dict:
         "absent_groups": [k for k in keys if groups[k]["n"] == 0],
         "groups": groups,
     }
+    calibration = tally.ece()
+    if calibration is not None:
+        per_group, overall = calibration
+        for k, e in zip(keys, per_group):
+            groups[k]["ece"] = None if np.isnan(e) else float(e)
+        present = [float(e) for e in per_group if not np.isnan(e)]
+        out["ece"], out["worst_group_ece"] = overall, max(present) if present else None
+    return out
 
 
-def group_metrics(pred, label, group, card: DatasetCard) -> dict:
-    """Group metrics of predictions ``pred`` against ``label`` with group indices ``group``."""
-    return metrics_from_tally(GroupTally(card.n_groups).add(pred, label, group), card)
+def group_metrics(pred, label, group, card: DatasetCard, confidence=None) -> dict:
+    """Group metrics of predictions ``pred`` against ``label`` with group indices ``group``
+    (and the calibration error when ``confidence`` is given)."""
+    return metrics_from_tally(GroupTally(card.n_groups).add(pred, label, group, confidence), card)
 
 
 def confusion_matrix(pred, label, num_classes: int) -> np.ndarray:
@@ -99,11 +154,13 @@ def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     """Stable scalar names for trackers: ``<prefix>/worst_group_acc``,
     ``<prefix>/group/<label>_<bias>/acc`` ... (absent groups are omitted)."""
     out = {}
-    for k in ("worst_group_acc", "balanced_acc", "average_acc"):
+    for k in ("worst_group_acc", "balanced_acc", "average_acc", "ece", "worst_group_ece"):
         if metrics.get(k) is not None:
             out[f"{prefix}/{k}"] = float(metrics[k])
     for g, v in metrics["groups"].items():
         if v["acc"] is not None:
             out[f"{prefix}/group/{g}/acc"] = float(v["acc"])
+        if v.get("ece") is not None:
+            out[f"{prefix}/group/{g}/ece"] = float(v["ece"])
         out[f"{prefix}/group/{g}/n"] = float(v["n"])
     return out

@@ -181,8 +181,9 @@ def evaluate_stage(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, s
     if list(data.card.classes) != meta["classes"]:
         raise ValueError(f"{checkpoint}: model classes {meta['classes']} differ from {data_dir}'s {data.card.classes}")
     tensors = TensorData.from_manifest(data, int(meta["image_size"]))
-    pred = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"))
-    metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups), data.card)
+    pred, conf = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"), confidence=True)
+    metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups, conf),
+                                 data.card)
     metrics["split"] = split
     metrics["confusion"] = confusion_matrix(pred, tensors.labels, len(data.card.classes)).tolist()
     metrics["classes"] = list(data.card.classes)

@@ -61,3 +61,27 @@ def test_bad_inputs(card):
 
 def test_confusion():
     assert confusion_matrix([0, 1, 1, 0], [0, 1, 0, 0], 2).tolist() == [[2, 1], [0, 1]]
+
+
+def test_calibration_error_per_group_from_binned_confidences(card):
+    # group 0: always right at confidence 1.0 (calibrated); group 1: right half the time at 0.9
+    # (ECE 0.4); group 2: right at 1.0, wrong at 0.01 (ECE = 0.02 / 4 rows)
+    pred = [0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1]
+    label = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+    group = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    conf = [1.0, 1.0, 1.0, 1.0, 0.9, 0.9, 0.9, 0.9, 1.0, 1.0, 0.01, 0.01]
+    m = group_metrics(pred, label, group, card, confidence=conf)
+    eces = [m["groups"][k]["ece"] for k in card.group_keys]
+    assert eces[0] == pytest.approx(0.0) and eces[1] == pytest.approx(0.4) and eces[2] == pytest.approx(0.005)
+    assert eces[3] is None  # no images
+    assert m["worst_group_ece"] == pytest.approx(0.4)
+    # over all rows: bins 1.0 (6 rows, 6 right), 0.9 (4 rows, 2 right), 0.01 (2 rows, 0 right)
+    assert m["ece"] == pytest.approx((abs(2 - 3.6) + abs(0 - 0.02)) / 12)
+    # the tally adds up over batches exactly like the accuracy counts
+    parts = GroupTally(4).add(pred[:5], label[:5], group[:5], conf[:5])
+    parts += GroupTally(4).add(pred[5:], label[5:], group[5:], conf[5:])
+    assert metrics_from_tally(parts, card) == m
+    # without confidences nothing about calibration is claimed
+    assert "ece" not in group_metrics(pred, label, group, card)
+    flat = flat_metrics(m, "test")
+    assert flat["test/group/" + card.group_keys[1] + "/ece"] == pytest.approx(0.4) and "test/worst_group_ece" in flat

@@ -86,11 +86,13 @@ def eval_rows(n: int) -> torch.Tensor | None:
 
 
 def reduce_tally(tally: GroupTally) -> GroupTally:
-    """The tally summed over ranks (exact integer counts)."""
+    """The tally summed over ranks (exact integer counts; the confidence sums in float64)."""
     if world_size() == 1:
         return tally
-    correct, total = (sum_over_ranks(torch.from_numpy(a.astype("int64"))).numpy() for a in (tally.correct, tally.total))
-    return GroupTally(tally.n_groups, correct, total)
+    correct, total, count, hits = (sum_over_ranks(torch.from_numpy(a.astype("int64"))).numpy()
+                                   for a in (tally.correct, tally.total, tally.bin_count, tally.bin_correct))
+    confidence = sum_over_ranks(torch.from_numpy(tally.bin_confidence.astype("float64"))).numpy()
+    return GroupTally(tally.n_groups, correct, total, count, hits, confidence)
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:

@@ -51,17 +51,24 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
-            batch_size: int = 512, amp: str = "off") -> torch.Tensor:
-    """Predicted class of every row of ``data`` (under autocast when ``amp`` asks for it)."""
+            batch_size: int = 512, amp: str = "off", confidence: bool = False):
+    """Predicted class of every row of ``data`` (under autocast when ``amp`` asks for it); with
+    ``confidence``, (classes, the predicted class's softmax probability)."""
     model.eval()
     tf = BatchTransform(normalize)
     dtype = autocast_dtype(amp, device)
-    out = []
+    out, conf = [], []
     for start in range(0, len(data), batch_size):
         x = tf(data.images[start:start + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out.append(model(x).argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+            logits = model(x)
+        out.append(logits.argmax(1).cpu())
+        if confidence:
+            conf.append(torch.softmax(logits.float(), 1).amax(1).cpu())
+    pred = torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    if not confidence:
+        return pred
+    return pred, (torch.cat(conf) if conf else torch.empty(0))
 
 
 def evaluate(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
@@ -71,8 +78,8 @@ def evaluate(model: torch.nn.Module, data: TensorData, device: torch.device, nor
     it; all get the same exact metrics)."""
     rows = dist.eval_rows(len(data))
     part = data if rows is None else data.subset(rows)
-    pred = predict(model, part, device, normalize, batch_size, amp)
-    tally = dist.reduce_tally(GroupTally(data.card.n_groups).add(pred, part.labels, part.groups))
+    pred, conf = predict(model, part, device, normalize, batch_size, amp, confidence=True)
+    tally = dist.reduce_tally(GroupTally(data.card.n_groups).add(pred, part.labels, part.groups, conf))
     return metrics_from_tally(tally, data.card)
 
 
