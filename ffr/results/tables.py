@@ -1,5 +1,5 @@
 """Results of a grid: hyperparameter selection by mean validation WGA over seeds, and the
-mean ± std table (Markdown and CSV)."""
+mean ± std table with a 95% bootstrap interval (Markdown and CSV)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,37 @@ def _std(xs):
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+BOOTSTRAP_REPLICATES = 2000
+
+
+def bootstrap_interval(records: list[dict], metric: str = "worst_group_acc", split: str = "test",
+                       replicates: int = BOOTSTRAP_REPLICATES, level: float = 0.95) -> tuple[float, float] | None:
+    """A ``level`` interval of the mean ``metric`` (``worst_group_acc`` or ``balanced_acc``)
+    over the seeds of ``records``, by a two-level bootstrap: each replicate draws the seeds with
+    replacement and, within each drawn seed's evaluation, every group's images with replacement
+    (a group's correct count ~ Binomial(n, its accuracy): test-set noise), then takes the mean
+    over seeds. Seeded: the same records give the same interval. None without group counts."""
+    import numpy as np
+
+    seeds = []
+    for r in records:
+        groups = [g for g in (r.get(split) or {}).get("groups", {}).values() if g.get("n") and g.get("acc") is not None]
+        if groups:
+            seeds.append((np.array([g["n"] for g in groups]), np.array([g["acc"] for g in groups])))
+    if not seeds:
+        return None
+    rng = np.random.default_rng(0)
+    reduce = np.min if metric == "worst_group_acc" else np.mean
+    picks = rng.integers(0, len(seeds), size=(replicates, len(seeds)))
+    values = np.empty((replicates, len(seeds)))
+    for j, (n, acc) in enumerate(seeds):
+        resampled = rng.binomial(n, acc, size=(replicates, len(n))) / n  # every seed, every replicate
+        values[:, j] = reduce(resampled, axis=1)
+    means = np.take_along_axis(values, picks, axis=1).mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 def mark_selected(records: list[dict]) -> list[dict]:
     """Set ``selected`` on every record: True for the hyperparameters with the best mean
     validation worst-group accuracy across seeds within its (dataset, strategy, objective, bias
@@ -54,7 +85,8 @@ def mark_selected(records: list[dict]) -> list[dict]:
 
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (dataset, objective, bias rate, strategy) over the selected records: test WGA,
-    balanced and average accuracy (mean, std over seeds), validation WGA, the hyperparameters."""
+    balanced and average accuracy (mean, std over seeds; WGA and balanced accuracy with a 95%
+    interval, :func:`bootstrap_interval`), validation WGA, the hyperparameters."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("selected", True):
@@ -71,6 +103,9 @@ def summary_rows(records: list[dict]) -> list[dict]:
             vals = [r[split][metric] for r in rs]
             row[f"{split}_{metric}_mean"] = _mean(vals)
             row[f"{split}_{metric}_std"] = _std(vals)
+        for metric in ("worst_group_acc", "balanced_acc"):
+            ci = bootstrap_interval(rs, metric)
+            row[f"test_{metric}_ci_low"], row[f"test_{metric}_ci_high"] = ci if ci else (None, None)
         rows.append(row)
     return rows
 
@@ -97,17 +132,23 @@ def _pm(m, s) -> str:
     return "—" if m is None else f"{m:.3f} ± {s:.3f}"
 
 
+def _ci(row: dict, metric: str) -> str:
+    lo, hi = row.get(f"test_{metric}_ci_low"), row.get(f"test_{metric}_ci_high")
+    return "—" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
 def markdown_table(records: list[dict]) -> str:
-    """The comparison table in Markdown: test WGA and balanced accuracy, mean ± std over seeds."""
+    """The comparison table in Markdown: test WGA (with its 95% bootstrap interval) and balanced
+    accuracy, mean ± std over seeds."""
     rows = summary_rows(records)
     many = len({r["dataset"] for r in rows}) > 1
-    lines = [("| dataset " if many else "") + "| objective | bias rate | strategy | test WGA | test balanced acc "
-             "| test avg acc | val WGA | seeds | hparams |",
-             ("|---" if many else "") + "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| dataset " if many else "") + "| objective | bias rate | strategy | test WGA | test WGA 95% CI "
+             "| test balanced acc | test avg acc | val WGA | seeds | hparams |",
+             ("|---" if many else "") + "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             (f"| {r['dataset']} " if many else "") + f"| {r['objective']} | {r['bias_rate']} | {r['strategy']} | "
-            f"{_pm(r['test_worst_group_acc_mean'], r['test_worst_group_acc_std'])} | "
+            f"{_pm(r['test_worst_group_acc_mean'], r['test_worst_group_acc_std'])} | {_ci(r, 'worst_group_acc')} | "
             f"{_pm(r['test_balanced_acc_mean'], r['test_balanced_acc_std'])} | "
             f"{_pm(r['test_average_acc_mean'], r['test_average_acc_std'])} | "
             f"{_pm(r['val_worst_group_acc_mean'], r['val_worst_group_acc_std'])} | {r['seeds']} | "
