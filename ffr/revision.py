@@ -19,8 +19,15 @@ import ffr
 IMAGE_SOURCES = ("Dockerfile", "pyproject.toml", "constraints.txt", "README.md", "docker", "ffr", "components",
                  "pipelines")
 REVISION_LENGTH = 12
-# What `make push` writes: {"<repository>:<tag>": "sha256:..."} for each image it pushed.
+# What `make push` writes: {"<repository>:<tag>": "sha256:..."} for each image it pushed, in the
+# checkout (``$FFR_PUSH_RECORD`` names another file, e.g. one a CI job keeps).
 PUSH_RECORD = Path("build") / "pushed-images.json"
+
+
+def _push_record(root: str | os.PathLike | None) -> Path:
+    if os.environ.get("FFR_PUSH_RECORD"):
+        return Path(os.environ["FFR_PUSH_RECORD"])
+    return Path(root if root is not None else source_root()) / PUSH_RECORD
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -70,7 +77,7 @@ def image_tag() -> str:
 
 def pushed_digest(reference: str, root: str | os.PathLike | None = None) -> str | None:
     """The digest `make push` recorded for ``reference`` (``repo:tag``) in the checkout, or None."""
-    path = Path(root if root is not None else source_root()) / PUSH_RECORD
+    path = _push_record(root)
     try:
         found = json.loads(path.read_text()).get(reference)
     except (OSError, ValueError, AttributeError):
@@ -84,7 +91,7 @@ def record_push(reference: str, digest: str, root: str | os.PathLike | None = No
     digest = digest.strip()
     if not digest.startswith("sha256:") or len(digest) != 71:
         raise ValueError(f"not an image digest: {digest!r}")
-    path = Path(root if root is not None else source_root()) / PUSH_RECORD
+    path = _push_record(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         record = json.loads(path.read_text())
