@@ -15,6 +15,9 @@ def check_config(
     pretrain_lr: float,
     finetune_epochs: int,
     finetune_lr: float,
+    min_steps: int,
+    max_steps: int,
+    patience: int,
     finetune_options: dict,
     objective_options: dict,
     synthesis_backend: str,
@@ -43,6 +46,9 @@ def check_config(
         pretrain_lr: FFR step 1's learning rate.
         finetune_epochs: FFR step 2's epochs.
         finetune_lr: FFR step 2's learning rate.
+        min_steps: Every training step's floor in optimizer steps (0: off).
+        max_steps: Every training step's cap in optimizer steps (0: none).
+        patience: Epochs without a better validation WGA before a training step stops (0: never).
         finetune_options: FFR step 2's extra training settings.
         objective_options: The objective's options, e.g. ``{"eta": 0.01}`` for GroupDRO.
         synthesis_backend: The synthesis backend (procedural, diffusers, folder).
@@ -66,11 +72,12 @@ def check_config(
     from ffr.checks import pipeline_problems, source_fingerprint
     from ffr.config import ConfigError
 
-    stages = {"pretrain": {"epochs": pretrain_epochs, "lr": pretrain_lr},
-              "finetune": {"epochs": finetune_epochs, "lr": finetune_lr}}
+    budget = {"min_steps": min_steps, "max_steps": max_steps, "patience": patience}
+    stages = {"pretrain": {"epochs": pretrain_epochs, "lr": pretrain_lr, **budget},
+              "finetune": {"epochs": finetune_epochs, "lr": finetune_lr, **budget}}
     for b in baselines:
         if isinstance(b, dict) and isinstance(b.get("lr", 1e-3), (int, float)) and b.get("lr", 1e-3) > 0:
-            stages[f"train {b.get('strategy')}"] = {"epochs": train_epochs, "lr": float(b.get("lr", 1e-3))}
+            stages[f"train {b.get('strategy')}"] = {"epochs": train_epochs, "lr": float(b.get("lr", 1e-3)), **budget}
     problems = pipeline_problems(objective=objective, backbone=backbone, stages=stages,
                                  finetune_options=finetune_options, objective_options=objective_options,
                                  baselines=baselines, synthesis_backend=synthesis_backend,

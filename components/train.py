@@ -17,6 +17,9 @@ def train_model(
     weights: str = "",
     objective: str = "erm",
     epochs: int = 40,
+    min_steps: int = 0,
+    max_steps: int = 0,
+    patience: int = 0,
     lr: float = 1e-3,
     batch_size: int = 128,
     weight_decay: float = 1e-5,
@@ -50,7 +53,11 @@ def train_model(
             read; empty: random init.
         objective: ``erm``, ``resample`` (group-balanced sampling), ``groupdro`` (online
             GroupDRO) or ``dfr`` (ERM, then the last layer refit on the real validation split).
-        epochs: Training epochs.
+        epochs: Training epochs (raised by ``min_steps``, lowered by ``max_steps``).
+        min_steps: At least this many optimizer steps (more epochs on a small dataset); 0: off.
+        max_steps: At most this many optimizer steps; 0: no cap.
+        patience: Stop after this many epochs without a better validation worst-group accuracy
+            (never before ``min_steps``); 0: no early stopping.
         lr: Learning rate.
         batch_size: Images per batch (over all processes).
         weight_decay: Weight decay of the optimizer.
@@ -83,7 +90,8 @@ def train_model(
     from ffr.integrations.mlflow_tracking import optional_run
     from ffr.stages import train_stage
 
-    explicit = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
+    explicit = {"epochs": epochs, "min_steps": min_steps, "max_steps": max_steps, "patience": patience, "lr": lr,
+                "batch_size": batch_size, "weight_decay": weight_decay}
     clash = sorted(set(options) & set(explicit))
     if clash:
         raise ConfigError(f"train step {stage!r}: options {clash} are parameters of their own; set them there")
@@ -108,6 +116,7 @@ def train_model(
         # torchrun): one model per training run, whose source run holds the training parameters
         model.metadata["mlflow_model_uri"] = s["mlflow_model_uri"]
     model.metadata.update({"framework": "pytorch", "stage": stage, "backbone": backbone, "objective": objective,
-                           "best_epoch": s["best_epoch"], "processes": processes, "train_digest": s["meta"]["train_digest"],
+                           "best_epoch": s["best_epoch"], "steps": s["meta"].get("steps", 0),
+                           "stop_reason": s["meta"].get("stop_reason", ""), "processes": processes, "train_digest": s["meta"]["train_digest"],
                            "train_dvc_md5": dir_digest(os.path.join(training_sets.path, stage)),
                            **{f"val_{k}": v for k, v in s["val"].items() if k.endswith("_acc")}})

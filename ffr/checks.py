@@ -164,7 +164,8 @@ def pipeline_problems(*, objective: str, backbone: str, stages: dict[str, dict],
         finetune_options = {}
     for stage, values in stages.items():
         options = finetune_options if stage == "finetune" else {}
-        clash = sorted(set(options) & {"epochs", "lr", "batch_size", "weight_decay"})
+        clash = sorted(set(options) & {"epochs", "lr", "batch_size", "weight_decay", "min_steps", "max_steps",
+                                       "patience"})
         if clash:
             problems.append(f"finetune_options: {clash} are parameters of their own; set them there")
             continue

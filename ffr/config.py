@@ -17,6 +17,9 @@ import yaml
 # hold literals (KFP ships a lightweight component's source alone), so tests/test_defaults.py
 # checks that every component and pipeline default equals the constant here.
 EPOCHS = 40              # epochs of every stage
+MIN_STEPS = 0            # the step budget (TrainConfig.min_steps / max_steps / patience): off
+MAX_STEPS = 0
+PATIENCE = 0
 LR = 1e-3                # learning rate of a stage trained from scratch on real or mixed data
 PRETRAIN_LR = 1e-4       # FFR step 1 (synthetic pretraining)
 FINETUNE_LR = 1e-3       # FFR step 2 (fine-tuning on real)
@@ -38,6 +41,12 @@ class TrainConfig:
     """Hyperparameters of one training stage (one call of the training loop)."""
 
     epochs: int = EPOCHS
+    # The budget in optimizer steps (0: off): at least min_steps (more epochs on a small dataset),
+    # at most max_steps; patience stops after that many epochs without a better validation WGA
+    # (never before min_steps).
+    min_steps: int = MIN_STEPS
+    max_steps: int = MAX_STEPS
+    patience: int = PATIENCE
     batch_size: int = BATCH_SIZE
     lr: float = LR
     weight_decay: float = WEIGHT_DECAY
@@ -142,6 +151,10 @@ def train_problems(cfg: TrainConfig, where: str) -> list[str]:
             out.append(f"{where}.{field_}: {getattr(cfg, field_)!r} {rule}")
 
     need(cfg.epochs >= 1, "epochs", "must be at least 1")
+    need(cfg.min_steps >= 0, "min_steps", "must be 0 (no floor) or more")
+    need(cfg.max_steps >= 0, "max_steps", "must be 0 (no cap) or more")
+    need(not (cfg.max_steps and cfg.min_steps > cfg.max_steps), "min_steps", f"must not exceed max_steps={cfg.max_steps}")
+    need(cfg.patience >= 0, "patience", "must be 0 (no early stopping) or more")
     need(cfg.batch_size >= 2, "batch_size", "must be at least 2 (a batch of one breaks BatchNorm: nothing would train)")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     need(cfg.lr > 0, "lr", "must be positive")

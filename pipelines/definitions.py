@@ -44,6 +44,7 @@ def _check(p: Platform, scope: dict, source="demo", source_adapter="csv", source
     and the dataset fingerprinted. ``scope``: the pipeline function's parameters."""
     extra = {"baselines": baselines, "train_epochs": train_epochs} if baselines is not None else {}
     names = ("objective", "backbone", "pretrain_epochs", "pretrain_lr", "finetune_epochs", "finetune_lr",
+             "min_steps", "max_steps", "patience",
              "finetune_options", "objective_options", "synthesis_backend", "synthesis_filters", "bias_rate",
              "num_shards", "device", "image_size", "batch_size")
     task = check_config(**{k: scope[k] for k in names}, source=source, source_adapter=source_adapter,
@@ -179,6 +180,9 @@ def build_ffr_pipeline(platform: Platform | None = None):
         pretrain_lr: float = defaults.PRETRAIN_LR,
         finetune_epochs: int = defaults.EPOCHS,
         finetune_lr: float = defaults.FINETUNE_LR,
+        min_steps: int = defaults.MIN_STEPS,
+        max_steps: int = defaults.MAX_STEPS,
+        patience: int = defaults.PATIENCE,
         finetune_options: dict = {},
         objective_options: dict = {},
         train_processes: int = 1,
@@ -204,7 +208,8 @@ def build_ffr_pipeline(platform: Platform | None = None):
                                synthesis_filters, num_shards, source_adapter=source_adapter,
                                source_options=source_options)
             train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                         device=device, processes=train_processes)
+                         device=device, processes=train_processes, min_steps=min_steps,
+                         max_steps=max_steps, patience=patience)
             step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
                              finetune_lr, tracking, finetune_options, objective_options)
             _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
@@ -245,6 +250,9 @@ def build_comparison_pipeline(platform: Platform | None = None):
         pretrain_lr: float = defaults.PRETRAIN_LR,
         finetune_epochs: int = defaults.EPOCHS,
         finetune_lr: float = defaults.FINETUNE_LR,
+        min_steps: int = defaults.MIN_STEPS,
+        max_steps: int = defaults.MAX_STEPS,
+        patience: int = defaults.PATIENCE,
         finetune_options: dict = {},
         objective_options: dict = {},
         train_processes: int = 1,
@@ -270,7 +278,8 @@ def build_comparison_pipeline(platform: Platform | None = None):
                                synthesis_options, synthesis_filters, num_shards, source_adapter=source_adapter,
                                source_options=source_options)
             train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                         device=device, processes=train_processes)
+                         device=device, processes=train_processes, min_steps=min_steps,
+                         max_steps=max_steps, patience=patience)
             with dsl.ParallelFor(baselines, name="baselines", parallelism=p.parallelism or None) as b:
                 sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
                                             strategy=b.strategy), DATA, "balance: baseline")
@@ -320,6 +329,9 @@ def build_retrain_pipeline(platform: Platform | None = None):
         pretrain_lr: float = defaults.PRETRAIN_LR,
         finetune_epochs: int = defaults.EPOCHS,
         finetune_lr: float = defaults.FINETUNE_LR,
+        min_steps: int = defaults.MIN_STEPS,
+        max_steps: int = defaults.MAX_STEPS,
+        patience: int = defaults.PATIENCE,
         finetune_options: dict = {},
         objective_options: dict = {},
         train_processes: int = 1,
@@ -348,7 +360,8 @@ def build_retrain_pipeline(platform: Platform | None = None):
                                synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters, num_shards,
                                source_data=fetch)
             train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                         device=device, processes=train_processes)
+                         device=device, processes=train_processes, min_steps=min_steps,
+                         max_steps=max_steps, patience=patience)
             step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
                              finetune_lr, tracking, finetune_options, objective_options)
             _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor,

@@ -90,6 +90,11 @@ PARAMETER_DOCS: dict[str, str] = {
     "pretrain_lr": "Learning rate of FFR step 1.",
     "finetune_epochs": "Epochs of FFR step 2 (fine-tuning step 1's model on the real images only).",
     "finetune_lr": "Learning rate of FFR step 2.",
+    "min_steps": "Every training step takes at least this many optimizer steps: a small dataset gets more "
+                 "epochs than its *_epochs (0: off).",
+    "max_steps": "Every training step takes at most this many optimizer steps (0: no cap).",
+    "patience": "Every training step stops after this many epochs without a better validation worst-group "
+                "accuracy, once min_steps are done (0: no early stopping).",
     "finetune_options": "FFR step 2's variant as JSON, any other training setting, e.g. {\"freeze_stages\": 2}, "
                         "{\"l2sp\": 0.1}, {\"lpft_epochs\": 5}, {\"backbone_lr_mult\": 0.1}, "
                         "{\"select_init\": true}; {} = plain fine-tuning. An unknown key fails the step, naming "

@@ -24,7 +24,8 @@ SHARED = {"epochs": "EPOCHS", "train_epochs": "EPOCHS", "pretrain_epochs": "EPOC
           "lr": "LR", "pretrain_lr": "PRETRAIN_LR", "finetune_lr": "FINETUNE_LR", "weight_decay": "WEIGHT_DECAY",
           "image_size": "IMAGE_SIZE", "backbone": "BACKBONE", "objective": "OBJECTIVE", "bias_rate": "BIAS_RATE",
           "min_val_per_group": "MIN_VAL_PER_GROUP", "max_attempts": "MAX_ATTEMPTS",
-          "synthesis_backend": "SYNTHESIS_BACKEND", "synthesis_batch_size": "SYNTHESIS_BATCH_SIZE"}
+          "synthesis_backend": "SYNTHESIS_BACKEND", "synthesis_batch_size": "SYNTHESIS_BATCH_SIZE",
+          "min_steps": "MIN_STEPS", "max_steps": "MAX_STEPS", "patience": "PATIENCE"}
 # the same name means another thing in the synthesis step than in the training step
 PER_COMPONENT = {"synthesize_shard": {"backend": "SYNTHESIS_BACKEND", "batch_size": "SYNTHESIS_BATCH_SIZE"},
                  "train_model": {"batch_size": "BATCH_SIZE"}}

@@ -4,6 +4,7 @@ the real validation split, state-dict checkpoints loaded with ``weights_only=Tru
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -32,6 +33,21 @@ class FitResult:
     best_epoch: int
     best_val: dict
     history: list[dict] = field(default_factory=list)
+    steps: int = 0                  # optimizer steps taken
+    stop_reason: str = "epochs"     # epochs | max_steps | patience
+
+
+def planned_epochs(cfg: TrainConfig, rows: int, batch_size: int) -> int:
+    """The epochs a stage runs on ``rows`` training rows per process: ``cfg.epochs``, raised to
+    reach ``cfg.min_steps`` optimizer steps and lowered to stay within ``cfg.max_steps`` (an
+    epoch is ``ceil(rows / batch_size)`` steps)."""
+    per_epoch = max(1, math.ceil(rows / max(1, batch_size)))
+    epochs = cfg.epochs
+    if cfg.min_steps:
+        epochs = max(epochs, math.ceil(cfg.min_steps / per_epoch))
+    if cfg.max_steps:
+        epochs = min(epochs, math.ceil(cfg.max_steps / per_epoch))
+    return max(1, epochs)
 
 
 def seed_everything(seed: int) -> None:
@@ -136,16 +152,21 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
         history.append({"epoch": -1, "train/loss": float("nan"), **flat_metrics(best_val, "val")})
         if log is not None and dist.is_main():
             log(history[-1])
+    epochs = planned_epochs(cfg, math.ceil(len(train) / dist.world_size()), dist.per_rank_batch(cfg.batch_size))
+    total_steps, since_best, stop_reason = 0, 0, "epochs"
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False)
-    for epoch in range(cfg.epochs):
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
+    for epoch in range(epochs):
         controls.start_epoch(model, epoch)  # train mode, minus what the stage keeps frozen
         order = dist.shard(objective.epoch_indices(len(train), gen))
         batch_size = dist.per_rank_batch(cfg.batch_size)
         loss_sum, steps = torch.zeros((), device=device), 0
         for start in range(0, len(order), batch_size):
+            if cfg.max_steps and total_steps + steps >= cfg.max_steps:
+                stop_reason = "max_steps"
+                break
             idx = order[start:start + batch_size]
             if len(idx) < 2 and len(order) > 1:
                 continue  # a batch of one breaks BatchNorm statistics
@@ -167,22 +188,33 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             steps += 1
         dist.sync_buffers(model)
         val_metrics = evaluate(model, val, device, cfg.normalize, cfg.eval_batch_size, cfg.amp)
-        record = {"epoch": epoch, "steps": steps,
+        total_steps += steps
+        if cfg.max_steps and total_steps >= cfg.max_steps and epoch < epochs - 1:
+            stop_reason = "max_steps"
+        if _better(val_metrics, best_val):
+            best_val, best_epoch, since_best = val_metrics, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+        if stop_reason == "epochs" and cfg.patience and epoch < epochs - 1 and since_best >= cfg.patience and total_steps >= cfg.min_steps:
+            stop_reason = "patience"
+        record = {"epoch": epoch, "steps": steps, "total_steps": total_steps,
                   "train/loss": dist.mean(float(loss_sum) / steps) if steps else float("nan"),
                   **flat_metrics(val_metrics, "val"), **objective.state()}
+        if stop_reason != "epochs" or epoch == epochs - 1:
+            record["stop_reason"] = stop_reason  # why the stage ended (not a metric: trackers skip it)
         history.append(record)
         if log is not None and dist.is_main():
             log(record)
-        if _better(val_metrics, best_val):
-            best_val, best_epoch = val_metrics, epoch
-            best_state = copy.deepcopy(model.state_dict())
         if bar is not None:
             bar.set_postfix(val_wga=f"{val_metrics['worst_group_acc'] or 0:.3f}")
             bar.update(1)
+        if stop_reason != "epochs":
+            break
     if bar is not None:
         bar.close()
-    if cfg.epochs > 0 and not any(h.get("steps") for h in history):
-        raise ValueError(f"{desc}: no optimizer step was taken in {cfg.epochs} epoch(s) ({len(train)} training rows, "
+    if epochs > 0 and not any(h.get("steps") for h in history):
+        raise ValueError(f"{desc}: no optimizer step was taken in {epochs} epoch(s) ({len(train)} training rows, "
                          f"batch size {cfg.batch_size}); nothing was trained")
     controls.release(model)
     selected = copy.deepcopy(model)
@@ -190,7 +222,7 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
     finalized = objective.finalize(selected, train, val, device)
     if finalized is not selected:  # e.g. DFR replaced the head: report what is returned
         best_val = evaluate(finalized, val, device, cfg.normalize, cfg.eval_batch_size, cfg.amp)
-    return FitResult(finalized, best_epoch, best_val, history)
+    return FitResult(finalized, best_epoch, best_val, history, total_steps, stop_reason)
 
 
 def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> Path:

@@ -206,6 +206,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
         model, _ = load_checkpoint(ckpt, device)
         done = read_json(summary)
         best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
+        meta.update({k: v for k, v in (done.get("meta") or {}).items() if k in ("steps", "stop_reason")})
         records = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
         for rec in records:
             tracker.log_metrics(*epoch_metrics(rec))
@@ -234,7 +235,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             raise
         model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
         records = result.history
-        meta["best_epoch"] = best_epoch
+        meta.update(best_epoch=best_epoch, steps=result.steps, stop_reason=result.stop_reason)
         if dist.is_main():
             save_checkpoint(ckpt, model, meta)
             os.replace(partial, history) if partial.is_file() else history.write_text("")
@@ -263,6 +264,8 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
                 shutil.copyfile(src, dst)
         final_ckpt = Path(out)
     result = StageResult(model, final_ckpt, history, key, best_epoch, best_val, state, meta, reused)
+    if "stop_reason" in meta:  # how the budget ended: epochs done, max_steps reached, or patience
+        tracker.log_params({"steps_taken": meta["steps"], "stop_reason": meta["stop_reason"]})
     tracker.log_history(records)
     tracker.log_model(model, meta)
     result.model_uri = getattr(tracker, "model_uri", None)

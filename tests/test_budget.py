@@ -1,0 +1,75 @@
+"""The training budget in optimizer steps as well as epochs: ``min_steps`` gives a small dataset
+more epochs, ``max_steps`` caps a big one, ``patience`` stops once validation WGA stops
+improving (never before ``min_steps``); the steps taken and the reason the stage ended are in the
+history, the stage summary and the tracker. Off (0) by default: a stage runs ``epochs`` epochs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ffr.config import ConfigError, TrainConfig, check_train
+from ffr.train.backbones import create_model
+from ffr.train.loop import fit, planned_epochs
+from ffr.train.objectives import create_objective
+from test_finetune import tiny_data
+
+
+def run(**cfg):
+    torch.manual_seed(0)
+    settings = TrainConfig(batch_size=8, lr=1e-2, **cfg)
+    return fit(create_model("tiny_cnn", 2), tiny_data(32), tiny_data(16, 1), create_objective("erm"), settings,
+               torch.device("cpu"))
+
+
+def test_epochs_follow_the_step_budget():
+    rows, batch = 600, 128  # 5 steps an epoch
+    assert planned_epochs(TrainConfig(epochs=40), rows, batch) == 40
+    assert planned_epochs(TrainConfig(epochs=40, min_steps=1000), rows, batch) == 200
+    assert planned_epochs(TrainConfig(epochs=40, max_steps=52), rows, batch) == 11
+    assert planned_epochs(TrainConfig(epochs=40, min_steps=1000), 50_000, batch) == 40  # 391 steps an epoch
+    assert planned_epochs(TrainConfig(epochs=40, max_steps=1000), 50_000, batch) == 3
+
+
+def test_default_budget_is_the_epochs():
+    r = run(epochs=3)
+    assert [h["epoch"] for h in r.history] == [0, 1, 2] and r.stop_reason == "epochs"
+    assert r.steps == 3 * 4 == r.history[-1]["total_steps"] and r.history[-1]["stop_reason"] == "epochs"
+
+
+def test_min_steps_adds_epochs_and_max_steps_stops_mid_epoch():
+    r = run(epochs=1, min_steps=10)  # 4 steps an epoch: 3 epochs
+    assert len(r.history) == 3 and r.steps == 12
+    r = run(epochs=5, max_steps=6)
+    assert r.steps == 6 and [h["steps"] for h in r.history] == [4, 2] and r.stop_reason == "max_steps"
+    assert r.history[-1]["stop_reason"] == "max_steps"
+
+
+def test_patience_stops_after_no_improvement_but_not_before_min_steps():
+    full = run(epochs=30)
+    keys = [(h["val/worst_group_acc"], h["val/balanced_acc"]) for h in full.history]  # the selection's order
+    best, best_epoch, since, stop = None, -1, 0, None  # where patience 2 must stop, from the full run
+    for i, k in enumerate(keys):
+        if best is None or k > best:
+            best, best_epoch, since = k, i, 0
+        else:
+            since += 1
+        if since >= 2:
+            stop = i
+            break
+    assert stop is not None, keys
+    early = run(epochs=30, patience=2)
+    assert early.stop_reason == "patience" and len(early.history) == stop + 1
+    assert early.best_epoch == best_epoch
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "stop_reason"} for h in hs]  # noqa: E731
+    assert strip(early.history) == strip(full.history[:stop + 1])  # the same epochs, then it stopped
+    later = run(epochs=30, patience=2, min_steps=4 * (stop + 3))
+    assert len(later.history) >= stop + 3
+
+
+@pytest.mark.parametrize("bad, field", [({"min_steps": -1}, "min_steps"), ({"max_steps": -2}, "max_steps"),
+                                        ({"min_steps": 10, "max_steps": 5}, "min_steps"),
+                                        ({"patience": -1}, "patience")])
+def test_bad_budgets_are_refused(bad, field):
+    with pytest.raises(ConfigError, match=field):
+        check_train(TrainConfig(**bad))
