@@ -116,6 +116,12 @@ def _params(scope: dict) -> dict:
             if k not in skip and getattr(v, "channel_type", None) in ("String", "Float", "Integer", "Boolean")}
 
 
+def _train_settings(scope: dict) -> dict:
+    """The settings every training step of a pipeline shares, from its function's parameters."""
+    keys = ("backbone", "weights", "image_size", "batch_size", "seed", "device", "min_steps", "max_steps", "patience")
+    return {**{k: scope[k] for k in keys}, "processes": scope["train_processes"]}
+
+
 def _train(p: Platform, name: str, sets, prep, stage: str, epochs, lr, train: dict, objective, init=None,
            tracking: tuple | None = None, options=None, objective_options=None):
     extra = {k: v for k, v in (("options", options), ("objective_options", objective_options)) if v is not None}
@@ -207,9 +213,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
                                synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
                                synthesis_filters, num_shards, source_adapter=source_adapter,
                                source_options=source_options)
-            train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                         device=device, processes=train_processes, min_steps=min_steps,
-                         max_steps=max_steps, patience=patience)
+            train = _train_settings(scope)
             step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
                              finetune_lr, tracking, finetune_options, objective_options)
             _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor)
@@ -277,9 +281,7 @@ def build_comparison_pipeline(platform: Platform | None = None):
                                demo_per_digit, synthesis_backend, synthesis_seed, synthesis_batch_size,
                                synthesis_options, synthesis_filters, num_shards, source_adapter=source_adapter,
                                source_options=source_options)
-            train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                         device=device, processes=train_processes, min_steps=min_steps,
-                         max_steps=max_steps, patience=patience)
+            train = _train_settings(scope)
             with dsl.ParallelFor(baselines, name="baselines", parallelism=p.parallelism or None) as b:
                 sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
                                             strategy=b.strategy), DATA, "balance: baseline")
@@ -359,9 +361,7 @@ def build_retrain_pipeline(platform: Platform | None = None):
             prep, pool = _data(p, check, ["ffr"], "demo", bias_rate, seed, min_val_per_group, 0, synthesis_backend,
                                synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters, num_shards,
                                source_data=fetch)
-            train = dict(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-                         device=device, processes=train_processes, min_steps=min_steps,
-                         max_steps=max_steps, patience=patience)
+            train = _train_settings(scope)
             step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
                              finetune_lr, tracking, finetune_options, objective_options)
             _register(p, step2, ev, prep, tracking, registered_model_name, gate_margin, gate_tolerance, gate_floor,

@@ -367,3 +367,21 @@ def test_a_failed_step_closes_the_pipelines_mlflow_runs_as_failed(tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FAILED" and parents[0].data.tags["ffr.failure"]
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_progress_lines_lose_colour_codes_off_a_terminal_and_keep_them_on_one():
+    import io
+
+    from pipelines.run import _Tee
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    line = "12:00:00 - INFO - Executing task \x1b[96m'train-model'\x1b[0m\nnoise not shown\n"
+    log, plain, term = io.StringIO(), io.StringIO(), Terminal()
+    _Tee(log, plain).write(line)
+    _Tee(io.StringIO(), term).write(line)
+    assert plain.getvalue() == "12:00:00 - INFO - Executing task 'train-model'\n"
+    assert "\x1b[96m" in term.getvalue() and "noise" not in term.getvalue()
+    assert "\x1b[" not in log.getvalue() and "noise not shown" in log.getvalue()
