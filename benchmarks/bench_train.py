@@ -51,7 +51,7 @@ def reference_epoch(model, train_m, val_m, size, batch_size, device, workers) ->
 
 
 def ffr_epoch(model, train, val, batch_size, device, amp, threads) -> None:
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, eval_batch_size=batch_size, amp=amp, num_threads=threads)
+    cfg = TrainConfig(epochs=1, min_steps=0, batch_size=batch_size, eval_batch_size=batch_size, amp=amp, num_threads=threads)
     fit(model, train, val, create_objective("erm"), cfg, device)
 
 

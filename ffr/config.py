@@ -17,9 +17,12 @@ import yaml
 # hold literals (KFP ships a lightweight component's source alone), so tests/test_defaults.py
 # checks that every component and pipeline default equals the constant here.
 EPOCHS = 40              # epochs of every stage
-MIN_STEPS = 0            # the step budget (TrainConfig.min_steps / max_steps / patience): off
-MAX_STEPS = 0
-PATIENCE = 0
+# The step budget (TrainConfig.min_steps / max_steps / patience). 40 epochs of a 600-image set are
+# 200 steps of 128 images, too few to learn it; min_steps gives it 200 epochs instead, while a
+# 50,000-image set (391 steps an epoch) keeps its 40. Patience stops a stage that stopped improving.
+MIN_STEPS = 1000
+MAX_STEPS = 0            # no cap
+PATIENCE = 10
 LR = 1e-3                # learning rate of a stage trained from scratch on real or mixed data
 PRETRAIN_LR = 1e-4       # FFR step 1 (synthetic pretraining)
 FINETUNE_LR = 1e-3       # FFR step 2 (fine-tuning on real)
@@ -42,8 +45,8 @@ class TrainConfig:
 
     epochs: int = EPOCHS
     # The budget in optimizer steps (0: off): at least min_steps (more epochs on a small dataset),
-    # at most max_steps; patience stops after that many epochs without a better validation WGA
-    # (never before min_steps).
+    # at most max_steps (the cap wins over the floor); patience stops after that many epochs
+    # without a better validation WGA (never before min_steps).
     min_steps: int = MIN_STEPS
     max_steps: int = MAX_STEPS
     patience: int = PATIENCE
@@ -103,7 +106,8 @@ class ExperimentConfig:
     hyperparameters. ``train`` is the single stage of none/usb/asb, ``pretrain`` and
     ``finetune`` are FFR's steps 1 and 2. ``overrides`` maps a strategy to dotted overrides
     (the paper trains ASB at lr 1e-4); ``search`` maps a strategy (or ``"*"``) to a grid of dotted
-    keys → values, chosen per (strategy, bias rate) by mean validation WGA over seeds."""
+    keys → values, chosen per (strategy, bias rate) by mean validation WGA over seeds;
+    ``equal_search`` requires every strategy to have as many candidates."""
 
     data: DataConfig = field(default_factory=DataConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
@@ -119,6 +123,9 @@ class ExperimentConfig:
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=FINETUNE_LR))
     overrides: dict = field(default_factory=lambda: {"asb": {"train.lr": ASB_LR}})
     search: dict = field(default_factory=dict)
+    # Every strategy chooses among as many search candidates (per objective): the check refuses a
+    # grid whose search lists give one strategy more chances than another.
+    equal_search: bool = False
     # ``ffr sweep``: several objectives (empty: just ``objective``), per-objective options
     # (``{groupdro: {eta: 0.01}, dfr: {n_refits: 20}}``), and several datasets, each a name →
     # dotted overrides (empty: just ``data``).
@@ -153,7 +160,6 @@ def train_problems(cfg: TrainConfig, where: str) -> list[str]:
     need(cfg.epochs >= 1, "epochs", "must be at least 1")
     need(cfg.min_steps >= 0, "min_steps", "must be 0 (no floor) or more")
     need(cfg.max_steps >= 0, "max_steps", "must be 0 (no cap) or more")
-    need(not (cfg.max_steps and cfg.min_steps > cfg.max_steps), "min_steps", f"must not exceed max_steps={cfg.max_steps}")
     need(cfg.patience >= 0, "patience", "must be 0 (no early stopping) or more")
     need(cfg.batch_size >= 2, "batch_size", "must be at least 2 (a batch of one breaks BatchNorm: nothing would train)")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")

@@ -27,7 +27,7 @@ from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
 from ffr.train import distributed as dist
 from ffr.tracking import NullTracker, Tracker, flatten, log_cell
-from ffr.train.loop import evaluate, seed_everything
+from ffr.train.loop import evaluate, planned_epochs, seed_everything
 from ffr.train.runtime import cap_threads, cpu_budget, resolve_device
 from ffr.train.stage import StageSpec, identity, objectives, read_json, run_stage
 
@@ -164,8 +164,12 @@ def _write_json(path: Path, data) -> None:
 
 
 def dataset_name(cfg: ExperimentConfig) -> str:
-    """A short name for the dataset of ``cfg`` (``demo`` or the dataset folder's name)."""
-    return "demo" if cfg.data.dataset == "demo" else Path(cfg.data.dataset).name
+    """A short name for the dataset of ``cfg``: ``demo`` (the digits benchmark), ``demo-<name>``
+    (another built-in one) or the dataset folder's name."""
+    if cfg.data.dataset == "demo":
+        name = (cfg.data.demo or {}).get("name", "digits")
+        return "demo" if name == "digits" else f"demo-{name}"
+    return Path(cfg.data.dataset).name
 
 
 def _diff(value, default):
@@ -217,7 +221,8 @@ def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out
 def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
     """What the grid of ``cfg`` on ``real`` costs, without training: cells, distinct trained stages
     (after sharing: FFR's step 1 across objectives and variants, ERM's model for DFR), and the
-    images those stages pass through the model in training and in per-epoch validation."""
+    images those stages pass through the model in training and in per-epoch validation (at most:
+    the step budget's epochs, before any early stop)."""
     splits: dict[tuple, tuple[int, int, dict]] = {}
     stages: dict[str, tuple[int, int]] = {}
     cells = plan_cells(cfg)
@@ -236,7 +241,8 @@ def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
             # the stage's identity without its data: (stage or strategy, rate, seed) stands for it
             init = json.dumps([plan.name if plan.data == "synthetic" else strategy, rate, seed,
                                asdict(spec.loop_settings()), identity(trainer), init], sort_keys=True, default=str)
-            stages[init] = (sizes[plan.name] * spec.settings.epochs, n_val * spec.settings.epochs)
+            epochs = planned_epochs(spec.settings, sizes[plan.name], spec.settings.batch_size)
+            stages[init] = (sizes[plan.name] * epochs, n_val * epochs)
     return {"cells": len(cells), "trained_stages": len(stages),
             "train_images": sum(t for t, _ in stages.values()), "val_images": sum(v for _, v in stages.values())}
 

@@ -25,7 +25,7 @@ model = create_model("small_cnn", 2)
 # objective (``objective``: name, ``objective_options``)
 options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 objective = create_objective(options.pop("objective", "erm"), **options.pop("objective_options", {}))
-cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "amp": "off", "augment": True, **options})
+cfg = TrainConfig(**{"epochs": 2, "min_steps": 0, "batch_size": 8, "amp": "off", "augment": True, **options})
 first_stage = {k: v.clone() for k, v in model.stages()[0].state_dict().items()}
 
 

@@ -1,7 +1,7 @@
 """The training budget in optimizer steps as well as epochs: ``min_steps`` gives a small dataset
 more epochs, ``max_steps`` caps a big one, ``patience`` stops once validation WGA stops
 improving (never before ``min_steps``); the steps taken and the reason the stage ended are in the
-history, the stage summary and the tracker. Off (0) by default: a stage runs ``epochs`` epochs."""
+history, the stage summary and the tracker. With 0 for all three a stage runs ``epochs`` epochs."""
 
 from __future__ import annotations
 
@@ -17,21 +17,28 @@ from test_finetune import tiny_data
 
 def run(**cfg):
     torch.manual_seed(0)
-    settings = TrainConfig(batch_size=8, lr=1e-2, **cfg)
+    settings = TrainConfig(**{"batch_size": 8, "lr": 1e-2, "min_steps": 0, "patience": 0, **cfg})
     return fit(create_model("tiny_cnn", 2), tiny_data(32), tiny_data(16, 1), create_objective("erm"), settings,
                torch.device("cpu"))
 
 
 def test_epochs_follow_the_step_budget():
     rows, batch = 600, 128  # 5 steps an epoch
-    assert planned_epochs(TrainConfig(epochs=40), rows, batch) == 40
+    assert planned_epochs(TrainConfig(epochs=40, min_steps=0), rows, batch) == 40
     assert planned_epochs(TrainConfig(epochs=40, min_steps=1000), rows, batch) == 200
-    assert planned_epochs(TrainConfig(epochs=40, max_steps=52), rows, batch) == 11
+    assert planned_epochs(TrainConfig(epochs=40, max_steps=52), rows, batch) == 11  # the cap wins over the floor
     assert planned_epochs(TrainConfig(epochs=40, min_steps=1000), 50_000, batch) == 40  # 391 steps an epoch
     assert planned_epochs(TrainConfig(epochs=40, max_steps=1000), 50_000, batch) == 3
 
 
-def test_default_budget_is_the_epochs():
+def test_the_default_budget_fits_the_dataset_size():
+    """The defaults give a 600-image set 1,000 steps (200 epochs), a 50,000-image set its 40 epochs."""
+    assert planned_epochs(TrainConfig(), 600, 128) == 200
+    assert planned_epochs(TrainConfig(), 50_000, 128) == TrainConfig().epochs == 40
+    assert TrainConfig().patience > 0 and TrainConfig().max_steps == 0
+
+
+def test_no_budget_is_the_epochs():
     r = run(epochs=3)
     assert [h["epoch"] for h in r.history] == [0, 1, 2] and r.stop_reason == "epochs"
     assert r.steps == 3 * 4 == r.history[-1]["total_steps"] and r.history[-1]["stop_reason"] == "epochs"
@@ -68,7 +75,6 @@ def test_patience_stops_after_no_improvement_but_not_before_min_steps():
 
 
 @pytest.mark.parametrize("bad, field", [({"min_steps": -1}, "min_steps"), ({"max_steps": -2}, "max_steps"),
-                                        ({"min_steps": 10, "max_steps": 5}, "min_steps"),
                                         ({"patience": -1}, "patience")])
 def test_bad_budgets_are_refused(bad, field):
     with pytest.raises(ConfigError, match=field):

@@ -18,9 +18,9 @@ def _config(tmp_path, **extra):
         "strategies": ["none", "usb", "asb", "ffr"],
         "bias_rates": [0.9],
         "seeds": [0, 1],
-        "train": {"epochs": 2, "batch_size": 64},
-        "pretrain": {"epochs": 2, "batch_size": 64},
-        "finetune": {"epochs": 2, "batch_size": 64},
+        "train": {"epochs": 2, "min_steps": 0, "batch_size": 64},
+        "pretrain": {"epochs": 2, "min_steps": 0, "batch_size": 64},
+        "finetune": {"epochs": 2, "min_steps": 0, "batch_size": 64},
         "search": {"ffr": {"finetune.lr": [1.0e-3, 1.0e-4]}},
         **extra,
     }

@@ -122,17 +122,17 @@ def test_balance_train_evaluate_report(flow, tmp_path):
     assert sets.metadata["stages"]["pretrain"]["n"] == len(pre) and sets.metadata["strategy"] == "ffr"
 
     step1, step2 = art(Model, tmp_path / "step1"), art(Model, tmp_path / "step2")
-    train_model.python_func(training_sets=sets, val_data=ds, model=step1, stage="pretrain", epochs=1, lr=1e-3,
+    train_model.python_func(training_sets=sets, val_data=ds, model=step1, stage="pretrain", epochs=1, min_steps=0, lr=1e-3,
                             device="cpu")
     # a step-2 variant and objective options reach the training loop; an unknown option is named
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['freeze_stage'\]"):
         train_model.python_func(training_sets=sets, val_data=ds, model=art(Model, tmp_path / "bad"), stage="finetune",
-                                init_model=step1, epochs=1, options={"freeze_stage": 1}, device="cpu")
+                                init_model=step1, epochs=1, min_steps=0, options={"freeze_stage": 1}, device="cpu")
     with pytest.raises(ConfigError, match=r"\['lr'\] are parameters of their own"):
         train_model.python_func(training_sets=sets, val_data=ds, model=art(Model, tmp_path / "bad"), stage="finetune",
-                                init_model=step1, epochs=1, options={"lr": 0.1}, device="cpu")
+                                init_model=step1, epochs=1, min_steps=0, options={"lr": 0.1}, device="cpu")
     train_model.python_func(training_sets=sets, val_data=ds, model=step2, stage="finetune", init_model=step1,
-                            epochs=1, lr=1e-3, device="cpu", objective="groupdro", objective_options={"eta": 0.05},
+                            epochs=1, min_steps=0, lr=1e-3, device="cpu", objective="groupdro", objective_options={"eta": 0.05},
                             options={"select_init": True, "freeze_stages": 1.0})  # Struct: 1 arrives as 1.0
     history = [json.loads(line) for line in (Path(step2.path) / "model.pt.history.jsonl").read_text().splitlines()]
     assert history[0]["epoch"] == -1  # select_init: step 1's weights were evaluated as epoch -1
@@ -141,7 +141,7 @@ def test_balance_train_evaluate_report(flow, tmp_path):
     # data-parallel in 2 processes (torchrun, gloo on the CPU): one checkpoint, one history
     ddp = art(Model, tmp_path / "step2_ddp")
     train_model.python_func(training_sets=sets, val_data=ds, model=ddp, stage="finetune", init_model=step1,
-                            epochs=2, lr=1e-3, device="cpu", processes=2)
+                            epochs=2, min_steps=0, lr=1e-3, device="cpu", processes=2)
     lines = (Path(ddp.path) / "model.pt.history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
     assert ddp.metadata["processes"] == 2 and ddp.metadata["train_digest"] == fine.digest()

@@ -37,8 +37,8 @@ def tiny(root: Path, strategies=("none",)) -> ExperimentConfig:
         "data": {"dataset": str(root), "adapter": "folder", "image_size": 8, "min_val_per_group": 2},
         "backbone": "tiny_cnn", "strategies": list(strategies), "bias_rates": [0.8], "seeds": [0],
         "synthesis": {"options": {"image_size": 8}},
-        "train": {"epochs": 1, "batch_size": 8}, "pretrain": {"epochs": 1, "batch_size": 8},
-        "finetune": {"epochs": 1, "batch_size": 8}})
+        "train": {"epochs": 1, "min_steps": 0, "batch_size": 8}, "pretrain": {"epochs": 1, "min_steps": 0, "batch_size": 8},
+        "finetune": {"epochs": 1, "min_steps": 0, "batch_size": 8}})
 
 
 def hold_lock(folder: Path, name: str = ".ffr.lock") -> subprocess.Popen:
@@ -82,7 +82,7 @@ def test_two_trainings_of_one_checkpoint_do_not_both_run(tmp_path, capsys):
     holder = hold_lock(tmp_path / "models", "model.pt.lock")
     try:
         rc = main(["train", "--train", str(tmp_path / "prep"), "--val", str(tmp_path / "prep"), "--set",
-                   "backbone=tiny_cnn", "--set", "data.image_size=8", "--set", "train.epochs=1",
+                   "backbone=tiny_cnn", "--set", "data.image_size=8", "--set", "train.epochs=1", "--set", "train.min_steps=0",
                    "--out", str(tmp_path / "models" / "model.pt")])
         assert rc == 2 and f"pid {holder.pid}" in capsys.readouterr().err
         assert not (tmp_path / "models" / "model.pt").exists()
@@ -98,7 +98,7 @@ def test_a_failed_rerun_of_train_keeps_the_previous_model_and_history(tmp_path, 
     assert main(["prepare", "--set", "data.adapter=folder", "--set", f"data.dataset={tmp_path / 'ds'}",
                  "--set", "data.min_val_per_group=2", "--bias-rate", "0.8", "--out", str(tmp_path / "prep")]) == 0
     argv = ["train", "--train", str(tmp_path / "prep"), "--val", str(tmp_path / "prep"), "--set", "backbone=tiny_cnn",
-            "--set", "data.image_size=8", "--set", "train.epochs=3", "--out", str(tmp_path / "m.pt")]
+            "--set", "data.image_size=8", "--set", "train.epochs=3", "--set", "train.min_steps=0", "--out", str(tmp_path / "m.pt")]
     assert main(argv) == 0
     before = {p.name: p.read_bytes() for p in tmp_path.glob("m.pt*")}
     assert set(before) == {"m.pt", "m.pt.history.jsonl", "m.pt.json"}

@@ -36,7 +36,7 @@ def changed(before: dict, module: nn.Module) -> set[str]:
 
 def train(model, epochs=1, **opts):
     torch.manual_seed(0)
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, **opts)
+    cfg = TrainConfig(**{"epochs": epochs, "batch_size": 8, "lr": 1e-2, "min_steps": 0, "patience": 0, **opts})
     return fit(model, tiny_data(), tiny_data(16, 1), create_objective("erm"), cfg, torch.device("cpu"))
 
 
@@ -132,12 +132,13 @@ def test_select_init_keeps_the_starting_weights_when_training_only_hurts():
     good = train(create_model("small_cnn", 2), epochs=4).model   # learns the red-channel signal
     start = snapshot(good)
     # a learning rate that wrecks the model: the starting weights must win the selection
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=50.0, optimizer="sgd", momentum=0.0, select_init=True)
+    cfg = TrainConfig(epochs=2, min_steps=0, patience=0, batch_size=8, lr=50.0, optimizer="sgd", momentum=0.0,
+                      select_init=True)
     result = fit(good, tiny_data(), val, create_objective("erm"), cfg, torch.device("cpu"))
     assert [h["epoch"] for h in result.history] == [-1, 0, 1]
     assert result.history[0]["val/worst_group_acc"] == 1.0 > result.history[-1]["val/worst_group_acc"]
     assert result.best_epoch == -1 and changed(start, result.model) == set()
     # without the option epoch -1 is not a candidate
     result = fit(create_model("small_cnn", 2), tiny_data(), val, create_objective("erm"),
-                 TrainConfig(epochs=1, batch_size=8), torch.device("cpu"))
+                 TrainConfig(epochs=1, min_steps=0, batch_size=8), torch.device("cpu"))
     assert result.best_epoch == 0 and result.history[0]["epoch"] == 0

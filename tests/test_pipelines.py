@@ -25,7 +25,7 @@ from ffr.results.views import format_group_table  # noqa: E402
 from pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
 from pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
 
-TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1,
+TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
         "device": "cpu"}
 # Executor name prefix → step kind (pipelines/platform.py).
 KINDS = {"exec-check-config": "check", "exec-finish-tracking": "track", "exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",

@@ -19,7 +19,7 @@ from ffr.cli import main
 pytestmark = pytest.mark.slow
 
 GRID = {"data": {"dataset": "demo", "image_size": 32}, "backbone": "tiny_cnn", "strategies": ["none"],
-        "bias_rates": [0.95], "seeds": [0, 1], "train": {"epochs": 1}}
+        "bias_rates": [0.95], "seeds": [0, 1], "train": {"epochs": 1, "min_steps": 0}}
 
 
 def _weights(out):

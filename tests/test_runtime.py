@@ -97,7 +97,7 @@ def test_fit_runs_with_each_precision_and_memory_format(tiny, amp, channels_last
     train, val = tiny
     seed_everything(0)
     model = create_model("small_cnn", 2)
-    cfg = TrainConfig(epochs=2, batch_size=8, amp=amp, channels_last=channels_last, augment=True)
+    cfg = TrainConfig(epochs=2, min_steps=0, batch_size=8, amp=amp, channels_last=channels_last, augment=True)
     result = fit(model, train, val, create_objective("erm"), cfg, torch.device("cpu"), seed=0)
     assert len(result.history) == 2 and all(math.isfinite(r["train/loss"]) for r in result.history)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -130,7 +130,7 @@ def test_in_memory_and_cached_sets_train_identically(tiny, make_dataset):
     for data in (train, mem_train):
         seed_everything(0)
         model = create_model("small_cnn", 2)
-        cfg = TrainConfig(epochs=1, batch_size=8, amp="off", deterministic=True)
+        cfg = TrainConfig(epochs=1, min_steps=0, batch_size=8, amp="off", deterministic=True)
         runs.append(fit(model, data, val, create_objective("erm"), cfg, torch.device("cpu"), seed=0))
     a, b = (r.model.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)

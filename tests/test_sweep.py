@@ -23,9 +23,9 @@ TINY = {
     "strategies": ["none", "ffr"],
     "bias_rates": [0.9],
     "seeds": [0],
-    "train": {"epochs": 2, "batch_size": 32},
-    "pretrain": {"epochs": 2, "batch_size": 32},
-    "finetune": {"epochs": 2, "batch_size": 32},
+    "train": {"epochs": 2, "min_steps": 0, "batch_size": 32},
+    "pretrain": {"epochs": 2, "min_steps": 0, "batch_size": 32},
+    "finetune": {"epochs": 2, "min_steps": 0, "batch_size": 32},
     "objective_options": {"dfr": {"n_refits": 3}, "groupdro": {"eta": 0.05}},
     "device": "cpu",
 }

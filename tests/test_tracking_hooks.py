@@ -55,7 +55,7 @@ def test_flatten_and_epoch_metrics():
 def test_train_and_evaluate_stage_report_to_the_tracker(make_dataset, tmp_path):
     ds = make_dataset(COUNTS)
     rec = Recorder()
-    train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=3, batch_size=8), image_size=8, device="cpu",
+    train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=3, min_steps=0, batch_size=8), image_size=8, device="cpu",
                 stage="finetune", tracker=rec)
     params = rec.of("log_params")[0][1][0]
     assert params["finetune.epochs"] == 3 and params["stage"] == "finetune" and params["init"] is None
@@ -78,7 +78,8 @@ def test_train_and_evaluate_stage_report_to_the_tracker(make_dataset, tmp_path):
 def test_compare_reports_a_nested_run_per_cell_and_stage(tmp_path):
     cfg = load_config(None, ["data.demo={per_digit: 10}", "data.min_val_per_group=2", "strategies=[none, ffr]",
                              "bias_rates=[0.9]", "seeds=[0]", "train.epochs=2", "pretrain.epochs=2",
-                             "finetune.epochs=2", "device=cpu"])
+                             "finetune.epochs=2", "train.min_steps=0", "pretrain.min_steps=0",
+                             "finetune.min_steps=0", "device=cpu"])
     rec = Recorder()
     records = compare(cfg, tmp_path / "run", progress=False, tracker=rec)
     assert rec.of("log_params")[0][1][0]["finetune.epochs"] == 2

@@ -66,7 +66,8 @@ def test_compare_trains_a_folder_dataset(folder, tmp_path):
         "data": {"dataset": str(folder), "adapter": "folder", "image_size": 16, "min_val_per_group": 2},
         "backbone": "tiny_cnn", "strategies": ["none", "ffr"], "bias_rates": [0.9], "seeds": [0],
         "synthesis": {"options": {"image_size": 16}},
-        "train": {"epochs": 1}, "pretrain": {"epochs": 1}, "finetune": {"epochs": 1}})
+        "train": {"epochs": 1, "min_steps": 0}, "pretrain": {"epochs": 1, "min_steps": 0},
+        "finetune": {"epochs": 1, "min_steps": 0}})
     records = compare(cfg, tmp_path / "cmp", progress=False)
     assert sorted(r["strategy"] for r in records) == ["ffr", "none"]
     assert all(r["dataset"] == "my_photos" for r in records)
@@ -80,7 +81,7 @@ def test_kubeflow_ffr_pipeline_on_a_folder_source(folder, tmp_path):
     from pipelines.run import run_local
 
     params = {"source": str(folder), "source_adapter": "folder", "bias_rate": 0.9, "min_val_per_group": 2,
-              "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "image_size": 16,
+              "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0, "image_size": 16,
               "backbone": "tiny_cnn", "synthesis_options": {"image_size": 16}, "device": "cpu"}
     run = run_local("ffr", params, tmp_path / "runs", progress=False, mlflow=None)
     result = run.results["ffr"]

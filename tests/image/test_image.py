@@ -20,7 +20,7 @@ IMAGE = os.environ.get("FFR_TEST_IMAGE", "")
 pytestmark = pytest.mark.skipif(not IMAGE or shutil.which("podman") is None or os.geteuid() != 0,
                                 reason="set FFR_TEST_IMAGE to a built image (make image-test); needs root and podman")
 
-TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1,
+TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
         "device": "cpu"}
 
 

@@ -34,7 +34,7 @@ def test_register_component_without_a_tracking_server(make_dataset, tmp_path, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ds = make_dataset(COUNTS)
     (tmp_path / "model").mkdir()
-    train_stage(ds, ds, tmp_path / "model" / "model.pt", TrainConfig(epochs=1, batch_size=16), image_size=8,
+    train_stage(ds, ds, tmp_path / "model" / "model.pt", TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8,
                 device="cpu")
     evaluate_stage(tmp_path / "model" / "model.pt", ds, "test", tmp_path / "metrics.json", device="cpu")
     decision = art(Metrics, tmp_path / "decision")
@@ -70,7 +70,7 @@ def test_retrain_pipeline_tracks_registers_and_gates(tmp_path, mlflow_env, s3_en
     md5 = yaml.safe_load((proj / "data.dvc").read_text())["outs"][0]["md5"]
 
     params = {"data_repo": str(proj), "data_path": "data", "data_rev": "v1", "data_endpoint": s3_env.url,
-              "bias_rate": 0.9, "min_val_per_group": 2, "num_shards": 1, "pretrain_epochs": 2, "finetune_epochs": 2,
+              "bias_rate": 0.9, "min_val_per_group": 2, "num_shards": 1, "pretrain_epochs": 2, "finetune_epochs": 2, "min_steps": 0,
               "device": "cpu", "registered_model_name": "retrain-test", "gate_floor": 0.0}
     result = run_local("retrain", params, tmp_path / "runs", progress=False, mlflow=mlflow_env.url)
 
@@ -124,7 +124,7 @@ def test_comparison_run_is_readable_in_its_own_store(tmp_path, monkeypatch, caps
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/never-used")  # inherited: must be ignored
     params = ["demo_per_digit=10", "bias_rate=0.9", "num_shards=1", "train_epochs=1", "pretrain_epochs=1",
-              "finetune_epochs=1", "device=cpu"]
+              "finetune_epochs=1", "min_steps=0", "device=cpu"]
     assert main(["run", "comparison", "--quiet", "--runs-dir", str(tmp_path / "runs"),
                  *[a for p in params for a in ("--param", p)]]) == 0
     printed = capsys.readouterr()

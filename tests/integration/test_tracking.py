@@ -15,7 +15,8 @@ from ffr.train.loop import TrainConfig
 from tests.integration.servers import free_port
 
 TINY = ["data.demo={per_digit: 12}", "data.min_val_per_group=2", "strategies=[none, ffr]", "bias_rates=[0.9]",
-        "seeds=[0]", "train.epochs=2", "pretrain.epochs=2", "finetune.epochs=2", "device=cpu"]
+        "seeds=[0]", "train.epochs=2", "pretrain.epochs=2", "finetune.epochs=2", "train.min_steps=0", "pretrain.min_steps=0",
+        "finetune.min_steps=0", "device=cpu"]
 
 
 def _children(client, run):
@@ -86,7 +87,7 @@ def test_stage_runs_record_dvc_digests_and_uris(mlflow_env, tmp_path, make_datas
     counts = {(s, l, b): 6 for s in ("train", "val", "test") for l in ("cat", "dog") for b in ("indoor", "outdoor")}
     ds = make_dataset(counts)
     with mlflow_run(mlflow_env.url, "test-stages", "stages") as t:
-        train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=1, batch_size=16), image_size=8, device="cpu",
+        train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8, device="cpu",
                     tracker=t)
         evaluate_stage(tmp_path / "m.pt", ds, "test", tmp_path / "test.json", device="cpu", tracker=t)
         run_id = t.run_id
