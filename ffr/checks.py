@@ -5,7 +5,6 @@ prints ``ffr: error: ...`` and exits 2) that lists every problem at once."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 
 from ffr.config import ConfigError, ExperimentConfig, experiment_problems, with_overrides
@@ -61,12 +60,9 @@ def name_problems(backbone: str | None = None, objectives=(), objective_options:
             except TypeError as e:
                 out.append(f"{pre}data.options: adapter {adapter!r}: {e}")
     if demo:
-        from ffr.data.demo import DemoSpec
+        from ffr.data.builtin import option_problems
 
-        fields = {f.name for f in dataclasses.fields(DemoSpec)}
-        bad = sorted(set(demo) - fields)
-        if bad:
-            out.append(f"{pre}data.demo: unknown key(s) {bad}; known: {sorted(fields)}")
+        out += [f"{pre}data.demo: {p}" for p in option_problems(demo)]
     return out
 
 
@@ -133,6 +129,11 @@ def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
                              + name_problems(eff.backbone, [eff.objective], eff.objective_options)]
         except ConfigError as e:
             problems.append(f"search: {e}")
+        if cfg.equal_search:
+            from ffr.grid import unequal_budgets
+
+            problems += [f"equal_search: the strategies choose among different numbers of search candidates "
+                         f"({line}); give each strategy's search as many" for line in unequal_budgets(cfg)]
     problems = list(dict.fromkeys(problems))
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

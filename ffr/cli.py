@@ -47,12 +47,12 @@ def _tracker(args, default_name: str, out_dir):
 
 
 def cmd_data_demo(args) -> int:
-    from ffr.data.demo import DemoSpec, make_demo
+    from ffr.data.builtin import BENCHMARKS
     from ffr.data.manifest import format_group_counts
 
-    spec = DemoSpec(seed=args.seed) if args.seed is not None else DemoSpec()
-    m = make_demo(args.out, spec)
-    print(f"demo dataset: {len(m)} real images in {Path(args.out).resolve()}")
+    bench = BENCHMARKS[args.name]
+    m = bench.build(args.out, {"seed": args.seed} if args.seed is not None else {})
+    print(f"{bench.name} benchmark: {len(m)} real images in {Path(args.out).resolve()}")
     print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
     return 0
 
@@ -124,6 +124,10 @@ def cmd_sweep(args) -> int:
             cost = grid_cost(eff, prepare_real(eff, Path(args.out) / name))
             print(f"{name or 'grid'}: {cost['cells']} cells, {cost['trained_stages']} trained stages, "
                   f"{cost['train_images']:,} training and {cost['val_images']:,} validation image passes")
+        from ffr.grid import search_budget
+
+        for objective, counts in search_budget(cfg).items():
+            print(f"search candidates ({objective}): " + ", ".join(f"{s} {n}" for s, n in counts.items()))
         return 0
     records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers)
     print()
@@ -140,7 +144,9 @@ def cmd_probe_domain_gap(args) -> int:
 
     real = Manifest.load(args.real).select(split=args.split, source="real")
     synth = Manifest.load(args.synthetic).select(source="synthetic")
-    result = domain_gap(real, synth, image_size=args.image_size, seed=args.seed)
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+    result = domain_gap(real, synth, image_size=args.image_size, seed=args.seed, epochs=args.epochs)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -562,8 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets: the built-in demo, validation, bias-rate splits")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    p = dsub.add_parser("demo", help="build the offline demo benchmark (real MNIST digits on real textures)")
+    from ffr.data.builtin import BENCHMARKS, DEFAULT
+
+    p = dsub.add_parser("demo", help="build a built-in offline benchmark (real images shipped in installed packages)",
+                        epilog="benchmarks: " + "; ".join(f"{b.name}: {b.summary}" for b in BENCHMARKS.values()))
     p.add_argument("--out", required=True)
+    p.add_argument("--name", default=DEFAULT, choices=sorted(BENCHMARKS),
+                   help=f"which benchmark (default {DEFAULT}); in a config: data.demo.name")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_data_demo)
     p = dsub.add_parser("validate", help="validate a manifest; every problem is listed")
@@ -737,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=3, help="epochs of the real-vs-synthetic classifier")
     p.add_argument("--out")
     p.set_defaults(func=cmd_probe_domain_gap)
     p = psub.add_parser("shortcut", help="the (B, G) shortcut: real-vs-synthetic linear probe per group on a "

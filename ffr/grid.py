@@ -37,6 +37,18 @@ def _grid(search: dict, strategy: str, objective: str | None = None) -> list[dic
     return [dict(zip(keys, vals)) for vals in itertools.product(*(space[k] for k in keys))]
 
 
+def search_budget(cfg: ExperimentConfig) -> dict[str, dict[str, int]]:
+    """How many hyperparameter candidates each strategy chooses among, per objective
+    (``{objective: {strategy: n}}``) — what ``equal_search`` requires to be the same."""
+    return {o: {s: len(_grid(cfg.search, s, o)) for s in cfg.strategies} for o in objectives_of(cfg)}
+
+
+def unequal_budgets(cfg: ExperimentConfig) -> list[str]:
+    """One line per objective whose strategies choose among different numbers of candidates."""
+    return [f"{o}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
+            for o, counts in search_budget(cfg).items() if len(set(counts.values())) > 1]
+
+
 def dotted(hp: dict, prefix: str = "") -> dict:
     """Flatten a hyperparameter choice into dotted overrides. A search value may be a mapping —
     a set of overrides under its key, e.g. ``finetune: [{}, {l2sp: 0.1}, {lpft_epochs: 3}]`` — so

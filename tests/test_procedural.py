@@ -26,7 +26,7 @@ def _request(label="low", bias="grass", index=0, base_seed=0) -> ImageRequest:
 
 def test_registered():
     assert "procedural" in SYNTHESIS_BACKENDS
-    assert SYNTHESIS_BACKENDS.get("procedural") is ProceduralBackend
+    assert isinstance(SYNTHESIS_BACKENDS.get("procedural")(DemoSpec().card()), ProceduralBackend)
 
 
 def test_same_request_same_image_and_seeds_differ(card23):

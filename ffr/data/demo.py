@@ -214,6 +214,19 @@ def _same_spec(path: Path, wanted: dict) -> bool:
         return False
 
 
+def reuse_build(out_dir: Path, spec_file: str, wanted: dict) -> Manifest | None:
+    """The manifest of a complete build of spec ``wanted`` under ``out_dir`` (its spec file, written
+    last, says so), or None; a build of another spec is dropped first, so no stale image or stale
+    marker stays. Shared by every built-in benchmark (:mod:`ffr.data.builtin`)."""
+    spec_path = out_dir / spec_file
+    if spec_path.is_file():
+        if _same_spec(spec_path, wanted) and (out_dir / "manifest.csv").is_file():
+            return Manifest.load(out_dir, check_files=False)
+        spec_path.unlink()
+        shutil.rmtree(out_dir / "images", ignore_errors=True)
+    return None
+
+
 def make_demo(out_dir: str | os.PathLike, spec: DemoSpec | None = None) -> Manifest:
     """Build the demo benchmark under ``out_dir`` and return its manifest.
 
@@ -229,12 +242,9 @@ def make_demo(out_dir: str | os.PathLike, spec: DemoSpec | None = None) -> Manif
     out_dir = Path(out_dir)
     wanted = {"format": _FORMAT, **spec.to_dict()}
     spec_path = out_dir / SPEC_FILE
-    if spec_path.is_file():
-        if _same_spec(spec_path, wanted) and (out_dir / "manifest.csv").is_file():
-            return Manifest.load(out_dir, check_files=False)
-        # A demo we built for another spec: drop it first, so no stale image or stale marker stays.
-        spec_path.unlink()
-        shutil.rmtree(out_dir / "images", ignore_errors=True)
+    built = reuse_build(out_dir, SPEC_FILE, wanted)
+    if built is not None:
+        return built
 
     card = spec.card()
     images, digits = load_mnist_5k()

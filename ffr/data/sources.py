@@ -36,24 +36,24 @@ def load_source(dataset: str, adapter: str = "csv", options: dict | None = None,
     """The real dataset.
 
     Args:
-        dataset: ``demo`` (the built-in benchmark) or the dataset's folder (an ``s3://`` URI for
-            the ``csv`` adapter).
+        dataset: ``demo`` (a built-in benchmark, :mod:`ffr.data.builtin`) or the dataset's folder
+            (an ``s3://`` URI for the ``csv`` adapter).
         adapter: The dataset adapter reading ``dataset`` (``csv``: ``manifest.csv`` + ``card.json``;
             ``folder``: ``<split>/<class>/<bias>/`` image folders; or a public dataset's).
         options: The adapter's options (e.g. ``{"label": "Blond_Hair"}`` for CelebA).
-        demo: :class:`ffr.data.demo.DemoSpec` overrides (``dataset == "demo"`` only).
-        demo_dir: Where the demo is built.
+        demo: Which built-in benchmark (``name``: digits, faces, galaxies; default digits) and its
+            spec options (``dataset == "demo"`` only).
+        demo_dir: Where the benchmark is built.
     """
     if dataset == "demo":
-        from ffr.data.demo import DemoSpec, make_demo
+        from ffr.data.builtin import make_builtin
 
         if demo_dir is None:
             raise ValueError("the demo dataset needs a folder to be built in")
         try:
-            spec = DemoSpec(**(demo or {}))
-        except TypeError as e:
+            return make_builtin(Path(demo_dir), demo)
+        except (TypeError, ValueError) as e:
             raise ValueError(f"data.demo: {e}") from None
-        return make_demo(Path(demo_dir), spec)
     return load_dataset(adapter, dataset, **(options or {}))
 
 

@@ -86,18 +86,22 @@ def mark_selected(records: list[dict]) -> list[dict]:
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (dataset, objective, bias rate, strategy) over the selected records: test WGA,
     balanced and average accuracy (mean, std over seeds; WGA and balanced accuracy with a 95%
-    interval, :func:`bootstrap_interval`), validation WGA, the hyperparameters."""
+    interval, :func:`bootstrap_interval`), validation WGA, the hyperparameters chosen and the
+    number of candidates they were chosen among."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    searched: dict[tuple, set[str]] = defaultdict(set)
     for r in records:
+        key = (r.get("dataset") or "", r["objective"], r["bias_rate"], r["strategy"])
+        searched[key].add(_hp_key(r.get("hparams")))
         if r.get("selected", True):
-            groups[(r.get("dataset") or "", r["objective"], r["bias_rate"], r["strategy"])].append(r)
+            groups[key].append(r)
     order = {s: i for i, s in enumerate(STRATEGY_ORDER)}
     objective_order = {o: i for i, o in enumerate(OBJECTIVE_ORDER)}
     rows = []
     for (ds, obj, rate, strat), rs in sorted(groups.items(), key=lambda kv: (
             kv[0][0], objective_order.get(kv[0][1], 99), kv[0][1], kv[0][2], order.get(kv[0][3], 99), kv[0][3])):
         row = {"dataset": ds, "objective": obj, "bias_rate": rate, "strategy": strat, "seeds": len(rs),
-               "hparams": _hp_key(rs[0].get("hparams"))}
+               "candidates": len(searched[(ds, obj, rate, strat)]), "hparams": _hp_key(rs[0].get("hparams"))}
         for split, metric in (("test", "worst_group_acc"), ("test", "balanced_acc"), ("test", "average_acc"),
                               ("val", "worst_group_acc")):
             vals = [r[split][metric] for r in rs]
@@ -143,8 +147,8 @@ def markdown_table(records: list[dict]) -> str:
     rows = summary_rows(records)
     many = len({r["dataset"] for r in rows}) > 1
     lines = [("| dataset " if many else "") + "| objective | bias rate | strategy | test WGA | test WGA 95% CI "
-             "| test balanced acc | test avg acc | val WGA | seeds | hparams |",
-             ("|---" if many else "") + "|---|---|---|---|---|---|---|---|---|---|"]
+             "| test balanced acc | test avg acc | val WGA | seeds | candidates | hparams |",
+             ("|---" if many else "") + "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             (f"| {r['dataset']} " if many else "") + f"| {r['objective']} | {r['bias_rate']} | {r['strategy']} | "
@@ -152,7 +156,7 @@ def markdown_table(records: list[dict]) -> str:
             f"{_pm(r['test_balanced_acc_mean'], r['test_balanced_acc_std'])} | "
             f"{_pm(r['test_average_acc_mean'], r['test_average_acc_std'])} | "
             f"{_pm(r['val_worst_group_acc_mean'], r['val_worst_group_acc_std'])} | {r['seeds']} | "
-            f"`{r['hparams']}` |")
+            f"{r['candidates']} | `{r['hparams']}` |")
     return "\n".join(lines)
 
 

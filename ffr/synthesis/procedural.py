@@ -1,6 +1,8 @@
-"""The ``procedural`` synthesis backend: the demo's stand-in for a text-to-image model.
+"""The ``procedural`` synthesis backend: the built-in benchmarks' stand-in for a text-to-image model.
 
-It renders any (class, background) group on request, from other sources than the real demo: digits
+It picks the generator of the card's benchmark (``faces``: :mod:`ffr.synthesis.faces`,
+``galaxies``: :mod:`ffr.synthesis.galaxies`); any other card gets the digits of this module.
+For the digits benchmark it renders any (class, background) group on request, from other sources than the real demo: digits
 typeset with the TrueType fonts matplotlib ships (with random size, position, rotation, shear and
 stroke) over procedurally generated imitations of each texture. The result is recognisably the same
 task as the real demo, with a real-vs-synthetic domain gap, as Stable Diffusion images have.
@@ -108,7 +110,22 @@ TEXTURE_GENERATORS = {"grass": _grass, "brick": _brick, "gravel": _gravel, "moon
 
 
 # ---------------------------------------------------------------- the backend
+# The generator of each built-in benchmark (ffr.data.builtin) by its card's name; any other card
+# (the digits demo, or a user's dataset) gets the typeset digits.
+BENCHMARK_GENERATORS = {"faces": ("ffr.synthesis.faces", "FacesBackend"),
+                        "galaxies": ("ffr.synthesis.galaxies", "GalaxiesBackend")}
+
+
 @SYNTHESIS_BACKENDS.register("procedural")
+def procedural_backend(card: DatasetCard, **opts):
+    """The procedural generator for ``card``: its benchmark's own (by the card's name), else the
+    digits of :class:`ProceduralBackend`. ``opts`` go to that generator (e.g. ``image_size``)."""
+    import importlib
+
+    module, cls = BENCHMARK_GENERATORS.get(card.name, (__name__, "ProceduralBackend"))
+    return getattr(importlib.import_module(module), cls)(card, **opts)
+
+
 class ProceduralBackend:
     """Typeset digits over procedural textures, for every (class, bias) group of ``card``.
 

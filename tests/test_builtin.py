@@ -1,0 +1,78 @@
+"""The built-in benchmarks as a user reaches them: ``ffr data demo --name``, ``data.demo.name`` in a
+config, the ``procedural`` backend choosing each benchmark's own generator, and the default
+training budget on a 600-image dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ffr.checks import check_experiment
+from ffr.cli import main
+from ffr.config import ConfigError, load_config
+from ffr.data.builtin import BENCHMARKS, option_problems, split_options
+from ffr.data.faces import FacesSpec
+from ffr.data.galaxies import GalaxiesSpec
+from ffr.synthesis.faces import FacesBackend
+from ffr.synthesis.galaxies import GalaxiesBackend
+from ffr.synthesis.generation import create_backend
+from ffr.synthesis.procedural import ProceduralBackend
+from ffr.data.demo import DemoSpec
+
+
+def test_the_three_benchmarks_and_their_options():
+    assert sorted(BENCHMARKS) == ["digits", "faces", "galaxies"]
+    bench, options = split_options({"name": "faces", "variants": 2})
+    assert bench.name == "faces" and options == {"variants": 2}
+    assert split_options(None)[0].name == "digits"
+    assert option_problems({"name": "faces", "variants": 2}) == []
+    assert "unknown option(s) ['per_digit']" in option_problems({"name": "faces", "per_digit": 3})[0]
+    assert "unknown built-in benchmark 'mnist'" in option_problems({"name": "mnist"})[0]
+    with pytest.raises(ConfigError, match=r"data.demo: .*unknown built-in benchmark 'mnist'; known: \['digits'"):
+        check_experiment(load_config(None, ["data.demo={name: mnist}"]))
+
+
+@pytest.mark.parametrize("card, generator", [(DemoSpec().card(), ProceduralBackend),
+                                             (FacesSpec().card(), FacesBackend),
+                                             (GalaxiesSpec().card(), GalaxiesBackend)])
+def test_procedural_picks_each_benchmarks_own_generator(card, generator):
+    backend = create_backend("procedural", card, image_size=16)
+    assert type(backend) is generator
+    group = card.groups[-1]
+    from ffr.synthesis.generation import make_request
+
+    assert backend.generate([make_request(backend, 0, *group, 0)])[0].size == (16, 16)
+
+
+def test_data_demo_builds_the_named_benchmark(tmp_path, capsys):
+    assert main(["data", "demo", "--name", "faces", "--out", str(tmp_path / "faces")]) == 0
+    out = capsys.readouterr().out
+    assert "faces benchmark: 2000 real images" in out
+    card = json.loads((tmp_path / "faces" / "card.json").read_text())
+    assert card["name"] == "faces" and card["bias_values"] == ["warm", "cool"]
+
+
+def test_an_unknown_benchmark_name_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "demo", "--name", "mnist", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "invalid choice: 'mnist'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_the_default_budget_trains_a_600_image_dataset(tmp_path):
+    """The faces benchmark at bias rate 0.95 leaves 630 real training images (5 batches of 128 an
+    epoch): with every training setting at its default (small_cnn, 40 epochs, the step floor) the
+    model must learn the task, at least on the majority groups."""
+    from ffr.experiment import compare
+
+    cfg = load_config(None, ["data.demo={name: faces}", "strategies=[none]", "bias_rates=[0.95]", "seeds=[0]",
+                             "device=cpu"])
+    [record] = compare(cfg, tmp_path / "run", progress=False)
+    split = json.loads(next((tmp_path / "run" / "cells").glob("*/split_report.json")).read_text())
+    assert sum(split["after"]["train"].values()) == 630
+    majority = [f"{c}_{b}" for c, b in (("face", "warm"), ("nonface", "cool"))]
+    assert all(record["test"]["groups"][g]["acc"] >= 0.9 for g in majority), record["test"]["groups"]
+    history = [json.loads(line) for line in next((tmp_path / "run" / "cells").glob("*/history.jsonl")).open()]
+    assert history[-1]["total_steps"] >= 1000  # the floor raised 40 epochs (200 steps) to 200
