@@ -44,7 +44,8 @@ def main() -> None:
            "--workers", str(args.workers), "--set", f"device={args.device}"]
     if not args.full:
         for stage in ("train", "pretrain", "finetune"):
-            cmd += ["--set", f"{stage}.epochs={args.epochs}", "--set", f"{stage}.min_steps=0"]
+            cmd += ["--set", f"{stage}.epochs={args.epochs}", "--set", f"{stage}.min_steps=0",
+                    "--set", f"{stage}.patience=0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     fresh = run(cmd, env)
     resumed = run(cmd, env)

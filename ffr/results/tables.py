@@ -221,7 +221,7 @@ def summary_html(records: list[dict]) -> str:
     import html
 
     cols = [("dataset", "dataset"), ("objective", "objective"), ("bias rate", "bias_rate"), ("strategy", "strategy"),
-            ("seeds", "seeds")]
+            ("seeds", "seeds"), ("candidates", "candidates")]
     metrics = [("test WGA", "test_worst_group_acc"), ("test balanced", "test_balanced_acc"),
                ("test average", "test_average_acc"), ("val WGA", "val_worst_group_acc")]
     head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols + metrics)

@@ -118,12 +118,18 @@ BENCHMARK_GENERATORS = {"faces": ("ffr.synthesis.faces", "FacesBackend"),
 
 @SYNTHESIS_BACKENDS.register("procedural")
 def procedural_backend(card: DatasetCard, **opts):
-    """The procedural generator for ``card``: its benchmark's own (by the card's name), else the
-    digits of :class:`ProceduralBackend`. ``opts`` go to that generator (e.g. ``image_size``)."""
+    """The procedural generator for ``card``: its benchmark's own (by the card's name, when the
+    card has that benchmark's classes and bias values), else the digits of
+    :class:`ProceduralBackend`. ``opts`` go to that generator (e.g. ``image_size``)."""
     import importlib
 
-    module, cls = BENCHMARK_GENERATORS.get(card.name, (__name__, "ProceduralBackend"))
-    return getattr(importlib.import_module(module), cls)(card, **opts)
+    if card.name in BENCHMARK_GENERATORS:
+        module, cls = BENCHMARK_GENERATORS[card.name]
+        try:
+            return getattr(importlib.import_module(module), cls)(card, **opts)
+        except ValueError:  # a user's dataset that only shares the name (a folder called faces/)
+            pass
+    return ProceduralBackend(card, **opts)
 
 
 class ProceduralBackend:

@@ -40,8 +40,9 @@ class FitResult:
 def planned_epochs(cfg: TrainConfig, rows: int, batch_size: int) -> int:
     """The epochs a stage runs on ``rows`` training rows per process: ``cfg.epochs``, raised to
     reach ``cfg.min_steps`` optimizer steps and lowered to stay within ``cfg.max_steps`` (an
-    epoch is ``ceil(rows / batch_size)`` steps)."""
-    per_epoch = max(1, math.ceil(rows / max(1, batch_size)))
+    epoch is a step per batch, less a last batch of one image, which :func:`fit` skips)."""
+    batch_size = max(1, batch_size)
+    per_epoch = max(1, rows // batch_size + (rows % batch_size >= 2))
     epochs = cfg.epochs
     if cfg.min_steps:
         epochs = max(epochs, math.ceil(cfg.min_steps / per_epoch))
@@ -196,7 +197,9 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
-        if stop_reason == "epochs" and cfg.patience and epoch < epochs - 1 and since_best >= cfg.patience and total_steps >= cfg.min_steps:
+        # LP-FT's head-only epochs do not count against patience: the stage has not started yet.
+        if stop_reason == "epochs" and cfg.patience and epoch < epochs - 1 and total_steps >= cfg.min_steps \
+                and since_best >= cfg.patience and epoch + 1 - cfg.lpft_epochs >= cfg.patience:
             stop_reason = "patience"
         record = {"epoch": epoch, "steps": steps, "total_steps": total_steps,
                   "train/loss": dist.mean(float(loss_sum) / steps) if steps else float("nan"),
