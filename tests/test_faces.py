@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffr.data.faces import CLASSES, SPEC_FILE, FacesSpec, load_lfw_subset, make_faces, split_sources
+from ffr.data.faces import CLASSES, SPEC_FILE, FacesSpec, load_lfw_subset, make_faces, photo_bias, split_sources
 from ffr.data.manifest import SPLITS, DatasetCard, Manifest
 from ffr.synthesis.faces import FacesBackend
 from ffr.synthesis.generation import ImageRequest, image_seed, run_synthesis
@@ -46,7 +46,7 @@ def test_default_build_counts_balance_and_cast(default_build):
     assert loaded.card.name == "faces" and loaded.card.bias_name == "lighting"
     assert loaded.card.classes == ["face", "nonface"] and loaded.card.bias_values == ["warm", "cool"]
     assert loaded.card.majority_bias == {"face": "warm", "nonface": "cool"}
-    # 60/20/20 source photos per class, 5 variants each, every variant under both lightings.
+    # 60/20/20 source photos per class, half of them under each lighting, 10 variants each.
     expected = {"train": 300, "val": 100, "test": 100}
     for split in SPLITS:
         assert set(loaded.select(split=split).group_counts().values()) == {expected[split]}
@@ -77,22 +77,28 @@ def test_no_source_photo_is_in_two_splits(tmp_path):
     resized = np.clip([np.asarray(Image.fromarray(p).resize((32, 32), Image.BICUBIC)) for p in photos], 0, 1)
     flat = resized.reshape(200, -1)
     flat = (flat - flat.mean(1, keepdims=True)) / flat.std(1, keepdims=True)
+    seen: dict[int, set[str]] = {}
     for split in SPLITS:
         for label in CLASSES:
-            rows = m.select(split=split).frame
-            rows = rows[(rows["label"] == label) & (rows["bias"] == "cool")]
-            assert len(rows) == 2 * len(sources[split][label])
-            images = _pixels(Manifest(rows, m.card, m.root)).mean(axis=-1)
-            for n, image in enumerate(images):
-                src = sources[split][label][n // 2]
-                gray = (image[:, ::-1] if n % 2 else image).ravel()
-                # The image is the photo up to the cast's gain and lift (and uint8 rounding).
-                fit = np.polyfit(resized[src].ravel(), gray, 1)
-                residual = gray - np.polyval(fit, resized[src].ravel())
-                assert np.sqrt(np.mean(residual ** 2)) < 0.002, (split, label, n, src)
-                if label == "face":  # 100 distinct faces: the recorded photo is the only match
-                    corr = flat @ ((gray - gray.mean()) / gray.std()) / gray.size
-                    assert int(np.argmax(corr)) == src and corr[src] > 0.99
+            for bias in ("warm", "cool"):
+                rows = m.select(split=split).frame
+                rows = rows[(rows["label"] == label) & (rows["bias"] == bias)]
+                dealt = [src for k, src in enumerate(sources[split][label]) if photo_bias(spec, k) == bias]
+                assert len(rows) == 2 * len(dealt) == len(sources[split][label])
+                images = _pixels(Manifest(rows, m.card, m.root)).mean(axis=-1)
+                for n, image in enumerate(images):
+                    src = dealt[n // 2]
+                    seen.setdefault(src, set()).add(bias)
+                    gray = (image[:, ::-1] if n % 2 else image).ravel()
+                    # The image is the photo up to the cast's gain and lift (and uint8 rounding).
+                    fit = np.polyfit(resized[src].ravel(), gray, 1)
+                    residual = gray - np.polyval(fit, resized[src].ravel())
+                    assert np.sqrt(np.mean(residual ** 2)) < 0.002, (split, label, n, src)
+                    if label == "face":  # 100 distinct faces: the recorded photo is the only match
+                        corr = flat @ ((gray - gray.mean()) / gray.std()) / gray.size
+                        assert int(np.argmax(corr)) == src and corr[src] > 0.99
+    # Every photo is shown, and under one cast only: no minority image is a recoloured majority one.
+    assert sorted(seen) == list(range(200)) and all(len(b) == 1 for b in seen.values())
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
@@ -101,7 +107,7 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     c = make_faces(tmp_path / "c", FacesSpec(variants=1, seed=4))
     assert (tmp_path / "a" / "manifest.csv").read_bytes() == (tmp_path / "b" / "manifest.csv").read_bytes()
     assert [p.read_bytes() for p in a.abs_paths()] == [p.read_bytes() for p in b.abs_paths()]
-    assert a.digest() == b.digest() and len(a) == len(c) == 400
+    assert a.digest() == b.digest() and len(a) == len(c) == 200
     # Another seed puts other photos in each split and draws other cast strengths.
     assert split_sources(FacesSpec(seed=3)) != split_sources(FacesSpec(seed=4))
     pa, pc = _pixels(a), _pixels(c)
@@ -119,7 +125,7 @@ def test_complete_build_is_reused_and_another_spec_rebuilds(tmp_path):
 
     other = make_faces(out, FacesSpec(variants=1, bias_values=["cool", "warm"]))
     assert other.card.majority_bias == {"face": "cool", "nonface": "warm"}
-    assert len(list((out / "images").rglob("*.png"))) == len(other) == 400  # no stale image of the old spec
+    assert len(list((out / "images").rglob("*.png"))) == len(other) == 200  # no stale image of the old spec
     assert '"variants": 1' in (out / SPEC_FILE).read_text()
     assert '"format": "faces-v' in (out / SPEC_FILE).read_text()
 

@@ -8,9 +8,12 @@ bias attribute ``lighting`` is a white-balance colour cast laid over the graysca
 feature with nothing to do with the class, correlated with it later by the bias-rate split.
 
 Each class's 100 photos are split into train/val/test by source photo, so no photo (nor any
-variant of it) is in two splits. Each split is then enlarged with label-preserving variants of
-every photo (the photo itself, its mirror image, random crops), and every variant is rendered
-under every bias value, so all groups of a class have the same size. Nothing is downloaded.
+variant of it) is in two splits. Within a split each photo is shown under one cast only (a
+class's photos are dealt to the casts in turn), so a minority image is never the colour-swapped
+twin of a majority one: a model that pairs the two could read off that the cast is irrelevant,
+and the shortcut would be too weak to measure. Each split is then enlarged with label-preserving
+variants of every photo (the photo itself, its mirror image, random crops); all groups of a class
+have the same size. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ CAST_STRENGTH = (0.7, 1.0)  # per-image cast strength is drawn uniformly from th
 CROP_SCALE = (0.72, 0.92)  # crop variants keep this fraction of the photo's side
 
 SPEC_FILE = "faces_spec.json"
-_FORMAT = "faces-v1"  # bump when the rendering changes, so cached builds are rebuilt
+_FORMAT = "faces-v2"  # bump when the rendering changes, so cached builds are rebuilt
 
 
 @dataclass
@@ -49,14 +52,14 @@ class FacesSpec:
     lighting is bias value i (``face`` ↔ the first, ``nonface`` ↔ the second).
     ``split_fractions`` divides each class's 100 source photos into train/val/test;
     ``variants`` is the number of images made of each source photo (the photo, its mirror image,
-    then random crops), each rendered under every bias value.
+    then random crops), all under the one bias value the photo is dealt (see :func:`photo_bias`).
     """
 
     bias_values: list[str] = field(default_factory=lambda: ["warm", "cool"])
     image_size: int = 32
     seed: int = 0
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    variants: int = 5
+    variants: int = 10
 
     def __post_init__(self) -> None:
         self.bias_values = [str(b) for b in self.bias_values]
@@ -142,8 +145,9 @@ def _split_sizes(fractions) -> tuple[int, int, int]:
 def split_sources(spec: FacesSpec) -> dict[str, dict[str, list[int]]]:
     """The source photos (indices into ``lfw_subset.npy``) of each split and class, sorted.
 
-    Image ``n`` of group (label, bias) in a split shows source ``split_sources(spec)[split][label]
-    [n // spec.variants]``, variant ``n % spec.variants`` (variant 0 is the whole photo).
+    Source ``k`` of a split's class list is shown under :func:`photo_bias` ``(spec, k)`` only:
+    image ``n`` of group (label, bias) shows the ``n // spec.variants``-th of the class's sources
+    dealt that bias, variant ``n % spec.variants`` (variant 0 is the whole photo).
     """
     rng = np.random.default_rng(spec.seed)
     n_train, n_val, _ = _split_sizes(spec.split_fractions)
@@ -153,6 +157,13 @@ def split_sources(spec: FacesSpec) -> dict[str, dict[str, list[int]]]:
         for s, part in zip(SPLITS, np.split(idx, [n_train, n_train + n_val])):
             out[s][label] = sorted(int(i) for i in part)
     return out
+
+
+def photo_bias(spec: FacesSpec, k: int) -> str:
+    """The one bias value under which the ``k``-th source photo of a split's class is shown: the
+    class's photos are dealt to the bias values in turn, so the groups of a class hold the same
+    number of photos (within one) and no photo appears under two casts."""
+    return spec.bias_values[k % len(spec.bias_values)]
 
 
 def _variant_rng(seed: int, source: int, variant: int, *more: int) -> np.random.Generator:
@@ -188,9 +199,9 @@ def make_faces(out_dir: str | os.PathLike, spec: FacesSpec | None = None) -> Man
     Writes ``images/<split>/<group>/<n>.png``, ``manifest.csv`` + ``card.json`` and, last,
     ``faces_spec.json``; a directory that already holds a complete build of the same spec is
     reused as is, one of another spec is replaced. The output depends only on the spec: the same
-    seed gives byte-identical files. Every variant of a split's photos is rendered under every
-    bias value, so all groups of a class have the same size (see :func:`split_sources` for which
-    photo each image shows).
+    seed gives byte-identical files. Each photo is shown under one bias value, dealt in turn, so
+    the groups of a class have the same size within a photo's variants (see :func:`split_sources`
+    for which photo each image shows).
     """
     from PIL import Image
 
@@ -209,16 +220,16 @@ def make_faces(out_dir: str | os.PathLike, spec: FacesSpec | None = None) -> Man
     for split, by_class in split_sources(spec).items():
         for label, sources in by_class.items():
             for k, src in enumerate(sources):
+                bias = photo_bias(spec, k)
+                first = (k // len(spec.bias_values)) * spec.variants
                 for v in range(spec.variants):
                     gray = render_variant(photos[src], v, spec.image_size, _variant_rng(spec.seed, src, v))
-                    n = k * spec.variants + v
-                    for bias in spec.bias_values:
-                        strength = cast_strength(_variant_rng(spec.seed, src, v, 1 + lighting_ids[bias]))
-                        pixels = to_uint8(apply_lighting(gray, bias, strength))
-                        rel = f"images/{split}/{group_key(label, bias)}/{n:05d}.png"
-                        _write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
-                        rows.append({"path": rel, "label": label, "bias": bias,
-                                     "split": split, "source": "real"})
+                    strength = cast_strength(_variant_rng(spec.seed, src, v, 1 + lighting_ids[bias]))
+                    pixels = to_uint8(apply_lighting(gray, bias, strength))
+                    rel = f"images/{split}/{group_key(label, bias)}/{first + v:05d}.png"
+                    _write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+                    rows.append({"path": rel, "label": label, "bias": bias,
+                                 "split": split, "source": "real"})
     manifest = Manifest.from_records(rows, card, out_dir)
     manifest.save(out_dir)
     # Last: marks the build complete.
