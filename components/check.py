@@ -32,6 +32,8 @@ def check_config(
     batch_size: int,
     baselines: List[dict] = [],
     train_epochs: int = 40,
+    demo_name: str = "digits",
+    demo_per_digit: int = 0,
 ) -> str:
     """Check the run form's values, then fingerprint the dataset's content.
 
@@ -63,6 +65,8 @@ def check_config(
         batch_size: Training batch size.
         baselines: The comparison's baselines, ``[{"strategy": NAME, "lr": X}]``.
         train_epochs: The baselines' epochs.
+        demo_name: ``demo`` only: the built-in benchmark (digits, faces, galaxies).
+        demo_per_digit: ``demo`` and digits only: images of each digit kept; 0 keeps them all.
 
     Returns:
         Output: The dataset's content fingerprint (DVC md5 of a folder, the keys and ETags of
@@ -83,7 +87,8 @@ def check_config(
                                  baselines=baselines, synthesis_backend=synthesis_backend,
                                  synthesis_filters=synthesis_filters, source=source, source_adapter=source_adapter,
                                  source_options=source_options, bias_rate=bias_rate, num_shards=num_shards,
-                                 device=device, image_size=image_size, batch_size=batch_size)
+                                 device=device, image_size=image_size, batch_size=batch_size,
+                                 demo_name=demo_name, demo_per_digit=demo_per_digit)
     if problems:
         raise ConfigError("invalid run configuration:\n  - " + "\n  - ".join(problems))
     return source_fingerprint(source)

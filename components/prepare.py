@@ -17,6 +17,7 @@ def prepare_data(
     seed: int = 0,
     min_val_per_group: int = 10,
     demo_per_digit: int = 0,
+    demo_name: str = "digits",
     synthesis_for: List[str] = ["ffr"],
     num_shards: int = 2,
     source_data: Input[Dataset] = None,
@@ -37,7 +38,11 @@ def prepare_data(
         seed: Seed of the bias-rate subsampling.
         min_val_per_group: Real validation images kept per minority group at least (checkpoint
             selection needs every group).
-        demo_per_digit: ``demo`` only: images of each digit to keep; 0 keeps the whole demo.
+        demo_per_digit: ``demo`` and digits only: images of each digit to keep; 0 keeps the
+            whole benchmark.
+        demo_name: ``demo`` only: which built-in benchmark is built (``digits``: MNIST digits on
+            textures; ``faces``: LFW photographs under a warm or cool cast; ``galaxies``: Hubble
+            Deep Field sources in a red or blue band; docs/datasets.md).
         synthesis_for: The strategies (``usb``, ``asb``, ``ffr``) whose synthetic budget the
             work list covers.
         num_shards: Shards each group's synthesis is split into (at most one per image).
@@ -62,11 +67,12 @@ def prepare_data(
     import os
     import shutil
 
-    from ffr.integrations.dvc import dir_digest
+    from ffr.data.builtin import run_form_options
     from ffr.data.sources import prepare
+    from ffr.integrations.dvc import dir_digest
     from ffr.stages import manifest_summary, synthesis_work
 
-    demo = {"per_digit": demo_per_digit} if demo_per_digit > 0 else None
+    demo = run_form_options(demo_name, demo_per_digit)
     if source_data is not None:
         source = source_data.path
     split = prepare(source, dataset.path, bias_rate, seed, min_val_per_group, demo,

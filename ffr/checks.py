@@ -143,9 +143,11 @@ def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
 def pipeline_problems(*, objective: str, backbone: str, stages: dict[str, dict], finetune_options: dict,
                       objective_options: dict, baselines: list, synthesis_backend: str, synthesis_filters: list,
                       source: str, source_adapter: str, source_options: dict, bias_rate: float, num_shards: int,
-                      device: str, image_size: int, batch_size: int) -> list[str]:
+                      device: str, image_size: int, batch_size: int, demo_name: str = "digits",
+                      demo_per_digit: int = 0) -> list[str]:
     """What is wrong with a Kubeflow pipeline's run-form values (empty when nothing): the names
-    (objective, backbone, synthesis backend and filters, adapter, baseline strategies), every
+    (objective, backbone, synthesis backend and filters, adapter, built-in benchmark, baseline
+    strategies), every
     training stage's settings (``stages``: stage name → ``{"epochs", "lr"}``; FFR's step 2 with
     ``finetune_options``) and the objective's options — what the first step of every pipeline
     checks, so a typo fails in seconds, not after synthesis."""
@@ -154,6 +156,16 @@ def pipeline_problems(*, objective: str, backbone: str, stages: dict[str, dict],
     problems = []
     if not 0 < bias_rate < 1:
         problems.append(f"bias_rate: {bias_rate!r} must be between 0 and 1 (exclusive)")
+    if source == "demo":
+        from ffr.data.builtin import option_problems, run_form_options
+
+        named = option_problems({"name": demo_name})
+        problems += [f"demo_name: {p}" for p in named]
+        if not named:
+            try:
+                problems += [f"demo_per_digit: {p}" for p in option_problems(run_form_options(demo_name, demo_per_digit))]
+            except ValueError as e:
+                problems.append(f"demo_per_digit: {e}")
     if num_shards < 1:
         problems.append(f"num_shards: {num_shards!r} must be at least 1")
     if image_size < 8:

@@ -47,20 +47,22 @@ def _check(p: Platform, scope: dict, source="demo", source_adapter="csv", source
              "min_steps", "max_steps", "patience",
              "finetune_options", "objective_options", "synthesis_backend", "synthesis_filters", "bias_rate",
              "num_shards", "device", "image_size", "batch_size")
+    demo = {k: scope[k] for k in ("demo_name", "demo_per_digit") if k in scope}
     task = check_config(**{k: scope[k] for k in names}, source=source, source_adapter=source_adapter,
-                        source_options=source_options if source_options is not None else {}, **extra)
+                        source_options=source_options if source_options is not None else {}, **demo, **extra)
     return p.apply(task, CHECK, "check configuration")
 
 
 def _data(p: Platform, check, synthesis_for: list, source, bias_rate, seed, min_val_per_group, demo_per_digit,
           synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options, synthesis_filters,
-          num_shards, source_data=None, source_adapter="csv", source_options=None):
+          num_shards, source_data=None, source_adapter="csv", source_options=None, demo_name="digits"):
     """prepare → synthesize (ParallelFor over groups × shards) → collect; returns (prepare, collect).
     Prepare takes ``check``'s dataset fingerprint (its cache keys on the data); ``source_data``: a
     task whose ``dataset`` output replaces ``source``."""
     extra = {"source_data": source_data.outputs["dataset"]} if source_data is not None else {}
     prep = p.apply(prepare_data(source=source, bias_rate=bias_rate, seed=seed, min_val_per_group=min_val_per_group,
-                                demo_per_digit=demo_per_digit, synthesis_for=synthesis_for, num_shards=num_shards,
+                                demo_per_digit=demo_per_digit, demo_name=demo_name, synthesis_for=synthesis_for,
+                                num_shards=num_shards,
                                 adapter=source_adapter, adapter_options=source_options or {},
                                 source_digest=check.output, **extra),
                    DATA, "prepare data")
@@ -171,6 +173,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
         seed: int = 0,
         min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
         demo_per_digit: int = 0,
+        demo_name: str = "digits",
         synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
         synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
@@ -212,7 +215,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
             prep, pool = _data(p, check, ["ffr"], source, bias_rate, seed, min_val_per_group, demo_per_digit,
                                synthesis_backend, synthesis_seed, synthesis_batch_size, synthesis_options,
                                synthesis_filters, num_shards, source_adapter=source_adapter,
-                               source_options=source_options)
+                               source_options=source_options, demo_name=demo_name)
             train = _train_settings(scope)
             step2, ev = _ffr(p, prep, pool, train, objective, pretrain_epochs, pretrain_lr, finetune_epochs,
                              finetune_lr, tracking, finetune_options, objective_options)
@@ -237,6 +240,7 @@ def build_comparison_pipeline(platform: Platform | None = None):
         seed: int = 0,
         min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
         demo_per_digit: int = 0,
+        demo_name: str = "digits",
         synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
         synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
@@ -280,7 +284,7 @@ def build_comparison_pipeline(platform: Platform | None = None):
             prep, pool = _data(p, check, ["usb", "asb", "ffr"], source, bias_rate, seed, min_val_per_group,
                                demo_per_digit, synthesis_backend, synthesis_seed, synthesis_batch_size,
                                synthesis_options, synthesis_filters, num_shards, source_adapter=source_adapter,
-                               source_options=source_options)
+                               source_options=source_options, demo_name=demo_name)
             train = _train_settings(scope)
             with dsl.ParallelFor(baselines, name="baselines", parallelism=p.parallelism or None) as b:
                 sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],

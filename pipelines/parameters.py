@@ -29,7 +29,7 @@ _GATE = "Promotion gate (after registration): "
 
 PARAMETER_DOCS: dict[str, str] = {
     # data
-    "source": "The real dataset: demo (the built-in benchmark: MNIST digits on textures, built in the run) or a "
+    "source": "The real dataset: demo (a built-in benchmark, demo_name, built in the run) or a "
               "dataset folder every pod can read (an s3:// URI with the csv adapter), read by source_adapter.",
     "source_adapter": f"How source is read, one of {_names(ADAPTERS.names())}: csv = manifest.csv + card.json "
                       "(what ffr data import writes), folder = <split>/<class>/<bias>/ image folders, the others = "
@@ -42,7 +42,11 @@ PARAMETER_DOCS: dict[str, str] = {
     "seed": "Seed of the bias-rate subsampling and of every training step (initialisation, data order).",
     "min_val_per_group": "Real validation images kept per minority group at least, whatever the bias rate "
                          "(checkpoint selection needs every group).",
-    "demo_per_digit": "Source demo only: images of each digit kept (10-50 for a quick look); 0 = the whole demo.",
+    "demo_per_digit": "Source demo, digits only: images of each digit kept (10-50 for a quick look); 0 = the "
+                      "whole benchmark.",
+    "demo_name": "Source demo only: the built-in benchmark built in the run: digits (MNIST digits on textures), "
+                 "faces (LFW photographs under a warm or cool cast) or galaxies (Hubble Deep Field sources in a "
+                 "red or blue band).",
     "data_repo": "Git URL of the DVC project holding the dataset (an S3 remote: credentials from the ffr-s3 "
                  "secret); empty = the built-in demo benchmark.",
     "data_path": "The dataset folder (manifest.csv + card.json + images) inside data_repo.",

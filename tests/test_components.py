@@ -93,6 +93,21 @@ def test_prepare_outputs_a_self_contained_split_and_the_work_list(flow):
     assert by_group == {g: [0, 1] for g, n in need.items() if n > 0}
 
 
+def test_prepare_builds_the_benchmark_the_run_form_names(tmp_path):
+    """``demo_name`` reaches the Kubeflow steps: the faces benchmark is built inside the artifact
+    and split to the bias rate; the work list plans its groups."""
+    ds, card = art(Dataset, tmp_path / "dataset"), art(Artifact, tmp_path / "card.json")
+    work = prepare_data.python_func(dataset=ds, card=card, source="demo", demo_name="faces", bias_rate=0.95,
+                                    synthesis_for=["ffr"], num_shards=1)
+    m = assert_self_contained(ds.path)
+    assert m.card.name == "faces" and json.loads(Path(card.path).read_text())["bias_name"] == "lighting"
+    assert len(m.select(split="train")) == 630 and ds.metadata["bias_rate"] == 0.95
+    assert {(w["label"], w["bias"]) for w in work} == {(c, b) for c in ("face", "nonface") for b in ("warm", "cool")}
+    with pytest.raises(ValueError, match="digits benchmark only"):
+        prepare_data.python_func(dataset=art(Dataset, tmp_path / "d2"), card=art(Artifact, tmp_path / "c2.json"),
+                                 source="demo", demo_name="faces", demo_per_digit=10)
+
+
 def test_shards_collect_into_the_unsharded_pool(flow):
     pool = assert_self_contained(flow["pool"].path)
     need = synthetic_need(flow["dataset"].path, STRATEGIES)

@@ -323,6 +323,13 @@ def test_run_form_problems_are_all_listed():
         assert needle in text, needle
     lpft = pipeline_problems(**{**ok, "finetune_options": {"lpft_epochs": 5}})
     assert lpft and "lpft_epochs" in lpft[0]
+    # The built-in benchmark is named on the run form too: a typo, or a digits-only size on another.
+    assert pipeline_problems(**ok, demo_name="galaxies") == []
+    [name] = pipeline_problems(**ok, demo_name="face")
+    assert name.startswith("demo_name: ") and "'face'" in name and "faces" in name
+    [size] = pipeline_problems(**ok, demo_name="faces", demo_per_digit=10)
+    assert size.startswith("demo_per_digit: ") and "digits benchmark only" in size
+    assert pipeline_problems(**{**ok, "source": "/data/mine"}, demo_name="face") == []  # not the demo: unread
 
 
 def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
@@ -342,11 +349,12 @@ def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
 @pytest.mark.slow
 def test_config_error_fails_the_first_step_with_its_cause(tmp_path):
     with pytest.raises(PipelineError) as e:
-        run_local("ffr", {**TINY, "objective": "ermm", "finetune_options": {"freeze_stages": -1}},
-                  tmp_path / "runs", progress=False, mlflow="local")
+        run_local("ffr", {**TINY, "objective": "ermm", "finetune_options": {"freeze_stages": -1},
+                          "demo_name": "face"}, tmp_path / "runs", progress=False, mlflow="local")
     msg = str(e.value)
     assert "step 'check configuration' (check-config) failed" in msg
     assert "unknown objective 'ermm'" in msg and "freeze_stages" in msg and "\x1b[" not in msg
+    assert "demo_name: unknown built-in benchmark 'face'; known: ['digits', 'faces', 'galaxies']" in msg
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "\x1b[" not in (run_dir / "run.log").read_text()
     assert not list(run_dir.glob("outputs/**/prepare-data*"))  # nothing ran after the check

@@ -96,6 +96,15 @@ def option_problems(demo: dict | None) -> list[str]:
     return []
 
 
+def run_form_options(name: str = DEFAULT, per_digit: int = 0) -> dict:
+    """The ``data.demo`` a Kubeflow run form's ``demo_name`` and ``demo_per_digit`` describe
+    (``demo_per_digit`` 0: the whole benchmark). A per-digit size for another benchmark is a
+    ValueError, not silently ignored."""
+    if per_digit and name != "digits":
+        raise ValueError(f"demo_per_digit ({per_digit}) sizes the digits benchmark only, not {name!r}: leave it 0")
+    return {"name": name, **({"per_digit": per_digit} if per_digit > 0 else {})}
+
+
 def make_builtin(out_dir: str | os.PathLike, demo: dict | None = None) -> "Manifest":
     """Build the built-in benchmark ``demo`` describes (``{"name": ..., **spec options}``)."""
     bench, options = split_options(demo)
