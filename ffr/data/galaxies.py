@@ -17,16 +17,14 @@ is balanced over (class, band) groups. Nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from ffr.data.demo import _package_file, _write_atomic, reuse_build
+from ffr.data.build import BuildSpec, mark_complete, open_build, package_file, write_atomic
 from ffr.data.manifest import SPLITS, DatasetCard, Manifest, group_key
 
 CLASSES = ("compact", "extended")
@@ -81,7 +79,7 @@ def load_field() -> np.ndarray:
     """The Hubble eXtreme Deep Field's luminance (Rec. 601 weights), float32 (872, 1000) in [0, 1], read-only."""
     from PIL import Image
 
-    with Image.open(_package_file("skimage", "data", "hubble_deep_field.jpg")) as im:
+    with Image.open(package_file("skimage", "data", "hubble_deep_field.jpg")) as im:
         rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     lum = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
     lum.setflags(write=False)
@@ -145,7 +143,7 @@ def find_sources() -> tuple[Source, ...]:
 
 
 @dataclass
-class GalaxiesSpec:
+class GalaxiesSpec(BuildSpec):
     """What the galaxies benchmark contains.
 
     Classes are ``compact`` and ``extended``, bias values the bands ``red`` and ``blue`` (class i's
@@ -175,11 +173,6 @@ class GalaxiesSpec:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}")
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["split_fractions"] = list(self.split_fractions)
-        return d
 
     def card(self) -> DatasetCard:
         """The dataset card; its description says where the images come from and how labels were made."""
@@ -298,10 +291,7 @@ def make_galaxies(out_dir: str | os.PathLike, spec: GalaxiesSpec | None = None) 
     from PIL import Image
 
     spec = spec or GalaxiesSpec()
-    out_dir = Path(out_dir)
-    wanted = {"format": _FORMAT, **spec.to_dict()}
-    spec_path = out_dir / SPEC_FILE
-    built = reuse_build(out_dir, SPEC_FILE, wanted)
+    out_dir, wanted, built = open_build(out_dir, SPEC_FILE, _FORMAT, spec)
     if built is not None:
         return built
 
@@ -320,13 +310,12 @@ def make_galaxies(out_dir: str | os.PathLike, spec: GalaxiesSpec | None = None) 
                         n = counters[(label, band)]
                         counters[(label, band)] += 1
                         rel = f"images/{split}/{group_key(label, band)}/{n:05d}.png"
-                        _write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+                        write_atomic(out_dir / rel, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
                         rows.append({"path": rel, "label": label, "bias": band, "split": split, "source": "real"})
                         provenance.append({"path": rel, "source_id": source.id, "orientation": int(t),
                                            **{k: v for k, v in asdict(source).items() if k != "id"}})
-    _write_atomic(out_dir / SOURCES_FILE, lambda f: f.write(_sources_table(provenance)))
+    write_atomic(out_dir / SOURCES_FILE, lambda f: f.write(_sources_table(provenance)))
     manifest = Manifest.from_records(rows, card, out_dir)
     manifest.save(out_dir)
-    # Last: marks the build complete.
-    _write_atomic(spec_path, lambda f: f.write((json.dumps(wanted, indent=2) + "\n").encode()))
+    mark_complete(out_dir, SPEC_FILE, wanted)
     return manifest
