@@ -277,8 +277,13 @@ def cmd_prepare(args) -> int:
     from ffr.data.sources import prepare
 
     cfg = load_config(args.config, args.set)
+    demo = cfg.data.demo
+    if args.demo_name is not None or args.demo_per_digit is not None:  # DVC's run form (params.yaml)
+        from ffr.data.builtin import DEFAULT, run_form_options
+
+        demo = run_form_options(args.demo_name or DEFAULT, args.demo_per_digit or 0)
     m = prepare(cfg.data.dataset, args.out, args.bias_rate, args.seed, cfg.data.min_val_per_group,
-                cfg.data.demo, args.source, cfg.data.adapter, cfg.data.options)
+                demo, args.source, cfg.data.adapter, cfg.data.options)
     print(format_group_counts({s: m.select(split=s).group_counts() for s in ("train", "val", "test")}))
     for line in _split_warnings(m):
         print(f"ffr: {line}", file=sys.stderr)
@@ -633,6 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias-rate", type=float, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--source", help="where the demo dataset is built (default: next to --out)")
+    p.add_argument("--demo-name", help="dataset demo: the built-in benchmark (digits, faces, galaxies), as the "
+                                       "Kubeflow run form's demo_name; replaces data.demo")
+    p.add_argument("--demo-per-digit", type=int, help="dataset demo, digits only: images of each digit kept "
+                                                      "(0: all), as the run form's demo_per_digit")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_prepare)
 

@@ -181,6 +181,16 @@ def c_unknown_demo_key_in_prepare(ws):
     return ["prepare", "--set", "data.demo.per_digits=3", "--bias-rate", "0.9", "--out", ws / "prep"], "data.demo"
 
 
+def c_per_digit_for_faces_in_prepare(ws):  # DVC's run form (params.yaml) names the benchmark
+    return ["prepare", "--demo-name", "faces", "--demo-per-digit", "30", "--bias-rate", "0.9", "--out", ws / "prep"], \
+        "demo_per_digit (30) sizes the digits benchmark only"
+
+
+def c_unknown_benchmark_in_prepare(ws):
+    return ["prepare", "--demo-name", "face", "--bias-rate", "0.9", "--out", ws / "prep"], \
+        "unknown built-in benchmark 'face'"
+
+
 def c_forty_digit_seed(ws):
     root = _dataset(ws / "ds")
     return ["data", "validate", _edit(root, lambda df: df.assign(seed=["1" * 40] + [""] * (len(df) - 1)))], \

@@ -112,3 +112,17 @@ def test_the_dry_run_refuses_what_the_run_would(tmp_path, capsys):
     code = main(["sweep", "--dry-run", "--out", str(tmp_path / "s"), "--set", "equal_search=true",
                  "--set", "search={none: {train.lr: [1.0e-3, 1.0e-4]}}"])
     assert code == 2 and "equal_search" in capsys.readouterr().err
+
+
+def test_prepare_takes_the_run_forms_benchmark_fields(tmp_path):
+    """DVC's prepare stage passes params.yaml's demo_name and per_digit as ``--demo-name`` and
+    ``--demo-per-digit``: the same fields, with the same rules, as the Kubeflow run form."""
+    from ffr.data.manifest import Manifest
+
+    assert main(["prepare", "--demo-name", "faces", "--demo-per-digit", "0", "--bias-rate", "0.95",
+                 "--source", str(tmp_path / "src"), "--out", str(tmp_path / "prep")]) == 0
+    m = Manifest.load(tmp_path / "prep")
+    assert m.card.name == "faces" and len(m.select(split="train")) == 630
+    assert main(["prepare", "--demo-per-digit", "5", "--bias-rate", "0.9", "--source", str(tmp_path / "src"),
+                 "--out", str(tmp_path / "prep2")]) == 0  # the name defaults to digits: 5 a digit, 10 digits
+    assert Manifest.load(tmp_path / "prep2").card.name == "demo" and (tmp_path / "src" / "demo_spec.json").is_file()
