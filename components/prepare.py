@@ -72,9 +72,9 @@ def prepare_data(
     from ffr.integrations.dvc import dir_digest
     from ffr.stages import manifest_summary, synthesis_work
 
-    demo = run_form_options(demo_name, demo_per_digit)
     if source_data is not None:
         source = source_data.path
+    demo = run_form_options(demo_name, demo_per_digit) if source == "demo" else None  # read for the demo only
     split = prepare(source, dataset.path, bias_rate, seed, min_val_per_group, demo,
                     os.path.join(dataset.path, "images"), adapter, dict(adapter_options))
     shutil.copyfile(os.path.join(dataset.path, "card.json"), card.path)

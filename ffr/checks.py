@@ -147,10 +147,10 @@ def pipeline_problems(*, objective: str, backbone: str, stages: dict[str, dict],
                       demo_per_digit: int = 0) -> list[str]:
     """What is wrong with a Kubeflow pipeline's run-form values (empty when nothing): the names
     (objective, backbone, synthesis backend and filters, adapter, built-in benchmark, baseline
-    strategies), every
-    training stage's settings (``stages``: stage name → ``{"epochs", "lr"}``; FFR's step 2 with
-    ``finetune_options``) and the objective's options — what the first step of every pipeline
-    checks, so a typo fails in seconds, not after synthesis."""
+    strategies), every training stage's settings (``stages``: stage name → ``{"epochs", "lr"}``;
+    FFR's step 2 with ``finetune_options``) and the objective's options — what the first step of
+    every pipeline checks, so a typo fails in seconds, not after synthesis. ``demo_name`` and
+    ``demo_per_digit`` are read for ``source == "demo"`` only, as ``prepare_data`` reads them."""
     from ffr.config import TrainConfig, from_dict, train_problems
 
     problems = []

@@ -278,7 +278,8 @@ def cmd_prepare(args) -> int:
 
     cfg = load_config(args.config, args.set)
     demo = cfg.data.demo
-    if args.demo_name is not None or args.demo_per_digit is not None:  # DVC's run form (params.yaml)
+    if cfg.data.dataset == "demo" and (args.demo_name is not None or args.demo_per_digit is not None):
+        # DVC's run form (params.yaml); another dataset ignores both, as the Kubeflow run form does
         from ffr.data.builtin import DEFAULT, run_form_options
 
         demo = run_form_options(args.demo_name or DEFAULT, args.demo_per_digit or 0)

@@ -57,6 +57,27 @@ def test_a_stage_lists_the_modules_its_command_imports(name):
     assert wanted <= deps, f"{name}: imported but not in its deps: {sorted(wanted - deps)}"
 
 
+def _by_name(module: str) -> set[str]:
+    """The files of ``module`` and of its top-level ffr imports: what loading it by name reads."""
+    files = _module_files(module)
+    path = REPO / (module.replace(".", "/") + ".py")
+    return files | _ffr_imports(ast.parse(path.read_text()).body)
+
+
+def test_the_stages_list_the_modules_loaded_by_name():
+    """The built-in benchmarks' builders (``ffr.data.builtin``) and generators (the procedural
+    backend's ``BENCHMARK_GENERATORS``) are imported by name, which the import walk above cannot
+    see: editing one must still rerun the stage that runs it."""
+    from ffr.data.builtin import BENCHMARKS
+    from ffr.synthesis.procedural import BENCHMARK_GENERATORS
+
+    builders = set().union(*(_by_name(b.module) for b in BENCHMARKS.values()))
+    generators = set().union(*(_by_name(m) for m, _ in BENCHMARK_GENERATORS.values()))
+    assert builders <= _code_deps(STAGES["prepare"]), sorted(builders - _code_deps(STAGES["prepare"]))
+    assert builders | generators <= _code_deps(STAGES["synthesize"]), \
+        sorted((builders | generators) - _code_deps(STAGES["synthesize"]))
+
+
 def test_each_stage_depends_on_its_own_code_only():
     """Editing the synthesis code reruns synthesize (and, through its output, what reads it), not
     the training stages directly; the training code is not a dependency of the data stages."""

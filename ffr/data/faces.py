@@ -12,8 +12,9 @@ variant of it) is in two splits. Within a split each photo is shown under one ca
 class's photos are dealt to the casts in turn), so a minority image is never the colour-swapped
 twin of a majority one: a model that pairs the two could read off that the cast is irrelevant,
 and the shortcut would be too weak to measure. Each split is then enlarged with label-preserving
-variants of every photo (the photo itself, its mirror image, random crops); all groups of a class
-have the same size. Nothing is downloaded.
+variants of every photo (the photo itself, its mirror image, random crops); the groups of a class
+have the same size (one photo's variants apart when a split holds an odd number of a class's
+photos). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -193,8 +194,9 @@ def make_faces(out_dir: str | os.PathLike, spec: FacesSpec | None = None) -> Man
     ``faces_spec.json``; a directory that already holds a complete build of the same spec is
     reused as is, one of another spec is replaced. The output depends only on the spec: the same
     seed gives byte-identical files. Each photo is shown under one bias value, dealt in turn, so
-    the groups of a class have the same size within a photo's variants (see :func:`split_sources`
-    for which photo each image shows).
+    the groups of a class have the same size, or differ by one photo's ``variants`` images when a
+    split holds a number of the class's photos that the bias values do not divide (see
+    :func:`split_sources` for which photo each image shows).
     """
     from PIL import Image
 
