@@ -94,6 +94,20 @@ def cmd_data_split(args) -> int:
     return 0
 
 
+def _stage_cache(args) -> Path | None:
+    """``--stage-cache``: a folder (made when missing), never a file."""
+    if args.stage_cache is None:
+        return None
+    path = Path(args.stage_cache)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--stage-cache {path}: not a folder (the stage cache holds one folder per trained stage)")
+    return path
+
+
+_STAGE_CACHE_HELP = ("where trained stages are kept and looked up by key (default: OUT/stages); give two "
+                     "grids over the same data one folder and the second trains only the stages the first did not")
+
+
 def cmd_compare(args) -> int:
     from ffr.config import load_config
     from ffr.experiment import compare
@@ -102,7 +116,7 @@ def cmd_compare(args) -> int:
     cfg = load_config(args.config, args.set)
     with _tracker(args, "compare", args.out) as tracker:
         records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers, tracker=tracker,
-                          verify=args.verify)
+                          verify=args.verify, stage_cache=_stage_cache(args))
     print()
     print(markdown_table(records))
     print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
@@ -130,7 +144,8 @@ def cmd_sweep(args) -> int:
             for objective, counts in search_budget(eff).items():
                 print(f"  search candidates ({objective}): " + ", ".join(f"{s} {n}" for s, n in counts.items()))
         return 0
-    records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers)
+    records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers,
+                    stage_cache=_stage_cache(args))
     print()
     print(markdown_table(records))
     print()
@@ -678,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.add_argument("--verify", action="store_true",
                    help="check every image file's content against the decoded cache (size and time always are)")
+    p.add_argument("--stage-cache", metavar="DIR", help=_STAGE_CACHE_HELP)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", parents=[_config_parent()],
@@ -689,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the grid's cost (cells, trained stages, image passes) and stop")
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
+    p.add_argument("--stage-cache", metavar="DIR", help=_STAGE_CACHE_HELP)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("run", parents=[_pipeline_parent()], add_help=False,

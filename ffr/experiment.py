@@ -209,9 +209,10 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
 
 def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
                cells: list, threads: int | None = None, dataset: str | None = None,
-               data: str = "") -> list[dict]:
+               data: str = "", stage_cache: Path | None = None) -> list[dict]:
     """Run ``cells`` one after the other (in a worker process when ``threads`` is set); ``data``
-    is the grid's :func:`data_identity`."""
+    is the grid's :func:`data_identity`; trained stages live in ``stage_cache`` (default
+    ``out/stages``)."""
     if threads:
         cap_threads(threads)
     caches: dict[int, ImageCache] = {}  # by resolution (a search may vary data.image_size)
@@ -221,7 +222,7 @@ def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out
         if eff.data.image_size not in caches:  # built by compare() already: this only opens it
             caches[eff.data.image_size] = open_image_cache(eff, real, pool, out / "cache")
         records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, caches[eff.data.image_size], hp,
-                                stage_cache=out / "stages", dataset=dataset))
+                                stage_cache=stage_cache or out / "stages", dataset=dataset))
     return records
 
 
@@ -268,7 +269,8 @@ def _die_with_parent() -> None:
 
 def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
             on_cell: Callable[[dict], None] | None = None, workers: int = 1, dataset: str | None = None,
-            tracker: Tracker | None = None, verify: bool = False) -> list[dict]:
+            tracker: Tracker | None = None, verify: bool = False,
+            stage_cache: str | os.PathLike | None = None) -> list[dict]:
     """Run the grid of one dataset — objectives × strategies × hyperparameters × bias rates ×
     seeds — skipping finished cells, choose hyperparameters per (objective, strategy, bias rate)
     by mean validation WGA over seeds, and write ``results.json``, ``results.md``, ``results.csv``.
@@ -285,17 +287,24 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     (:func:`ffr.locks.output_lock`). Cells are keyed on the data too (:func:`data_identity`): a
     dataset rewritten under the same path is computed afresh. ``verify`` checks every image
     file's content against the decoded cache (slow; size and time are always checked).
+
+    ``stage_cache`` (default ``out_dir/stages``) is where trained stages are kept and looked up
+    by key (:meth:`ffr.train.stage.StageSpec.key`: the stage's data, settings, trainer, model and
+    starting point). Grids that share one reuse each other's stages: the grid of another search
+    protocol over the same data trains only the candidates the first did not. A stage two runs
+    set out to train at once is trained by the first; the other waits for it.
     """
     from ffr.checks import check_experiment
     from ffr.locks import output_lock
 
     check_experiment(cfg)  # every name and value, before any data is read or image rendered
     with output_lock(out_dir):
-        return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker, verify)
+        return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker, verify,
+                        Path(stage_cache) if stage_cache else None)
 
 
 def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers: int, dataset: str | None,
-             tracker: Tracker | None, verify: bool = False) -> list[dict]:
+             tracker: Tracker | None, verify: bool = False, stage_cache: Path | None = None) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
@@ -340,12 +349,12 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
         open_image_cache(cfg, real, pool, out / "cache", progress, size, verify)  # decode once, before any worker
     if workers <= 1 or len(todo) <= 1:
         for group in todo.values():
-            finished(_run_cells(cfg, real, pool, out, group, dataset=dataset, data=data))
+            finished(_run_cells(cfg, real, pool, out, group, dataset=dataset, data=data, stage_cache=stage_cache))
     else:
         threads = max(1, cpu_budget() // workers)  # the share of adaptive (num_threads -1) cells only
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_die_with_parent) as ex:
-            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset, data)
+            futures = [ex.submit(_run_cells, cfg, real, pool, out, group, threads, dataset, data, stage_cache)
                        for group in todo.values()]
             for fut in as_completed(futures):
                 finished(fut.result())
@@ -392,25 +401,28 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
 
 
 def sweep(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True,
-          on_cell: Callable[[dict], None] | None = None, plots: bool = True, workers: int = 1) -> list[dict]:
+          on_cell: Callable[[dict], None] | None = None, plots: bool = True, workers: int = 1,
+          stage_cache: str | os.PathLike | None = None) -> list[dict]:
     """``ffr sweep``: :func:`compare` for every dataset of ``cfg.datasets`` (each in
     ``out_dir/<name>``; or the one dataset of ``cfg.data`` in ``out_dir`` itself), then the
     combined ``results.json``/``.md``/``.csv`` and the plots (:mod:`ffr.results.plots`) in ``out_dir``.
-    Resumable: a rerun recomputes nothing that finished."""
+    Resumable: a rerun recomputes nothing that finished. ``stage_cache``: one stage cache for
+    every dataset (default: each dataset's ``stages`` folder; see :func:`compare`)."""
     from ffr.checks import check_sweep
     from ffr.locks import output_lock
 
     check_sweep(cfg)
     out = Path(out_dir)
     with output_lock(out):
-        return _sweep(cfg, out, progress, on_cell, plots, workers)
+        return _sweep(cfg, out, progress, on_cell, plots, workers, stage_cache)
 
 
-def _sweep(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, plots: bool, workers: int) -> list[dict]:
+def _sweep(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, plots: bool, workers: int,
+           stage_cache: str | os.PathLike | None = None) -> list[dict]:
     from ffr.results.tables import mark_selected, write_results
 
     if not cfg.datasets:
-        records = compare(cfg, out, progress, on_cell, workers)
+        records = compare(cfg, out, progress, on_cell, workers, stage_cache=stage_cache)
     else:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -418,7 +430,7 @@ def _sweep(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, plots: boo
         for name, overrides in cfg.datasets.items():
             eff = with_overrides(cfg, dict(overrides or {}))
             eff.datasets = {}
-            records += compare(eff, out / name, progress, on_cell, workers, dataset=name)
+            records += compare(eff, out / name, progress, on_cell, workers, dataset=name, stage_cache=stage_cache)
         records = mark_selected(records)
         write_results(records, out)
     if plots:

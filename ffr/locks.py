@@ -6,6 +6,9 @@ The lock is an advisory ``flock`` on a small file beside the output, removed whe
 and released by the kernel however the holder exits (``kill -9`` included), so a stale lock file
 never blocks a rerun. Processes that a run starts itself (``compare``'s workers, ``torchrun``'s ranks) write
 under their parent's lock and take none.
+
+:func:`work_lock` is the waiting kind, for work two runs may share rather than outputs they
+would both write: a stage in a stage cache that two grids use (``--stage-cache``).
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE):
     Raises:
         OutputBusy: another process holds it; the message names its pid and command.
     """
-    import fcntl
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = str((folder / name).resolve())
@@ -55,23 +56,11 @@ def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE):
             if not _held[path]:
                 del _held[path]
         return
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "a process that wrote no details"
-            os.close(fd)
-            raise OutputBusy(f"{folder}: another ffr run is writing here ({holder}); wait for it to finish or use "
-                             "another output folder") from None
-        try:  # the holder before us may have removed the file between our open and our lock: retry
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}: ffr {' '.join(sys.argv[1:])}".encode(), 0)
+    try:
+        fd = _lock_file(path, wait=False)
+    except _Busy as e:
+        raise OutputBusy(f"{folder}: another ffr run is writing here ({e.holder}); wait for it to finish or use "
+                         "another output folder") from None
     _held[path] = 1
     previous = os.environ.get("FFR_LOCK_HELD")
     os.environ["FFR_LOCK_HELD"] = str(os.getpid())  # workers and ranks started from here write under it
@@ -83,6 +72,75 @@ def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE):
             os.environ.pop("FFR_LOCK_HELD", None)
         else:
             os.environ["FFR_LOCK_HELD"] = previous
-        os.unlink(path)  # before unlocking: a waiter that opened it retries on the new file
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        _unlock_file(path, fd)
+
+
+@contextlib.contextmanager
+def work_lock(folder: str | os.PathLike, what: str, name: str = LOCK_FILE):
+    """Hold the lock of ``folder`` for the ``with`` block, *waiting* while another process holds
+    it: for work that two runs may both set out to do, such as training one stage of a stage
+    cache that two grids share. The second waits, then finds the work done instead of repeating it.
+
+    Unlike :func:`output_lock` it is taken in the worker processes of a run too (two workers of
+    two grids may meet on one stage); the ranks of one ``torchrun`` do the work together and take
+    none.
+
+    Args:
+        folder: The folder of the work (created when missing).
+        what: The work, for the one line printed to stderr when this process has to wait.
+        name: The lock file's name.
+    """
+    folder = Path(folder)
+    if "LOCAL_RANK" in os.environ:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str((folder / name).resolve())
+    try:
+        fd = _lock_file(path, wait=False)
+    except _Busy as e:
+        print(f"ffr: waiting for {e.holder}, which is {what}", file=sys.stderr, flush=True)
+        fd = _lock_file(path, wait=True)
+    try:
+        yield
+    finally:
+        _unlock_file(path, fd)
+
+
+class _Busy(Exception):
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def _lock_file(path: str, wait: bool) -> int:
+    """Open and ``flock`` the file ``path``, write this process's pid and command in it, and return
+    its descriptor. Raises :class:`_Busy` (with the holder's line) when another process holds it
+    and ``wait`` is false; waits for it otherwise."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "a process that wrote no details"
+            os.close(fd)
+            raise _Busy(holder) from None
+        try:  # the holder before us may have removed the file between our open and our lock: retry
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}: ffr {' '.join(sys.argv[1:])}".encode(), 0)
+    return fd
+
+
+def _unlock_file(path: str, fd: int) -> None:
+    import fcntl
+
+    os.unlink(path)  # before unlocking: a waiter that opened it retries on the new file
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)

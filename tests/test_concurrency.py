@@ -75,6 +75,33 @@ def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
     assert not (tmp_path / "out" / ".ffr.lock").exists()
 
 
+def test_a_stage_two_runs_want_is_done_by_the_first_while_the_other_waits(tmp_path, capsys):
+    """Two grids that share a stage cache and meet on one stage: the second waits (saying for whom
+    and for what) and gets the folder only once the first has finished its work there."""
+    from ffr.locks import work_lock
+
+    stage = tmp_path / "stages" / "abc123"
+    code = ("import time\nfrom pathlib import Path\nfrom ffr.locks import work_lock\n"
+            f"with work_lock({str(stage)!r}, 'training stage abc123'):\n    print('held', flush=True)\n"
+            f"    time.sleep(1.0)\n    Path({str(stage / 'summary.json')!r}).write_text('done')\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with work_lock(stage, "training stage abc123"):
+            assert (stage / "summary.json").read_text() == "done"   # the first one's work is there
+        err = capsys.readouterr().err
+        assert f"ffr: waiting for pid {holder.pid}" in err and "which is training stage abc123" in err
+        assert holder.wait(30) == 0
+        assert not (stage / ".ffr.lock").exists()
+        with work_lock(stage, "training stage abc123"):  # free now: no wait, no message
+            pass
+        assert capsys.readouterr().err == ""
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_trainings_of_one_checkpoint_do_not_both_run(tmp_path, capsys):
     folder_dataset(tmp_path / "ds")
     assert main(["prepare", "--set", "data.adapter=folder", "--set", f"data.dataset={tmp_path / 'ds'}",

@@ -212,3 +212,33 @@ def test_grid_cost_counts_what_the_sweep_trains(reference):
     assert cost["trained_stages"] == len(list((out / "stages").iterdir()))
     trained = {st["key"]: st["n_train"] * 2 for r in records for st in r["stages"]}   # 2 epochs a stage
     assert cost["train_images"] == sum(trained.values())
+
+
+@pytest.mark.slow
+def test_grids_that_share_a_stage_cache_train_only_the_stages_the_other_did_not(reference, tmp_path):
+    """A second protocol over the same data (here: one more learning rate for the baseline) with
+    the first grid's stage cache trains the new candidate's stages alone, leaves the cached ones
+    untouched, and gives the shared cells the first grid's metrics to the last digit."""
+    import shutil
+
+    from ffr.cli import main
+
+    out, records = reference
+    cache = tmp_path / "stages"
+    shutil.copytree(out / "stages", cache)  # the module's reference stays as it is for the other tests
+    before = {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("*/model.pt")}
+    cfg = tiny_cfg(search={"none": {"train.lr": [1.0e-3, 3.0e-4]}})
+    second = sweep(cfg, tmp_path / "second", progress=False, stage_cache=cache)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("*/model.pt")}
+    assert not (tmp_path / "second" / "stages").exists()
+    assert {k: after[k] for k in before} == before              # reused, not trained again
+    assert len(after) - len(before) == 2                        # none at lr 3e-4: ERM (DFR's too) and GroupDRO
+    assert len(second) == len(records) + 3
+    first = {(r["strategy"], r["objective"]): r["test"] for r in records}
+    shared = [r for r in second if r["hparams"].get("train.lr", 1.0e-3) == 1.0e-3]
+    assert len(shared) == len(records)
+    assert all(r["test"] == first[(r["strategy"], r["objective"])] for r in shared)
+    # the CLI: a file where the cache should be is refused before anything runs
+    (tmp_path / "a_file").write_text("")
+    assert main(["sweep", "--out", str(tmp_path / "third"), "--stage-cache", str(tmp_path / "a_file")]) == 2
+    assert not (tmp_path / "third").exists()

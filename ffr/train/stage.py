@@ -18,6 +18,7 @@ of ``ffr compare`` / ``ffr sweep`` (:func:`ffr.experiment.run_cell`) describe a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -170,6 +171,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
         result; rank 0 alone writes files and reports.
     """
     from ffr.data.loading import TensorData
+    from ffr.locks import work_lock
     from ffr.train import distributed as dist
     from ffr.train.backbones import create_model
     from ffr.train.loop import evaluate, fit, load_checkpoint, objective_context, save_checkpoint, seed_everything
@@ -201,46 +203,49 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             "bias_values": list(spec.train.card.bias_values), "image_size": spec.image_size,
             "normalize": settings.normalize, "stage": spec.name, "objective": trainer.name,
             "train_digest": spec.train.digest(), "stage_key": key}
-    reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
-    if reused:
-        model, _ = load_checkpoint(ckpt, device)
-        done = read_json(summary)
-        best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
-        meta.update({k: v for k, v in (done.get("meta") or {}).items() if k in ("steps", "stop_reason")})
-        records = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
-        for rec in records:
-            tracker.log_metrics(*epoch_metrics(rec))
-    else:
-        seed_everything(spec.seed)  # per stage, so a stage's result does not depend on what ran before
-        model = create_model(spec.backbone, len(spec.train.card.classes), spec.weights)
-        if spec.init is not None:
-            model.load_state_dict(_init_state(spec))
-        if dist.is_main():  # a rerun replaces the history only once the new stage is written
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-        partial = temp_beside(history)
-        partial.unlink(missing_ok=True)
+    with contextlib.ExitStack() as held:
+        if cache_dir is not None:  # another run that shares the stage cache may be training this stage
+            held.enter_context(work_lock(ckpt.parent, f"training stage {key} ({spec.name}) in {cache_dir}"))
+        reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
+        if reused:
+            model, _ = load_checkpoint(ckpt, device)
+            done = read_json(summary)
+            best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
+            meta.update({k: v for k, v in (done.get("meta") or {}).items() if k in ("steps", "stop_reason")})
+            records = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
+            for rec in records:
+                tracker.log_metrics(*epoch_metrics(rec))
+        else:
+            seed_everything(spec.seed)  # per stage, so a stage's result does not depend on what ran before
+            model = create_model(spec.backbone, len(spec.train.card.classes), spec.weights)
+            if spec.init is not None:
+                model.load_state_dict(_init_state(spec))
+            if dist.is_main():  # a rerun replaces the history only once the new stage is written
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+            partial = temp_beside(history)
+            partial.unlink(missing_ok=True)
 
-        def log(rec):
-            rec = {"stage": spec.name, **rec}
-            with partial.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            tracker.log_metrics(*epoch_metrics(rec))
+            def log(rec):
+                rec = {"stage": spec.name, **rec}
+                with partial.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                tracker.log_metrics(*epoch_metrics(rec))
 
-        train = decode(spec.train)
-        try:
-            result = fit(model, train, val, trainer, settings, device, seed=spec.seed, log=log, progress=progress,
-                         desc=desc or spec.name)
-        except BaseException:
-            partial.unlink(missing_ok=True)  # the previous history (if any) stays as it was
-            raise
-        model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
-        records = result.history
-        meta.update(best_epoch=best_epoch, steps=result.steps, stop_reason=result.stop_reason)
-        if dist.is_main():
-            save_checkpoint(ckpt, model, meta)
-            os.replace(partial, history) if partial.is_file() else history.write_text("")
-            write_json(summary, StageResult(model, ckpt, history, key, best_epoch, best_val, state, meta).summary())
-        dist.barrier()  # the other ranks go on once the files exist
+            train = decode(spec.train)
+            try:
+                result = fit(model, train, val, trainer, settings, device, seed=spec.seed, log=log, progress=progress,
+                             desc=desc or spec.name)
+            except BaseException:
+                partial.unlink(missing_ok=True)  # the previous history (if any) stays as it was
+                raise
+            model, best_epoch, best_val, state = result.model, result.best_epoch, result.best_val, trainer.state()
+            records = result.history
+            meta.update(best_epoch=best_epoch, steps=result.steps, stop_reason=result.stop_reason)
+            if dist.is_main():
+                save_checkpoint(ckpt, model, meta)
+                os.replace(partial, history) if partial.is_file() else history.write_text("")
+                write_json(summary, StageResult(model, ckpt, history, key, best_epoch, best_val, state, meta).summary())
+            dist.barrier()  # the other ranks go on once the files exist
     meta["best_epoch"] = best_epoch
     final_ckpt = ckpt
     if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
