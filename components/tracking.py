@@ -106,6 +106,7 @@ def fetch_data_revision(
     path: str = "data",
     rev: str = "",
     endpoint_url: str = "",
+    demo_name: str = "digits",
 ):
     """A dataset folder as it is at one git revision of a DVC project.
 
@@ -114,12 +115,14 @@ def fetch_data_revision(
     lineage.
 
     Args:
-        repo: The DVC project's git URL (or a local path); empty: the built-in demo benchmark
-            (so the run form works as it is).
+        repo: The DVC project's git URL (or a local path); empty: the built-in benchmark
+            ``demo_name`` (so the run form works as it is).
         path: The dataset folder inside the project.
         rev: A tag, branch or commit of ``repo``; empty: its default branch.
         endpoint_url: S3 endpoint of a non-AWS remote (MinIO, Ceph); empty:
             ``$AWS_ENDPOINT_URL``, else AWS.
+        demo_name: ``repo`` empty only: the built-in benchmark built (``digits``, ``faces``,
+            ``galaxies``; docs/datasets.md).
 
     Returns:
         dataset: The dataset folder (manifest.csv + card.json + images).
@@ -131,9 +134,9 @@ def fetch_data_revision(
 
         info = get_revision(repo, path, dataset.path, rev or None, endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
     else:
-        from ffr.data.demo import make_demo
+        from ffr.data.builtin import make_builtin, run_form_options
         from ffr.integrations.dvc import dir_digest
 
-        make_demo(dataset.path)
-        info = {"repo": "demo", "dvc_md5": dir_digest(dataset.path)}
+        make_builtin(dataset.path, run_form_options(demo_name))
+        info = {"repo": "demo", "demo_name": demo_name, "dvc_md5": dir_digest(dataset.path)}
     dataset.metadata.update(info)

@@ -317,6 +317,7 @@ def build_retrain_pipeline(platform: Platform | None = None):
         data_path: str = "data",
         data_rev: str = "",
         data_endpoint: str = "",
+        demo_name: str = "digits",
         bias_rate: float = defaults.BIAS_RATE,
         seed: int = 0,
         min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
@@ -351,7 +352,7 @@ def build_retrain_pipeline(platform: Platform | None = None):
         gate_floor: float = 0.5,
     ):
         """fetch the dataset at ``data_rev`` of the DVC project ``data_repo`` (folder ``data_path``;
-        empty repo: the built-in demo) → the FFR pipeline → register the model as the challenger
+        empty repo: the built-in benchmark ``demo_name``) → the FFR pipeline → register the model as the challenger
         and run the promotion gate against the champion. The data revision (repo, revision,
         commit, DVC version) is recorded in the model version's lineage."""
         scope = dict(locals())
@@ -359,7 +360,8 @@ def build_retrain_pipeline(platform: Platform | None = None):
             check = _check(p, scope)
             tracking = _tracking(p, check, "retrain", mlflow_uri, mlflow_experiment, mlflow_artifacts, _params(scope))
             fetch = p.apply(fetch_data_revision(repo=data_repo, path=data_path, rev=data_rev,
-                                                endpoint_url=data_endpoint), DATA, "fetch data revision")
+                                                endpoint_url=data_endpoint, demo_name=demo_name),
+                    DATA, "fetch data revision")
             fetch.set_caching_options(False)  # a branch or tag may move: always ask the repository
             fetch.after(check)
             prep, pool = _data(p, check, ["ffr"], "demo", bias_rate, seed, min_val_per_group, 0, synthesis_backend,

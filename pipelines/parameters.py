@@ -44,7 +44,8 @@ PARAMETER_DOCS: dict[str, str] = {
                          "(checkpoint selection needs every group).",
     "demo_per_digit": "Source demo, digits only: images of each digit kept (10-50 for a quick look); 0 = the "
                       "whole benchmark.",
-    "demo_name": "Source demo only: the built-in benchmark built in the run: digits (MNIST digits on textures), "
+    "demo_name": "The built-in benchmark built in the run when the data is the demo (source demo; retrain: "
+                 "data_repo empty): digits (MNIST digits on textures), "
                  "faces (LFW photographs under a warm or cool cast) or galaxies (Hubble Deep Field sources in a "
                  "red or blue band).",
     "data_repo": "Git URL of the DVC project holding the dataset (an S3 remote: credentials from the ffr-s3 "

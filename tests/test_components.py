@@ -14,7 +14,7 @@ pytest.importorskip("kfp")
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model  # noqa: E402
 
 from components import (ALL, balance_data, base_image, collect_shards, comparison_report,  # noqa: E402
-                        evaluate_model, prepare_data, synthesize_shard, train_model)
+                        evaluate_model, fetch_data_revision, prepare_data, synthesize_shard, train_model)
 from ffr.config import ConfigError  # noqa: E402
 from ffr.data.manifest import Manifest, group_key  # noqa: E402
 from ffr.integrations.dvc import dir_digest  # noqa: E402
@@ -106,6 +106,18 @@ def test_prepare_builds_the_benchmark_the_run_form_names(tmp_path):
     with pytest.raises(ValueError, match="digits benchmark only"):
         prepare_data.python_func(dataset=art(Dataset, tmp_path / "d2"), card=art(Artifact, tmp_path / "c2.json"),
                                  source="demo", demo_name="faces", demo_per_digit=10)
+
+
+def test_the_retraining_fetch_builds_the_benchmark_the_run_form_names(tmp_path):
+    """``retrain`` with no ``data_repo``: its fetch step builds the benchmark ``demo_name`` names
+    (the whole one, unsplit) and says which in the lineage it hands to the registry."""
+    ds = art(Dataset, tmp_path / "fetched")
+    fetch_data_revision.python_func(dataset=ds, demo_name="galaxies")
+    m = assert_self_contained(ds.path)
+    assert m.card.name == "galaxies" and ds.metadata["repo"] == "demo" and ds.metadata["demo_name"] == "galaxies"
+    assert ds.metadata["dvc_md5"] == dir_digest(ds.path)
+    with pytest.raises(ValueError, match="unknown built-in benchmark 'galaxy'"):
+        fetch_data_revision.python_func(dataset=art(Dataset, tmp_path / "f2"), demo_name="galaxy")
 
 
 def test_shards_collect_into_the_unsharded_pool(flow):

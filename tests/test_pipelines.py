@@ -209,6 +209,13 @@ def test_the_benchmark_fields_reach_the_check_and_the_data_step(tmp_path, name):
                      for b in ("exec-check-config", "exec-prepare-data")}
 
 
+def test_the_retraining_pipelines_benchmark_field_reaches_the_check_and_the_fetch(tmp_path):
+    spec, _ = load_compiled(compile_pipeline("retrain", tmp_path / "retrain.yaml"))
+    wired = {exe: task.inputs.parameters["demo_name"].component_input_parameter.removeprefix("pipelinechannel--")
+             for task, exe in all_tasks(spec) if exe in ("exec-check-config", "exec-fetch-data-revision")}
+    assert wired == {"exec-check-config": "demo_name", "exec-fetch-data-revision": "demo_name"}
+
+
 def test_local_platform_has_no_retries_or_secrets(tmp_path):
     from kfp import compiler
 
