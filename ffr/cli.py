@@ -114,9 +114,10 @@ def cmd_compare(args) -> int:
     from ffr.results.tables import markdown_table
 
     cfg = load_config(args.config, args.set)
+    stage_cache = _stage_cache(args)
     with _tracker(args, "compare", args.out) as tracker:
         records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers, tracker=tracker,
-                          verify=args.verify, stage_cache=_stage_cache(args))
+                          verify=args.verify, stage_cache=stage_cache)
     print()
     print(markdown_table(records))
     print(f"\nresults: {Path(args.out).resolve() / 'results.json'}")
@@ -129,6 +130,7 @@ def cmd_sweep(args) -> int:
     from ffr.results.tables import markdown_table, wga_pivot
 
     cfg = load_config(args.config, args.set)
+    stage_cache = _stage_cache(args)
     if args.dry_run:
         from ffr.checks import check_sweep
         from ffr.config import with_overrides
@@ -143,9 +145,13 @@ def cmd_sweep(args) -> int:
                   f"{cost['train_images']:,} training and {cost['val_images']:,} validation image passes")
             for objective, counts in search_budget(eff).items():
                 print(f"  search candidates ({objective}): " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+        if stage_cache is not None:
+            held = sum(1 for _ in stage_cache.glob("*/model.pt.json")) if stage_cache.is_dir() else 0
+            print(f"(every stage counted; {stage_cache} holds {held} trained stages, and those this grid shares "
+                  "are loaded, not trained)")
         return 0
     records = sweep(cfg, args.out, progress=not args.quiet, plots=not args.no_plots, workers=args.workers,
-                    stage_cache=_stage_cache(args))
+                    stage_cache=stage_cache)
     print()
     print(markdown_table(records))
     print()

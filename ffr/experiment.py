@@ -300,7 +300,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     check_experiment(cfg)  # every name and value, before any data is read or image rendered
     with output_lock(out_dir):
         return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker, verify,
-                        Path(stage_cache) if stage_cache else None)
+                        Path(stage_cache).resolve() if stage_cache else None)  # records name it from anywhere
 
 
 def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers: int, dataset: str | None,

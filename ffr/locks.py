@@ -82,8 +82,8 @@ def work_lock(folder: str | os.PathLike, what: str, name: str = LOCK_FILE):
     cache that two grids share. The second waits, then finds the work done instead of repeating it.
 
     Unlike :func:`output_lock` it is taken in the worker processes of a run too (two workers of
-    two grids may meet on one stage); the ranks of one ``torchrun`` do the work together and take
-    none.
+    two grids may meet on one stage). The ranks of one ``torchrun`` do the work together: rank 0
+    takes the lock for them all (the others wait for it at their next collective step).
 
     Args:
         folder: The folder of the work (created when missing).
@@ -91,7 +91,7 @@ def work_lock(folder: str | os.PathLike, what: str, name: str = LOCK_FILE):
         name: The lock file's name.
     """
     folder = Path(folder)
-    if "LOCAL_RANK" in os.environ:
+    if os.environ.get("RANK", "0") != "0":  # a torchrun rank other than 0: rank 0 holds it for the group
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)

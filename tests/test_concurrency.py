@@ -75,28 +75,40 @@ def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
     assert not (tmp_path / "out" / ".ffr.lock").exists()
 
 
-def test_a_stage_two_runs_want_is_done_by_the_first_while_the_other_waits(tmp_path, capsys):
+def test_a_stage_two_runs_want_is_done_by_the_first_while_the_other_waits(tmp_path, capsys, monkeypatch):
     """Two grids that share a stage cache and meet on one stage: the second waits (saying for whom
-    and for what) and gets the folder only once the first has finished its work there."""
-    from ffr.locks import work_lock
+    and for what) and gets the folder only once the first has finished its work there. The holder
+    finishes only once the waiter is blocked, so the order is fixed, not a matter of timing."""
+    import ffr.locks as locks
 
     stage = tmp_path / "stages" / "abc123"
+    go = tmp_path / "go"
     code = ("import time\nfrom pathlib import Path\nfrom ffr.locks import work_lock\n"
             f"with work_lock({str(stage)!r}, 'training stage abc123'):\n    print('held', flush=True)\n"
-            f"    time.sleep(1.0)\n    Path({str(stage / 'summary.json')!r}).write_text('done')\n")
+            f"    while not Path({str(go)!r}).exists():\n        time.sleep(0.02)\n"
+            f"    Path({str(stage / 'model.pt.json')!r}).write_text('done')\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lock_file = locks._lock_file
+
+    def blocking(path, wait):
+        if wait:
+            go.write_text("")  # the holder may finish now: this process is about to block on it
+        return lock_file(path, wait)
+
+    monkeypatch.setattr(locks, "_lock_file", blocking)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with work_lock(stage, "training stage abc123"):
-            assert (stage / "summary.json").read_text() == "done"   # the first one's work is there
+        with locks.work_lock(stage, "training stage abc123"):
+            assert (stage / "model.pt.json").read_text() == "done"   # the first one's work is there
         err = capsys.readouterr().err
         assert f"ffr: waiting for pid {holder.pid}" in err and "which is training stage abc123" in err
         assert holder.wait(30) == 0
         assert not (stage / ".ffr.lock").exists()
-        with work_lock(stage, "training stage abc123"):  # free now: no wait, no message
+        go.unlink()
+        with locks.work_lock(stage, "training stage abc123"):  # free now: no wait, no message
             pass
-        assert capsys.readouterr().err == ""
+        assert capsys.readouterr().err == "" and not go.exists()
     finally:
         holder.kill()
         holder.wait()

@@ -215,10 +215,11 @@ def test_grid_cost_counts_what_the_sweep_trains(reference):
 
 
 @pytest.mark.slow
-def test_grids_that_share_a_stage_cache_train_only_the_stages_the_other_did_not(reference, tmp_path):
+def test_grids_that_share_a_stage_cache_train_only_the_stages_the_other_did_not(reference, tmp_path, monkeypatch):
     """A second protocol over the same data (here: one more learning rate for the baseline) with
-    the first grid's stage cache trains the new candidate's stages alone, leaves the cached ones
-    untouched, and gives the shared cells the first grid's metrics to the last digit."""
+    the first grid's stage cache trains the new candidate's stages alone (in worker processes),
+    leaves the cached ones untouched, and gives the shared cells the first grid's metrics to the
+    last digit. A third grid whose every stage is cached writes nothing into the cache."""
     import shutil
 
     from ffr.cli import main
@@ -228,7 +229,7 @@ def test_grids_that_share_a_stage_cache_train_only_the_stages_the_other_did_not(
     shutil.copytree(out / "stages", cache)  # the module's reference stays as it is for the other tests
     before = {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("*/model.pt")}
     cfg = tiny_cfg(search={"none": {"train.lr": [1.0e-3, 3.0e-4]}})
-    second = sweep(cfg, tmp_path / "second", progress=False, stage_cache=cache)
+    second = sweep(cfg, tmp_path / "second", progress=False, stage_cache=cache, workers=2)
     after = {p.parent.name: p.stat().st_mtime_ns for p in cache.glob("*/model.pt")}
     assert not (tmp_path / "second" / "stages").exists()
     assert {k: after[k] for k in before} == before              # reused, not trained again
@@ -238,6 +239,15 @@ def test_grids_that_share_a_stage_cache_train_only_the_stages_the_other_did_not(
     shared = [r for r in second if r["hparams"].get("train.lr", 1.0e-3) == 1.0e-3]
     assert len(shared) == len(records)
     assert all(r["test"] == first[(r["strategy"], r["objective"])] for r in shared)
+    assert all(Path(st["checkpoint"]).is_absolute() and Path(st["checkpoint"]).parent.parent == cache
+               for r in second for st in r["stages"] if st["checkpoint"].endswith("model.pt"))
+
+    def no_lock(*args, **kwargs):
+        raise AssertionError("a cached stage took the cache's lock")
+
+    monkeypatch.setattr("ffr.locks.work_lock", no_lock)
+    third = sweep(cfg, tmp_path / "third_grid", progress=False, stage_cache=cache)
+    assert comparable(third, tmp_path / "third_grid") == comparable(second, tmp_path / "second")
     # the CLI: a file where the cache should be is refused before anything runs
     (tmp_path / "a_file").write_text("")
     assert main(["sweep", "--out", str(tmp_path / "third"), "--stage-cache", str(tmp_path / "a_file")]) == 2

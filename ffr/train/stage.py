@@ -203,10 +203,11 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             "bias_values": list(spec.train.card.bias_values), "image_size": spec.image_size,
             "normalize": settings.normalize, "stage": spec.name, "objective": trainer.name,
             "train_digest": spec.train.digest(), "stage_key": key}
+    reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
     with contextlib.ExitStack() as held:
-        if cache_dir is not None:  # another run that shares the stage cache may be training this stage
+        if cache_dir is not None and not reused:  # another run sharing the cache may be training it now:
             held.enter_context(work_lock(ckpt.parent, f"training stage {key} ({spec.name}) in {cache_dir}"))
-        reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
+            reused = dist.from_main(summary.is_file())  # ... and may have finished it while we waited
         if reused:
             model, _ = load_checkpoint(ckpt, device)
             done = read_json(summary)
