@@ -45,7 +45,7 @@ def test_the_cli_names_the_unequal_counts(tmp_path, capsys):
 
 
 def test_the_shipped_equal_budget_configs_are_equal():
-    for path, n in (("configs/sweep_demo_equal.yaml", 7), ("configs/sweep_faces.yaml", 4),
+    for path, n in (("configs/sweep_demo_equal.yaml", 7), ("configs/sweep_faces.yaml", 7),
                     ("configs/sweep_galaxies.yaml", 7)):
         cfg = check_experiment(load_config(path, []))
         assert cfg.equal_search and not unequal_budgets(cfg), path
