@@ -94,27 +94,17 @@ def cmd_data_split(args) -> int:
     return 0
 
 
-def _stage_cache(args) -> Path | None:
-    """``--stage-cache``: a folder (made when missing), never a file."""
-    if args.stage_cache is None:
-        return None
-    path = Path(args.stage_cache)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--stage-cache {path}: not a folder (the stage cache holds one folder per trained stage)")
-    return path
-
-
 _STAGE_CACHE_HELP = ("where trained stages are kept and looked up by key (default: OUT/stages); give two "
                      "grids over the same data one folder and the second trains only the stages the first did not")
 
 
 def cmd_compare(args) -> int:
     from ffr.config import load_config
-    from ffr.experiment import compare
+    from ffr.experiment import compare, stage_cache_dir
     from ffr.results.tables import markdown_table
 
     cfg = load_config(args.config, args.set)
-    stage_cache = _stage_cache(args)
+    stage_cache = stage_cache_dir(args.stage_cache)  # checked before a tracking run is opened
     with _tracker(args, "compare", args.out) as tracker:
         records = compare(cfg, args.out, progress=not args.quiet, workers=args.workers, tracker=tracker,
                           verify=args.verify, stage_cache=stage_cache)
@@ -126,11 +116,11 @@ def cmd_compare(args) -> int:
 
 def cmd_sweep(args) -> int:
     from ffr.config import load_config
-    from ffr.experiment import sweep
+    from ffr.experiment import stage_cache_dir, sweep
     from ffr.results.tables import markdown_table, wga_pivot
 
     cfg = load_config(args.config, args.set)
-    stage_cache = _stage_cache(args)
+    stage_cache = stage_cache_dir(args.stage_cache)
     if args.dry_run:
         from ffr.checks import check_sweep
         from ffr.config import with_overrides

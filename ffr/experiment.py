@@ -207,12 +207,22 @@ def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparam
     return f"{strategy}_{cfg.objective}_r{rate}_s{seed}_{digest}"
 
 
+def stage_cache_dir(path: str | os.PathLike | None) -> Path | None:
+    """A ``stage_cache`` argument as an absolute folder (records then name its checkpoints from
+    anywhere), or None for the default; a file there is a ValueError (the CLI: exit 2)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--stage-cache {path}: not a folder (the stage cache holds one folder per trained stage)")
+    return path.resolve()
+
+
 def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
                cells: list, threads: int | None = None, dataset: str | None = None,
                data: str = "", stage_cache: Path | None = None) -> list[dict]:
     """Run ``cells`` one after the other (in a worker process when ``threads`` is set); ``data``
-    is the grid's :func:`data_identity`; trained stages live in ``stage_cache`` (default
-    ``out/stages``)."""
+    is the grid's :func:`data_identity`; trained stages live in ``stage_cache``."""
     if threads:
         cap_threads(threads)
     caches: dict[int, ImageCache] = {}  # by resolution (a search may vary data.image_size)
@@ -222,7 +232,7 @@ def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out
         if eff.data.image_size not in caches:  # built by compare() already: this only opens it
             caches[eff.data.image_size] = open_image_cache(eff, real, pool, out / "cache")
         records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, caches[eff.data.image_size], hp,
-                                stage_cache=stage_cache or out / "stages", dataset=dataset))
+                                stage_cache=stage_cache, dataset=dataset))
     return records
 
 
@@ -298,13 +308,13 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     from ffr.locks import output_lock
 
     check_experiment(cfg)  # every name and value, before any data is read or image rendered
+    stages = stage_cache_dir(stage_cache) or Path(out_dir) / "stages"
     with output_lock(out_dir):
-        return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker, verify,
-                        Path(stage_cache).resolve() if stage_cache else None)  # records name it from anywhere
+        return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker, verify, stages)
 
 
 def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers: int, dataset: str | None,
-             tracker: Tracker | None, verify: bool = False, stage_cache: Path | None = None) -> list[dict]:
+             tracker: Tracker | None, verify: bool, stage_cache: Path) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
