@@ -26,7 +26,7 @@ def in_process(params: dict, workdir: Path) -> tuple[float, list[tuple[str, floa
     """The ffr pipeline's steps, called one after the other in this process."""
     from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
-    from components import (balance_data, collect_shards, evaluate_model, prepare_data, synthesize_shard,
+    from ffr.kubeflow.components import (balance_data, collect_shards, evaluate_model, prepare_data, synthesize_shard,
                             train_model)
 
     def art(cls, name):
@@ -73,7 +73,7 @@ def main() -> None:
     params = {"demo_per_digit": a.per_digit, "bias_rate": 0.95, "num_shards": a.shards, "pretrain_epochs": a.epochs,
               "finetune_epochs": a.epochs, "min_steps": 0, "patience": 0, "device": "cpu"}
 
-    from pipelines.run import run_local
+    from ffr.kubeflow.pipelines.run import run_local
 
     with tempfile.TemporaryDirectory(prefix="ffr-bench-") as tmp:
         tmp = Path(tmp)

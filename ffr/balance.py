@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ffr.data.manifest import Manifest, group_key
-from ffr.registry import Registry
+from ffr.plugins import Registry
 
 STRATEGIES: Registry = Registry("balancing strategy")
 
@@ -137,18 +137,22 @@ class Strategy:
                            {group_key(*g): n for g, n in need.items()})
 
 
-def stage_plan(stage: str) -> StagePlan:
-    """The plan of a stage named ``stage`` (``train``, ``pretrain``, ``finetune``) in the
-    registered strategies: what ``ffr train --stage`` and a pipeline's train step know of the
-    stage they run, without knowing the strategy. Strategies sharing a stage name give it the
-    same objective rule; where they differ in data or grouping (``train`` is real-only for
-    ``none``, mixed for USB/ASB) the plan says ``auto``: grouped by what the set holds."""
-    plans = [STRATEGIES.get(n).stage(stage) for n in STRATEGIES.names() if stage in STRATEGIES.get(n).stage_names]
+def stage_plan(stage: str, strategy: str | None = None) -> StagePlan:
+    """The plan of stage ``stage`` of ``strategy``; with no strategy, of the stage of that name
+    in the registered strategies: what ``ffr train --stage`` knows of the stage it runs when no
+    ``--strategy`` is given. Strategies sharing a stage name must then plan it alike (objective,
+    start); where they differ in data or grouping (``train`` is real-only for ``none``, mixed for
+    USB/ASB) the plan says ``auto``: grouped by what the set holds."""
+    if strategy is not None:
+        return STRATEGIES.get(strategy).stage(stage)
+    owners = [n for n in STRATEGIES.names() if stage in STRATEGIES.get(n).stage_names]
+    plans = [STRATEGIES.get(n).stage(stage) for n in owners]
     if not plans:
         known = sorted({s for n in STRATEGIES.names() for s in STRATEGIES.get(n).stage_names})
         raise KeyError(f"unknown stage {stage!r}; known: {', '.join(known)}")
     if len({(p.objective, p.init_from) for p in plans}) > 1:
-        raise AssertionError(f"strategies disagree on stage {stage!r}'s objective or start: {plans}")
+        raise KeyError(f"stage {stage!r} is planned differently by strategies {owners}: name the strategy "
+                       "(--strategy)")
     if len({(p.data, p.group_by) for p in plans}) > 1:
         return StagePlan(stage, "any", plans[0].objective, plans[0].init_from, group_by="auto")
     return plans[0]

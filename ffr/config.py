@@ -11,9 +11,11 @@ from typing import Any
 
 import yaml
 
+from ffr.rules import RULES, ConfigError, Problem, check
+
 # ------------------------------------------------------------------------------------ defaults
 # The one place for the training defaults. ``TrainConfig``, ``ExperimentConfig``, the pipelines'
-# run form (pipelines/definitions.py) read these names; the Kubeflow components' signatures must
+# run form (ffr/kubeflow/pipelines/definitions.py) read these names; the Kubeflow components' signatures must
 # hold literals (KFP ships a lightweight component's source alone), so tests/test_defaults.py
 # checks that every component and pipeline default equals the constant here.
 EPOCHS = 40              # epochs of every stage
@@ -71,9 +73,16 @@ class TrainConfig:
     lpft_epochs: int = 0             # first epochs train the head alone (LP-FT)
     select_init: bool = False        # the starting weights compete in checkpoint selection (epoch -1)
 
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown field or gives a value of the wrong type."""
+    def problems(self, where: str = "train") -> list[Problem]:
+        """What is wrong with these settings, each field named ``<where>.<field>`` (empty when nothing)."""
+        out = []
+        for f in dataclasses.fields(self):
+            if f.name in RULES:
+                out += check(f.name, getattr(self, f.name), f"{where}.{f.name}")
+        if not (isinstance(self.lpft_epochs, int) and isinstance(self.epochs, int)
+                and 0 <= self.lpft_epochs <= max(self.epochs, 0)):
+            out.append(Problem(f"{where}.lpft_epochs", f"{self.lpft_epochs!r} must be in [0, epochs={self.epochs}]"))
+        return out
 
 
 @dataclass
@@ -140,83 +149,25 @@ class ExperimentConfig:
             raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(stages)}")
         return stages[stage]
 
-
-# --------------------------------------------------------------------------------- validation
-# Checked when a config is loaded, before any data is read or any image rendered: a bad value is
-# an error naming the field, not a traceback hours later (or a silent run that trained nothing).
-MAX_IMAGE_SIZE = 1024
-MAX_SEED = 2 ** 63 - 1
-DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
-
-
-def train_problems(cfg: TrainConfig, where: str) -> list[str]:
-    """What is wrong with one stage's settings (empty when nothing)."""
-    out = []
-
-    def need(ok: bool, field_: str, rule: str) -> None:
-        if not ok:
-            out.append(f"{where}.{field_}: {getattr(cfg, field_)!r} {rule}")
-
-    need(cfg.epochs >= 1, "epochs", "must be at least 1")
-    need(cfg.min_steps >= 0, "min_steps", "must be 0 (no floor) or more")
-    need(cfg.max_steps >= 0, "max_steps", "must be 0 (no cap) or more")
-    need(cfg.patience >= 0, "patience", "must be 0 (no early stopping) or more")
-    need(cfg.batch_size >= 2, "batch_size", "must be at least 2 (a batch of one breaks BatchNorm: nothing would train)")
-    need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
-    need(cfg.lr > 0, "lr", "must be positive")
-    need(cfg.weight_decay >= 0, "weight_decay", "must not be negative")
-    need(0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
-    need(cfg.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
-    need(cfg.amp in ("auto", "bf16", "fp16", "off"), "amp", "must be auto, bf16, fp16 or off")
-    need(cfg.normalize in ("imagenet", "half"), "normalize", "must be imagenet or half")
-    need(cfg.group_by in ("auto", "label_bias", "label_bias_source"), "group_by",
-         "must be auto, label_bias or label_bias_source")
-    need(cfg.num_threads >= -1, "num_threads", "must be 0 (the machine's CPUs), N > 0, or -1 (adaptive: follows "
-         "the load, not reproducible)")
-    need(cfg.freeze_stages >= 0, "freeze_stages", "must not be negative")
-    need(cfg.backbone_lr_mult >= 0, "backbone_lr_mult", "must not be negative")
-    need(cfg.l2sp >= 0, "l2sp", "must not be negative")
-    need(0 <= cfg.lpft_epochs <= max(cfg.epochs, 0), "lpft_epochs", f"must be in [0, epochs={cfg.epochs}]")
-    return out
-
-
-def check_train(cfg: TrainConfig, where: str = "train") -> TrainConfig:
-    """``cfg``, or a :class:`ConfigError` listing every bad field."""
-    problems = train_problems(cfg, where)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return cfg
-
-
-def experiment_problems(cfg: "ExperimentConfig") -> list[str]:
-    """What is wrong with an experiment config, names of registered things left aside (those are
-    :func:`ffr.checks.check_names`'s)."""
-    import re
-
-    out = []
-    for stage in ("train", "pretrain", "finetune"):
-        out += train_problems(getattr(cfg, stage), stage)
-    if not 8 <= cfg.data.image_size <= MAX_IMAGE_SIZE:
-        out.append(f"data.image_size: {cfg.data.image_size} must be in [8, {MAX_IMAGE_SIZE}]")
-    if cfg.data.min_val_per_group < 1:
-        out.append(f"data.min_val_per_group: {cfg.data.min_val_per_group} must be at least 1")
-    if not re.fullmatch(DEVICE_PATTERN, str(cfg.device)):
-        out.append(f"device: {cfg.device!r} is not a device: auto, cpu, cuda, cuda:N or mps")
-    for i, rate in enumerate(cfg.bias_rates):
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
-            out.append(f"bias_rates[{i}]: {rate!r} must be a number in (0, 1)")
-    for i, seed in enumerate(cfg.seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            out.append(f"seeds[{i}]: {seed!r} must be an integer in [0, 2**63)")
-    if not cfg.strategies:
-        out.append("strategies: empty; name at least one of none, usb, asb, ffr")
-    if cfg.synthesis.batch_size < 1:
-        out.append(f"synthesis.batch_size: {cfg.synthesis.batch_size} must be at least 1")
-    if cfg.synthesis.max_attempts < 1:
-        out.append(f"synthesis.max_attempts: {cfg.synthesis.max_attempts} must be at least 1")
-    if not 0 <= cfg.synthesis.seed <= MAX_SEED:
-        out.append(f"synthesis.seed: {cfg.synthesis.seed} must be an integer in [0, 2**63)")
-    return out
+    def problems(self) -> list[Problem]:
+        """What is wrong with the config's values, names of registered things left aside (those
+        are :func:`ffr.checks.name_problems`'s; :func:`ffr.checks.check_experiment` checks both)."""
+        out = []
+        for stage in ("train", "pretrain", "finetune"):
+            out += getattr(self, stage).problems(stage)
+        out += check("image_size", self.data.image_size, "data.image_size")
+        out += check("min_val_per_group", self.data.min_val_per_group, "data.min_val_per_group")
+        out += check("device", self.device, "device")
+        for i, rate in enumerate(self.bias_rates):
+            out += check("bias_rate", rate, f"bias_rates[{i}]")
+        for i, seed in enumerate(self.seeds):
+            out += check("seed", seed, f"seeds[{i}]")
+        if not self.strategies:
+            out.append(Problem("strategies", "empty; name at least one balancing strategy"))
+        out += check("count", self.synthesis.batch_size, "synthesis.batch_size")
+        out += check("count", self.synthesis.max_attempts, "synthesis.max_attempts")
+        out += check("seed", self.synthesis.seed, "synthesis.seed")
+        return out
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -274,13 +225,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def unknown_fields(cls, data: dict, where: str = "config") -> list[Problem]:
+    """The keys of ``data`` that are not fields of dataclass ``cls``, as one problem (or none)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    return [Problem(where, f"unknown field(s) {unknown}; known: {sorted(known)}")] if unknown else []
+
+
 def from_dict(cls, data: dict, where: str = "config"):
     """Build dataclass ``cls`` from a mapping, naming any unknown field or ill-typed value."""
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    for problem in unknown_fields(cls, data, where):
+        raise ConfigError(str(problem))
     obj = cls()
     for k, v in data.items():
         setattr(obj, k, _coerce(v, hints[k], f"{where}.{k}"))

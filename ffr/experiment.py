@@ -20,13 +20,13 @@ from typing import Any, Callable
 
 from ffr.balance import STRATEGIES, balance, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
-from ffr.grid import plan_cells
+from ffr.grid import Cell, plan_cells
 from ffr.paths import write_atomic, write_json
 from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
 from ffr.train import distributed as dist
-from ffr.tracking import NullTracker, Tracker, flatten, log_cell
+from ffr.tracker import NullTracker, Tracker, flatten, log_cell
 from ffr.train.loop import evaluate, planned_epochs, seed_everything
 from ffr.train.runtime import cap_threads, cpu_budget, resolve_device
 from ffr.train.stage import StageSpec, identity, objectives, read_json, run_stage
@@ -82,77 +82,76 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
     return run.manifest
 
 
-def stage_spec(cfg: ExperimentConfig, strategy: str, stage, val: Manifest, seed: int,
-               init=None, init_key: str | None = None) -> StageSpec:
-    """The :class:`~ffr.train.stage.StageSpec` of stage ``stage`` (a :class:`ffr.balance.Stage`
-    or :class:`ffr.balance.StagePlan`) of ``strategy`` in ``cfg``: its settings, its objective
-    (the stage plan's, else the configured one) with that objective's options."""
-    plan = getattr(stage, "plan", stage)
-    objective = plan.objective_for(cfg.objective)
-    return StageSpec(plan.name, getattr(stage, "train", val), val, cfg.stage_settings(plan.name), objective,
-                     dict(cfg.objective_options.get(objective) or {}), cfg.backbone, cfg.weights, cfg.data.image_size,
-                     seed, cfg.device, init=init, init_key=init_key, group_by=plan.group_by)
-
-
-def run_cell(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, strategy: str,
-             bias_rate: float, seed: int, cell_dir: str | os.PathLike, cache: ImageCache | None = None,
-             hparams: dict | None = None, progress: bool = False,
+def run_cell(cell: Cell, real: Manifest, pool: Manifest | None, cell_dir: str | os.PathLike,
+             cache: ImageCache | None = None, progress: bool = False,
              stage_cache: str | os.PathLike | None = None, dataset: str | None = None) -> dict:
-    """Run one grid cell and return its record (also written to ``cell_dir/record.json``).
+    """Run one grid cell — the recipe: the bias-rate split of the real data, the strategy's
+    balancing plan, its stages in plan order (each from the model of the stage it starts from),
+    the group evaluator on the real test split — and return its record (also written to
+    ``cell_dir/record.json``).
 
     Images come from ``cache`` (default: one built under ``cell_dir/cache``). Every stage runs
     through the one stage driver (:func:`ffr.train.stage.run_stage`) with the stage cache
     ``stage_cache`` (default ``cell_dir/stages``): a stage whose key was trained before is loaded
     from ``stage_cache/<key>/`` instead of being trained again. An objective that trains like
     another (``Objective.trains_as``: DFR trains like ERM) shares that objective's stage and only
-    applies its finalize step (DFR's last-layer retraining), written in the cell folder.
+    applies its finalize step (DFR's last-layer retraining), written in the cell folder. The
+    record names what each stage trained on and what the cell evaluated on (digests, group
+    counts), so that tracking reports the cell from it without drawing anything again.
     """
+    from ffr.tracker import dataset_record
+
     t0 = time.time()
+    cfg = cell.config
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     if cache is None:
         cache = open_image_cache(cfg, real, pool, cell_dir / "cache")
-    seed_everything(seed)
-    split, report = bias_rate_split(real, bias_rate, seed, cfg.data.min_val_per_group)
-    plan = balance(strategy, split.select(split="train", source="real"), pool)
+    seed_everything(cell.seed)
+    split, report = bias_rate_split(real, cell.bias_rate, cell.seed, cfg.data.min_val_per_group)
+    plan = balance(cell.strategy, split.select(split="train", source="real"), pool)
     if dist.is_main():  # under torchrun every rank runs the cell; one writes its files
         report.save(cell_dir / "split_report.json")
         (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
     val_manifest = split.select(split="val", source="real")
-    test = cache.tensors(split.select(split="test", source="real"))
+    test_manifest = split.select(split="test", source="real")
+    test = cache.tensors(test_manifest)
     results: dict[str, Any] = {}
     stages = []
     history_lines = []
     for stage in plan.stages:
         before = results.get(stage.init_from)
-        spec = stage_spec(cfg, strategy, stage, val_manifest, seed, init=before.model if before else None,
-                          init_key=before.key if before else None)
-        finalized = objectives(spec)[0].trains_as is not None
-        result = run_stage(spec, cell_dir / f"{stage.name}_{spec.objective}.pt" if finalized else None,
+        request = cell.request(stage.plan)
+        spec = StageSpec(request, stage.train, val_manifest, init=before.model if before else None,
+                         init_key=before.key if before else None)
+        finalized = objectives(request)[0].trains_as is not None
+        result = run_stage(spec, cell_dir / f"{stage.name}_{request.objective}.pt" if finalized else None,
                            cache_dir=Path(stage_cache) if stage_cache else cell_dir / "stages",
                            tensors=cache.tensors, progress=progress,
-                           desc=f"{strategy} {cfg.objective} r={bias_rate} s={seed} {stage.name}")
+                           desc=f"{cell.strategy} {cfg.objective} r={cell.bias_rate} s={cell.seed} {stage.name}")
         results[stage.name] = result
         if result.history.is_file():
             history_lines += [json.dumps({**json.loads(line), "stage": stage.name})
                               for line in result.history.read_text().splitlines()]
-        tcfg = spec.settings
+        tcfg = request.settings
         stages.append({"name": stage.name, "key": result.key, "checkpoint": str(result.checkpoint),
-                       "history": str(result.history), "objective": spec.objective,
+                       "history": str(result.history), "objective": request.objective,
                        "objective_state": result.objective_state, "n_train": len(stage.train),
                        "best_epoch": result.best_epoch, "val": result.val,
-                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp)})
+                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp),
+                       "request": request.to_dict(), "train_data": dataset_record(stage.train)})
     if dist.is_main():  # the cell's stages' histories, in order (rank 0 alone wrote them)
         write_atomic(cell_dir / "history.jsonl", "".join(line + "\n" for line in history_lines))
     final = stages[-1]
     record = {
         "dataset": dataset or dataset_name(cfg),
-        "strategy": strategy, "objective": cfg.objective, "bias_rate": float(bias_rate), "seed": int(seed),
-        "objective_options": cfg.objective_options.get(cfg.objective) or {},
-        "hparams": hparams or {}, "val": final["val"], "test": final["test"],
+        "strategy": cell.strategy, "objective": cfg.objective, "bias_rate": float(cell.bias_rate),
+        "seed": int(cell.seed), "objective_options": cfg.objective_options.get(cfg.objective) or {},
+        "hparams": cell.hparams or {}, "val": final["val"], "test": final["test"],
         "stages": stages, "synthetic_per_group": plan.synthetic_per_group,
         "split": report.after, "absent": report.absent, "seconds": round(time.time() - t0, 2),
+        "datasets": {"validation": dataset_record(val_manifest), "test": dataset_record(test_manifest)},
     }
     _write_json(cell_dir / "record.json", record)
     return record
@@ -187,14 +186,16 @@ _ID_BASE = ExperimentConfig(**{stage: replace(getattr(ExperimentConfig(), stage)
                                 for stage in ("train", "pretrain", "finetune")})
 
 
-def cell_id(cfg: ExperimentConfig, strategy: str, rate: float, seed: int, hparams: dict, data: str = "") -> str:
-    """A directory name that changes whenever anything the cell depends on changes.
+def cell_id(cell: Cell, data: str = "") -> str:
+    """A directory name that changes whenever anything ``cell`` depends on changes (``data``: the
+    grid's :func:`data_identity`).
 
     Only the settings that differ from the defaults enter the hash, so adding a new option (with
     a default) to the config does not invalidate cells that are already finished.
     """
     from ffr import __version__
 
+    cfg, strategy, rate, seed, hparams = cell.config, cell.strategy, cell.bias_rate, cell.seed, cell.hparams
     relevant = _diff(asdict(cfg), asdict(_ID_BASE))
     for k in ("strategies", "bias_rates", "seeds", "search", "overrides", "objectives", "objective_options",
               "datasets", "equal_search"):
@@ -219,7 +220,7 @@ def stage_cache_dir(path: str | os.PathLike | None) -> Path | None:
 
 
 def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out: Path,
-               cells: list, threads: int | None = None, dataset: str | None = None,
+               cells: list[Cell], threads: int | None = None, dataset: str | None = None,
                data: str = "", stage_cache: Path | None = None) -> list[dict]:
     """Run ``cells`` one after the other (in a worker process when ``threads`` is set); ``data``
     is the grid's :func:`data_identity`; trained stages live in ``stage_cache``."""
@@ -227,12 +228,12 @@ def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out
         cap_threads(threads)
     caches: dict[int, ImageCache] = {}  # by resolution (a search may vary data.image_size)
     records = []
-    for strategy, rate, seed, hp, eff in cells:
-        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp, data)
-        if eff.data.image_size not in caches:  # built by compare() already: this only opens it
-            caches[eff.data.image_size] = open_image_cache(eff, real, pool, out / "cache")
-        records.append(run_cell(eff, real, pool, strategy, rate, seed, cdir, caches[eff.data.image_size], hp,
-                                stage_cache=stage_cache, dataset=dataset))
+    for cell in cells:
+        cdir = out / "cells" / cell_id(cell, data)
+        size = cell.config.data.image_size
+        if size not in caches:  # built by compare() already: this only opens it
+            caches[size] = open_image_cache(cell.config, real, pool, out / "cache")
+        records.append(run_cell(cell, real, pool, cdir, caches[size], stage_cache=stage_cache, dataset=dataset))
     return records
 
 
@@ -244,22 +245,24 @@ def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
     splits: dict[tuple, tuple[int, int, dict]] = {}
     stages: dict[str, tuple[int, int]] = {}
     cells = plan_cells(cfg)
-    for strategy, rate, seed, hp, eff in cells:
+    for cell in cells:
+        rate, seed = cell.bias_rate, cell.seed
         if (rate, seed) not in splits:
             split, _ = bias_rate_split(real, rate, seed, cfg.data.min_val_per_group)
             counts = split.select(split="train", source="real").group_counts()
             splits[(rate, seed)] = (sum(counts.values()), len(split.select(split="val", source="real")), counts)
         n_real, n_val, counts = splits[(rate, seed)]
-        impl = STRATEGIES.get(strategy)
+        impl = STRATEGIES.get(cell.strategy)
         sizes = dict(impl.stage_sizes(n_real, sum(impl.synthetic_budget(counts).values())))
         init = None
-        for plan in impl.stages:
-            spec = stage_spec(eff, strategy, plan, real, seed)
-            trainer = objectives(spec)[1]
+        for plan in cell.stages:
+            request = cell.request(plan)
+            trainer = objectives(request)[1]
             # the stage's identity without its data: (stage or strategy, rate, seed) stands for it
-            init = json.dumps([plan.name if plan.data == "synthetic" else strategy, rate, seed,
-                               asdict(spec.loop_settings()), identity(trainer), init], sort_keys=True, default=str)
-            epochs = planned_epochs(spec.settings, sizes[plan.name], spec.settings.batch_size)
+            init = json.dumps([plan.name if plan.data == "synthetic" else cell.strategy, rate, seed,
+                               asdict(request.loop_settings(plan.data != "real")), identity(trainer), init],
+                              sort_keys=True, default=str)
+            epochs = planned_epochs(request.settings, sizes[plan.name], request.settings.batch_size)
             stages[init] = (sizes[plan.name] * epochs, n_val * epochs)
     return {"cells": len(cells), "trained_stages": len(stages),
             "train_images": sum(t for t, _ in stages.values()), "val_images": sum(v for _, v in stages.values())}
@@ -291,7 +294,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
     the workers. Cells that differ only in hyperparameters run in one process, one after the
     other, so the stages they share (FFR's step 1) are trained once.
 
-    ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracking.log_cell`)
+    ``tracker`` gets the resolved config, then a nested run per cell (:func:`ffr.tracker.log_cell`)
     and the result tables — after the local results are written, so a tracking server that goes
     away costs the tracking (one warning), never the results. One run at a time per ``out_dir``
     (:func:`ffr.locks.output_lock`). Cells are keyed on the data too (:func:`data_identity`): a
@@ -336,13 +339,12 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
     done: dict[str, dict] = {}
     todo: dict[tuple, list] = {}
     for cell in cells:
-        strategy, rate, seed, hp, eff = cell
-        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp, data)
+        cdir = out / "cells" / cell_id(cell, data)
         if (cdir / "record.json").is_file():
             done[cdir.name] = read_json(cdir / "record.json")
         else:
             # cells of one (strategy, rate, seed) share stages (FFR's step 1, ERM for DFR): one process
-            todo.setdefault((strategy, rate, seed), []).append(cell)
+            todo.setdefault((cell.strategy, cell.bias_rate, cell.seed), []).append(cell)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -355,7 +357,7 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
                                      f"wga={record['test']['worst_group_acc']:.2f}")
                 bar.update(1)
 
-    for size in sorted({cell[4].data.image_size for group in todo.values() for cell in group}):
+    for size in sorted({cell.config.data.image_size for group in todo.values() for cell in group}):
         open_image_cache(cfg, real, pool, out / "cache", progress, size, verify)  # decode once, before any worker
     if workers <= 1 or len(todo) <= 1:
         for group in todo.values():
@@ -372,22 +374,22 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
         bar.close()
     dist.barrier()  # under torchrun: rank 0 has written every record before any rank reads them
     records = []
-    for strategy, rate, seed, hp, eff in cells:
-        cdir = out / "cells" / cell_id(eff, strategy, rate, seed, hp, data)
+    for cell in cells:
+        cdir = out / "cells" / cell_id(cell, data)
         record = done.get(cdir.name) or read_json(cdir / "record.json")
         record["cell"] = cdir.name
         records.append(record)
         if on_cell:
             on_cell(record)
-    effective = [eff for _, _, _, _, eff in cells]
     records = mark_selected(records)
     if dist.is_main():  # local results first: a tracking server gone now cannot cost them
         write_results(records, out)
     try:
-        for eff, record in zip(effective, records):
-            cell_tracker = tracker.child(record["cell"])
-            log_cell(cell_tracker, eff, real, record, pool)
-            cell_tracker.close()
+        if not isinstance(tracker, NullTracker):  # a cell is reported from its record: nothing is drawn again
+            for cell, record in zip(cells, records):
+                cell_tracker = tracker.child(record["cell"])
+                log_cell(cell_tracker, cell.config, record)
+                cell_tracker.close()
         if dist.is_main():
             from ffr.results.tables import summary_metrics
 

@@ -1,13 +1,49 @@
 """The grid of an experiment: which cells (strategy × bias rate × seed × hyperparameters ×
-objective) a config asks for. Pure planning over the config and the strategies' stage plans —
-no data, no training; ``ffr.experiment`` runs the cells, ``ffr.checks`` validates every one."""
+objective) a config asks for, and each cell's stages as requests. Pure planning over the config and
+the strategies' stage plans — no data, no training; :mod:`ffr.experiment` runs the cells
+(:func:`ffr.experiment.run_cell`: split, balance, the stages in plan order, evaluation),
+:mod:`ffr.checks` validates every one, the Kubeflow run plan (:mod:`ffr.runform`) and ``ffr
+train`` take their requests from :meth:`Cell.requests` / :meth:`ffr.request.StageRequest.for_stage`."""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 
-from ffr.balance import STRATEGIES
+from ffr.balance import STRATEGIES, StagePlan
 from ffr.config import ExperimentConfig, with_overrides
+from ffr.request import StageRequest
+
+
+@dataclass
+class Cell:
+    """One cell of a grid: ``strategy`` at ``bias_rate`` and ``seed`` with one hyperparameter
+    candidate ``hparams``, for one objective; ``config`` is the effective config (the strategy's
+    overrides, the candidate and the objective applied)."""
+
+    strategy: str
+    bias_rate: float
+    seed: int
+    hparams: dict = field(default_factory=dict)
+    config: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+    @property
+    def objective(self) -> str:
+        return self.config.objective
+
+    @property
+    def stages(self) -> tuple[StagePlan, ...]:
+        """The strategy's stage plan, in training order (a stage's ``init_from`` comes before it)."""
+        return STRATEGIES.get(self.strategy).stages
+
+    def request(self, plan: StagePlan) -> StageRequest:
+        """The request of stage ``plan`` of this cell (no data references: a cell's manifests
+        are drawn in memory)."""
+        return StageRequest.for_stage(self.config, plan, self.seed, self.strategy)
+
+    def requests(self) -> dict[str, StageRequest]:
+        """Every stage's request, by stage name, in training order."""
+        return {plan.name: self.request(plan) for plan in self.stages}
 
 
 def objectives_of(cfg: ExperimentConfig) -> list[str]:
@@ -63,9 +99,8 @@ def dotted(hp: dict, prefix: str = "") -> dict:
     return out
 
 
-def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, ExperimentConfig]]:
-    """Every (strategy, bias rate, seed, hparams, effective config) of the grid, for every
-    objective (the effective config's ``objective``)."""
+def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
+    """Every cell of the grid, for every objective (the effective config's ``objective``)."""
     cells = []
     for objective in objectives_of(cfg):
         for strategy in cfg.strategies:
@@ -73,5 +108,5 @@ def plan_cells(cfg: ExperimentConfig) -> list[tuple[str, float, int, dict, Exper
                 eff = with_overrides(cfg, {**cfg.overrides.get(strategy, {}), **dotted(hp), "objective": objective})
                 for rate in cfg.bias_rates:
                     for seed in cfg.seeds:
-                        cells.append((strategy, float(rate), int(seed), hp, eff))
+                        cells.append(Cell(strategy, float(rate), int(seed), hp, eff))
     return cells

@@ -1,7 +1,7 @@
 """One rank of a training stage run data-parallel over several processes of one machine (one per
 GPU): what :func:`ffr.train.stage.run_distributed` starts under ``torchrun`` when a Kubeflow
 training step has ``processes > 1``, so that one pod uses all the accelerators it was given. Each
-rank runs :func:`ffr.stages.train_stage` (and so the one stage driver); rank 0 writes the
+rank runs :func:`ffr.steps.train_stage` with the request it was handed (and so the one stage driver); rank 0 writes the
 checkpoint and reports to MLflow. Several machines: launch ``torchrun`` yourself
 (docs/performance.md).
 
@@ -16,23 +16,25 @@ from pathlib import Path
 
 
 def main(spec_path: str) -> None:
-    """One rank: the stage of ``spec_path``, reported by rank 0."""
+    """One rank: the stage request of ``spec_path`` (``{"request": ..., "tracking": ...}``, what
+    :func:`ffr.train.stage.run_distributed` wrote), reported by rank 0."""
     import contextlib
 
-    from ffr.config import TrainConfig, from_dict
-    from ffr.stages import train_stage
+    from ffr.request import StageRequest
+    from ffr.steps import train_stage
     from ffr.train import distributed as dist
 
     spec = json.loads(Path(spec_path).read_text())
-    cfg, tracking = from_dict(TrainConfig, spec.pop("cfg"), "cfg"), spec.pop("tracking")
+    request, tracking = StageRequest.from_dict(spec["request"]), spec.get("tracking")
+    request.processes = 1  # this process is one of them: it trains, it does not launch
     dist.init_from_env()
     run = contextlib.nullcontext()
     if tracking and dist.is_main():
-        from ffr.integrations.mlflow_tracking import optional_run
+        from ffr.integrations.mlflow_runs import optional_run
 
         run = optional_run(system_metrics=True, **tracking)
     with run as tracker:
-        train_stage(cfg=cfg, tracker=tracker, **spec)
+        train_stage(request, tracker=tracker)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# The gate's defaults: ``ffr promote``'s flags, the pipelines' run form and the register component
+# read these (the component's signature holds them as literals; tests/test_defaults.py checks them).
+GATE_MARGIN = 0.005
+GATE_TOLERANCE = 0.02
+GATE_FLOOR = 0.5
+
+
 @dataclass
 class GatePolicy:
     """When a challenger replaces the champion (accuracies as fractions, 0-1)."""
 
-    margin: float = 0.005     # the challenger's WGA must exceed the champion's by at least this
-    tolerance: float = 0.02   # no group may lose more accuracy than this
-    floor: float = 0.5        # absolute WGA every champion must reach (the first one included)
+    margin: float = GATE_MARGIN        # the challenger's WGA must exceed the champion's by at least this
+    tolerance: float = GATE_TOLERANCE  # no group may lose more accuracy than this
+    floor: float = GATE_FLOOR          # absolute WGA every champion must reach (the first one included)
+
+    def check(self, names: dict[str, str] | None = None) -> "GatePolicy":
+        """This policy, or a :class:`~ffr.rules.ConfigError` naming each value that is not a
+        fraction (``names``: the entry point's names of ``margin``, ``tolerance``, ``floor``)."""
+        from ffr.rules import check, refuse
+
+        names = names or {}
+        refuse([p for f in ("margin", "tolerance", "floor")
+                for p in check("fraction", getattr(self, f), names.get(f, f))], "promotion gate")
+        return self
 
 
 @dataclass
@@ -34,7 +51,7 @@ class Evaluation:
 
     @classmethod
     def from_metrics(cls, metrics: dict) -> "Evaluation":
-        """From :func:`ffr.stages.evaluate_stage`'s output (``data_digest`` names the test rows)."""
+        """From :func:`ffr.steps.evaluate_step`'s output (``data_digest`` names the test rows)."""
         if metrics.get("worst_group_acc") is None:
             raise ValueError("the evaluation has no worst-group accuracy (no test images?)")
         if not metrics.get("data_digest"):

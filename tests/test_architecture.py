@@ -23,15 +23,113 @@ def _module_imports(path: Path) -> set[str]:
     return names
 
 
+# Packages that may import the orchestration and tracking libraries: the glue, kept at the edge.
+EDGES = ("integrations", "kubeflow")
+
+
+def _core_files():
+    for path in (ROOT / "ffr").rglob("*.py"):
+        if path.relative_to(ROOT / "ffr").parts[0] not in EDGES:
+            yield path
+
+
 def test_core_imports_no_orchestration_package():
     offenders = {}
-    for path in (ROOT / "ffr").rglob("*.py"):
-        if "integrations" in path.relative_to(ROOT / "ffr").parts:
-            continue
+    for path in _core_files():
         bad = _module_imports(path) & FORBIDDEN
         if bad:
             offenders[str(path.relative_to(ROOT))] = sorted(bad)
-    assert offenders == {}, f"ffr core imports {offenders}; move that code to ffr/integrations/"
+    assert offenders == {}, f"ffr core imports {offenders}; move that code to ffr/integrations/ or ffr/kubeflow/"
+
+
+def _ffr_imports(path: Path) -> set[str]:
+    """Every ``ffr...`` module ``path`` imports, at any depth of its code (lazy imports too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] == "ffr")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("ffr"):
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+# The only modules outside ffr/kubeflow/ that may import it: the CLI's pipeline commands.
+KUBEFLOW_USERS = {"ffr/cli/pipeline_cmds.py"}
+
+
+def test_only_the_clis_pipeline_commands_import_the_kubeflow_package():
+    """The library never reaches up into the Kubeflow layer (components, pipelines, launchers);
+    only ``ffr run / compile / submit / schedule / upload`` do, lazily."""
+    offenders = {}
+    for path in (ROOT / "ffr").rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("ffr/kubeflow/") or rel in KUBEFLOW_USERS:
+            continue
+        bad = sorted(n for n in _ffr_imports(path) if n.startswith("ffr.kubeflow"))
+        if bad:
+            offenders[rel] = bad
+    assert offenders == {}, f"imports of ffr.kubeflow outside the CLI's pipeline commands: {offenders}"
+
+
+def test_the_installed_packages_claim_no_generic_names():
+    """One top-level package, ``ffr``: no ``components`` or ``pipelines`` beside it in
+    site-packages."""
+    import tomllib
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["ffr*"]
+    assert not (ROOT / "components").exists() and not (ROOT / "pipelines").exists()
+
+
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _top_level_imports(path: Path, known: set[str]) -> set[str]:
+    """The ffr modules ``path`` imports when it is imported (module level, not inside functions)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.If):  # TYPE_CHECKING blocks do not run
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in out if n in known}
+
+
+def test_the_module_imports_have_no_circles():
+    files = {_module_of(p): p for p in (ROOT / "ffr").rglob("*.py")}
+    graph = {m: _top_level_imports(p, set(files)) - {m} for m, p in files.items()}
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    # a package importing its own submodules (its face) is no circle of the design
+    real = [c for c in cycles if not any(a.startswith(b + ".") or b.startswith(a + ".") for a, b in zip(c, c[1:]))]
+    assert real == [], f"import circles: {real}"
+
+
+def test_no_file_of_the_package_is_over_500_lines():
+    long = {p.relative_to(ROOT).as_posix(): n for p in (ROOT / "ffr").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}, f"split these by what they do: {long}"
 
 
 def test_importing_the_core_loads_none_of_them():
@@ -39,7 +137,7 @@ def test_importing_the_core_loads_none_of_them():
     import subprocess
     import sys
 
-    code = ("import sys, ffr.cli, ffr.experiment, ffr.stages, ffr.paths, ffr.tracking, ffr.data.manifest\n"
+    code = ("import sys, ffr.cli, ffr.experiment, ffr.steps, ffr.paths, ffr.tracker, ffr.data.manifest, ffr.runform\n"
             f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
@@ -72,7 +170,7 @@ def test_only_the_stage_driver_calls_the_training_loop():
     ffr.train.stage.run_stage; a second caller of fit() is a second stage driver. (benchmarks/
     and tests/ measure and test the loop itself.)"""
     callers = {}
-    for folder in ("ffr", "components", "pipelines"):
+    for folder in ("ffr",):
         for path in (ROOT / folder).rglob("*.py"):
             lines = _loop_fit_uses(path)
             if lines and path != DRIVER:
@@ -96,7 +194,8 @@ def test_importing_the_config_loads_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, ffr.config, ffr.balance, ffr.data.sources; print('torch' in sys.modules)"
+    code = ("import sys, ffr.config, ffr.balance, ffr.data.sources, ffr.request, ffr.rules, ffr.runform, ffr.grid;"
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
 

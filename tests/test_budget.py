@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ffr.config import ConfigError, TrainConfig, check_train
+from ffr.config import TrainConfig
+from ffr.rules import ConfigError, refuse
 from ffr.train.backbones import create_model
 from ffr.train.loop import fit, planned_epochs
 from ffr.train.objectives import create_objective
@@ -86,7 +87,9 @@ def test_a_cell_trained_without_the_budget_is_not_reused_under_the_default_budge
     from ffr.config import load_config
     from ffr.experiment import cell_id
 
-    ids = {name: cell_id(load_config(None, sets), "none", 0.95, 0, {}) for name, sets in {
+    from ffr.grid import Cell
+
+    ids = {name: cell_id(Cell("none", 0.95, 0, {}, load_config(None, sets))) for name, sets in {
         "default": [], "off": [f"{s}.{k}=0" for s in ("train", "pretrain", "finetune") for k in ("min_steps", "patience")],
         "equal_search": ["equal_search=true"]}.items()}
     assert ids["default"] != ids["off"]  # 0 was the default before the budget had one: those cells keep their ids
@@ -97,4 +100,4 @@ def test_a_cell_trained_without_the_budget_is_not_reused_under_the_default_budge
                                         ({"patience": -1}, "patience")])
 def test_bad_budgets_are_refused(bad, field):
     with pytest.raises(ConfigError, match=field):
-        check_train(TrainConfig(**bad))
+        refuse(TrainConfig(**bad).problems())

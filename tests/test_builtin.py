@@ -11,7 +11,7 @@ import pytest
 from ffr.checks import check_experiment
 from ffr.cli import main
 from ffr.config import ConfigError, load_config
-from ffr.data.builtin import BENCHMARKS, option_problems, split_options
+from ffr.data.builtin import BUILTIN_DATASETS, option_problems, split_options
 from ffr.data.faces import FacesSpec
 from ffr.data.galaxies import GalaxiesSpec
 from ffr.synthesis.faces import FacesBackend
@@ -22,14 +22,14 @@ from ffr.data.demo import DemoSpec
 
 
 def test_the_three_benchmarks_and_their_options():
-    assert sorted(BENCHMARKS) == ["digits", "faces", "galaxies"]
+    assert BUILTIN_DATASETS.names() == ["digits", "faces", "galaxies"]
     bench, options = split_options({"name": "faces", "variants": 2})
     assert bench.name == "faces" and options == {"variants": 2}
     assert split_options(None)[0].name == "digits"
     assert option_problems({"name": "faces", "variants": 2}) == []
     assert "unknown option(s) ['per_digit']" in option_problems({"name": "faces", "per_digit": 3})[0]
     assert "unknown built-in benchmark 'mnist'" in option_problems({"name": "mnist"})[0]
-    with pytest.raises(ConfigError, match=r"data.demo: .*unknown built-in benchmark 'mnist'; known: \['digits'"):
+    with pytest.raises(ConfigError, match=r"data.demo: .*unknown built-in benchmark 'mnist'; known: digits, faces, galaxies"):
         check_experiment(load_config(None, ["data.demo={name: mnist}"]))
 
 
@@ -91,13 +91,13 @@ def test_one_folder_never_mixes_two_benchmarks(tmp_path):
         assert json.loads((folder / "card.json").read_text())["name"] == m.card.name
         assert len(list((folder / "images").rglob("*.png"))) == len(m)
         markers = sorted(p.name for p in folder.glob("*_spec.json"))
-        assert markers == [BENCHMARKS[name].spec_file]
+        assert markers == [BUILTIN_DATASETS.get(name).spec_file]
 
 
 def test_each_benchmark_names_its_own_spec_file():
     import importlib
 
-    for bench in BENCHMARKS.values():
+    for _, bench in BUILTIN_DATASETS.items():
         assert importlib.import_module(bench.module).SPEC_FILE == bench.spec_file
 
 

@@ -13,12 +13,13 @@ pytest.importorskip("kfp")
 
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model  # noqa: E402
 
-from components import (ALL, balance_data, base_image, collect_shards, comparison_report,  # noqa: E402
-                        evaluate_model, fetch_data_revision, prepare_data, synthesize_shard, train_model)
-from ffr.config import ConfigError  # noqa: E402
+from ffr.kubeflow.components import (ALL, balance_data, base_image, check_config, collect_shards,  # noqa: E402
+                                     comparison_report, evaluate_model, fetch_data_revision, prepare_data,
+                                     synthesize_shard, train_model)
+from ffr.rules import ConfigError  # noqa: E402
 from ffr.data.manifest import Manifest, group_key  # noqa: E402
 from ffr.integrations.dvc import dir_digest  # noqa: E402
-from ffr.stages import synthetic_need  # noqa: E402
+from ffr.steps import synthetic_need  # noqa: E402
 from ffr.synthesis import create_backend, plan_requests  # noqa: E402
 
 STRATEGIES = ["usb", "asb", "ffr"]
@@ -64,18 +65,16 @@ def test_components_run_in_the_project_image_and_install_nothing():
         assert comp.component_spec.description, f"{comp.name} has no docstring for the KFP UI"
 
 
-def test_base_image_follows_ffr_image(monkeypatch):
+def test_base_image_names_a_repository_or_a_reference(monkeypatch):
     from ffr import __version__
     from ffr.revision import image_tag
 
     tag = image_tag()  # <version>-<12 hex digits of the commit>[-dirty], what `make image` builds
     assert tag.startswith(f"{__version__}-") and len(tag.split("-")[1]) == 12
-    monkeypatch.delenv("FFR_IMAGE", raising=False)
+    monkeypatch.setenv("FFR_IMAGE", "registry.example.com:5000/team/elsewhere")  # no back-channel: not read
     assert base_image() == f"ghcr.io/ffr-project/ffr:{tag}"
-    monkeypatch.setenv("FFR_IMAGE", "registry.example.com:5000/team/ffr")
-    assert base_image() == f"registry.example.com:5000/team/ffr:{tag}"
-    monkeypatch.setenv("FFR_IMAGE", "registry.example.com:5000/team/ffr:0.1.0-cuda")
-    assert base_image() == "registry.example.com:5000/team/ffr:0.1.0-cuda"
+    assert base_image("registry.example.com:5000/team/ffr") == f"registry.example.com:5000/team/ffr:{tag}"
+    assert base_image("registry.example.com:5000/team/ffr:0.1.0-cuda") == "registry.example.com:5000/team/ffr:0.1.0-cuda"
 
 
 def test_prepare_outputs_a_self_contained_split_and_the_work_list(flow):
@@ -148,35 +147,56 @@ def test_balance_train_evaluate_report(flow, tmp_path):
     assert pre.is_synthetic().all() and not fine.is_synthetic().any()
     assert sets.metadata["stages"]["pretrain"]["n"] == len(pre) and sets.metadata["strategy"] == "ffr"
 
+    def plan(**form):
+        """The run plan the check step makes of a run form (FFR alone)."""
+        plan, synthesis_for, fingerprint = check_config.python_func(
+            **{"pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0, "pretrain_lr": 1e-3, "finetune_lr": 1e-3,
+               "device": "cpu", **form})
+        assert synthesis_for == ["ffr"] and fingerprint == "demo"
+        return plan
+
+    # a step-2 variant and objective options reach the training loop through the run plan; an
+    # unknown option, or one that is a run-form field of its own, is named by the check step
+    with pytest.raises(ConfigError, match=r"finetune_options: unknown field\(s\) \['freeze_stage'\]"):
+        plan(finetune_options={"freeze_stage": 1})
+    with pytest.raises(ConfigError, match=r"finetune_options: \['lr'\] are parameters of their own"):
+        plan(finetune_options={"lr": 0.1})
     step1, step2 = art(Model, tmp_path / "step1"), art(Model, tmp_path / "step2")
-    train_model.python_func(training_sets=sets, val_data=ds, model=step1, stage="pretrain", epochs=1, min_steps=0, lr=1e-3,
-                            device="cpu")
-    # a step-2 variant and objective options reach the training loop; an unknown option is named
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['freeze_stage'\]"):
-        train_model.python_func(training_sets=sets, val_data=ds, model=art(Model, tmp_path / "bad"), stage="finetune",
-                                init_model=step1, epochs=1, min_steps=0, options={"freeze_stage": 1}, device="cpu")
-    with pytest.raises(ConfigError, match=r"\['lr'\] are parameters of their own"):
-        train_model.python_func(training_sets=sets, val_data=ds, model=art(Model, tmp_path / "bad"), stage="finetune",
-                                init_model=step1, epochs=1, min_steps=0, options={"lr": 0.1}, device="cpu")
-    train_model.python_func(training_sets=sets, val_data=ds, model=step2, stage="finetune", init_model=step1,
-                            epochs=1, min_steps=0, lr=1e-3, device="cpu", objective="groupdro", objective_options={"eta": 0.05},
-                            options={"select_init": True, "freeze_stages": 1.0})  # Struct: 1 arrives as 1.0
+    variant = plan(objective="groupdro", objective_options={"eta": 0.05},
+                   finetune_options={"select_init": True, "freeze_stages": 1.0})  # Struct: 1 arrives as 1.0
+    assert variant["strategies"]["ffr"]["pretrain"]["objective"] == "erm"  # FFR's step 1 is always ERM
+    train_model.python_func(training_sets=sets, val_data=ds, model=step1, run_plan=variant, strategy="ffr",
+                            stage="pretrain")
+    train_model.python_func(training_sets=sets, val_data=ds, model=step2, run_plan=variant, strategy="ffr",
+                            stage="finetune", init_model=step1)
     history = [json.loads(line) for line in (Path(step2.path) / "model.pt.history.jsonl").read_text().splitlines()]
     assert history[0]["epoch"] == -1  # select_init: step 1's weights were evaluated as epoch -1
     assert any(k.startswith("groupdro/q/") for k in history[-1])
     assert (Path(step2.path) / "model.pt").is_file()
+    # a stage planned to start from another needs it: trained in the step, or handed in
+    with pytest.raises(ValueError, match="starts from stage 'pretrain'"):
+        train_model.python_func(training_sets=sets, val_data=ds, model=art(Model, tmp_path / "bad"),
+                                run_plan=variant, strategy="ffr", stage="finetune")
     # data-parallel in 2 processes (torchrun, gloo on the CPU): one checkpoint, one history
     ddp = art(Model, tmp_path / "step2_ddp")
     train_model.python_func(training_sets=sets, val_data=ds, model=ddp, stage="finetune", init_model=step1,
-                            epochs=2, min_steps=0, lr=1e-3, device="cpu", processes=2)
+                            run_plan=plan(finetune_epochs=2, train_processes=2), strategy="ffr")
     lines = (Path(ddp.path) / "model.pt.history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
     assert ddp.metadata["processes"] == 2 and ddp.metadata["train_digest"] == fine.digest()
     assert sorted(p.name for p in Path(ddp.path).iterdir()) == ["model.pt", "model.pt.history.jsonl", "model.pt.json"]
     assert 0.0 <= ddp.metadata["val_worst_group_acc"] <= 1.0
     assert step2.metadata["stage"] == "finetune" and step2.metadata["train_digest"] == fine.digest()
+    assert step2.metadata["strategy"] == "ffr" and step2.metadata["objective"] == "groupdro"
     assert step2.metadata["train_dvc_md5"].endswith(".dir")
     assert 0.0 <= step2.metadata["val_worst_group_acc"] <= 1.0
+    # every stage of a strategy in one step (how the comparison trains a baseline): the same
+    # models as one step per stage
+    both = art(Model, tmp_path / "both")
+    train_model.python_func(training_sets=sets, val_data=ds, model=both, run_plan=variant, strategy="ffr")
+    assert (Path(both.path) / "pretrain" / "model.pt").is_file() and both.metadata["stage"] == "finetune"
+    assert (Path(both.path) / "model.pt.history.jsonl").read_text() == \
+        (Path(step2.path) / "model.pt.history.jsonl").read_text()
 
     metrics, confusion = art(Metrics, tmp_path / "metrics"), art(ClassificationMetrics, tmp_path / "confusion")
     report = art(HTML, tmp_path / "report.html")
@@ -206,7 +226,7 @@ def test_comparison_report_orders_strategies_and_measures_ffr_gain(tmp_path):
 
     report, summary = art(HTML, tmp_path / "report.html"), art(Metrics, tmp_path / "summary")
     comparison_report.python_func(baselines=[evaluation("asb", 0.4), evaluation("none", 0.2), evaluation("usb", 0.5)],
-                                  ffr=evaluation("ffr", 0.75), report=report, summary=summary)
+                                  product=evaluation("ffr", 0.75), report=report, summary=summary)
     data = json.loads(Path(summary.path).read_text())
     assert list(data["results"]) == ["none", "usb", "asb", "ffr"]
     assert data["ffr_gain"]["best_baseline"] == "usb"

@@ -10,14 +10,14 @@ import pytest
 
 pytest.importorskip("kfp")
 
-from components import ALL  # noqa: E402
+from ffr.kubeflow.components import ALL  # noqa: E402
 from ffr import config as defaults  # noqa: E402
 from ffr.balance import STRATEGIES  # noqa: E402
 from ffr.cli import build_parser  # noqa: E402
 from ffr.config import ExperimentConfig, TrainConfig  # noqa: E402
-from pipelines import PIPELINES, get_pipeline  # noqa: E402
-from pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
-from pipelines.run import pipeline_parameters  # noqa: E402
+from ffr.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
+from ffr.kubeflow.pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
+from ffr.kubeflow.pipelines.run import pipeline_parameters  # noqa: E402
 
 # parameter name -> the constant it defaults to, wherever it appears
 SHARED = {"epochs": "EPOCHS", "train_epochs": "EPOCHS", "pretrain_epochs": "EPOCHS", "finetune_epochs": "EPOCHS",

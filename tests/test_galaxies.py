@@ -132,9 +132,9 @@ def test_a_complete_build_is_reused_and_another_spec_rebuilds(tmp_path):
     ({"split_fractions": (0.8, 0.2)}, "3 positive numbers"),
     ({"variants": 9}, "variants must be 1 to 8"),
     ({"variants": 0}, "variants must be 1 to 8"),
-    ({"per_class": 2}, "per_class must be at least 3"),
-    ({"image_size": 4}, "image_size must be at least 8"),
-    ({"seed": -1}, "non-negative"),
+    ({"per_class": 2}, "per_class: 2 must be at least 3"),
+    ({"image_size": 4}, "image_size: 4 must be in [8, 1024] pixels"),
+    ({"seed": -1}, "seed: -1 must be an integer in [0, 2**63)"),
 ])
 def test_invalid_specs_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):

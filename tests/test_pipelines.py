@@ -17,17 +17,17 @@ from google.protobuf import json_format  # noqa: E402
 from kfp import components as kfp_components  # noqa: E402
 from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
-from components import base_image  # noqa: E402
+from ffr.kubeflow.components import base_image  # noqa: E402
 from ffr.cli import main  # noqa: E402
 from ffr.data.manifest import group_key  # noqa: E402
-from ffr.stages import prepare  # noqa: E402
+from ffr.steps import prepare_step as prepare  # noqa: E402
 from ffr.results.views import format_group_table  # noqa: E402
-from pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
-from pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
+from ffr.kubeflow.pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
+from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
 
 TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
         "device": "cpu"}
-# Executor name prefix → step kind (pipelines/platform.py).
+# Executor name prefix → step kind (ffr/kubeflow/pipelines/platform.py).
 KINDS = {"exec-check-config": "check", "exec-finish-tracking": "track", "exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
          "exec-balance-data": "data", "exec-train-model": "train", "exec-evaluate-model": "evaluate",
          "exec-comparison-report": "evaluate", "exec-start-tracking": "track", "exec-register-model": "track",
@@ -140,7 +140,7 @@ def test_every_step_runs_after_the_config_check_inside_an_exit_handler(tmp_path,
             assert "check-config" in ancestors(n), f"{n} may run before the config check"
     # the data steps' cache keys on the data: prepare takes the check's fingerprint
     digest = tasks["prepare-data"].inputs.parameters["source_digest"].task_output_parameter
-    assert digest.producer_task == "check-config" and digest.output_parameter_key == "Output"
+    assert digest.producer_task == "check-config" and digest.output_parameter_key == "fingerprint"
     assert group.startswith("exit-handler")
 
 
@@ -176,23 +176,34 @@ def test_bad_scheduling_options_are_refused(tmp_path, capsys, args, msg):
 
 
 @pytest.mark.parametrize("name", PIPELINES.names())
-def test_step2_and_objective_options_reach_the_training_steps(tmp_path, name):
+def test_the_training_steps_take_the_checked_run_plan_and_follow_the_stage_plan(tmp_path, name):
+    """Every training step takes the check step's run plan (the requests, whole) and names its
+    strategy and stage; FFR's steps are laid out from its stage plan (step 2 starting from step
+    1's model), a baseline trains all its strategy's stages in one step."""
     spec, _ = load_compiled(compile_pipeline(name, tmp_path / f"{name}.yaml"))
-    wired = {}
-    for task, exe in all_tasks(spec):
-        if kind_of(exe) != "train":
+    wired, names = {}, {n: t for n, t in dag_tasks(spec).items()}
+    for task_name, task in names.items():
+        exe = spec.components[task.component_ref.name].executor_label
+        if not exe or kind_of(exe) != "train":
             continue
-        params = task.inputs.parameters
-        stage = params["stage"].runtime_value.constant.string_value
-        # inside a ParallelFor the pipeline's parameter arrives as "pipelinechannel--<name>"
-        wired[stage] = {k: params[k].component_input_parameter.removeprefix("pipelinechannel--")
-                        for k in ("options", "objective_options") if k in params}
-    # step 2 gets the variant and the objective's options, step 1 (ERM on synthetic) neither,
-    # a baseline the objective's options only
-    assert wired["finetune"] == {"options": "finetune_options", "objective_options": "objective_options"}
-    assert wired["pretrain"] == {}
-    if "train" in wired:
-        assert wired["train"] == {"objective_options": "objective_options"}
+        params, artifacts = task.inputs.parameters, task.inputs.artifacts
+        plan = params["run_plan"]
+        # inside a ParallelFor the check step's output arrives as "pipelinechannel--check-config-plan"
+        assert (plan.task_output_parameter.producer_task, plan.task_output_parameter.output_parameter_key) == \
+            ("check-config", "plan") or plan.component_input_parameter == "pipelinechannel--check-config-plan"
+        stage = params["stage"].runtime_value.constant.string_value if "stage" in params else ""
+        strategy = params["strategy"]
+        strategy = strategy.runtime_value.constant.string_value if strategy.HasField("runtime_value") else "<loop>"
+        init = artifacts["init_model"].task_output_artifact.producer_task if "init_model" in artifacts else None
+        wired[(strategy, stage)] = (task.task_info.name, init, task_name)
+    by_task = {v[2]: k for k, v in wired.items()}
+    laid = {k: (v[0], by_task.get(v[1])) for k, v in wired.items()}
+    assert {k: v for k, v in laid.items() if k[0] == "ffr"} == {
+        ("ffr", "pretrain"): ("ffr step 1: pretrain on synthetic", None),
+        ("ffr", "finetune"): ("ffr step 2: finetune on real", ("ffr", "pretrain"))}
+    if name == "comparison":
+        assert laid[("<loop>", "")] == ("train baseline", None)
+    assert len(laid) == 2 + (name == "comparison")
 
 
 @pytest.mark.parametrize("name", ["ffr", "comparison"])
@@ -326,35 +337,38 @@ def test_comparison_pipeline_runs_locally(tmp_path):
 
 
 def test_run_form_problems_are_all_listed():
-    from ffr.checks import pipeline_problems
+    from ffr.runform import form_problems
 
-    ok = dict(objective="erm", backbone="small_cnn", stages={"pretrain": {"epochs": 2, "lr": 1e-3},
-                                                            "finetune": {"epochs": 2, "lr": 1e-3}},
-              finetune_options={"lpft_epochs": 1}, objective_options={}, baselines=[{"strategy": "none", "lr": 1e-3}],
-              synthesis_backend="procedural", synthesis_filters=[], source="demo", source_adapter="csv",
-              source_options={}, bias_rate=0.95, num_shards=2, device="auto", image_size=32, batch_size=64)
-    assert pipeline_problems(**ok) == []
-    bad = pipeline_problems(**{**ok, "objective": "groupdro", "objective_options": {"etaa": 1},
-                               "backbone": "resnet5", "finetune_options": {"lpft_epochs": 5, "lr": 1},
-                               "baselines": [{"strategy": "nonee", "lr": 1e-3}, {"strategy": "usb", "lr": -1}],
-                               "synthesis_backend": "dalle", "bias_rate": 1.0, "num_shards": 0, "device": "gpu"})
+    ok = dict(objective="erm", backbone="small_cnn", pretrain_epochs=2, pretrain_lr=1e-3, finetune_epochs=2,
+              finetune_lr=1e-3, finetune_options={"lpft_epochs": 1}, objective_options={},
+              baselines=[{"strategy": "none", "lr": 1e-3}], synthesis_backend="procedural", synthesis_filters=[],
+              source="demo", source_adapter="csv", source_options={}, bias_rate=0.95, num_shards=2, device="auto",
+              image_size=32, batch_size=64)
+
+    def problems(**values):
+        return [str(p) for p in form_problems({**ok, **values})]
+
+    assert problems() == []
+    bad = problems(objective="groupdro", objective_options={"etaa": 1}, backbone="resnet5",
+                   finetune_options={"lpft_epochs": 5, "lr": 1},
+                   baselines=[{"strategy": "nonee", "lr": 1e-3}, {"strategy": "usb", "lr": -1}],
+                   synthesis_backend="dalle", bias_rate=1.0, num_shards=0, device="gpu")
     text = "\n".join(bad)
-    for needle in ("objective_options.groupdro", "resnet5", "finetune_options: ['lr']", "nonee", "baselines[1].lr",
-                   "dalle", "bias_rate", "num_shards", "device"):
+    for needle in ("objective_options: ", "resnet5", "finetune_options: ['lr']", "nonee", "baselines[1].lr: -1",
+                   "dalle", "bias_rate: 1.0", "num_shards: 0", "device: 'gpu'"):
         assert needle in text, needle
-    lpft = pipeline_problems(**{**ok, "finetune_options": {"lpft_epochs": 5}})
-    assert lpft and "lpft_epochs" in lpft[0]
+    assert any(p.startswith("finetune_options.lpft_epochs: 5") for p in problems(finetune_options={"lpft_epochs": 5}))
     # The built-in benchmark is named on the run form too: a typo, or a digits-only size on another.
-    assert pipeline_problems(**ok, demo_name="galaxies") == []
-    [name] = pipeline_problems(**ok, demo_name="face")
-    assert name.startswith("demo_name: ") and "'face'" in name and "faces" in name
-    [size] = pipeline_problems(**ok, demo_name="faces", demo_per_digit=10)
+    assert problems(demo_name="galaxies") == []
+    [name] = problems(demo_name="face")
+    assert name == "demo_name: unknown built-in benchmark 'face'; known: digits, faces, galaxies"
+    [size] = problems(demo_name="faces", demo_per_digit=10)
     assert size.startswith("demo_per_digit: ") and "digits benchmark only" in size
-    assert pipeline_problems(**{**ok, "source": "/data/mine"}, demo_name="face") == []  # not the demo: unread
+    assert problems(source="/data/mine", demo_name="face") == []  # not the demo: unread
 
 
 def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
-    from ffr.checks import source_fingerprint
+    from ffr.steps import source_fingerprint
 
     (tmp_path / "d" / "images").mkdir(parents=True)
     (tmp_path / "d" / "manifest.csv").write_text("path\nimages/a.png\n")
@@ -375,7 +389,7 @@ def test_config_error_fails_the_first_step_with_its_cause(tmp_path):
     msg = str(e.value)
     assert "step 'check configuration' (check-config) failed" in msg
     assert "unknown objective 'ermm'" in msg and "freeze_stages" in msg and "\x1b[" not in msg
-    assert "demo_name: unknown built-in benchmark 'face'; known: ['digits', 'faces', 'galaxies']" in msg
+    assert "demo_name: unknown built-in benchmark 'face'; known: digits, faces, galaxies" in msg
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "\x1b[" not in (run_dir / "run.log").read_text()
     assert not list(run_dir.glob("outputs/**/prepare-data*"))  # nothing ran after the check
@@ -401,7 +415,7 @@ def test_a_failed_step_closes_the_pipelines_mlflow_runs_as_failed(tmp_path):
 def test_progress_lines_lose_colour_codes_off_a_terminal_and_keep_them_on_one():
     import io
 
-    from pipelines.run import _Tee
+    from ffr.kubeflow.pipelines.run import _Tee
 
     class Terminal(io.StringIO):
         def isatty(self):

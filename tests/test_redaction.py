@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from ffr.integrations import mlflow_tracking as mt
-from ffr.integrations.mlflow_tracking import TrackingError, check_server
+from ffr import paths as mt
+from ffr.integrations.mlflow_server import TrackingError, check_server
 
 SECRET = "s3cret"
 
@@ -100,7 +100,7 @@ def test_guarded_errors_show_no_credentials():
     pytest.importorskip("mlflow")
     from mlflow.exceptions import MlflowException
 
-    from ffr.integrations.mlflow_tracking import guarded
+    from ffr.integrations.mlflow_server import guarded
 
     @guarded("reading the run")
     def fails():

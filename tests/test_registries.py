@@ -141,10 +141,14 @@ def test_a_mixed_strategys_grouping_falls_back_when_nothing_synthetic_was_drawn(
 
     real, pool = _real_and_pool(card, tmp_path)
     mixed = STRATEGIES.get("usb").stage("train")
-    assert StageSpec("train", real, real, TrainConfig(), group_by=mixed.group_by).loop_settings().group_by == "label_bias"
+    from ffr.request import StageRequest
+
+    def request(settings=None, group_by=mixed.group_by):
+        return StageRequest("train", settings or TrainConfig(), group_by=group_by)
+
+    assert StageSpec(request(), real, real).loop_settings().group_by == "label_bias"
     both = Manifest.concat([real, pool])
-    assert StageSpec("train", both, real, TrainConfig(), group_by=mixed.group_by).loop_settings().group_by \
-        == "label_bias_source"
+    assert StageSpec(request(), both, real).loop_settings().group_by == "label_bias_source"
     assert stage_plan("train").group_by == "auto"
-    assert StageSpec("train", real, real, TrainConfig(group_by="label_bias_source"),
-                     group_by="label_bias").loop_settings().group_by == "label_bias_source"  # an explicit choice wins
+    assert StageSpec(request(TrainConfig(group_by="label_bias_source"), "label_bias"), real,
+                     real).loop_settings().group_by == "label_bias_source"  # an explicit choice wins

@@ -49,16 +49,15 @@ def test_without_a_checkout_the_image_revision_is_used(tmp_path, monkeypatch):
 
 
 def test_a_recorded_push_pins_the_compiled_image(checkout, monkeypatch):
-    from components.image import base_image
+    from ffr.kubeflow.components.image import base_image
 
     digest = "sha256:" + "ab" * 32
     ref = f"registry.example.com/team/ffr:{revision.image_tag()}"
     path = revision.record_push(ref, digest + "\n")
     assert json.loads(path.read_text()) == {ref: digest}
-    monkeypatch.setenv("FFR_IMAGE", "registry.example.com/team/ffr")
-    assert base_image() == f"{ref}@{digest}"
-    monkeypatch.setenv("FFR_IMAGE", "registry.example.com/other/ffr")  # nothing pushed there
-    assert base_image() == f"registry.example.com/other/ffr:{revision.image_tag()}"
+    assert base_image("registry.example.com/team/ffr") == f"{ref}@{digest}"
+    # nothing pushed there
+    assert base_image("registry.example.com/other/ffr") == f"registry.example.com/other/ffr:{revision.image_tag()}"
     with pytest.raises(ValueError, match="not an image digest"):
         revision.record_push(ref, "latest")
     (checkout / revision.PUSH_RECORD).write_text("{not json")

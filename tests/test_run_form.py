@@ -15,9 +15,9 @@ import yaml
 pytest.importorskip("kfp")
 
 from ffr.cli import main  # noqa: E402
-from pipelines import PIPELINES, get_pipeline  # noqa: E402
-from pipelines.parameters import PARAMETER_DOCS, documented  # noqa: E402
-from pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, typed_params  # noqa: E402
+from ffr.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
+from ffr.kubeflow.pipelines.parameters import PARAMETER_DOCS, documented  # noqa: E402
+from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, typed_params  # noqa: E402
 
 
 def spec_of(path) -> dict:
@@ -102,13 +102,13 @@ def test_typed_params_converts_to_each_parameter_type():
     p = get_pipeline("comparison")
     typed = typed_params("comparison", p, {"bias_rate": 1, "seed": 3, "source": None, "finetune_options": {"l2sp": 0.1},
                                            "baselines": [{"strategy": "none", "lr": 0.01}],
-                                           "synthesis_filters": ["grayscale"]})
+                                           "synthesis_filters": ["grayscale"]}, check=False)
     assert typed["bias_rate"] == 1.0 and isinstance(typed["bias_rate"], float)
     assert typed["seed"] == 3 and typed["source"] == ""
     assert typed["baselines"] == [{"strategy": "none", "lr": 0.01}]
     for bad in ({"seed": True}, {"bias_rate": False}, {"baselines": {}}, {"synthesis_filters": "grayscale"}):
         with pytest.raises(PipelineError, match="expects"):
-            typed_params("comparison", p, bad)
+            typed_params("comparison", p, bad, check=False)
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -129,6 +129,6 @@ def test_help_lists_the_pipeline_parameters(capsys, argv, expected):
 def test_other_commands_do_not_build_the_pipelines():
     # The list is built only for --help: parsing any command line (even `ffr run`) imports no kfp.
     code = ("import sys; from ffr.cli import build_parser; build_parser().parse_args(['run', '--param', 'seed=1']); "
-            "print(sorted(m for m in ('kfp', 'pipelines.definitions') if m in sys.modules))")
+            "print(sorted(m for m in ('kfp', 'ffr.kubeflow.pipelines.definitions') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -138,9 +138,9 @@ def test_search_keys_only_multiply_the_cells_they_concern():
     cells = plan_cells(cfg)
     # erm: none 1 + ffr 2; groupdro: none 2 + ffr 4; dfr: none 1 + ffr 2
     assert len(cells) == 12
-    assert {c[4].objective for c in cells} == {"erm", "groupdro", "dfr"}
-    assert all(c[4].objective_options["groupdro"]["eta"] == c[3]["objective_options.groupdro.eta"]
-               for c in cells if "objective_options.groupdro.eta" in c[3])
+    assert {c.objective for c in cells} == {"erm", "groupdro", "dfr"}
+    assert all(c.config.objective_options["groupdro"]["eta"] == c.hparams["objective_options.groupdro.eta"]
+               for c in cells if "objective_options.groupdro.eta" in c.hparams)
 
 
 def test_pivot_table_layout():
@@ -161,7 +161,7 @@ def test_search_alternatives_are_one_axis():
     cfg = tiny_cfg(search={"ffr": {"finetune": variants}})
     assert _grid(cfg.search, "ffr", "erm") == [{"finetune": v} for v in variants]
     assert _grid(cfg.search, "none", "erm") == [{}]
-    effs = [c[4] for c in plan_cells(cfg) if c[0] == "ffr" and c[4].objective == "erm"]
+    effs = [c.config for c in plan_cells(cfg) if c.strategy == "ffr" and c.objective == "erm"]
     assert [(e.finetune.l2sp, e.finetune.lpft_epochs, e.finetune.freeze_stages) for e in effs] == \
         [(0.0, 0, 0), (0.1, 1, 0), (0.0, 0, 2)]
     assert effs[1].finetune.epochs == 2   # the rest of the stage config is kept

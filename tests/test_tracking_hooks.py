@@ -6,8 +6,9 @@ import pytest
 
 from ffr.config import load_config
 from ffr.experiment import compare
-from ffr.stages import evaluate_stage, train_stage
-from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
+from ffr.request import StageRequest
+from ffr.steps import evaluate_step, train_stage
+from ffr.tracker import NullTracker, Tracker, epoch_metrics, flatten
 from ffr.train.loop import TrainConfig
 
 COUNTS = {(s, l, b): 6 for s in ("train", "val", "test") for l in ("cat", "dog") for b in ("indoor", "outdoor")}
@@ -55,8 +56,9 @@ def test_flatten_and_epoch_metrics():
 def test_train_and_evaluate_stage_report_to_the_tracker(make_dataset, tmp_path):
     ds = make_dataset(COUNTS)
     rec = Recorder()
-    train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=3, min_steps=0, batch_size=8), image_size=8, device="cpu",
-                stage="finetune", tracker=rec)
+    request = StageRequest("finetune", TrainConfig(epochs=3, min_steps=0, batch_size=8), image_size=8, device="cpu",
+                           train_data=str(ds), val_data=str(ds), out=str(tmp_path / "m.pt"))
+    train_stage(request, tracker=rec)
     params = rec.of("log_params")[0][1][0]
     assert params["finetune.epochs"] == 3 and params["stage"] == "finetune" and params["init"] is None
     steps = [c[1][1] for c in rec.of("log_metrics")]
@@ -69,7 +71,7 @@ def test_train_and_evaluate_stage_report_to_the_tracker(make_dataset, tmp_path):
     assert meta["classes"] == ["cat", "dog"] and meta["image_size"] == 8
 
     rec = Recorder()
-    m = evaluate_stage(tmp_path / "m.pt", ds, "test", device="cpu", tracker=rec)
+    m = evaluate_step(tmp_path / "m.pt", ds, "test", device="cpu", tracker=rec)
     assert rec.of("log_evaluation") == [("log_evaluation", (m, "test"), {})]
     assert rec.of("log_dataset")[0][1][1:] == ("test", str(ds))
 

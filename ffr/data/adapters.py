@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ffr.data.manifest import (CARD_FILE, IMAGE_SUFFIXES, SPLITS, DatasetCard, Manifest,
                                ManifestError)
-from ffr.registry import Registry
+from ffr.plugins import Registry
 
 ADAPTERS: Registry = Registry("dataset adapter")
 

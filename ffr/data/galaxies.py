@@ -26,6 +26,7 @@ import numpy as np
 
 from ffr.data.build import BuildSpec, mark_complete, open_build, package_file, write_atomic
 from ffr.data.manifest import SPLITS, DatasetCard, Manifest, group_key
+from ffr.rules import require
 
 CLASSES = ("compact", "extended")
 
@@ -161,18 +162,13 @@ class GalaxiesSpec(BuildSpec):
 
     def __post_init__(self) -> None:
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
-        if len(self.split_fractions) != 3 or min(self.split_fractions) <= 0 \
-                or abs(sum(self.split_fractions) - 1) > 1e-6:
-            raise ValueError(f"split_fractions must be 3 positive numbers summing to 1, got {self.split_fractions}")
+        require("split_fractions", tuple(self.split_fractions))
         if not 1 <= self.variants <= N_TRANSFORMS:
             raise ValueError(f"variants must be 1 to {N_TRANSFORMS} (the rotations/flips of a cutout), "
                              f"got {self.variants}")
-        if self.per_class is not None and self.per_class < 3:
-            raise ValueError(f"per_class must be at least 3 (one source per split), got {self.per_class}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        require("per_split", self.per_class, "per_class")
+        require("image_size", self.image_size)
+        require("seed", self.seed)
 
     def card(self) -> DatasetCard:
         """The dataset card; its description says where the images come from and how labels were made."""

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ffr.config import MIN_VAL_PER_GROUP
 from ffr.data.manifest import Manifest, format_group_counts, group_key
+from ffr.rules import require
 
 
 @dataclass
@@ -59,8 +60,7 @@ class SplitReport:
 
 def minority_keep(n_majority: int, bias_rate: float, n_minority_groups: int = 1) -> int:
     """Images kept per minority group so that the majority holds ``bias_rate`` of the class."""
-    if not 0.0 < bias_rate < 1.0:
-        raise ValueError(f"bias_rate must be in (0, 1), got {bias_rate}")
+    require("bias_rate", bias_rate)
     # The small epsilon keeps exact products (e.g. 990 * 0.01 / 0.99 = 10) from flooring to 9.
     total = n_majority * (1.0 - bias_rate) / bias_rate
     return max(1, int(math.floor(total / max(1, n_minority_groups) + 1e-9)))

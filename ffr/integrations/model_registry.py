@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from ffr.integrations.mlflow_tracking import TrackingError, client_for, guarded
+from ffr.integrations.mlflow_server import TrackingError, client_for, guarded
 from ffr.promotion import Decision, Evaluation, GatePolicy, decide
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -54,7 +54,7 @@ def register(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluatio
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    from ffr.integrations.mlflow_tracking import provenance
+    from ffr.integrations.mlflow_server import provenance
 
     tags = {**evaluation.tags("test"), **{f"lineage.{k}": str(v) for k, v in (lineage or {}).items()},
             **provenance(), STATUS_TAG: "pending"}
@@ -177,3 +177,39 @@ def register_and_gate(tracking_uri: str, name: str, model_uri: str, evaluation: 
     """:func:`register` the model as the challenger, then run the gate (:func:`promote`)."""
     version = register(tracking_uri, name, model_uri, evaluation, lineage, run_id)
     return version, promote(tracking_uri, name, version, policy)
+
+
+def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str, metrics: dict, test_data: str,
+                            lineage: dict[str, str], policy: GatePolicy, logged_model_uri: str = "",
+                            experiment: str = "ffr", pipeline_run_id: str = "") -> dict:
+    """A pipeline's register step: the model of ``checkpoint`` (logged already by its training
+    step at ``logged_model_uri``, else logged here), with its test evaluation ``metrics`` on the
+    real test rows of ``test_data``, registered as the challenger of ``name`` and put through the
+    gate (:func:`register_and_gate`), in a ``register`` run nested under the pipeline's. Returns
+    the decision as a record (``registered``, ``version``, ``promoted``, ``refused``, ``reasons``,
+    ``summary``); without a tracking server (none given, no ``$MLFLOW_TRACKING_URI``) nothing is
+    registered."""
+    import os
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        return {"registered": False, "summary": "no MLflow tracking server configured: not registered"}
+    from ffr.data.manifest import Manifest
+    from ffr.integrations.mlflow_runs import mlflow_run, pipeline_run
+    from ffr.train.loop import load_checkpoint
+
+    parent = pipeline_run(uri, experiment, pipeline_run_id)
+    with mlflow_run(uri, experiment, run_name="register", parent_run_id=parent, system_metrics=False,
+                    tags={"ffr.pipeline_run_id": pipeline_run_id}) as t:
+        t.log_dataset(Manifest.load(test_data).select(split=metrics.get("split", "test"), source="real"), "test",
+                      test_data)
+        t.log_evaluation(metrics, "test")
+        logged = logged_model_uri
+        if not logged:  # the training step tracked nowhere: log the model here
+            net, meta = load_checkpoint(checkpoint)
+            t.log_model(net, meta)
+            logged = t.model_uri
+        version, d = register_and_gate(uri, name, logged, Evaluation.from_metrics(metrics), lineage, policy,
+                                       None if logged_model_uri else t.run_id)
+    return {"registered": True, "model": name, "version": version, "promoted": d.promote, "refused": d.refused,
+            "reasons": d.reasons, "summary": f"version {version}: {d.summary}"}

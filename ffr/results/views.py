@@ -3,7 +3,7 @@ self-contained HTML reports (group table, synthetic samples embedded as images, 
 strategies) that pipeline UIs such as Kubeflow's show as they are.
 
 ``results`` everywhere maps a column name (a strategy) to the metrics of
-:func:`ffr.stages.evaluate_stage` (``worst_group_acc``, ``balanced_acc``, ``average_acc``,
+:func:`ffr.steps.evaluate_step` (``worst_group_acc``, ``balanced_acc``, ``average_acc``,
 ``groups``: ``{"<label>_<bias>": {"acc", "n"}}``, optionally ``confusion`` and ``classes``).
 """
 
@@ -12,6 +12,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import os
+from pathlib import Path
 
 from ffr.data.manifest import Manifest, group_key
 
@@ -136,3 +139,29 @@ def evaluation_report_html(results: dict[str, dict], title: str, synthetic: Mani
     if synthetic is not None and len(synthetic):
         sections.append((f"Synthetic samples ({per_group} per group)", samples_html(synthetic, per_group)))
     return html_page(title, sections)
+
+
+COMPARISON_TITLE = "Strategies compared: test split"
+
+
+def write_comparison(evaluations: list[dict], summary_path: str | os.PathLike, html_path: str | os.PathLike,
+                     markdown_path: str | os.PathLike | None = None, synthetic: Manifest | None = None) -> dict:
+    """The comparison report of several strategies' evaluations (:func:`ffr.steps.evaluate_step`
+    files, each with its ``strategy``), composed once for ``ffr report`` and the pipelines'
+    report step: ``summary_path`` (JSON: every result in strategy order and FFR's gain over the
+    best baseline), ``html_path`` (group table, confusion matrices, synthetic samples) and, when
+    given, ``markdown_path`` (the group table). Returns the summary."""
+    from ffr.results.tables import STRATEGY_ORDER
+
+    rank = {s: i for i, s in enumerate(STRATEGY_ORDER)}
+    results = {m["strategy"]: m for m in sorted(evaluations, key=lambda m: (rank.get(m["strategy"], 99), m["strategy"]))}
+    gain = ffr_gain(results)
+    summary = {"results": results, "ffr_gain": gain}
+    Path(summary_path).write_text(json.dumps(summary, indent=2))
+    Path(html_path).write_text(evaluation_report_html(results, COMPARISON_TITLE, synthetic))
+    if markdown_path is not None:
+        Path(markdown_path).write_text(
+            f"# {COMPARISON_TITLE}\n\n```\n{format_group_table(results)}\n```\n"
+            + (f"\nFFR's gain in worst-group accuracy over the best baseline: {gain['ffr_gain_wga']:+.3f}\n"
+               if gain else ""))
+    return summary

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffr.registry import Registry
+from ffr.plugins import Registry
 
 FILTERS: Registry = Registry("image filter")
 

@@ -20,6 +20,7 @@ from PIL import Image
 from ffr.data.galaxies import BANDS, CLASSES, band_colour
 from ffr.data.manifest import DatasetCard
 from ffr.synthesis.generation import ImageRequest
+from ffr.rules import require
 
 # Sizes are in pixels of a 32 px image and scale with the image size, so a source fills the same
 # share of the frame as a real cutout does (compact: a small dot; extended: about two thirds).
@@ -138,8 +139,7 @@ class GalaxiesBackend:
                              f"(known: {list(BANDS)})")
         self.card = card
         self.image_size = int(image_size)
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+        require("image_size", self.image_size)
 
     def prompt_for(self, request: ImageRequest) -> str:
         """A pseudo-prompt naming the kind of source this request will show and its band."""

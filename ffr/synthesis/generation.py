@@ -19,7 +19,8 @@ from typing import Protocol, Sequence
 
 from ffr.data.manifest import DatasetCard, Manifest, group_key
 from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BATCH_SIZE
-from ffr.registry import Registry
+from ffr.plugins import Registry
+from ffr.rules import check, refuse, require
 
 SYNTHESIS_BACKENDS: Registry = Registry("synthesis backend")
 # Images one run (one shard) plans and renders at most: its plan is held in memory before the first
@@ -149,13 +150,10 @@ def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tup
     unknown = [g for g in counts if g not in set(card.groups)]
     if unknown:
         raise ValueError(f"counts name group(s) not in card {card.name!r}: {[group_key(*g) for g in unknown]}")
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    negative = {group_key(*g): n for g, n in counts.items() if int(n) < 0}
-    if negative:
-        raise ValueError(f"image counts must not be negative: {negative}")
+    require("count", max_attempts, "max_attempts")
+    require("count", int(batch_size), "batch_size")
+    refuse([p for g, n in counts.items() for p in check("image_count", int(n), f"count of {group_key(*g)}")],
+           "image counts")
     if sum(int(n) for n in counts.values()) == 0:
         raise ValueError("nothing to render: every group's count is 0")
     share = -(-sum(int(n) for n in counts.values()) // max(1, int(num_shards)))

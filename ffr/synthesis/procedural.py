@@ -112,7 +112,7 @@ TEXTURE_GENERATORS = {"grass": _grass, "brick": _brick, "gravel": _gravel, "moon
 # ---------------------------------------------------------------- the backend
 # The generator of each built-in benchmark (ffr.data.builtin) by its card's name; any other card
 # (the digits demo, or a user's dataset) gets the typeset digits.
-BENCHMARK_GENERATORS = {"faces": ("ffr.synthesis.faces", "FacesBackend"),
+BUILTIN_GENERATORS = {"faces": ("ffr.synthesis.faces", "FacesBackend"),
                         "galaxies": ("ffr.synthesis.galaxies", "GalaxiesBackend")}
 
 
@@ -123,8 +123,8 @@ def procedural_backend(card: DatasetCard, **opts):
     :class:`ProceduralBackend`. ``opts`` go to that generator (e.g. ``image_size``)."""
     import importlib
 
-    if card.name in BENCHMARK_GENERATORS:
-        module, cls = BENCHMARK_GENERATORS[card.name]
+    if card.name in BUILTIN_GENERATORS:
+        module, cls = BUILTIN_GENERATORS[card.name]
         try:
             return getattr(importlib.import_module(module), cls)(card, **opts)
         except ValueError:  # a user's dataset that only shares the name (a folder called faces/)

@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from ffr.registry import Registry
+from ffr.plugins import Registry
 
 BACKBONES: Registry = Registry("backbone")
 

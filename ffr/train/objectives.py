@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffr.registry import Registry
+from ffr.plugins import Registry
 
 OBJECTIVES: Registry = Registry("objective")
 

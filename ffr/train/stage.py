@@ -1,7 +1,7 @@
 """The one stage driver: everything that happens to one training stage, whoever asks for it.
 
-``ffr train`` and the DVC stages (:func:`ffr.stages.train_stage`), the Kubeflow train step
-(``components/train.py``), the data-parallel rank entry (:mod:`ffr.launch`) and every grid cell
+``ffr train`` and the DVC stages (:func:`ffr.steps.train_stage`), the Kubeflow train step
+(``ffr/kubeflow/components/train.py``), the data-parallel rank entry (:mod:`ffr.launch`) and every grid cell
 of ``ffr compare`` / ``ffr sweep`` (:func:`ffr.experiment.run_cell`) describe a stage as a
 :class:`StageSpec` and call :func:`run_stage`, which
 
@@ -19,21 +19,21 @@ of ``ffr compare`` / ``ffr sweep`` (:func:`ffr.experiment.run_cell`) describe a 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ffr.config import BACKBONE, IMAGE_SIZE, OBJECTIVE, TrainConfig
+from ffr.config import TrainConfig
 from ffr.data.manifest import Manifest
+from ffr.request import StageRequest
 from ffr.paths import temp_beside, write_json
-from ffr.tracking import NullTracker, Tracker, epoch_metrics, flatten
+from ffr.tracker import NullTracker, Tracker, epoch_metrics, flatten
 
 SUMMARY_SUFFIX = ".json"
 HISTORY_SUFFIX = ".history.jsonl"
@@ -49,52 +49,36 @@ def stage_files(checkpoint: str | os.PathLike) -> tuple[Path, Path, Path]:
 
 @dataclass
 class StageSpec:
-    """One training stage: what it trains on, with which settings, from which weights.
+    """One training stage with its data at hand: the request (what to train, how), the manifests
+    it reads and the weights it starts from.
 
     Args:
-        name: The stage (``train`` for none/USB/ASB, ``pretrain`` / ``finetune`` for FFR).
+        request: The stage's :class:`~ffr.request.StageRequest` (its data references unused
+            here: the manifests are given).
         train: Every row is trained on.
         val: The real validation rows that select the checkpoint (worst-group accuracy).
-        settings: The training loop's settings.
-        objective: Objective name (``erm``, ``resample``, ``groupdro``, ``dfr``).
-        objective_options: The objective's options (e.g. ``{"eta": 0.01}`` for GroupDRO).
-        backbone: Backbone name.
-        weights: Pretrained backbone weights (a local file), or None for a random init.
-        image_size: Side of the square images the model sees.
-        seed: Seeds the model's init and the epoch order.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``.
-        init: Starting weights: a checkpoint path, a model, or None.
+        init: Starting weights: a model (a grid cell's previous stage), a checkpoint path, or
+            None (default: ``request.init``).
         init_key: The key of the stage ``init`` came from (keys chain through the stage cache).
-        group_by: The groups a group-aware objective optimises over when ``settings.group_by``
-            is ``auto``: the strategy's (:class:`ffr.balance.StagePlan`); ``auto`` decides by
-            whether the set mixes real and synthetic images.
     """
 
-    name: str
+    request: StageRequest
     train: Manifest
     val: Manifest
-    settings: TrainConfig = field(default_factory=TrainConfig)
-    objective: str = OBJECTIVE
-    objective_options: dict = field(default_factory=dict)
-    backbone: str = BACKBONE
-    weights: str | None = None
-    image_size: int = IMAGE_SIZE
-    seed: int = 0
-    device: str = "auto"
     init: Any = None
     init_key: str | None = None
-    group_by: str = "auto"
+
+    def __post_init__(self):
+        if self.init is None and self.request.init is not None:
+            self.init = self.request.init
+
+    @property
+    def name(self) -> str:
+        return self.request.stage
 
     def loop_settings(self) -> TrainConfig:
-        """The settings the loop runs with: ``group_by`` resolved to the strategy's. A mixed
-        strategy's (Y, B, G) grouping on a set with no synthetic image (USB with nothing to add)
-        is (Y, B): a source group with no row would only dilute GroupDRO's weights."""
-        if self.settings.group_by != "auto" or self.group_by == "auto":
-            return self.settings
-        group_by = self.group_by
-        if group_by == "label_bias_source" and not self.train.is_synthetic().any():
-            group_by = "label_bias"
-        return dataclasses.replace(self.settings, group_by=group_by)
+        """The settings the loop runs with (:meth:`ffr.request.StageRequest.loop_settings`)."""
+        return self.request.loop_settings(bool(self.train.is_synthetic().any()))
 
     def key(self, trainer_identity: str) -> str:
         """Identity of the trained stage: its data (the manifests and the files' sizes),
@@ -103,8 +87,9 @@ class StageSpec:
         variant, ERM's model under DFR)."""
         blob = json.dumps({"train": self.train.digest(), "val": self.val.digest(), "cfg": asdict(self.loop_settings()),
                            "files": [self.train.files_fingerprint(times=False), self.val.files_fingerprint(times=False)],
-                           "objective": trainer_identity, "backbone": self.backbone, "weights": self.weights,
-                           "image_size": self.image_size, "seed": self.seed, "init": self.init_key},
+                           "objective": trainer_identity, "backbone": self.request.backbone,
+                           "weights": self.request.weights, "image_size": self.request.image_size,
+                           "seed": self.request.seed, "init": self.init_key},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -136,12 +121,12 @@ def identity(objective) -> str:
     return objective.name + (json.dumps(objective.options, sort_keys=True) if objective.options else "")
 
 
-def objectives(spec: StageSpec):
-    """(the objective, the objective it trains as): DFR trains as ERM and differs only in its
-    finalize step; other objectives train as themselves."""
+def objectives(request: StageRequest):
+    """(the objective, the objective it trains as) of a stage: DFR trains as ERM and differs only
+    in its finalize step; other objectives train as themselves."""
     from ffr.train.objectives import create_objective
 
-    objective = create_objective(spec.objective, **(spec.objective_options or {}))
+    objective = create_objective(request.objective, **(request.objective_options or {}))
     trainer = create_objective(objective.trains_as) if objective.trains_as else objective
     return objective, trainer
 
@@ -159,7 +144,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
         cache_dir: A stage cache: the trained stage lives in ``cache_dir/<key>/model.pt`` and a
             finished one is loaded instead of trained again.
         tensors: Decodes a manifest into :class:`~ffr.data.loading.TensorData` (a grid passes its
-            image cache); default: decode the files at ``spec.image_size``.
+            image cache); default: decode the files at ``spec.request.image_size``.
         tracker: Receives the parameters, the datasets, per-epoch metrics, the history and the
             model (rank 0 only under ``torchrun``).
         progress: Show a progress bar over epochs.
@@ -177,30 +162,31 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
     from ffr.train.loop import evaluate, fit, load_checkpoint, objective_context, save_checkpoint, seed_everything
     from ffr.train.runtime import resolve_device
 
+    r = spec.request
     if out is None and cache_dir is None:
         raise ValueError("run_stage needs an output checkpoint path or a stage cache")
     dist.init_from_env()
     tracker = tracker if tracker is not None and dist.is_main() else NullTracker()
     if len(spec.val) == 0:
         raise ValueError(f"stage {spec.name!r}: no real validation rows to select checkpoints with")
-    decode = tensors or (lambda m: TensorData.from_manifest(m, spec.image_size))
-    device = resolve_device(spec.device)
+    decode = tensors or (lambda m: TensorData.from_manifest(m, r.image_size))
+    device = resolve_device(r.device)
     settings = spec.loop_settings()
-    objective, trainer = objectives(spec)
+    objective, trainer = objectives(r)
     key = spec.key(identity(trainer))
     trained_ckpt = Path(cache_dir) / key / "model.pt" if cache_dir is not None else Path(out)
     ckpt, history, summary = stage_files(trained_ckpt)
-    tracker.log_params({"stage": spec.name, "backbone": spec.backbone, "weights": spec.weights,
+    tracker.log_params({"stage": spec.name, "backbone": r.backbone, "weights": r.weights,
                         "objective": objective.name, "init": None if spec.init is None or not isinstance(
-                            spec.init, (str, os.PathLike)) else str(spec.init), "seed": spec.seed,
-                        "image_size": spec.image_size, "stage_key": key, **flatten(settings, f"{spec.name}."),
-                        **flatten(spec.objective_options or {}, "objective_options.")})
+                            spec.init, (str, os.PathLike)) else str(spec.init), "seed": r.seed,
+                        "image_size": r.image_size, "stage_key": key, **flatten(settings, f"{spec.name}."),
+                        **flatten(r.objective_options or {}, "objective_options.")})
     tracker.log_dataset(spec.train, "train", (sources or {}).get("train"))
     tracker.log_dataset(spec.val, "validation", (sources or {}).get("val"))
     val = decode(spec.val)
     train = None
-    meta = {"backbone": spec.backbone, "classes": list(spec.train.card.classes),
-            "bias_values": list(spec.train.card.bias_values), "image_size": spec.image_size,
+    meta = {"backbone": r.backbone, "classes": list(spec.train.card.classes),
+            "bias_values": list(spec.train.card.bias_values), "image_size": r.image_size,
             "normalize": settings.normalize, "stage": spec.name, "objective": trainer.name,
             "train_digest": spec.train.digest(), "stage_key": key}
     reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
@@ -217,8 +203,8 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             for rec in records:
                 tracker.log_metrics(*epoch_metrics(rec))
         else:
-            seed_everything(spec.seed)  # per stage, so a stage's result does not depend on what ran before
-            model = create_model(spec.backbone, len(spec.train.card.classes), spec.weights)
+            seed_everything(r.seed)  # per stage, so a stage's result does not depend on what ran before
+            model = create_model(r.backbone, len(spec.train.card.classes), r.weights)
             if spec.init is not None:
                 model.load_state_dict(_init_state(spec))
             if dist.is_main():  # a rerun replaces the history only once the new stage is written
@@ -234,7 +220,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
 
             train = decode(spec.train)
             try:
-                result = fit(model, train, val, trainer, settings, device, seed=spec.seed, log=log, progress=progress,
+                result = fit(model, train, val, trainer, settings, device, seed=r.seed, log=log, progress=progress,
                              desc=desc or spec.name)
             except BaseException:
                 partial.unlink(missing_ok=True)  # the previous history (if any) stays as it was
@@ -251,7 +237,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
     final_ckpt = ckpt
     if trainer is not objective:  # e.g. DFR: retrain the last layer of the selected model
         train = train if train is not None else decode(spec.train)
-        objective.setup(objective_context(train, settings, device, spec.seed))
+        objective.setup(objective_context(train, settings, device, r.seed))
         model = objective.finalize(model, train, val, device)
         best_val, state = evaluate(model, val, device, settings.normalize, settings.eval_batch_size), objective.state()
         meta = {**meta, "objective": objective.name}
@@ -305,33 +291,26 @@ def read_json(path: str | os.PathLike):
 
 
 # ------------------------------------------------------------------------------ several processes
-def run_distributed(processes: int, request: dict, tracking: dict | None = None) -> dict:
-    """The stage of ``request`` in ``processes`` data-parallel processes (``torchrun
+def run_distributed(request: StageRequest, tracking: dict | None = None) -> dict:
+    """The stage of ``request`` in ``request.processes`` data-parallel processes (``torchrun
     --standalone``, one per GPU of the pod); returns its summary (:func:`stage_files`).
 
     Args:
-        processes: How many processes (ranks) to start.
-        request: :func:`ffr.stages.train_stage`'s arguments, JSON-able (``cfg`` as a dict is fine).
-        tracking: :func:`ffr.integrations.mlflow_tracking.optional_run`'s arguments (``tracking_uri``,
+        request: The stage, its data references set (``train_data``, ``val_data``, ``out``).
+        tracking: :func:`ffr.integrations.mlflow_runs.optional_run`'s arguments (``tracking_uri``,
             ``run_name``, ``pipeline_run_id``, ``experiment``) for the run rank 0 opens.
     """
-    if processes < 1:
-        raise ValueError(f"processes must be at least 1, got {processes}")
-    out_path = Path(request["out_path"])
+    out_path = Path(request.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = request.get("cfg")
-    spec = {**{k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in request.items()},
-            "cfg": asdict(cfg) if dataclasses.is_dataclass(cfg) else (cfg or asdict(TrainConfig())),
-            "tracking": tracking}
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out_path.parent, delete=False) as f:
-        json.dump(spec, f)
+        json.dump({"request": request.to_dict(), "tracking": tracking}, f)
     try:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "ffr.launch", f.name]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(request.processes), "-m", "ffr.launch", f.name]
         rc = subprocess.run(cmd).returncode  # the processes' output goes to this step's log
     finally:
         os.unlink(f.name)
     if rc != 0:
-        raise RuntimeError(f"data-parallel training of {out_path} in {processes} processes failed (exit {rc}); "
+        raise RuntimeError(f"data-parallel training of {out_path} in {request.processes} processes failed (exit {rc}); "
                            "the ranks' errors are in the log above")
     return json.loads(stage_files(out_path)[2].read_text())

@@ -60,7 +60,7 @@ def test_labels_user_and_revision(root):
 
 
 def test_the_image_has_its_own_python_with_everything_the_components_import(root):
-    code = ("import json, os, sys, ffr, components, pipelines, kfp, torch, torchvision, mlflow, dvc, s3fs, diffusers;"
+    code = ("import json, os, sys, ffr, ffr.kubeflow.components as components, ffr.kubeflow.pipelines, kfp, torch, torchvision, mlflow, dvc, s3fs, diffusers;"
             "from ffr.integrations import serving;"
             "print(json.dumps({'ffr': ffr.__file__, 'python': sys.executable, 'uid': os.getuid(),"
             " 'components': len(components.ALL), 'tag': __import__('ffr.revision').revision.image_tag()}))")
@@ -81,8 +81,8 @@ def test_the_image_has_its_own_python_with_everything_the_components_import(root
 
 
 def test_comparison_pipeline_runs_every_step_in_the_image(root, in_image):
-    from components.image import base_image
-    from pipelines.run import run_local
+    from ffr.kubeflow.components.image import base_image
+    from ffr.kubeflow.pipelines.run import run_local
     from chroot import ChrootTaskHandler
 
     run = run_local("comparison", {**TINY, "train_epochs": 1}, root.runs, progress=False, mlflow="local",
@@ -109,7 +109,7 @@ def test_comparison_pipeline_runs_every_step_in_the_image(root, in_image):
 
 
 def test_retrain_pipeline_fetches_its_data_in_the_image(root, in_image):
-    from pipelines.run import run_local
+    from ffr.kubeflow.pipelines.run import run_local
     from chroot import ChrootTaskHandler
 
     run = run_local("retrain", {k: v for k, v in TINY.items() if k != "demo_per_digit"} | {"bias_rate": 0.95},

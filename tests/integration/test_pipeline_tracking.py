@@ -17,8 +17,8 @@ pytest.importorskip("dvc")
 
 from kfp.dsl import Dataset, Metrics, Model  # noqa: E402
 
-from components import register_model  # noqa: E402
-from ffr.stages import evaluate_stage, train_stage  # noqa: E402
+from ffr.kubeflow.components import register_model  # noqa: E402
+from ffr.steps import evaluate_step, train_stage  # noqa: E402
 from ffr.train.loop import TrainConfig  # noqa: E402
 from tests.integration.servers import DUMMY_AWS, binary  # noqa: E402
 from tests.integration.test_dvc import _env, run  # noqa: E402
@@ -36,7 +36,7 @@ def test_register_component_without_a_tracking_server(make_dataset, tmp_path, mo
     (tmp_path / "model").mkdir()
     train_stage(ds, ds, tmp_path / "model" / "model.pt", TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8,
                 device="cpu")
-    evaluate_stage(tmp_path / "model" / "model.pt", ds, "test", tmp_path / "metrics.json", device="cpu")
+    evaluate_step(tmp_path / "model" / "model.pt", ds, "test", tmp_path / "metrics.json", device="cpu")
     decision = art(Metrics, tmp_path / "decision")
     out = register_model.python_func(model=art(Model, tmp_path / "model"), metrics=art(Metrics, tmp_path / "metrics.json"),
                                      data=art(Dataset, ds), decision=decision)
@@ -50,7 +50,7 @@ def test_retrain_pipeline_tracks_registers_and_gates(tmp_path, mlflow_env, s3_en
     from mlflow import MlflowClient
 
     from ffr.data.demo import DemoSpec, make_demo
-    from pipelines.run import run_local
+    from ffr.kubeflow.pipelines.run import run_local
 
     # A DVC project holding a small demo dataset at tag v1, its data in the S3 remote.
     env = _env(tmp_path, {**DUMMY_AWS})

@@ -13,7 +13,8 @@ import torch
 
 from ffr.integrations.model_registry import CHALLENGER, CHAMPION, promote, register
 from ffr.promotion import Evaluation, GatePolicy
-from ffr.integrations.mlflow_tracking import TrackingError, mlflow_run
+from ffr.integrations.mlflow_server import TrackingError
+from ffr.integrations.mlflow_runs import mlflow_run
 from ffr.train.backbones import create_model
 from tests.integration.servers import free_port
 

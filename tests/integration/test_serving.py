@@ -46,7 +46,7 @@ def champion(mlflow_env):
     """A tiny model logged as the servable pyfunc, registered, and promoted to @champion."""
     import torch
 
-    from ffr.integrations.mlflow_tracking import mlflow_run
+    from ffr.integrations.mlflow_runs import mlflow_run
     from ffr.integrations.model_registry import CHAMPION, promote, register
     from ffr.promotion import Evaluation, GatePolicy
     from ffr.train.backbones import create_model

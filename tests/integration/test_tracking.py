@@ -9,8 +9,9 @@ import pytest
 
 from ffr.config import load_config
 from ffr.experiment import compare
-from ffr.integrations.mlflow_tracking import TrackingError, mlflow_run
-from ffr.stages import evaluate_stage, train_stage
+from ffr.integrations.mlflow_server import TrackingError
+from ffr.integrations.mlflow_runs import mlflow_run
+from ffr.steps import evaluate_step, train_stage
 from ffr.train.loop import TrainConfig
 from tests.integration.servers import free_port
 
@@ -89,7 +90,7 @@ def test_stage_runs_record_dvc_digests_and_uris(mlflow_env, tmp_path, make_datas
     with mlflow_run(mlflow_env.url, "test-stages", "stages") as t:
         train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8, device="cpu",
                     tracker=t)
-        evaluate_stage(tmp_path / "m.pt", ds, "test", tmp_path / "test.json", device="cpu", tracker=t)
+        evaluate_step(tmp_path / "m.pt", ds, "test", tmp_path / "test.json", device="cpu", tracker=t)
         run_id = t.run_id
     run = MlflowClient(mlflow_env.url).get_run(run_id)
     digest = dir_digest(ds)

@@ -1,0 +1,27 @@
+"""Kubeflow Pipelines components: one thin lightweight component per pipeline step.
+
+Each module holds one ``@dsl.component``: a typed signature (the interface KFP shows), a body
+that imports ``ffr`` and maps artifact paths onto one library call. Only the standard library,
+``kfp`` and :mod:`components.image` are imported at module level, so compiling a pipeline needs
+neither torch nor a GPU. Every component runs in the project's image (:func:`base_image`).
+"""
+
+from ffr.kubeflow.components.balance import balance_data
+from ffr.kubeflow.components.check import check_config
+from ffr.kubeflow.components.collect import collect_shards
+from ffr.kubeflow.components.evaluate import evaluate_model
+from ffr.kubeflow.components.image import base_image
+from ffr.kubeflow.components.prepare import prepare_data
+from ffr.kubeflow.components.register import register_model
+from ffr.kubeflow.components.report import comparison_report
+from ffr.kubeflow.components.synthesize import synthesize_shard
+from ffr.kubeflow.components.data_revision import fetch_data_revision
+from ffr.kubeflow.components.mlflow_run import finish_tracking, start_tracking
+from ffr.kubeflow.components.train import train_model
+
+ALL = [check_config, prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
+       comparison_report, start_tracking, finish_tracking, fetch_data_revision, register_model]
+
+__all__ = ["ALL", "base_image", "check_config", "finish_tracking", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
+           "train_model", "evaluate_model", "comparison_report", "start_tracking", "fetch_data_revision",
+           "register_model"]

@@ -1,0 +1,418 @@
+"""Kubeflow Pipelines clusters: submit a run, schedule a recurring run, upload a pipeline (or a new
+version of it) so that the Kubeflow UI lists it; on multi-user clusters with a credential
+(:class:`Credentials`) and a profile namespace.
+
+The CLI (``ffr submit / schedule / upload``) imports this module lazily, so the core ``ffr``
+package never imports kfp. Every failure is a :class:`PipelineError` that says why: a bad cron
+expression or parameter before anything is sent, an unreachable host, a refused credential or a
+refused request (HTTP status and reason) without a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ffr
+from ffr.kubeflow.pipelines.definitions import get_pipeline
+from ffr.kubeflow.pipelines.platform import Platform
+from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, typed_params
+
+# ------------------------------------------------------------------------------------------- cron
+_FIELDS = [  # (name, low, high, names) of the 6 fields of a Kubeflow cron expression
+    ("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None),
+    ("day-of-month", 1, 31, None),
+    ("month", 1, 12, ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]),
+    ("day-of-week", 0, 6, ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),
+]
+_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+_CRON_HELP = ("Kubeflow takes 6 fields: second minute hour day-of-month month day-of-week, "
+              "e.g. '0 0 3 * * *' (every day at 03:00:00) or '0 30 2 * * MON' (Mondays at 02:30:00)")
+
+
+def validate_cron(expr: str) -> str:
+    """Check a Kubeflow (robfig/cron, with seconds) cron expression.
+
+    Args:
+        expr: 6 fields (second minute hour day-of-month month day-of-week), a descriptor such as
+            ``@daily``, or ``@every <duration>``.
+
+    Returns:
+        The expression normalised (single spaces). A :class:`PipelineError` names the bad field otherwise.
+    """
+    text = " ".join(str(expr).split())
+    if text in _DESCRIPTORS or re.fullmatch(r"@every ((\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)", text):
+        return text
+    fields = text.split(" ") if text else []
+    if len(fields) != 6:
+        raise PipelineError(f"bad cron expression {expr!r}: {len(fields)} field(s); {_CRON_HELP}")
+
+    def value(tok: str, name, low, high, names) -> int:
+        if names and tok.upper() in names:
+            return names.index(tok.upper()) + low
+        if not tok.isdigit():
+            raise PipelineError(f"bad cron expression {expr!r}: {name} field has {tok!r}, not a number"
+                                + (f" or one of {', '.join(names)}" if names else "") + f"; {_CRON_HELP}")
+        v = int(tok)
+        if not low <= v <= high:
+            raise PipelineError(f"bad cron expression {expr!r}: {name} {v} is outside {low}-{high}; {_CRON_HELP}")
+        return v
+
+    for field_text, (name, low, high, names) in zip(fields, _FIELDS):
+        for part in field_text.split(","):
+            rng, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                raise PipelineError(f"bad cron expression {expr!r}: {name} step {step!r} is not a positive integer")
+            if rng == "?" and name in ("day-of-month", "day-of-week") and not step:
+                continue
+            if rng == "*":
+                continue
+            lo, dash, hi = rng.partition("-")
+            a = value(lo, name, low, high, names)
+            if dash and value(hi, name, low, high, names) < a:
+                raise PipelineError(f"bad cron expression {expr!r}: {name} range {rng!r} runs backwards")
+    return text
+
+
+# ------------------------------------------------------------------------------------ credentials
+TOKEN_ENV, SA_TOKEN_ENV, COOKIE_ENV = "KF_PIPELINES_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_COOKIE"
+# Where Kubeflow projects a pod's pipelines token (kfp.client.KF_PIPELINES_SA_TOKEN_PATH), and
+# where Kubernetes puts the pod's namespace.
+SA_TOKEN_DEFAULT = "/var/run/secrets/kubeflow/pipelines/token"
+POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+_ACCEPTED = (f"accepted: --token or ${TOKEN_ENV} (a bearer token), --sa-token-path or ${SA_TOKEN_ENV} "
+             f"(a service-account token file), --cookie or ${COOKIE_ENV} (the Dex / oauth2-proxy session "
+             "cookie, e.g. 'authservice_session=...'), with --namespace naming your Kubeflow profile")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How ffr authenticates to a Kubeflow Pipelines API: nothing, a bearer token, a
+    service-account token file (read on every request: the kubelet rotates it) or an auth
+    session cookie. The health check and kfp.Client send the same one. Secret values never
+    appear in ``repr`` or in a message."""
+
+    token: str | None = field(default=None, repr=False)
+    sa_token_path: str | None = None
+    cookie: str | None = field(default=None, repr=False)
+    source: str = ""  # where it came from, for messages: "--token", "$KF_PIPELINES_COOKIE", ...
+
+    def __post_init__(self):
+        kinds = [k for k in ("token", "sa_token_path", "cookie") if getattr(self, k)]
+        if len(kinds) > 1:
+            raise PipelineError(f"give one Kubeflow Pipelines credential, not {' and '.join(kinds)}")
+
+    @classmethod
+    def _one(cls, named: dict) -> Credentials | None:
+        given = {src: (kind, v.strip()) for src, (kind, v) in named.items() if v and v.strip()}
+        if len(given) > 1:
+            raise PipelineError(f"give one Kubeflow Pipelines credential, not {' and '.join(given)}; {_ACCEPTED}")
+        return next((cls(**{kind: v}, source=src) for src, (kind, v) in given.items()), None)
+
+    @classmethod
+    def from_env(cls, environ=None) -> Credentials:
+        """The credential the environment names.
+
+        Args:
+            environ: the environment (default ``os.environ``): ``KF_PIPELINES_TOKEN``,
+                ``KF_PIPELINES_SA_TOKEN_PATH`` or ``KF_PIPELINES_COOKIE``, at most one of them; with
+                none, the pod's projected pipelines token if there is one (inside a Kubeflow pod).
+        """
+        env = os.environ if environ is None else environ
+        found = cls._one({f"${TOKEN_ENV}": ("token", env.get(TOKEN_ENV)),
+                          f"${SA_TOKEN_ENV}": ("sa_token_path", env.get(SA_TOKEN_ENV)),
+                          f"${COOKIE_ENV}": ("cookie", env.get(COOKIE_ENV))})
+        if found is None and os.path.isfile(SA_TOKEN_DEFAULT):
+            found = cls(sa_token_path=SA_TOKEN_DEFAULT, source=SA_TOKEN_DEFAULT)
+        return found or cls()
+
+    @classmethod
+    def from_args(cls, args, environ=None) -> Credentials:
+        """The credential of the command line, else of the environment (a flag wins over every variable).
+
+        Args:
+            args: parsed arguments with ``token``, ``sa_token_path`` and ``cookie`` (at most one set).
+            environ: the environment for :meth:`from_env` when no flag is given.
+        """
+        found = cls._one({"--token": ("token", getattr(args, "token", None)),
+                          "--sa-token-path": ("sa_token_path", getattr(args, "sa_token_path", None)),
+                          "--cookie": ("cookie", getattr(args, "cookie", None))})
+        return found or cls.from_env(environ)
+
+    @property
+    def kind(self) -> str:
+        """What is sent, for messages (never the value)."""
+        if self.token:
+            return f"a bearer token from {self.source or 'the caller'}"
+        if self.sa_token_path:
+            return f"the service-account token in {self.sa_token_path}"
+        return f"a session cookie from {self.source or 'the caller'}" if self.cookie else "no credential"
+
+    def _bearer(self) -> str | None:
+        if not self.sa_token_path:
+            return self.token
+        where = f"service-account token file {self.sa_token_path}" + (f" ({self.source})" if self.source else "")
+        try:
+            text = Path(self.sa_token_path).read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PipelineError(f"{where}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+        if not text:
+            raise PipelineError(f"{where} is empty")
+        return text
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers that carry the credential, as kfp.Client sends them
+        (``Authorization: Bearer ...`` or ``Cookie: ...``)."""
+        bearer = self._bearer()
+        if bearer:
+            return {"Authorization": f"Bearer {bearer}"}
+        return {"Cookie": self.cookie} if self.cookie else {}
+
+    def client_kwargs(self) -> dict:
+        """The credential as :class:`kfp.Client` arguments."""
+        if self.token:
+            return {"existing_token": self.token}
+        if self.sa_token_path:
+            from kfp.client import ServiceAccountTokenVolumeCredentials
+
+            return {"credentials": ServiceAccountTokenVolumeCredentials(path=self.sa_token_path)}
+        return {"cookies": self.cookie} if self.cookie else {}
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value of this credential replaced by ``***``."""
+        secrets = [self.token, self.cookie] + [c.partition("=")[2].strip() for c in (self.cookie or "").split(";")]
+        if self.sa_token_path:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                secrets.append(Path(self.sa_token_path).read_text().strip())
+        for s in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+            text = text.replace(s, "***")
+        return text
+
+
+def _auth_failed(host: str, code, creds: Credentials, where: str, body=None) -> str:
+    why = "authentication failed"
+    if code == 403 and creds.kind != "no credential":
+        why += " or the credential may not use this namespace (is --namespace one of your profiles?)"
+    said = _server_message(body)
+    why += f" (the server said{said})" if said else ""
+    return creds.redact(f"Kubeflow Pipelines at {host} answered HTTP {code} {where}: {why}; sent {creds.kind}; "
+                        f"{_ACCEPTED}")
+
+
+def _server_message(body) -> str:
+    with contextlib.suppress(Exception):
+        data = json.loads(body)
+        msg = data.get("message") or data.get("error")
+        if msg:
+            return f": {str(msg)[:300]}"
+    return ""
+
+
+@contextlib.contextmanager
+def _api_errors(host: str, creds: Credentials, doing: str):
+    """kfp.Client's exceptions as a :class:`PipelineError`: the HTTP status and reason (and the
+    server's message), secrets redacted, no traceback."""
+    from kfp_server_api import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as e:
+        if e.status in (401, 403):
+            raise PipelineError(_auth_failed(host, e.status, creds, f"when asked to {doing}", e.body)) from None
+        raise PipelineError(creds.redact(f"Kubeflow Pipelines at {host} refused to {doing}: HTTP {e.status} "
+                                         f"{e.reason}{_server_message(e.body)}")) from None
+    except HTTPError as e:
+        raise PipelineError(creds.redact(f"cannot reach Kubeflow Pipelines at {host} to {doing}: {e}")) from None
+
+
+# -------------------------------------------------------------------------------------- endpoint
+def check_endpoint(host: str, credentials: Credentials | None = None, timeout: float = 10.0) -> dict:
+    """Fail fast, with a clear message, when ``host`` is not a reachable Kubeflow Pipelines API
+    or refuses the credential (``GET /apis/v2beta1/healthz``, sent with it). kfp.Client would
+    otherwise retry for half a minute.
+
+    Args:
+        host: the API's URL, e.g. ``http://localhost:8080``.
+        credentials: what to authenticate with (default none).
+        timeout: seconds to wait for the answer.
+
+    Returns:
+        The health reply, e.g. ``{"multi_user": true, ...}``.
+    """
+    creds = credentials or Credentials()
+    if not re.match(r"^https?://", host or ""):
+        raise PipelineError(f"--host must be an http(s) URL of the Kubeflow Pipelines API, got {host!r}")
+    url, body = host.rstrip("/") + "/apis/v2beta1/healthz", None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=creds.headers()), timeout=timeout) as r:
+            body, landed = r.read(), r.geturl()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            with contextlib.suppress(OSError):
+                body = e.read()
+            raise PipelineError(_auth_failed(host, e.code, creds, f"on {url}", body)) from None
+        raise PipelineError(f"Kubeflow Pipelines at {host} answered HTTP {e.code} on {url} "
+                            "(is this the KFP API address?)") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise PipelineError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
+    with contextlib.suppress(ValueError):
+        info = json.loads(body)
+        if isinstance(info, dict):
+            return info
+    page = urllib.parse.urlsplit(landed)
+    if page[:3] != urllib.parse.urlsplit(url)[:3]:  # redirected to a login page (Dex, oauth2-proxy)
+        where = f"on {url} (a redirect to the login page {page._replace(query='', fragment='').geturl()})"
+        raise PipelineError(_auth_failed(host, 302, creds, where))
+    raise PipelineError(f"Kubeflow Pipelines at {host} did not answer JSON on {url} (is this the KFP API address?)")
+
+
+def _client(host: str, namespace: str | None, creds: Credentials):
+    import kfp
+
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": so do we
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        with _api_errors(host, creds, "connect"):
+            return kfp.Client(host=host, namespace=namespace or "kubeflow", **creds.client_kwargs())
+
+
+def _prepare(host: str, name: str, params: dict, platform: Platform | None, tmp: str, namespace: str | None,
+             creds: Credentials, needs_namespace: bool = True):
+    """Check the parameters, then the endpoint (and, on a multi-user cluster, the namespace), then
+    compile, then connect: the cheap failures come first. ``params`` are checked and converted to
+    their parameters' types in place. Returns (package path, client, namespace)."""
+    params.update(typed_params(name, get_pipeline(name, platform), params))
+    multi_user = check_endpoint(host, creds).get("multi_user") is True
+    if multi_user and not namespace and needs_namespace:
+        with contextlib.suppress(OSError):  # inside a pod: its own namespace, as kfp.Client does
+            namespace = Path(POD_NAMESPACE_FILE).read_text().strip() or None
+        if not namespace:
+            raise PipelineError(f"Kubeflow Pipelines at {host} is multi-user: pass --namespace (your Kubeflow profile)")
+    package = str(compile_pipeline(name, Path(tmp) / f"{name}.yaml", platform))
+    return package, _client(host, namespace, creds), namespace
+
+
+# ------------------------------------------------------------------------------- runs and uploads
+def submit(host: str, name: str = "ffr", params: dict | None = None, experiment: str = "ffr",
+           run_name: str | None = None, platform: Platform | None = None, namespace: str | None = None,
+           credentials: Credentials | None = None) -> str:
+    """Create a run of a pipeline on a Kubeflow Pipelines API.
+
+    Args:
+        host: the API's URL.
+        name: the pipeline (``ffr``, ``comparison``, ``retrain``).
+        params: pipeline parameters (unknown names are refused before anything is sent).
+        experiment: the experiment the run goes to (created if missing).
+        run_name: the run's name (default: pipeline and time).
+        platform: the cluster settings the pipeline is compiled for.
+        namespace: the Kubeflow profile (multi-user clusters) of the experiment and the run.
+        credentials: what to authenticate with (default :meth:`Credentials.from_env`).
+
+    Returns:
+        The run's id.
+    """
+    params, creds = dict(params or {}), credentials or Credentials.from_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        package, client, namespace = _prepare(host, name, params, platform, tmp, namespace, creds)
+        with _api_errors(host, creds, f"create a run of {name!r} in experiment {experiment!r}"):
+            exp = client.create_experiment(experiment, namespace=namespace)
+            run = client.run_pipeline(exp.experiment_id, run_name or f"{name} {datetime.now():%Y-%m-%d %H:%M:%S}",
+                                      pipeline_package_path=package, params=params)
+    return run.run_id
+
+
+def schedule(host: str, cron: str, name: str = "retrain", params: dict | None = None, experiment: str = "ffr",
+             job_name: str | None = None, platform: Platform | None = None, namespace: str | None = None,
+             max_concurrency: int = 1, credentials: Credentials | None = None) -> str:
+    """Create a recurring run of a pipeline on a Kubeflow Pipelines API (runs missed while paused
+    are not caught up).
+
+    Args:
+        host: the API's URL.
+        cron: a 6-field cron expression (see :func:`validate_cron`), checked before anything is sent.
+        name: the pipeline (default ``retrain``).
+        params: pipeline parameters.
+        experiment: the experiment the runs go to (created if missing).
+        job_name: the recurring run's name (default: pipeline and cron).
+        platform: the cluster settings the pipeline is compiled for.
+        namespace: the Kubeflow profile (multi-user clusters) of the experiment and the runs.
+        max_concurrency: how many of its runs may run at once.
+        credentials: what to authenticate with (default :meth:`Credentials.from_env`).
+
+    Returns:
+        The recurring run's id.
+    """
+    cron = validate_cron(cron)
+    params, creds = dict(params or {}), credentials or Credentials.from_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        package, client, namespace = _prepare(host, name, params, platform, tmp, namespace, creds)
+        with _api_errors(host, creds, f"create a recurring run of {name!r} in experiment {experiment!r}"):
+            exp = client.create_experiment(experiment, namespace=namespace)
+            job = client.create_recurring_run(exp.experiment_id, job_name or f"{name} ({cron})", cron_expression=cron,
+                                              max_concurrency=max_concurrency, no_catchup=True, params=params,
+                                              pipeline_package_path=package)
+    return job.recurring_run_id
+
+
+@dataclass
+class Upload:
+    """An uploaded pipeline version: ``created`` when the upload made the pipeline too."""
+
+    pipeline_id: str
+    version_id: str | None
+    pipeline_name: str
+    version_name: str
+    created: bool
+
+
+def upload(host: str, name: str = "ffr", pipeline_name: str | None = None, version: str | None = None,
+           description: str | None = None, platform: Platform | None = None, namespace: str | None = None,
+           credentials: Credentials | None = None) -> Upload:
+    """Upload a pipeline to a Kubeflow Pipelines API so that its UI lists it: a new pipeline
+    (with its first version, which KFP names after the pipeline), or a new version of the
+    pipeline of that name when there is one.
+
+    Args:
+        host: the API's URL.
+        name: the pipeline (``ffr``, ``comparison``, ``retrain``).
+        pipeline_name: its name in the UI (default: the pipeline's own, e.g. ``ffr-retrain``).
+        version: the new version's name (default ``<ffr version>-<UTC time>``, unique per upload).
+        description: shown in the UI.
+        platform: the cluster settings the pipeline is compiled for.
+        namespace: the Kubeflow profile the pipeline belongs to (default: shared).
+        credentials: what to authenticate with (default :meth:`Credentials.from_env`).
+
+    Returns:
+        The pipeline's and the version's ids and names.
+    """
+    creds = credentials or Credentials.from_env()
+    pipeline_name = pipeline_name or get_pipeline(name, platform).name
+    version = version or f"{ffr.__version__}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}"
+    with tempfile.TemporaryDirectory() as tmp:
+        package, client, namespace = _prepare(host, name, {}, platform, tmp, namespace, creds, needs_namespace=False)
+        with _api_errors(host, creds, f"upload pipeline {pipeline_name!r}"):
+            flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                              "stringValue": pipeline_name}]})
+            found = client.list_pipelines(filter=flt, namespace=namespace, page_size=2).pipelines or []
+            if len(found) > 1:
+                raise PipelineError(f"{len(found)} pipelines on {host} are named {pipeline_name!r}; pass --name")
+            if found:
+                v = client.upload_pipeline_version(package, version, pipeline_id=found[0].pipeline_id,
+                                                   description=description)
+                return Upload(v.pipeline_id, v.pipeline_version_id, pipeline_name, version, created=False)
+            p = client.upload_pipeline(package, pipeline_name, description=description, namespace=namespace)
+            first = client.list_pipeline_versions(p.pipeline_id, page_size=1,
+                                                  sort_by="created_at desc").pipeline_versions or []
+    return Upload(p.pipeline_id, first[0].pipeline_version_id if first else None, pipeline_name,
+                  first[0].display_name if first else pipeline_name, created=True)

@@ -1,0 +1,195 @@
+"""The Kubeflow run form read as what it is: one experiment of one bias rate and one seed.
+
+A pipeline's run-form fields (``source``, ``pretrain_lr``, ``baselines`` ...) map onto an
+:class:`~ffr.config.ExperimentConfig` (:func:`form_config`): the data, the synthesis, the model,
+each stage's settings, the strategies (the baselines and the pipeline's own strategy, FFR). The
+config is checked by the one validator (:func:`ffr.checks.experiment_problems`) and its problems
+are reported under the run form's field names (:func:`form_problems`), so ``ffr compile --param``,
+``ffr submit`` / ``ffr schedule``, ``ffr run`` and the pipeline's first step refuse the same values
+with the same words. The checked config gives the **run plan** (:func:`run_plan`): per strategy,
+the request of every stage (:meth:`ffr.grid.Cell.requests`), which the pipeline's train steps take
+whole — the same requests ``ffr compare`` trains.
+
+No kfp here: the command line checks a form before anything is compiled or sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ffr.config import ExperimentConfig, TrainConfig, from_dict, unknown_fields
+from ffr.rules import ConfigError, Problem, check, refuse, unique
+
+# The strategy a pipeline trains, evaluates and registers (the baselines are compared with it).
+PRODUCT = "ffr"
+# Run-form fields that set a stage's training settings themselves: not allowed in finetune_options.
+OWN_FIELDS = ("epochs", "lr", "batch_size", "min_steps", "max_steps", "patience")
+# Config fields as the run form names them (the stages' own fields are mapped in _form_name).
+_FORM_NAMES = {
+    "data.image_size": "image_size", "data.min_val_per_group": "min_val_per_group",
+    "data.adapter": "source_adapter", "data.options": "source_options", "data.demo": "demo_name",
+    "bias_rates[0]": "bias_rate", "seeds[0]": "seed", "strategies": "baselines",
+    "synthesis.backend": "synthesis_backend", "synthesis.filters": "synthesis_filters",
+    "synthesis.batch_size": "synthesis_batch_size", "synthesis.seed": "synthesis_seed",
+    "synthesis.max_attempts": "synthesis_options",
+}
+_STAGE_FIELDS = {("train", "epochs"): "train_epochs", ("pretrain", "epochs"): "pretrain_epochs",
+                 ("pretrain", "lr"): "pretrain_lr", ("finetune", "epochs"): "finetune_epochs",
+                 ("finetune", "lr"): "finetune_lr"}
+_GATE = ("gate_margin", "gate_tolerance", "gate_floor")
+
+
+def _baselines(values: dict) -> list[dict]:
+    return list(values.get("baselines") or [])
+
+
+def _is_demo(values: dict) -> bool:
+    """Whether the run's data is a built-in benchmark: ``source`` demo, or (retrain) no data repo."""
+    if "data_repo" in values:
+        return not values.get("data_repo")
+    return values.get("source", "demo") == "demo"
+
+
+def _form_name(field: str, values: dict) -> str:
+    """The run-form field a config field is set by."""
+    if field in _FORM_NAMES:
+        return _FORM_NAMES[field]
+    if field.startswith("objective_options."):
+        return "objective_options"
+    for i, b in enumerate(_baselines(values)):
+        if isinstance(b, dict) and field.startswith(f"overrides.{b.get('strategy')}."):
+            return f"baselines[{i}].lr"
+    stage, _, key = field.partition(".")
+    if stage in ("train", "pretrain", "finetune") and key:
+        if (stage, key) in _STAGE_FIELDS:
+            return _STAGE_FIELDS[(stage, key)]
+        if key in OWN_FIELDS:
+            return key
+        return f"finetune_options.{key}" if stage == "finetune" else field
+    return field
+
+
+def _stage(values: dict, epochs_field: str, lr: Any, options: dict) -> TrainConfig:
+    fields = {"epochs": values.get(epochs_field, TrainConfig.epochs), "lr": lr,
+              **{k: values[k] for k in ("batch_size", "min_steps", "max_steps", "patience") if k in values},
+              **options}
+    return from_dict(TrainConfig, fields, "finetune_options" if options else epochs_field)
+
+
+def form_config(values: dict) -> tuple[ExperimentConfig, list[Problem]]:
+    """The experiment a run form describes, and what is wrong with the form that keeps parts of
+    it from being built (an unknown ``finetune_options`` key, a malformed baseline, an unknown
+    built-in benchmark); the config's own values are checked by :func:`form_problems`."""
+    from ffr.balance import STRATEGIES
+    from ffr.config import DataConfig, SynthesisConfig
+
+    problems: list[Problem] = []
+    cfg = ExperimentConfig()
+    demo = {}
+    if _is_demo(values):
+        from ffr.data.builtin import option_problems, run_form_options
+
+        named = option_problems({"name": values.get("demo_name", "digits")})
+        problems += [Problem("demo_name", p) for p in named]
+        if not named:
+            try:
+                demo = run_form_options(values.get("demo_name", "digits"), values.get("demo_per_digit", 0) or 0)
+            except ValueError as e:
+                problems.append(Problem("demo_per_digit", str(e)))
+    source = "demo" if _is_demo(values) else str(values.get("source") or values.get("data_repo"))
+    adapter = values.get("source_adapter", "csv")
+    cfg.data = DataConfig(dataset=source, image_size=values.get("image_size", cfg.data.image_size),
+                          min_val_per_group=values.get("min_val_per_group", cfg.data.min_val_per_group),
+                          demo=demo, adapter=adapter, options=dict(values.get("source_options") or {}))
+    cfg.synthesis = SynthesisConfig(backend=values.get("synthesis_backend", cfg.synthesis.backend),
+                                    seed=values.get("synthesis_seed", 0),
+                                    batch_size=values.get("synthesis_batch_size", cfg.synthesis.batch_size),
+                                    options=dict(values.get("synthesis_options") or {}),
+                                    filters=list(values.get("synthesis_filters") or []))
+    cfg.backbone = values.get("backbone", cfg.backbone)
+    cfg.weights = values.get("weights") or None
+    cfg.objective = values.get("objective", cfg.objective)
+    options = values.get("objective_options") or {}
+    if not isinstance(options, dict):
+        problems.append(Problem("objective_options", f"expected a mapping, got {options!r}"))
+        options = {}
+    cfg.objective_options = {cfg.objective: dict(options)} if options else {}
+    cfg.device = values.get("device", cfg.device)
+    cfg.bias_rates = [values.get("bias_rate", cfg.bias_rates[0])]
+    cfg.seeds = [values.get("seed", 0)]
+
+    strategies, overrides = [], {}
+    for i, b in enumerate(_baselines(values)):
+        if not isinstance(b, dict) or set(b) - {"strategy", "lr"} or "strategy" not in b:
+            problems.append(Problem(f"baselines[{i}]", f"expected {{strategy: NAME, lr: NUMBER}}, got {b!r}"))
+            continue
+        name = b["strategy"]
+        if name not in STRATEGIES or name == PRODUCT:
+            known = ", ".join(n for n in STRATEGIES.names() if n != PRODUCT)
+            problems.append(Problem(f"baselines[{i}].strategy", f"unknown baseline {name!r}; known: {known}"))
+            continue
+        strategies.append(name)
+        overrides[name] = {f"{plan.name}.lr": b.get("lr", cfg.train.lr) for plan in STRATEGIES.get(name).stages}
+    cfg.strategies = list(dict.fromkeys(strategies + [PRODUCT]))
+    cfg.overrides = overrides
+
+    step2 = values.get("finetune_options") or {}
+    if not isinstance(step2, dict):
+        problems.append(Problem("finetune_options", f"expected a mapping of training settings, got {step2!r}"))
+        step2 = {}
+    clash = sorted(set(step2) & set(OWN_FIELDS))
+    if clash:
+        problems.append(Problem("finetune_options", f"{clash} are parameters of their own; set them there"))
+    problems += unknown_fields(TrainConfig, step2, "finetune_options")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    step2 = {k: v for k, v in step2.items() if k in known and k not in clash}
+    for stage, epochs, lr, extra in (("train", "train_epochs", cfg.train.lr, {}),
+                                     ("pretrain", "pretrain_epochs", values.get("pretrain_lr", cfg.pretrain.lr), {}),
+                                     ("finetune", "finetune_epochs", values.get("finetune_lr", cfg.finetune.lr), step2)):
+        try:
+            setattr(cfg, stage, _stage(values, epochs, lr, extra))
+        except ConfigError as e:  # "<field>: <what>" of from_dict
+            field, _, text = str(e).partition(": ")
+            problems.append(Problem(field, text))
+    return cfg, problems
+
+
+def form_problems(values: dict) -> list[Problem]:
+    """Everything wrong with a run form (empty when nothing), each problem under the field the
+    user fills in: the experiment it describes (every value and registered name, through the one
+    validator), the synthesis fan-out, the processes per training step and the promotion gate."""
+    from ffr.checks import experiment_problems
+
+    cfg, problems = form_config(values)
+    problems += [p.renamed(_form_name(p.field, values)) for p in experiment_problems(cfg)]
+    if "num_shards" in values:
+        problems += check("count", values["num_shards"], "num_shards")
+    if "train_processes" in values:
+        problems += check("processes", values["train_processes"], "train_processes")
+    for name in _GATE:
+        if name in values:
+            problems += check("fraction", values[name], name)
+    return unique(problems)
+
+
+def check_form(values: dict, what: str = "run configuration") -> ExperimentConfig:
+    """The experiment of a run form, or one :class:`~ffr.rules.ConfigError` listing every
+    problem (:func:`form_problems`)."""
+    refuse(form_problems(values), what)
+    return form_config(values)[0]
+
+
+def run_plan(values: dict) -> dict:
+    """The run plan of a (checked) run form: ``{"strategies": {strategy: {stage: request}},
+    "product": "ffr"}``, every request (:meth:`ffr.request.StageRequest.to_dict`) in its
+    strategy's training order, with the form's processes per training step."""
+    from ffr.grid import plan_cells
+
+    cfg = check_form(values)
+    processes = values.get("train_processes", 1)
+    plan = {}
+    for cell in plan_cells(cfg):
+        plan[cell.strategy] = {name: dataclasses.replace(r, processes=processes).to_dict()
+                               for name, r in cell.requests().items()}
+    return {"strategies": plan, "product": PRODUCT}

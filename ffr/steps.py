@@ -1,0 +1,286 @@
+"""The pipeline's steps as plain functions over directories: the one implementation behind the
+CLI's step commands (``ffr prepare``, ``synthesize``, ``balance``, ``train``, ``evaluate``), the DVC
+stages and the Kubeflow components, each of which maps its arguments or artifacts onto one call.
+
+Every step reads explicit inputs (dataset directories, checkpoints, a run plan) and writes one
+output directory or file; none finds another step's output by scanning folders. A training step
+trains stages (:func:`train_stage`: one request; :func:`train_planned`: the stages of one strategy
+from a run plan) through the one stage driver (:func:`ffr.train.stage.run_stage`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ffr.balance import balance, pool_requirement
+from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BACKEND, SYNTHESIS_BATCH_SIZE
+from ffr.data.manifest import DatasetCard, Manifest, group_key
+from ffr.data.sources import prepare as prepare_step  # noqa: F401  (the prepare step, beside the others)
+from ffr.paths import inside, write_json
+from ffr.request import StageRequest
+from ffr.rules import require
+from ffr.tracker import NullTracker, Tracker
+
+
+
+def check_step(form: dict) -> tuple[dict, list[str], str]:
+    """A pipeline's first step: its run form checked (:func:`ffr.runform.run_plan`: every problem
+    at once, under the run form's field names), the run plan, the strategies that need synthetic
+    images, and the dataset's content fingerprint (:func:`source_fingerprint`)."""
+    from ffr.balance import STRATEGIES
+    from ffr.runform import run_plan
+
+    plan = run_plan(form)
+    synthesis_for = [s for s in plan["strategies"] if STRATEGIES.get(s).uses_synthetic]
+    return plan, synthesis_for, source_fingerprint(form.get("source", "demo"))
+
+
+def source_fingerprint(source: str) -> str:
+    """What the data steps' cache keys on besides the parameters: a digest of the dataset's
+    content, so a dataset rewritten under the same ``source`` is not served from the cache. A
+    folder or file: its DVC version (md5 of every file); ``s3://``: the objects' keys and ETags;
+    ``demo``: built from code, the code's version keys it (the image)."""
+    if source == "demo":
+        return "demo"
+    from ffr.integrations.s3 import is_s3
+
+    if is_s3(source):
+        from ffr.integrations.s3 import fingerprint
+
+        return fingerprint(source)
+    from ffr.integrations.dvc import dir_digest
+
+    return "md5-" + dir_digest(source)
+
+
+def synthetic_need(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr")) -> dict[tuple[str, str], int]:
+    """Synthetic images per group that serve ``strategies`` on the prepared dataset ``real_dir``."""
+    real = Manifest.load(real_dir, check_files=False)
+    return pool_requirement(list(strategies), [real.select(split="train", source="real").group_counts()])
+
+
+def manifest_summary(manifest: Manifest) -> dict:
+    """What a pipeline UI shows about a dataset: rows, synthetic rows, content digest, and the
+    images per group in each split present."""
+    splits = [s for s in ("train", "val", "test") if (manifest.frame["split"] == s).any()]
+    return {"rows": len(manifest), "synthetic": int(manifest.is_synthetic().sum()), "digest": manifest.digest(),
+            "groups": {s: {group_key(*g): n for g, n in manifest.select(split=s).group_counts().items()}
+                       for s in splits}}
+
+
+def synthesis_work(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr"), num_shards: int = 1) -> list[dict]:
+    """The synthesis fan-out of a prepared dataset: one item per (group, shard) that has images to
+    render — ``{"label", "bias", "count", "shard", "num_shards"}``, ``count`` being the group's
+    whole need (:func:`synthetic_need`), split over at most ``num_shards`` shards (never more
+    shards than images)."""
+    require("count", int(num_shards), "num_shards")
+    work = []
+    for (label, bias), n in synthetic_need(real_dir, strategies).items():
+        k = min(int(num_shards), n)
+        work += [{"label": label, "bias": bias, "count": n, "shard": i, "num_shards": k} for i in range(k)]
+    return work
+
+
+def synthesize_step(card: DatasetCard | str | os.PathLike, counts: dict[tuple[str, str], int],
+                    out_dir: str | os.PathLike, backend: str = SYNTHESIS_BACKEND, seed: int = 0,
+                    batch_size: int = SYNTHESIS_BATCH_SIZE, options: dict | None = None, filters=(),
+                    max_attempts: int = MAX_ATTEMPTS, shard: int = 0, num_shards: int = 1,
+                    record_dir: str | os.PathLike | None = None, progress: bool = False):
+    """Render ``counts`` images per group of ``card`` (its shard ``shard`` of ``num_shards``) into
+    ``out_dir``, resumably, with the run's record in ``record_dir`` (default: ``out_dir``'s record
+    of this run, :func:`ffr.synthesis.records.default_record_dir`); runs writing one record are
+    serialised by a lock. Returns (the run, its record folder): see
+    :func:`ffr.synthesis.records.synthesize_dataset`, the one synthesis entry point."""
+    from ffr.locks import output_lock
+    from ffr.synthesis.records import default_record_dir, synthesize_dataset
+
+    card = card if isinstance(card, DatasetCard) else DatasetCard.load(card)
+    record = Path(record_dir) if record_dir else default_record_dir(out_dir, card, counts, shard, num_shards)
+    with output_lock(Path(record or out_dir), ".ffr.lock"):
+        return synthesize_dataset(backend, card, counts, out_dir, options, base_seed=seed, shard=shard,
+                                  num_shards=num_shards, batch_size=batch_size, filters=list(filters),
+                                  max_attempts=max_attempts, progress=progress, record_dir=record)
+
+
+def work_item(work: dict) -> dict:
+    """The arguments of :func:`synthesize_step` one item of :func:`synthesis_work` stands for
+    (numbers may arrive as floats: pipeline runners serialise them so)."""
+    return {"counts": {(str(work["label"]), str(work["bias"])): int(work["count"])},
+            "shard": int(work.get("shard", 0)), "num_shards": int(work.get("num_shards", 1))}
+
+
+def collect_step(shard_dirs: list, out_dir: str | os.PathLike, card_path: str | os.PathLike | None = None) -> Manifest:
+    """One synthetic pool in ``out_dir`` from the shard runs ``shard_dirs`` (checked and merged by
+    :func:`ffr.synthesis.records.collect`); an empty pool of ``card_path``'s card when there are none."""
+    from ffr.synthesis.records import collect
+
+    if shard_dirs:
+        return collect(list(shard_dirs), out_dir)
+    if card_path is None:
+        raise ValueError("no shard runs to collect (and no card for an empty pool)")
+    pool = Manifest.from_records([], DatasetCard.load(card_path), out_dir)
+    pool.save(out_dir)
+    return pool
+
+
+def materialize(manifest: Manifest, out_dir: str | os.PathLike) -> Manifest:
+    """The rows of ``manifest`` with their images hard-linked (copied across file systems) into
+    ``out_dir`` at their relative paths, so that ``out_dir`` travels alone (a pipeline artifact
+    uploaded to object storage). Returns the manifest rooted at ``out_dir``; it is not saved."""
+    out = Path(out_dir).resolve()
+    if out != manifest.root:
+        for rel, src in zip(manifest.frame["path"], manifest.abs_paths()):
+            dst = inside(out, rel)
+            if dst.exists():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+    return Manifest(manifest.frame, manifest.card, out)
+
+
+def balance_step(strategy: str, real_dir: str | os.PathLike, synthetic_dir: str | os.PathLike | None,
+                  out_dir: str | os.PathLike, self_contained: bool = False) -> dict:
+    """Write the training set of every stage of ``strategy`` to ``out_dir/<stage>/`` and the plan
+    to ``out_dir/plan.json``; returns the plan summary. With ``self_contained`` the images are
+    linked into each stage folder too (see :func:`materialize`), as pipeline artifacts need."""
+    real = Manifest.load(real_dir)
+    pool = Manifest.load(synthetic_dir) if synthetic_dir else None
+    plan = balance(strategy, real, pool)
+    out = Path(out_dir)
+    for stage in plan.stages:
+        train = materialize(stage.train, out / stage.name) if self_contained else stage.train
+        train.save(out / stage.name)
+    summary = plan.summary()
+    write_json(out / "plan.json", summary)
+    return summary
+
+
+def train_stage(request: StageRequest, tracker: Tracker | None = None, tracking: dict | None = None,
+                names: dict[str, str] | None = None) -> dict:
+    """Train the stage ``request`` describes and return its summary: every row of the manifest
+    in ``request.train_data``, the checkpoint selected by worst-group accuracy on the real ``val``
+    rows of ``request.val_data``, written to ``request.out`` with ``<out>.history.jsonl`` and
+    ``<out>.json`` (best epoch, validation metrics, metadata), starting from ``request.init``.
+
+    The request is checked first (:meth:`ffr.request.StageRequest.check`: every problem at once,
+    before any data is read). ``tracker`` receives the parameters, the datasets read, per-epoch
+    metrics and the model. With ``request.processes`` > 1 the stage runs data-parallel under
+    ``torchrun`` (:func:`ffr.train.stage.run_distributed`; rank 0 opens the MLflow run
+    ``tracking`` describes). One run at a time per output file (:func:`ffr.locks.output_lock`).
+    ``names``: the entry point's names of the request's fields, for its refusals."""
+    from ffr.locks import output_lock
+
+    request.check(names)
+    for ref in ("train_data", "val_data", "out"):
+        if not getattr(request, ref):
+            raise ValueError(f"stage request {request.stage!r}: {ref} is not set")
+    out_path = Path(request.out)
+    with output_lock(out_path.parent, out_path.name + ".lock"):
+        return _train_stage(request, tracker, tracking)
+
+
+def _train_stage(request: StageRequest, tracker: Tracker | None, tracking: dict | None) -> dict:
+    from ffr.train.stage import StageSpec, run_distributed, run_stage
+
+    if request.processes > 1:
+        return run_distributed(request, tracking)
+    train = Manifest.load(request.train_data)
+    val = Manifest.load(request.val_data).select(split="val", source="real")
+    if len(val) == 0:
+        raise ValueError(f"{request.val_data}: no real rows in split 'val' to select checkpoints with")
+    return run_stage(StageSpec(request, train, val), request.out, tracker=tracker,
+                     sources={"train": request.train_data, "val": request.val_data}).summary()
+
+
+def train_planned(run_plan: dict, strategy: str, stages: list[str] | None, training_sets: str | os.PathLike,
+                  val_data: str | os.PathLike, out_dir: str | os.PathLike, init: str | os.PathLike | None = None,
+                  tracking: dict | None = None) -> dict:
+    """Train stages of ``strategy`` with the requests of a run plan (:func:`ffr.runform.run_plan`):
+    ``stages`` (default: all the strategy's, in training order), each on ``training_sets/<stage>``
+    (:func:`balance_step`'s output), selected on ``val_data``'s real ``val`` rows. The last one's
+    model is ``out_dir/model.pt``, an earlier one's ``out_dir/<stage>/model.pt``; a stage starts
+    from the stage it is planned to start from — trained here, or ``init`` (a checkpoint) when that
+    stage ran in an earlier step. ``tracking`` (:func:`ffr.integrations.mlflow_runs.optional_run`'s
+    ``tracking_uri``, ``pipeline_run_id``, ``experiment``) opens an MLflow run per stage. Returns
+    what the last stage's model artifact shows: stage, strategy, objective, best epoch, steps, why
+    it stopped, its validation accuracies, its MLflow model URI."""
+    from ffr.balance import STRATEGIES
+
+    requests = (run_plan.get("strategies") or {}).get(strategy)
+    if requests is None:
+        raise ValueError(f"the run plan has no strategy {strategy!r}; it plans {sorted(run_plan.get('strategies', {}))}")
+    plans = {p.name: p for p in STRATEGIES.get(strategy).stages}
+    todo = list(stages or requests)
+    unknown = [s for s in todo if s not in requests or s not in plans]
+    if unknown:
+        raise ValueError(f"strategy {strategy!r} has no stage(s) {unknown}; its stages: {list(requests)}")
+    out_dir, done, summary = Path(out_dir), {}, {}
+    for i, name in enumerate(todo):
+        plan = plans[name]
+        start = done.get(plan.init_from) or (str(init) if plan.init_from and init is not None else None)
+        if plan.init_from and start is None:
+            raise ValueError(f"stage {name!r} of {strategy!r} starts from stage {plan.init_from!r}: train it in "
+                             "this step or pass its model as the init")
+        out = out_dir / "model.pt" if i == len(todo) - 1 else out_dir / name / "model.pt"
+        request = StageRequest.from_dict(requests[name], f"run plan {strategy}.{name}").with_refs(
+            train_data=Path(training_sets) / name, val_data=val_data, init=start, out=out)
+        summary = _tracked_stage(request, tracking, name if strategy == run_plan.get("product") else f"{name} {strategy}")
+        done[name] = str(out)
+    meta = summary["meta"]
+    return {"framework": "pytorch", "strategy": strategy, "stage": todo[-1], "backbone": meta["backbone"],
+            "objective": meta["objective"], "best_epoch": summary["best_epoch"], "steps": meta.get("steps", 0),
+            "stop_reason": meta.get("stop_reason", ""), "processes": request.processes,
+            "train_digest": meta["train_digest"], **({"mlflow_model_uri": summary["mlflow_model_uri"]}
+                                                     if summary.get("mlflow_model_uri") else {}),
+            **{f"val_{k}": v for k, v in summary["val"].items() if k.endswith("_acc")}}
+
+
+def _tracked_stage(request: StageRequest, tracking: dict | None, run_name: str) -> dict:
+    """:func:`train_stage` reporting to the MLflow run ``tracking`` describes (None: untracked; an
+    empty ``tracking_uri``: ``$MLFLOW_TRACKING_URI``, if set); under ``torchrun`` rank 0 opens it.
+    System metrics are sampled where the work is: in the training steps."""
+    if tracking is None:
+        return train_stage(request)
+    tracking = {"tracking_uri": None, **tracking, "run_name": run_name}
+    if request.processes > 1:
+        return train_stage(request, tracking=tracking)
+    from ffr.integrations.mlflow_runs import optional_run
+
+    with optional_run(system_metrics=True, **tracking) as tracker:
+        return train_stage(request, tracker=tracker)
+
+
+def evaluate_step(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test",
+                   out_path: str | os.PathLike | None = None, device: str = "auto",
+                   tracker: Tracker | None = None) -> dict:
+    """Group metrics of ``checkpoint`` on the real rows of ``split`` in ``data_dir``, plus the
+    confusion matrix; written to ``out_path`` (JSON) when given and reported to ``tracker``."""
+    from ffr.data.loading import TensorData
+    from ffr.metrics import GroupTally, confusion_matrix, metrics_from_tally
+    from ffr.train.loop import load_checkpoint, predict
+    from ffr.train.runtime import resolve_device
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    data = Manifest.load(data_dir).select(split=split, source="real")
+    if list(data.card.classes) != meta["classes"]:
+        raise ValueError(f"{checkpoint}: model classes {meta['classes']} differ from {data_dir}'s {data.card.classes}")
+    tensors = TensorData.from_manifest(data, int(meta["image_size"]))
+    pred, conf = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"), confidence=True)
+    metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups, conf),
+                                 data.card)
+    metrics["split"] = split
+    metrics["confusion"] = confusion_matrix(pred, tensors.labels, len(data.card.classes)).tolist()
+    metrics["classes"] = list(data.card.classes)
+    metrics["data_digest"] = data.digest()
+    if out_path is not None:
+        write_json(Path(out_path), metrics)
+    tracker = tracker or NullTracker()
+    tracker.log_dataset(data, split if split != "val" else "validation", str(data_dir))
+    tracker.log_evaluation(metrics, split)
+    return metrics

@@ -1,0 +1,209 @@
+"""One stage request, one validator, one recipe: a setting travels from each entry point to the
+training loop inside one request object; every rule's words are written once and every entry
+point refuses a bad value with the same message; the recipe comes from the strategy's stage plan,
+so a strategy with another plan runs through ``ffr compare``, the Kubeflow pipelines and DVC with
+no edit to them."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------ the call path
+class _Index:
+    """Every function of ``ffr/`` by qualified name, with the names each one may call resolved
+    through its module's and its own imports (enough to follow the library's own calls)."""
+
+    def __init__(self):
+        self.functions: dict[str, tuple[ast.FunctionDef, str]] = {}
+        self.imports: dict[str, dict[str, str]] = {}
+        for path in (ROOT / "ffr").rglob("*.py"):
+            rel = path.relative_to(ROOT).with_suffix("")
+            module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+            tree = ast.parse(path.read_text())
+            self.imports[module] = self._imports(tree.body)
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    self.functions.setdefault(f"{module}.{node.name}", (node, module))
+
+    @staticmethod
+    def _imports(body) -> dict[str, str]:
+        out = {}
+        for node in body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+        return out
+
+    def callees(self, name: str) -> list[str]:
+        node, module = self.functions[name]
+        local = {**self.imports[module], **self._imports([n for n in ast.walk(node) if isinstance(n, ast.ImportFrom)])}
+        out = []
+        for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+            f = call.func
+            if isinstance(f, ast.Name):
+                target = local.get(f.id, f"{module}.{f.id}")
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in local:
+                target = f"{local[f.value.id]}.{f.attr}"  # Class.method / module.function
+            else:
+                continue
+            if target in self.functions:
+                out.append(target)
+        return out
+
+    def path(self, start: str, goal: str) -> list[str] | None:
+        """The first call path from ``start`` to ``goal`` (breadth first)."""
+        todo, seen = [[start]], {start}
+        while todo:
+            path = todo.pop(0)
+            if path[-1] == goal:
+                return path
+            for nxt in self.callees(path[-1]):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(path + [nxt])
+        return None
+
+
+SCALAR_SETTINGS = {"cfg", "epochs", "lr", "min_steps", "max_steps", "patience", "batch_size", "backbone",
+                   "objective", "image_size", "seed", "device", "weights", "stage"}
+
+
+def _rebuilds_train_config(node: ast.FunctionDef) -> list[int]:
+    """Lines where ``node`` makes a TrainConfig from loose values or a dict."""
+    lines = []
+    for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+        name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+        if name == "TrainConfig" or (name == "from_dict" and call.args and getattr(call.args[0], "id", "") == "TrainConfig"):
+            lines.append(call.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("entry", ["ffr.kubeflow.components.train.train_model", "ffr.cli.step_cmds.cmd_train"])
+def test_settings_reach_the_loop_as_one_request(entry):
+    """From the Kubeflow train step and from ``ffr train`` to ``fit``: every function below the
+    entry point takes the stage as one request (or the spec that holds it; the Kubeflow step's
+    library call, the run plan of requests), none takes a setting as a loose argument, and none
+    makes a TrainConfig of its own."""
+    index = _Index()
+    path = index.path(entry, "ffr.train.loop.fit")
+    assert path is not None, f"{entry} does not reach the training loop"
+    assert "ffr.train.stage.run_stage" in path and "ffr.steps.train_stage" in path, path
+    for name in path[1:-1]:
+        node, _ = index.functions[name]
+        params = node.args.args + node.args.kwonlyargs
+        args = {a.arg for a in params}
+        annotations = {ast.unparse(a.annotation) for a in params if a.annotation}
+        assert not args & SCALAR_SETTINGS, f"{name} takes settings one by one: {sorted(args & SCALAR_SETTINGS)}"
+        assert annotations & {"StageRequest", "StageSpec"} or "run_plan" in args, \
+            f"{name} on the path {path} takes no request"
+        assert _rebuilds_train_config(node) == [], f"{name} rebuilds a TrainConfig below the entry point"
+
+
+def test_the_path_walker_sees_a_rebuilt_config():
+    tree = ast.parse("def f(d):\n    from ffr.config import TrainConfig, from_dict\n    return from_dict(TrainConfig, d)\n")
+    assert _rebuilds_train_config(tree.body[0]) == [3]
+
+
+def test_a_request_travels_as_json_and_keeps_its_rules():
+    from ffr.config import TrainConfig
+    from ffr.request import StageRequest
+    from ffr.rules import ConfigError
+
+    r = StageRequest("finetune", TrainConfig(epochs=3, lpft_epochs=2), strategy="ffr", objective="groupdro",
+                     objective_options={"eta": 0.05}, processes=2, train_data="t", val_data="v", out="o.pt")
+    back = StageRequest.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back == r and back.problems() == []
+    floats = {**r.to_dict(), "seed": 3.0, "settings": {**r.to_dict()["settings"], "epochs": 3.0}}  # a Struct's doubles
+    assert StageRequest.from_dict(floats).settings.epochs == 3
+    with pytest.raises(ConfigError, match=r"request.settings: unknown field\(s\) \['epoch'\]"):
+        StageRequest.from_dict({**r.to_dict(), "settings": {"epoch": 3}})
+    bad = StageRequest("finetune", TrainConfig(epochs=0), image_size=4, device="gpu", processes=0, objective="ermm")
+    text = "\n".join(map(str, bad.problems()))
+    for line in ("finetune.epochs: 0 must be at least 1", "image_size: 4 must be in [8, 1024] pixels",
+                 "device: 'gpu' is not a device", "processes: 0 must be at least 1",
+                 "objective: unknown objective 'ermm'"):
+        assert line in text, line
+
+
+# ---------------------------------------------------------------------------- rules written once
+def _messages() -> dict[str, set[str]]:
+    """Each validation message of ffr/ (the words of a rule: "must be ...", "must not be ...") →
+    the functions (or module tables) that write it."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "ffr").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        owners = {}
+        for func in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(func):
+                owners.setdefault(id(node), func.name)  # the outermost function that holds it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            for m in re.finditer(r"\bmust (?:not )?be [^;:(\n]*", text):
+                where = f"{path.relative_to(ROOT).as_posix()}:{owners.get(id(node), '<module>')}"
+                found.setdefault(m.group(0).strip(" ,."), set()).add(where)
+    return found
+
+
+def test_every_rule_is_written_once():
+    """A rule's words live in one function, or in ffr.rules' table: two places that say "must be
+    at least 1" are two copies of one rule, free to drift."""
+    found = _messages()
+    assert "must be at least 1" in found and "must be a number in {}" not in found  # the scan sees the rules
+    assert found["must be at least 1"] == {"ffr/rules.py:<module>"}
+    twice = {m: sorted(w) for m, w in found.items() if len(w) > 1}
+    assert twice == {}, f"rules written in more than one place: {twice}"
+
+
+@pytest.mark.parametrize("param, line", [
+    ("bias_rate=1.5", "bias_rate: 1.5 must be a number in (0, 1)"),
+    ("finetune_epochs=-3", "finetune_epochs: -3 must be at least 1"),
+    ("demo_name=cats", "demo_name: unknown built-in benchmark 'cats'; known: digits, faces, galaxies"),
+    ("device=cuda:x", "device: 'cuda:x' is not a device: auto, cpu, cuda, cuda:N or mps"),
+])
+def test_compile_refuses_what_the_check_step_refuses_in_its_words(tmp_path, capsys, param, line):
+    pytest.importorskip("kfp")
+    from ffr.cli import main
+    from ffr.kubeflow.components import check_config
+    from ffr.kubeflow.pipelines import get_pipeline
+    from ffr.kubeflow.pipelines.run import parse_params, pipeline_parameters, typed_params
+    from ffr.rules import ConfigError
+
+    out = tmp_path / "c.yaml"
+    assert main(["compile", "comparison", "--param", param, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert not out.exists() and err.startswith("ffr: error: invalid run configuration:\n") and f"  - {line}\n" in err
+    # the pipeline's first step, given the same run form (as a cluster hands it the values)
+    pipeline = get_pipeline("comparison")
+    form = {**pipeline_parameters(pipeline), **typed_params("comparison", pipeline, parse_params([param]), check=False)}
+    with pytest.raises(ConfigError) as e:
+        check_config.python_func(**{k: v for k, v in form.items() if k in check_config.component_spec.inputs})
+    assert err == f"ffr: error: {e.value}\n"
+
+
+def test_cli_flags_are_checked_by_the_same_rules(tmp_path, capsys):
+    pytest.importorskip("kfp")
+    from ffr.cli import main
+
+    assert main(["compile", "ffr", "--parallelism", "-1", "--out", str(tmp_path / "x.yaml")]) == 2
+    assert "--parallelism: -1 must be 0 (no cap) or more" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ the recipe
+def test_dvc_yaml_is_written_from_the_stage_plan():
+    from ffr.dvc_pipeline import dvc_yaml
+
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml("ffr"), "run `ffr dvc-pipeline --strategy ffr`"
+    text = dvc_yaml("none", code=None)
+    assert "synthesize:" not in text and "--init" not in text and "ffr train --strategy none --stage train" in text
