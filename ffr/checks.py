@@ -22,24 +22,19 @@ def name_problems(backbone: str | None = None, objectives=(), objective_options:
     out: list[Problem] = []
 
     def known(registry, name, field_):
-        if name not in registry:
-            out.append(Problem(field_, f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}"))
-            return False
-        return True
+        found = registry.problems(name, field_)
+        out.extend(found)
+        return not found
 
     if backbone is not None:
         from ffr.train.backbones import BACKBONES
 
         known(BACKBONES, backbone, "backbone")
     if objectives:
-        from ffr.train.objectives import OBJECTIVES, create_objective
+        from ffr.train.objectives import objective_problems
 
         for name in objectives:
-            if known(OBJECTIVES, name, "objective"):
-                try:
-                    create_objective(name, **((objective_options or {}).get(name) or {}))
-                except (ValueError, TypeError) as e:
-                    out.append(Problem(f"objective_options.{name}", str(e)))
+            out += objective_problems(name, (objective_options or {}).get(name))
     if strategies:
         from ffr.balance import STRATEGIES
 

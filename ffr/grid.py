@@ -3,7 +3,7 @@ objective) a config asks for, and each cell's stages as requests. Pure planning 
 the strategies' stage plans — no data, no training; :mod:`ffr.experiment` runs the cells
 (:func:`ffr.experiment.run_cell`: split, balance, the stages in plan order, evaluation),
 :mod:`ffr.checks` validates every one, the Kubeflow run plan (:mod:`ffr.runform`) and ``ffr
-train`` take their requests from :meth:`Cell.requests` / :meth:`ffr.request.StageRequest.for_stage`."""
+train`` take their requests from :meth:`Cell.requests` / :meth:`ffr.train.request.StageRequest.for_stage`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ffr.balance import STRATEGIES, StagePlan
 from ffr.config import ExperimentConfig, with_overrides
-from ffr.request import StageRequest
+from ffr.train.request import StageRequest
 
 
 @dataclass

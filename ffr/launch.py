@@ -20,7 +20,7 @@ def main(spec_path: str) -> None:
     :func:`ffr.train.stage.run_distributed` wrote), reported by rank 0."""
     import contextlib
 
-    from ffr.request import StageRequest
+    from ffr.train.request import StageRequest
     from ffr.steps import train_stage
     from ffr.train import distributed as dist
 

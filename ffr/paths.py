@@ -6,8 +6,10 @@ imported only when a URI is actually met, so the core keeps no S3 client depende
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -68,6 +70,36 @@ def local_dataset(path: str | os.PathLike) -> Path:
     from ffr.integrations.s3 import fetch_dataset
 
     return fetch_dataset(path)
+
+
+_COMPLETE = ".ffr-complete"
+
+
+def default_cache_dir() -> Path:
+    """Where models fetched from S3 are kept: ``$FFR_CACHE/models`` or ``~/.cache/ffr/models``."""
+    return Path(os.environ.get("FFR_CACHE", Path.home() / ".cache" / "ffr")) / "models"
+
+
+def fetch_s3_prefix(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The local copy of the prefix ``uri`` names (a diffusers model), downloaded on first use only. The download goes to
+    a temporary folder renamed into place when complete, so a killed download is never mistaken for
+    a model."""
+    from ffr.integrations.s3 import download_prefix
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    dest = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (dest / _COMPLETE).is_file():
+        return dest
+    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    download_prefix(uri, tmp)
+    (tmp / _COMPLETE).write_text(uri + "\n")
+    if (dest / _COMPLETE).is_file():  # another process finished the same download meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier copy
+    os.replace(tmp, dest)
+    return dest
 
 
 # The password of a URI's user info (up to the authority's last '@'), and the value of a query or

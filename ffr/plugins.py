@@ -84,6 +84,14 @@ class Registry(Generic[T]):
         load_plugins()
         return sorted(self._items)
 
+    def problems(self, name: str, field: str) -> list:
+        """``[]`` when ``name`` is registered, else the one :class:`~ffr.rules.Problem` naming
+        ``field``, the unknown name and the known ones."""
+        from ffr.rules import Problem
+
+        return [] if name in self else [Problem(field, f"unknown {self.kind} {name!r}; known: "
+                                                       f"{', '.join(self.names()) or '(none)'}")]
+
     def items(self) -> list[tuple[str, T]]:
         """(name, object) pairs, sorted by name."""
         return [(n, self._items[n]) for n in self.names()]

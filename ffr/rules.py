@@ -3,7 +3,7 @@
 A rule is a predicate and the words that say it (:data:`RULES`); :func:`check` applies one to a
 value under a field name and returns a :class:`Problem` (``"<field>: <value> <rule>"``). The typed
 objects hold their fields' rules by name (:meth:`ffr.config.TrainConfig.problems`,
-:meth:`ffr.request.StageRequest.problems`, the experiment config, the Kubeflow run form, the
+:meth:`ffr.train.request.StageRequest.problems`, the experiment config, the Kubeflow run form, the
 built-in benchmarks' specs) and every entry point refuses the same way: :func:`refuse` raises one
 :class:`ConfigError` listing every problem (the CLI prints ``ffr: error: ...`` and exits 2). A
 rule's words exist here only, so a bad value reads the same wherever it is given.

@@ -182,7 +182,7 @@ def check_form(values: dict, what: str = "run configuration") -> ExperimentConfi
 
 def run_plan(values: dict) -> dict:
     """The run plan of a (checked) run form: ``{"strategies": {strategy: {stage: request}},
-    "product": "ffr"}``, every request (:meth:`ffr.request.StageRequest.to_dict`) in its
+    "product": "ffr"}``, every request (:meth:`ffr.train.request.StageRequest.to_dict`) in its
     strategy's training order, with the form's processes per training step."""
     from ffr.grid import plan_cells
 
@@ -193,3 +193,40 @@ def run_plan(values: dict) -> dict:
         plan[cell.strategy] = {name: dataclasses.replace(r, processes=processes).to_dict()
                                for name, r in cell.requests().items()}
     return {"strategies": plan, "product": PRODUCT}
+
+
+def check_step(form: dict) -> tuple[dict, list[str], str]:
+    """A pipeline's first step: its run form checked (:func:`run_plan`: every problem at once,
+    under the run form's field names); the run plan; the strategies that need synthetic images;
+    the dataset's content fingerprint (:func:`source_fingerprint`)."""
+    from ffr.balance import STRATEGIES
+
+    plan = run_plan(form)
+    synthesis_for = [s for s in plan["strategies"] if STRATEGIES.get(s).uses_synthetic]
+    return plan, synthesis_for, source_fingerprint(form.get("source", "demo"))
+
+
+def baseline_plans(plan: dict) -> list[dict]:
+    """One run plan per baseline of ``plan`` (every strategy but the pipeline's own), in the run
+    form's order: ``{"strategy", "strategies": {strategy: its requests}, "product"}`` — what a
+    fan-out over the baselines iterates on, each item a run plan of its own."""
+    return [{"strategy": s, "strategies": {s: requests}, "product": plan["product"]}
+            for s, requests in plan["strategies"].items() if s != plan["product"]]
+
+
+def source_fingerprint(source: str) -> str:
+    """What the data steps' cache keys on besides the parameters: a digest of the dataset's
+    content, so a dataset rewritten under the same ``source`` is not served from the cache. A
+    folder or file: its DVC version (md5 of every file); ``s3://``: the objects' keys and ETags;
+    ``demo``: built from code, the code's version keys it (the image)."""
+    if source == "demo":
+        return "demo"
+    from ffr.integrations.s3 import is_s3
+
+    if is_s3(source):
+        from ffr.integrations.s3 import fingerprint
+
+        return fingerprint(source)
+    from ffr.integrations.dvc import dir_digest
+
+    return "md5-" + dir_digest(source)

@@ -17,42 +17,14 @@ from pathlib import Path
 from ffr.balance import balance, pool_requirement
 from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BACKEND, SYNTHESIS_BATCH_SIZE
 from ffr.data.manifest import DatasetCard, Manifest, group_key
-from ffr.data.sources import prepare as prepare_step  # noqa: F401  (the prepare step, beside the others)
+from ffr.data.sources import prepare
 from ffr.paths import inside, write_json
-from ffr.request import StageRequest
 from ffr.rules import require
 from ffr.tracker import NullTracker, Tracker
+from ffr.train.request import StageRequest
 
-
-
-def check_step(form: dict) -> tuple[dict, list[str], str]:
-    """A pipeline's first step: its run form checked (:func:`ffr.runform.run_plan`: every problem
-    at once, under the run form's field names), the run plan, the strategies that need synthetic
-    images, and the dataset's content fingerprint (:func:`source_fingerprint`)."""
-    from ffr.balance import STRATEGIES
-    from ffr.runform import run_plan
-
-    plan = run_plan(form)
-    synthesis_for = [s for s in plan["strategies"] if STRATEGIES.get(s).uses_synthetic]
-    return plan, synthesis_for, source_fingerprint(form.get("source", "demo"))
-
-
-def source_fingerprint(source: str) -> str:
-    """What the data steps' cache keys on besides the parameters: a digest of the dataset's
-    content, so a dataset rewritten under the same ``source`` is not served from the cache. A
-    folder or file: its DVC version (md5 of every file); ``s3://``: the objects' keys and ETags;
-    ``demo``: built from code, the code's version keys it (the image)."""
-    if source == "demo":
-        return "demo"
-    from ffr.integrations.s3 import is_s3
-
-    if is_s3(source):
-        from ffr.integrations.s3 import fingerprint
-
-        return fingerprint(source)
-    from ffr.integrations.dvc import dir_digest
-
-    return "md5-" + dir_digest(source)
+# The prepare step (the real data and its bias-rate split), beside the others: ffr.data.sources.prepare.
+prepare_step = prepare
 
 
 def synthetic_need(real_dir: str | os.PathLike, strategies=("usb", "asb", "ffr")) -> dict[tuple[str, str], int]:
@@ -167,7 +139,7 @@ def train_stage(request: StageRequest, tracker: Tracker | None = None, tracking:
     rows of ``request.val_data``, written to ``request.out`` with ``<out>.history.jsonl`` and
     ``<out>.json`` (best epoch, validation metrics, metadata), starting from ``request.init``.
 
-    The request is checked first (:meth:`ffr.request.StageRequest.check`: every problem at once,
+    The request is checked first (:meth:`ffr.train.request.StageRequest.check`: every problem at once,
     before any data is read). ``tracker`` receives the parameters, the datasets read, per-epoch
     metrics and the model. With ``request.processes`` > 1 the stage runs data-parallel under
     ``torchrun`` (:func:`ffr.train.stage.run_distributed`; rank 0 opens the MLflow run

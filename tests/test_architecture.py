@@ -194,7 +194,7 @@ def test_importing_the_config_loads_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, ffr.config, ffr.balance, ffr.data.sources, ffr.request, ffr.rules, ffr.runform, ffr.grid;"
+    code = ("import sys, ffr.config, ffr.balance, ffr.data.sources, ffr.train.request, ffr.rules, ffr.runform, ffr.grid;"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"

@@ -10,8 +10,10 @@ import pytest
 
 pytest.importorskip("kfp")
 
+from types import SimpleNamespace  # noqa: E402
+
 from ffr.kubeflow.components import ALL  # noqa: E402
-from ffr import config as defaults  # noqa: E402
+from ffr import config, promotion  # noqa: E402
 from ffr.balance import STRATEGIES  # noqa: E402
 from ffr.cli import build_parser  # noqa: E402
 from ffr.config import ExperimentConfig, TrainConfig  # noqa: E402
@@ -19,16 +21,19 @@ from ffr.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
 from ffr.kubeflow.pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
 from ffr.kubeflow.pipelines.run import pipeline_parameters  # noqa: E402
 
+# the project's defaults: training and data (ffr.config), the promotion gate (ffr.promotion)
+defaults = SimpleNamespace(**{k: v for m in (config, promotion) for k, v in vars(m).items() if k.isupper()})
 # parameter name -> the constant it defaults to, wherever it appears
 SHARED = {"epochs": "EPOCHS", "train_epochs": "EPOCHS", "pretrain_epochs": "EPOCHS", "finetune_epochs": "EPOCHS",
           "lr": "LR", "pretrain_lr": "PRETRAIN_LR", "finetune_lr": "FINETUNE_LR", "weight_decay": "WEIGHT_DECAY",
           "image_size": "IMAGE_SIZE", "backbone": "BACKBONE", "objective": "OBJECTIVE", "bias_rate": "BIAS_RATE",
           "min_val_per_group": "MIN_VAL_PER_GROUP", "max_attempts": "MAX_ATTEMPTS",
           "synthesis_backend": "SYNTHESIS_BACKEND", "synthesis_batch_size": "SYNTHESIS_BATCH_SIZE",
-          "min_steps": "MIN_STEPS", "max_steps": "MAX_STEPS", "patience": "PATIENCE"}
+          "min_steps": "MIN_STEPS", "max_steps": "MAX_STEPS", "patience": "PATIENCE",
+          "gate_margin": "GATE_MARGIN", "gate_tolerance": "GATE_TOLERANCE", "gate_floor": "GATE_FLOOR"}
 # the same name means another thing in the synthesis step than in the training step
 PER_COMPONENT = {"synthesize_shard": {"backend": "SYNTHESIS_BACKEND", "batch_size": "SYNTHESIS_BATCH_SIZE"},
-                 "train_model": {"batch_size": "BATCH_SIZE"}}
+                 "check_config": {"batch_size": "BATCH_SIZE"}}
 
 
 def _component_name(component) -> str:
@@ -71,3 +76,8 @@ def test_cli_defaults_are_the_projects():
     synth = {a.dest: a.default for a in sub["synthesize"]._actions}
     assert (synth["batch_size"], synth["max_attempts"], synth["backend"]) == \
         (defaults.SYNTHESIS_BATCH_SIZE, defaults.MAX_ATTEMPTS, defaults.SYNTHESIS_BACKEND)
+    promote = {a.dest: a.default for a in sub["promote"]._actions}
+    assert (promote["margin"], promote["tolerance"], promote["floor"]) == \
+        (defaults.GATE_MARGIN, defaults.GATE_TOLERANCE, defaults.GATE_FLOOR)
+    assert promotion.GatePolicy() == promotion.GatePolicy(defaults.GATE_MARGIN, defaults.GATE_TOLERANCE,
+                                                          defaults.GATE_FLOOR)

@@ -113,7 +113,7 @@ def test_the_path_walker_sees_a_rebuilt_config():
 
 def test_a_request_travels_as_json_and_keeps_its_rules():
     from ffr.config import TrainConfig
-    from ffr.request import StageRequest
+    from ffr.train.request import StageRequest
     from ffr.rules import ConfigError
 
     r = StageRequest("finetune", TrainConfig(epochs=3, lpft_epochs=2), strategy="ffr", objective="groupdro",
@@ -207,3 +207,94 @@ def test_dvc_yaml_is_written_from_the_stage_plan():
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml("ffr"), "run `ffr dvc-pipeline --strategy ffr`"
     text = dvc_yaml("none", code=None)
     assert "synthesize:" not in text and "--init" not in text and "ffr train --strategy none --stage train" in text
+
+
+THREE_STAGES = '''
+"""A strategy of three stages, registered by a plug-in module: synthetic pretraining, a mixed
+stage from it, real fine-tuning from that."""
+from ffr.balance import StagePlan, Strategy, _register, equal_share
+
+
+@_register
+class ThreeStages(Strategy):
+    name = "three"
+    stages = (StagePlan("pretrain", "synthetic", objective="erm"),
+              StagePlan("train", "mixed", init_from="pretrain", group_by="label_bias_source"),
+              StagePlan("finetune", "real", init_from="train"))
+
+    def synthetic_budget(self, real_counts):
+        return equal_share(real_counts)
+'''
+
+
+@pytest.fixture
+def three_stages(tmp_path, monkeypatch):
+    """The plug-in ``three_stage_strategy`` on the path and in ``$FFR_PLUGINS`` (so the grid's
+    worker processes and the pipeline's steps load it too); unregistered afterwards."""
+    from ffr import plugins
+    from ffr.balance import STRATEGIES
+
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "three_stage_strategy.py").write_text(THREE_STAGES)
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'plug'}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "three_stage_strategy")
+    assert "three" in STRATEGIES
+    yield STRATEGIES.get("three")
+    monkeypatch.delenv(plugins.PLUGINS_ENV)
+    STRATEGIES._items.pop("three", None)
+    plugins._loaded.discard("three_stage_strategy")
+    __import__("sys").modules.pop("three_stage_strategy", None)
+
+
+def test_a_missing_plugin_is_an_error_naming_it(monkeypatch):
+    from ffr import plugins
+    from ffr.balance import STRATEGIES
+
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "no_such_ffr_plugin")
+    with pytest.raises(ImportError, match="ffr plug-in 'no_such_ffr_plugin'"):
+        STRATEGIES.names()
+
+
+def test_a_three_stage_strategy_gets_its_dvc_pipeline(three_stages):
+    from ffr.dvc_pipeline import dvc_stages
+
+    stages = dvc_stages("three", code=None)["stages"]
+    assert [s for s in stages if s not in ("prepare", "synthesize", "balance", "evaluate")] == \
+        ["pretrain", "train", "finetune"]
+    assert "--init" not in stages["pretrain"]["cmd"] and "models/pretrain" in stages["train"]["deps"]
+    assert "--init models/train/model.pt" in stages["finetune"]["cmd"] and "models/finetune" in stages["evaluate"]["deps"]
+
+
+@pytest.mark.slow
+def test_a_three_stage_strategy_runs_through_compare(three_stages, tmp_path):
+    from ffr.config import from_dict, ExperimentConfig
+    from ffr.experiment import compare
+
+    cfg = from_dict(ExperimentConfig, {
+        "data": {"dataset": "demo", "image_size": 16, "demo": {"per_digit": 10, "image_size": 16}},
+        "strategies": ["none", "three"], "bias_rates": [0.9], "seeds": [0], "device": "cpu",
+        **{s: {"epochs": 1, "min_steps": 0, "batch_size": 32} for s in ("train", "pretrain", "finetune")}})
+    records = compare(cfg, tmp_path / "out", progress=False, workers=2)
+    three = next(r for r in records if r["strategy"] == "three")
+    assert [s["name"] for s in three["stages"]] == ["pretrain", "train", "finetune"]
+    assert [s["request"]["strategy"] for s in three["stages"]] == ["three"] * 3
+    assert three["stages"][1]["train_data"]["synthetic"] > 0 and three["stages"][2]["train_data"]["synthetic"] == 0
+    assert len({s["key"] for s in three["stages"]}) == 3 and 0 <= three["test"]["worst_group_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_a_three_stage_strategy_runs_through_the_comparison_pipeline(three_stages, tmp_path):
+    """Registered here, unknown to ffr/kubeflow/: the comparison pipeline runs it as a baseline (every
+    stage in plan order in one step) on the KFP local runner."""
+    pytest.importorskip("kfp")
+    from ffr.kubeflow.pipelines.run import run_local
+
+    run = run_local("comparison", {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1,
+                                   "finetune_epochs": 1, "train_epochs": 1, "min_steps": 0, "device": "cpu",
+                                   "baselines": [{"strategy": "none", "lr": 1e-3}, {"strategy": "three", "lr": 1e-3}]},
+                    tmp_path / "runs", progress=False, mlflow="none")
+    assert list(run.results) == ["none", "three", "ffr"]
+    assert run.results["three"]["model"]["stage"] == "finetune" and run.results["three"]["model"]["strategy"] == "three"
+    (trained,) = [p.parent.parent for p in run.run_dir.glob("outputs/**/model/train/model.pt")]
+    assert (trained / "pretrain" / "model.pt").is_file() and (trained / "model.pt").is_file()

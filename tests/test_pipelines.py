@@ -28,7 +28,7 @@ from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline
 TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
         "device": "cpu"}
 # Executor name prefix → step kind (ffr/kubeflow/pipelines/platform.py).
-KINDS = {"exec-check-config": "check", "exec-finish-tracking": "track", "exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
+KINDS = {"exec-check-config": "check", "exec-plan-baselines": "check", "exec-finish-tracking": "track", "exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
          "exec-balance-data": "data", "exec-train-model": "train", "exec-evaluate-model": "evaluate",
          "exec-comparison-report": "evaluate", "exec-start-tracking": "track", "exec-register-model": "track",
          "exec-fetch-data-revision": "data"}
@@ -188,9 +188,10 @@ def test_the_training_steps_take_the_checked_run_plan_and_follow_the_stage_plan(
             continue
         params, artifacts = task.inputs.parameters, task.inputs.artifacts
         plan = params["run_plan"]
-        # inside a ParallelFor the check step's output arrives as "pipelinechannel--check-config-plan"
+        # a baseline's step takes its item of the check step's "baselines" (a run plan of its own)
         assert (plan.task_output_parameter.producer_task, plan.task_output_parameter.output_parameter_key) == \
-            ("check-config", "plan") or plan.component_input_parameter == "pipelinechannel--check-config-plan"
+            ("check-config", "plan") or plan.component_input_parameter.startswith(
+                "pipelinechannel--plan-baselines-Output-loop-item")
         stage = params["stage"].runtime_value.constant.string_value if "stage" in params else ""
         strategy = params["strategy"]
         strategy = strategy.runtime_value.constant.string_value if strategy.HasField("runtime_value") else "<loop>"
@@ -368,7 +369,7 @@ def test_run_form_problems_are_all_listed():
 
 
 def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
-    from ffr.steps import source_fingerprint
+    from ffr.runform import source_fingerprint
 
     (tmp_path / "d" / "images").mkdir(parents=True)
     (tmp_path / "d" / "manifest.csv").write_text("path\nimages/a.png\n")

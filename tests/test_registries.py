@@ -141,7 +141,7 @@ def test_a_mixed_strategys_grouping_falls_back_when_nothing_synthetic_was_drawn(
 
     real, pool = _real_and_pool(card, tmp_path)
     mixed = STRATEGIES.get("usb").stage("train")
-    from ffr.request import StageRequest
+    from ffr.train.request import StageRequest
 
     def request(settings=None, group_by=mixed.group_by):
         return StageRequest("train", settings or TrainConfig(), group_by=group_by)

@@ -6,7 +6,7 @@ import pytest
 
 from ffr.config import load_config
 from ffr.experiment import compare
-from ffr.request import StageRequest
+from ffr.train.request import StageRequest
 from ffr.steps import evaluate_step, train_stage
 from ffr.tracker import NullTracker, Tracker, epoch_metrics, flatten
 from ffr.train.loop import TrainConfig

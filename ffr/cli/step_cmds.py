@@ -1,6 +1,6 @@
 """``ffr train`` and ``ffr evaluate``: one training stage, one evaluation; ``ffr dvc-pipeline``: the
 DVC stages that run them for a strategy. ``ffr train`` builds the
-stage's request from the experiment config (:meth:`ffr.request.StageRequest.for_stage`, as a grid
+stage's request from the experiment config (:meth:`ffr.train.request.StageRequest.for_stage`, as a grid
 cell does) and hands it to :func:`ffr.steps.train_stage`; the DVC training stages run it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ffr.cli.common import config_parent, tracker, tracking_parent, write_csv
 def cmd_train(args) -> int:
     from ffr.balance import stage_plan
     from ffr.config import load_config
-    from ffr.request import CONFIG_NAMES, StageRequest
+    from ffr.train.request import CONFIG_NAMES, StageRequest
     from ffr.steps import train_stage
     from ffr.train.stage import stage_files
 

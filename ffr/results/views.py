@@ -154,7 +154,9 @@ def write_comparison(evaluations: list[dict], summary_path: str | os.PathLike, h
     from ffr.results.tables import STRATEGY_ORDER
 
     rank = {s: i for i, s in enumerate(STRATEGY_ORDER)}
-    results = {m["strategy"]: m for m in sorted(evaluations, key=lambda m: (rank.get(m["strategy"], 99), m["strategy"]))}
+    rank["ffr"] = len(rank) + 1  # the product last, after any other strategy
+    results = {m["strategy"]: m for m in sorted(evaluations, key=lambda m: (rank.get(m["strategy"], len(rank)),
+                                                                          m["strategy"]))}
     gain = ffr_gain(results)
     summary = {"results": results, "ffr_gain": gain}
     Path(summary_path).write_text(json.dumps(summary, indent=2))

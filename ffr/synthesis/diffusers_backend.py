@@ -10,12 +10,10 @@ batches of one and images do not depend on which batch or shard rendered them.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 from pathlib import Path
 
 from ffr.data.manifest import DatasetCard
+from ffr.paths import fetch_s3_prefix
 from ffr.synthesis.generation import REJECT_INFO, SYNTHESIS_BACKENDS, ImageRequest
 from ffr.synthesis.fingerprint import fingerprint_dir
 from ffr.synthesis.prompts import PromptSet
@@ -31,36 +29,6 @@ SCHEDULERS = {
     "lms": ("LMSDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
-_COMPLETE = ".ffr-complete"
-
-
-def default_cache_dir() -> Path:
-    """Where models fetched from S3 are kept: ``$FFR_CACHE/models`` or ``~/.cache/ffr/models``."""
-    return Path(os.environ.get("FFR_CACHE", Path.home() / ".cache" / "ffr")) / "models"
-
-
-def fetch_s3_model(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The local copy of the model under ``uri``, downloaded on first use only. The download goes to
-    a temporary folder renamed into place when complete, so a killed download is never mistaken for
-    a model."""
-    from ffr.integrations.s3 import download_prefix
-
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    dest = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (dest / _COMPLETE).is_file():
-        return dest
-    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    download_prefix(uri, tmp)
-    (tmp / _COMPLETE).write_text(uri + "\n")
-    if (dest / _COMPLETE).is_file():  # another process finished the same download meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-        return dest
-    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier copy
-    os.replace(tmp, dest)
-    return dest
-
-
 def make_scheduler(name: str, config):
     """The scheduler called ``name`` (a key of :data:`SCHEDULERS` or a diffusers class name) built
     from a pipeline's scheduler config."""
@@ -115,7 +83,7 @@ class DiffusersBackend:
         from diffusers.utils import deprecation_utils
         kwargs: dict = {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": torch_dtype}
         if model.startswith("s3://"):
-            path, model_id = fetch_s3_model(model, cache_dir), model
+            path, model_id = fetch_s3_prefix(model, cache_dir), model
         elif Path(model).is_dir():
             path, model_id = Path(model), Path(model).resolve().name
         else:

@@ -313,3 +313,17 @@ def create_objective(name: str, **options: Any) -> Objective:
         return cls(**options)
     except TypeError as e:
         raise ValueError(f"objective {name!r}: bad option(s) {sorted(options)}: {e}") from None
+
+
+def objective_problems(name: str, options: dict | None = None) -> list:
+    """What is wrong with objective ``name`` and its ``options`` (empty when nothing): an unknown
+    name, or options the objective does not take or values it refuses."""
+    from ffr.rules import Problem
+
+    problems = OBJECTIVES.problems(name, "objective")
+    if not problems:
+        try:
+            create_objective(name, **(options or {}))
+        except (ValueError, TypeError) as e:
+            problems.append(Problem(f"objective_options.{name}", str(e)))
+    return problems

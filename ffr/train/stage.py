@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ffr.config import TrainConfig
 from ffr.data.manifest import Manifest
-from ffr.request import StageRequest
+from ffr.train.request import StageRequest
 from ffr.paths import temp_beside, write_json
 from ffr.tracker import NullTracker, Tracker, epoch_metrics, flatten
 
@@ -53,7 +53,7 @@ class StageSpec:
     it reads and the weights it starts from.
 
     Args:
-        request: The stage's :class:`~ffr.request.StageRequest` (its data references unused
+        request: The stage's :class:`~ffr.train.request.StageRequest` (its data references unused
             here: the manifests are given).
         train: Every row is trained on.
         val: The real validation rows that select the checkpoint (worst-group accuracy).
@@ -77,7 +77,7 @@ class StageSpec:
         return self.request.stage
 
     def loop_settings(self) -> TrainConfig:
-        """The settings the loop runs with (:meth:`ffr.request.StageRequest.loop_settings`)."""
+        """The settings the loop runs with (:meth:`ffr.train.request.StageRequest.loop_settings`)."""
         return self.request.loop_settings(bool(self.train.is_synthetic().any()))
 
     def key(self, trainer_identity: str) -> str:

@@ -7,7 +7,7 @@ neither torch nor a GPU. Every component runs in the project's image (:func:`bas
 """
 
 from ffr.kubeflow.components.balance import balance_data
-from ffr.kubeflow.components.check import check_config
+from ffr.kubeflow.components.check import check_config, plan_baselines
 from ffr.kubeflow.components.collect import collect_shards
 from ffr.kubeflow.components.evaluate import evaluate_model
 from ffr.kubeflow.components.image import base_image
@@ -19,9 +19,9 @@ from ffr.kubeflow.components.data_revision import fetch_data_revision
 from ffr.kubeflow.components.mlflow_run import finish_tracking, start_tracking
 from ffr.kubeflow.components.train import train_model
 
-ALL = [check_config, prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
+ALL = [check_config, plan_baselines, prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
        comparison_report, start_tracking, finish_tracking, fetch_data_revision, register_model]
 
-__all__ = ["ALL", "base_image", "check_config", "finish_tracking", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
+__all__ = ["ALL", "base_image", "check_config", "plan_baselines", "finish_tracking", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
            "train_model", "evaluate_model", "comparison_report", "start_tracking", "fetch_data_revision",
            "register_model"]

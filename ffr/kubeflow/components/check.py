@@ -98,6 +98,22 @@ def check_config(
             an ``s3://`` prefix, ``demo``): the data steps take it as an input, so their cache
             keys on the data, not only on the ``source`` string.
     """
-    from ffr.steps import check_step
+    from ffr.runform import check_step
 
     return check_step(dict(locals()))
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def plan_baselines(plan: dict) -> List[dict]:
+    """The run plan of each baseline, for the comparison's fan-out over the baselines.
+
+    Args:
+        plan: The check step's run plan (``check_config``'s ``plan``).
+
+    Returns:
+        Output: One run plan per baseline, in the run form's order: its strategy and the requests
+            of its stages.
+    """
+    from ffr.runform import baseline_plans
+
+    return baseline_plans(plan)

@@ -7,7 +7,7 @@ description (:mod:`ffr.kubeflow.pipelines.parameters`). The training defaults ar
 demo benchmark.
 
 The recipe is not written here. The first step checks the run form and plans the run
-(:func:`ffr.steps.check_step`: every strategy's stages as requests, the same ``ffr compare``
+(:func:`ffr.runform.check_step`: every strategy's stages as requests, the same ``ffr compare``
 trains); the pipeline's own strategy (FFR, :data:`ffr.runform.PRODUCT`) is laid out from its stage
 plan (:attr:`ffr.balance.Strategy.stages`: one training task per stage, each from the task of the
 stage it starts from), and each baseline of the run form trains every stage of its strategy, in
@@ -22,7 +22,8 @@ from kfp import dsl
 from ffr import config as defaults
 from ffr.balance import STRATEGIES
 from ffr.kubeflow.components import (balance_data, check_config, collect_shards, comparison_report, evaluate_model,
-                                     fetch_data_revision, finish_tracking, prepare_data, register_model,
+                                     fetch_data_revision, finish_tracking, plan_baselines, prepare_data,
+                                     register_model,
                                      start_tracking, synthesize_shard, train_model)
 from ffr.kubeflow.pipelines.parameters import documented
 from ffr.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
@@ -143,12 +144,15 @@ def _own_strategy(p: Platform, check, prep, pool, scope: dict, tracking: tuple, 
 def _baselines(p: Platform, check, prep, pool, scope: dict, tracking: tuple):
     """Each baseline of the run form, in parallel: balance → every stage of its strategy, in plan
     order, in one training task → evaluate. Returns the evaluation task (inside the loop)."""
-    with dsl.ParallelFor(scope["baselines"], name="baselines", parallelism=p.parallelism or None) as b:
+    # over the baselines' own run plans: each item carries its requests (the local runner hands a
+    # task inside a ParallelFor the loop's item, not an outer task's output)
+    plans = p.apply(plan_baselines(plan=check.outputs["plan"]), CHECK, "plan baselines")
+    with dsl.ParallelFor(plans.output, name="baselines", parallelism=p.parallelism or None) as b:
         sets = p.apply(balance_data(real=prep.outputs["dataset"], synthetic=pool.outputs["pool"],
                                     strategy=b.strategy), DATA, "balance: baseline")
         model = p.apply(_tracked(train_model(training_sets=sets.outputs["training_sets"],
-                                             val_data=prep.outputs["dataset"], run_plan=check.outputs["plan"],
-                                             strategy=b.strategy, **tracking[0]), tracking),
+                                             val_data=prep.outputs["dataset"], run_plan=b, strategy=b.strategy,
+                                             **tracking[0]), tracking),
                         TRAIN, "train baseline")
         return _evaluate(p, "evaluate: baseline", model, prep, pool, b.strategy, scope["device"], tracking)
 

@@ -7,8 +7,8 @@ of its rules) and hand it down whole to :func:`ffr.steps.train_stage` or the sta
 :meth:`~StageRequest.from_dict`): to ``torchrun``'s ranks in a file, to a Kubeflow train step in
 the run plan its check step wrote.
 
-Torch-free: building and checking a request costs no model library (name checks load the
-registries of objectives and backbones only when a request is checked).
+Torch-free: building a request costs no model library (checking one loads the registries of
+objectives and backbones, beside it in :mod:`ffr.train`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ffr.config import BACKBONE, IMAGE_SIZE, OBJECTIVE, ExperimentConfig, TrainConfig, from_dict
 from ffr.rules import Problem, check, refuse
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a plan is read, never built, here
     from ffr.balance import StagePlan
 
 # A request's fields as an experiment config names them (the rest have the same name there):
@@ -110,7 +110,8 @@ class StageRequest:
         ``<stage>.<field>``), image size, device, seed, processes, grouping, and the backbone,
         objective and objective options by their registries. ``names`` renames fields for the
         entry point's user (e.g. :data:`CONFIG_NAMES`)."""
-        from ffr.checks import name_problems
+        from ffr.train.backbones import BACKBONES
+        from ffr.train.objectives import objective_problems
 
         out = self.settings.problems(self.stage)
         out += check("image_size", self.image_size)
@@ -118,7 +119,7 @@ class StageRequest:
         out += check("seed", self.seed)
         out += check("processes", self.processes)
         out += check("group_by", self.group_by)
-        out += name_problems(self.backbone, [self.objective], {self.objective: self.objective_options})
+        out += BACKBONES.problems(self.backbone, "backbone") + objective_problems(self.objective, self.objective_options)
         names = names or {}
         return [p.renamed(names[p.field]) if p.field in names else p for p in out]
 
@@ -129,8 +130,9 @@ class StageRequest:
 
     # ------------------------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        """The request as JSON-able values (``settings`` a mapping)."""
-        return asdict(self)
+        """The request as JSON-able values (``settings`` a mapping; a field that is None left out,
+        as a pipeline's protobuf values have no null)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "request") -> "StageRequest":
