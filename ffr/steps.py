@@ -256,3 +256,34 @@ def evaluate_step(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, sp
     tracker.log_dataset(data, split if split != "val" else "validation", str(data_dir))
     tracker.log_evaluation(metrics, split)
     return metrics
+
+
+def evaluate_strategy(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, strategy: str,
+                      metrics_path: str | os.PathLike, report_path: str | os.PathLike, split: str = "test",
+                      device: str = "auto", synthetic_dir: str | os.PathLike | None = None,
+                      model_meta: dict | None = None, tracking: dict | None = None) -> dict:
+    """A pipeline's evaluation step: :func:`evaluate_step` of one strategy's model, written to
+    ``metrics_path`` (JSON, with ``strategy`` and the model artifact's ``model_meta``) and
+    ``report_path`` (HTML: group table, confusion matrix, a few synthetic images per group of
+    ``synthetic_dir``). With ``tracking`` (:func:`ffr.integrations.mlflow_runs.optional_run`'s
+    ``tracking_uri``, ``pipeline_run_id``, ``experiment``; an empty URI: ``$MLFLOW_TRACKING_URI``)
+    the evaluation is a run nested under the pipeline's, and its headline goes on the pipeline's
+    own run. Returns the metrics."""
+    from ffr.results.views import evaluation_report_html
+
+    tracked = tracking is not None and bool(tracking.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
+    if tracked:
+        from ffr.integrations.mlflow_runs import log_summary_to, optional_run
+
+        with optional_run(run_name=f"evaluate {strategy}", system_metrics=False, **tracking) as tracker:
+            m = evaluate_step(checkpoint, data_dir, split, None, device, tracker=tracker)
+    else:
+        m = evaluate_step(checkpoint, data_dir, split, None, device)
+    m = {"strategy": strategy, **m, "model": dict(model_meta or {})}
+    if tracked and tracking.get("pipeline_run_id"):  # the headline on the pipeline's own run
+        log_summary_to(tracking.get("tracking_uri") or os.environ["MLFLOW_TRACKING_URI"],
+                       tracking.get("experiment", "ffr"), tracking["pipeline_run_id"], {strategy: m})
+    write_json(Path(metrics_path), m)
+    pool = Manifest.load(synthetic_dir, check_files=False) if synthetic_dir is not None else None
+    Path(report_path).write_text(evaluation_report_html({strategy: m}, f"{strategy}: {split} split", pool))
+    return m

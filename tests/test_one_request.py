@@ -298,3 +298,31 @@ def test_a_three_stage_strategy_runs_through_the_comparison_pipeline(three_stage
     assert run.results["three"]["model"]["stage"] == "finetune" and run.results["three"]["model"]["strategy"] == "three"
     (trained,) = [p.parent.parent for p in run.run_dir.glob("outputs/**/model/train/model.pt")]
     assert (trained / "pretrain" / "model.pt").is_file() and (trained / "model.pt").is_file()
+
+
+def test_the_report_is_composed_once_for_the_cli_and_the_report_step(tmp_path, capsys):
+    pytest.importorskip("kfp")
+    from kfp.dsl import HTML, Metrics
+
+    from ffr.cli import main
+    from ffr.kubeflow.components import comparison_report
+
+    def evaluation(strategy, wga):
+        path = tmp_path / f"{strategy}.json"
+        path.write_text(json.dumps({"strategy": strategy, "worst_group_acc": wga, "worst_group": "a_x",
+                                    "balanced_acc": 0.8, "average_acc": 0.8,
+                                    "groups": {"a_x": {"acc": wga, "n": 5}, "a_y": {"acc": 1.0, "n": 5}}}))
+        return path
+
+    files = [evaluation("ffr", 0.7), evaluation("none", 0.2), evaluation("usb", 0.5)]
+    assert main(["report", *map(str, files), "--out", str(tmp_path / "cli")]) == 0
+    assert "worst-group acc" in capsys.readouterr().out
+    art = lambda cls, p: cls(name=p.name, uri=str(p), metadata={})  # noqa: E731
+    summary, report = art(Metrics, tmp_path / "summary"), art(HTML, tmp_path / "report.html")
+    comparison_report.python_func(baselines=[art(Metrics, files[1]), art(Metrics, files[2])],
+                                  product=art(Metrics, files[0]), report=report, summary=summary)
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text()) == json.loads(Path(summary.path).read_text())
+    assert (tmp_path / "cli" / "report.html").read_text() == Path(report.path).read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert main(["report", str(bad), "--out", str(tmp_path / "x")]) == 2

@@ -1,5 +1,6 @@
-"""``ffr train`` and ``ffr evaluate``: one training stage, one evaluation; ``ffr dvc-pipeline``: the
-DVC stages that run them for a strategy. ``ffr train`` builds the
+"""``ffr train`` and ``ffr evaluate``: one training stage, one evaluation; ``ffr report``: several
+evaluations compared (the report the Kubeflow comparison writes); ``ffr dvc-pipeline``: the DVC
+stages that run them for a strategy. ``ffr train`` builds the
 stage's request from the experiment config (:meth:`ffr.train.request.StageRequest.for_stage`, as a grid
 cell does) and hands it to :func:`ffr.steps.train_stage`; the DVC training stages run it."""
 
@@ -47,6 +48,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from ffr.data.manifest import Manifest
+    from ffr.results.views import format_group_table, write_comparison
+
+    evaluations = []
+    for path in args.evaluation:
+        m = json.loads(Path(path).read_text())
+        if not isinstance(m, dict) or "groups" not in m:
+            raise ValueError(f"{path}: not an evaluation (ffr evaluate --out writes one)")
+        evaluations.append({**m, "strategy": m.get("strategy") or Path(path).stem})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = Manifest.load(args.synthetic, check_files=False) if args.synthetic else None
+    summary = write_comparison(evaluations, out / "summary.json", out / "report.html", out / "comparison.md", pool)
+    print(format_group_table(summary["results"]))
+    print(f"\nreport: {(out / 'report.html').resolve()}")
+    return 0
+
+
 def cmd_dvc_pipeline(args) -> int:
     from ffr.dvc_pipeline import write_dvc_pipeline
 
@@ -58,7 +78,7 @@ def cmd_dvc_pipeline(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    """``train``, ``evaluate`` and ``dvc-pipeline``."""
+    """``train``, ``evaluate``, ``report`` and ``dvc-pipeline``."""
     p = sub.add_parser("train", parents=[config_parent(), tracking_parent()], help="one call of the training loop")
     p.add_argument("--train", required=True, help="training manifest directory")
     p.add_argument("--val", required=True, help="dataset directory whose real 'val' rows select the checkpoint")
@@ -78,6 +98,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--out")
     p.add_argument("--groups-csv", help="also write per-group accuracy as CSV (group,acc,n) for plots")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="several strategies' evaluations side by side: the comparison report the "
+                                      "Kubeflow comparison pipeline writes")
+    p.add_argument("evaluation", nargs="+", help="evaluation files (ffr evaluate --out); a file without a strategy "
+                                                 "is named by its file name")
+    p.add_argument("--synthetic", help="synthetic pool whose images the report shows")
+    p.add_argument("--out", required=True, help="folder for summary.json, report.html and comparison.md")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dvc-pipeline", help="write dvc.yaml (and params.yaml's missing sections) from a strategy's "
                                             "stage plan: prepare, synthesize, balance, its stages, evaluate")

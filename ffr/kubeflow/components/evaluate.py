@@ -49,30 +49,15 @@ def evaluate_model(
         confusion: The confusion matrix over the classes.
         report: HTML with the group table and a few ``synthetic`` images per group.
     """
-    import json
     import os
 
-    from ffr.data.manifest import Manifest
     from ffr.metrics import flat_metrics
-    from ffr.integrations.mlflow_runs import optional_run
-    from ffr.steps import evaluate_step
-    from ffr.results.views import evaluation_report_html
+    from ffr.steps import evaluate_strategy
 
-    with optional_run(mlflow_uri, f"evaluate {strategy}", pipeline_run_id, mlflow_experiment,
-                      system_metrics=False) as tracker:
-        m = {"strategy": strategy, **evaluate_step(os.path.join(model.path, "model.pt"), data.path, split, None,
-                                                    device, tracker=tracker)}
-    m["model"] = dict(model.metadata)
-    uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri and pipeline_run_id:  # the headline on the pipeline's own run: <strategy>/test/worst_group_acc ...
-        from ffr.integrations.mlflow_runs import log_summary_to
-
-        log_summary_to(uri, mlflow_experiment, pipeline_run_id, {strategy: m})
-    with open(metrics.path, "w") as f:
-        json.dump(m, f, indent=2)
+    m = evaluate_strategy(os.path.join(model.path, "model.pt"), data.path, strategy, metrics.path, report.path, split,
+                          device, synthetic.path if synthetic is not None else None, dict(model.metadata),
+                          {"tracking_uri": mlflow_uri, "pipeline_run_id": pipeline_run_id,
+                           "experiment": mlflow_experiment})
     for name, value in flat_metrics(m, split).items():
         metrics.log_metric(name, value)
     confusion.log_confusion_matrix(m["classes"], m["confusion"])
-    pool = Manifest.load(synthetic.path, check_files=False) if synthetic is not None else None
-    with open(report.path, "w") as f:
-        f.write(evaluation_report_html({strategy: m}, f"{strategy}: {split} split", pool))
