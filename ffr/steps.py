@@ -187,7 +187,7 @@ def train_planned(run_plan: dict, strategy: str, stages: list[str] | None, train
     if requests is None:
         raise ValueError(f"the run plan has no strategy {strategy!r}; it plans {sorted(run_plan.get('strategies', {}))}")
     plans = {p.name: p for p in STRATEGIES.get(strategy).stages}
-    todo = list(stages or requests)
+    todo = list(stages or plans)  # the plan's order (a JSON mapping may arrive with its keys sorted)
     unknown = [s for s in todo if s not in requests or s not in plans]
     if unknown:
         raise ValueError(f"strategy {strategy!r} has no stage(s) {unknown}; its stages: {list(requests)}")

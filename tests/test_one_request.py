@@ -293,7 +293,7 @@ def test_a_three_stage_strategy_runs_through_the_comparison_pipeline(three_stage
     run = run_local("comparison", {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1,
                                    "finetune_epochs": 1, "train_epochs": 1, "min_steps": 0, "device": "cpu",
                                    "baselines": [{"strategy": "none", "lr": 1e-3}, {"strategy": "three", "lr": 1e-3}]},
-                    tmp_path / "runs", progress=False, mlflow="none")
+                    tmp_path / "runs", progress=False)
     assert list(run.results) == ["none", "three", "ffr"]
     assert run.results["three"]["model"]["stage"] == "finetune" and run.results["three"]["model"]["strategy"] == "three"
     (trained,) = [p.parent.parent for p in run.run_dir.glob("outputs/**/model/train/model.pt")]

@@ -24,6 +24,7 @@ from ffr.steps import prepare_step as prepare  # noqa: E402
 from ffr.results.views import format_group_table  # noqa: E402
 from ffr.kubeflow.pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
 from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
+from ffr.rules import ConfigError  # noqa: E402
 
 TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
         "device": "cpu"}
@@ -384,10 +385,16 @@ def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
 
 @pytest.mark.slow
 def test_config_error_fails_the_first_step_with_its_cause(tmp_path):
+    bad = {**TINY, "objective": "ermm", "finetune_options": {"freeze_stages": -1}, "demo_name": "face"}
+    # refused before a run folder is made, by the check step's own validator ...
+    with pytest.raises(ConfigError) as refused:
+        run_local("ffr", bad, tmp_path / "refused", progress=False, mlflow="local")
+    assert not (tmp_path / "refused").exists()
+    # ... and, left to the pipeline (a run form edited on a cluster), by its first step, in the same words
     with pytest.raises(PipelineError) as e:
-        run_local("ffr", {**TINY, "objective": "ermm", "finetune_options": {"freeze_stages": -1},
-                          "demo_name": "face"}, tmp_path / "runs", progress=False, mlflow="local")
+        run_local("ffr", bad, tmp_path / "runs", progress=False, mlflow="local", precheck=False)
     msg = str(e.value)
+    assert str(refused.value) in msg
     assert "step 'check configuration' (check-config) failed" in msg
     assert "unknown objective 'ermm'" in msg and "freeze_stages" in msg and "\x1b[" not in msg
     assert "demo_name: unknown built-in benchmark 'face'; known: digits, faces, galaxies" in msg

@@ -18,6 +18,7 @@ pytest.importorskip("dvc")
 from kfp.dsl import Dataset, Metrics, Model  # noqa: E402
 
 from ffr.kubeflow.components import register_model  # noqa: E402
+from ffr.train.request import StageRequest  # noqa: E402
 from ffr.steps import evaluate_step, train_stage  # noqa: E402
 from ffr.train.loop import TrainConfig  # noqa: E402
 from tests.integration.servers import DUMMY_AWS, binary  # noqa: E402
@@ -34,8 +35,8 @@ def test_register_component_without_a_tracking_server(make_dataset, tmp_path, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ds = make_dataset(COUNTS)
     (tmp_path / "model").mkdir()
-    train_stage(ds, ds, tmp_path / "model" / "model.pt", TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8,
-                device="cpu")
+    train_stage(StageRequest(settings=TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8, device="cpu",
+                             train_data=str(ds), val_data=str(ds), out=str(tmp_path / "model" / "model.pt")))
     evaluate_step(tmp_path / "model" / "model.pt", ds, "test", tmp_path / "metrics.json", device="cpu")
     decision = art(Metrics, tmp_path / "decision")
     out = register_model.python_func(model=art(Model, tmp_path / "model"), metrics=art(Metrics, tmp_path / "metrics.json"),

@@ -273,7 +273,7 @@ def test_cli_config_prefix_with_an_escaping_key_is_a_clean_error(bucket, tmp_pat
 
 
 def test_fingerprint_of_a_prefix_follows_its_content(bucket):
-    from ffr.checks import source_fingerprint
+    from ffr.runform import source_fingerprint
 
     _put(bucket, **{"fp/manifest.csv": b"a,b\n", "fp/images/1.png": b"one", "other/x.png": b"x"})
     first = source_fingerprint(f"s3://{bucket}/fp")

@@ -11,6 +11,7 @@ from ffr.config import load_config
 from ffr.experiment import compare
 from ffr.integrations.mlflow_server import TrackingError
 from ffr.integrations.mlflow_runs import mlflow_run
+from ffr.train.request import StageRequest
 from ffr.steps import evaluate_step, train_stage
 from ffr.train.loop import TrainConfig
 from tests.integration.servers import free_port
@@ -88,8 +89,8 @@ def test_stage_runs_record_dvc_digests_and_uris(mlflow_env, tmp_path, make_datas
     counts = {(s, l, b): 6 for s in ("train", "val", "test") for l in ("cat", "dog") for b in ("indoor", "outdoor")}
     ds = make_dataset(counts)
     with mlflow_run(mlflow_env.url, "test-stages", "stages") as t:
-        train_stage(ds, ds, tmp_path / "m.pt", TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8, device="cpu",
-                    tracker=t)
+        train_stage(StageRequest(settings=TrainConfig(epochs=1, min_steps=0, batch_size=16), image_size=8, device="cpu",
+                                 train_data=str(ds), val_data=str(ds), out=str(tmp_path / "m.pt")), tracker=t)
         evaluate_step(tmp_path / "m.pt", ds, "test", tmp_path / "test.json", device="cpu", tracker=t)
         run_id = t.run_id
     run = MlflowClient(mlflow_env.url).get_run(run_id)
