@@ -228,20 +228,33 @@ def _tracked_stage(request: StageRequest, tracking: dict | None, run_name: str) 
 
 
 def evaluate_step(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test",
-                   out_path: str | os.PathLike | None = None, device: str = "auto",
-                   tracker: Tracker | None = None) -> dict:
+                  out_path: str | os.PathLike | None = None, device: str = "auto",
+                  tracker: Tracker | None = None) -> dict:
     """Group metrics of ``checkpoint`` on the real rows of ``split`` in ``data_dir``, plus the
     confusion matrix; written to ``out_path`` (JSON) when given and reported to ``tracker``."""
+    from ffr.train.loop import load_checkpoint
+    from ffr.train.runtime import resolve_device
+
+    model, meta = load_checkpoint(checkpoint, resolve_device(device))
+    return evaluate_model(model, meta, data_dir, split, out_path, device, tracker, what=str(checkpoint))
+
+
+def evaluate_model(model, meta: dict, data_dir: str | os.PathLike, split: str = "test",
+                   out_path: str | os.PathLike | None = None, device: str = "auto",
+                   tracker: Tracker | None = None, what: str = "the model") -> dict:
+    """The one group evaluation of a loaded classifier (``meta``: its checkpoint metadata):
+    metrics per group and overall, calibration, the confusion matrix and the digest of the rows
+    evaluated (:func:`evaluate_step` for a checkpoint; the promotion gate for a registered
+    champion)."""
     from ffr.data.loading import TensorData
     from ffr.metrics import GroupTally, confusion_matrix, metrics_from_tally
-    from ffr.train.loop import load_checkpoint, predict
+    from ffr.train.loop import predict
     from ffr.train.runtime import resolve_device
 
     dev = resolve_device(device)
-    model, meta = load_checkpoint(checkpoint, dev)
     data = Manifest.load(data_dir).select(split=split, source="real")
-    if list(data.card.classes) != meta["classes"]:
-        raise ValueError(f"{checkpoint}: model classes {meta['classes']} differ from {data_dir}'s {data.card.classes}")
+    if list(data.card.classes) != list(meta["classes"]):
+        raise ValueError(f"{what}: model classes {meta['classes']} differ from {data_dir}'s {data.card.classes}")
     tensors = TensorData.from_manifest(data, int(meta["image_size"]))
     pred, conf = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"), confidence=True)
     metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups, conf),

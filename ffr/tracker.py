@@ -37,6 +37,10 @@ class Tracker(Protocol):
     def log_evaluation(self, metrics: dict, prefix: str) -> None:
         """A group evaluation (:func:`ffr.metrics.metrics_from_tally`): scalars, table and figure."""
 
+    def log_selection(self, val: dict, best_epoch: int) -> None:
+        """The selected checkpoint of one training call: its validation evaluation (the run's
+        ``val/*`` metrics: the model you get, not the last epoch's) and its epoch."""
+
     def log_history(self, history: list[dict]) -> None:
         """The per-epoch records of one training call (for the validation-WGA-by-epoch figure)."""
 
@@ -58,6 +62,7 @@ class NullTracker:
     def log_metrics(self, metrics, step=None): pass
     def log_dataset(self, dataset, context, location=None): pass
     def log_evaluation(self, metrics, prefix): pass
+    def log_selection(self, val, best_epoch): pass
     def log_history(self, history): pass
     def log_model(self, model, meta): pass
     def log_artifact(self, path): pass
@@ -78,8 +83,10 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def epoch_metrics(record: dict) -> tuple[dict[str, float], int]:
-    """The scalars of one ``fit`` log record and its epoch (the step)."""
-    return {k: float(v) for k, v in record.items()
+    """The scalars of one ``fit`` log record, named ``epoch/<name>`` (the curves: a run's own
+    ``val/*`` metrics are its selected checkpoint's, :meth:`Tracker.log_selection`), and its epoch
+    (the step)."""
+    return {f"epoch/{k}": float(v) for k, v in record.items()
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}, int(record["epoch"])
 
 
@@ -123,6 +130,8 @@ def log_cell(tracker: Tracker, cfg, record: dict) -> None:
         history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.is_file() else []
         for rec in history:
             st.log_metrics(*epoch_metrics(rec))
+        if stage.get("val") is not None and stage.get("best_epoch") is not None:
+            st.log_selection(stage["val"], stage["best_epoch"])
         st.log_history(history)
         st.log_evaluation(stage["test"], "test")
         if i == len(record["stages"]) - 1:

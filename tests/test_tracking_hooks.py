@@ -50,7 +50,7 @@ def test_flatten_and_epoch_metrics():
     assert flat["strategies"] == ["none", "usb", "asb", "ffr"]
     assert flatten({"a": {}}) == {"a": "{}"}
     assert epoch_metrics({"epoch": 3, "train/loss": 0.5, "val/worst_group_acc": 1, "note": "x"}) == \
-        ({"train/loss": 0.5, "val/worst_group_acc": 1.0}, 3)
+        ({"epoch/train/loss": 0.5, "epoch/val/worst_group_acc": 1.0}, 3)
 
 
 def test_train_and_evaluate_stage_report_to_the_tracker(make_dataset, tmp_path):
@@ -63,7 +63,11 @@ def test_train_and_evaluate_stage_report_to_the_tracker(make_dataset, tmp_path):
     assert params["finetune.epochs"] == 3 and params["stage"] == "finetune" and params["init"] is None
     steps = [c[1][1] for c in rec.of("log_metrics")]
     assert steps == [0, 1, 2]
-    assert all("val/worst_group_acc" in c[1][0] and "train/loss" in c[1][0] for c in rec.of("log_metrics"))
+    assert all("epoch/val/worst_group_acc" in c[1][0] and "epoch/train/loss" in c[1][0] for c in rec.of("log_metrics"))
+    # the run's own val/* numbers are the selected checkpoint's, with its epoch
+    (val, best_epoch), = [c[1] for c in rec.of("log_selection")]
+    summary = __import__("json").loads((tmp_path / "m.pt.json").read_text())
+    assert val == summary["val"] and best_epoch == summary["best_epoch"]
     assert [c[1][1] for c in rec.of("log_dataset")] == ["train", "validation"]
     assert rec.of("log_dataset")[0][1][2] == str(ds)
     assert len(rec.of("log_history")[0][1][0]) == 3

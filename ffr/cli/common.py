@@ -55,6 +55,9 @@ def registry_uri(args) -> str:
     ``--mlflow`` (default ``$MLFLOW_TRACKING_URI``)."""
     from ffr.integrations.mlflow_server import local_store
 
+    if args.mlflow_dir and not (Path(args.mlflow_dir) / "mlflow.db").is_file():
+        raise ValueError(f"--mlflow-dir {args.mlflow_dir}: no MLflow store there (mlflow.db); name the folder of a "
+                         "run that tracked into its own store (ffr run's run folder)")
     uri = local_store(args.mlflow_dir)[0] if args.mlflow_dir else args.mlflow
     if not uri:
         raise ValueError("no MLflow registry: pass --mlflow URI (or set MLFLOW_TRACKING_URI) or --mlflow-dir RUN_DIR")

@@ -40,6 +40,7 @@ class MlflowTracker:
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.model_uri: str | None = None
+        self._selection: dict[str, float] = {}
         self._children: list[MlflowTracker] = []
         self._closed = False
 
@@ -147,9 +148,17 @@ class MlflowTracker:
             self.set_tags({f"data.{prefix}.eval_digest": metrics["data_digest"]})
         self._figure(lambda ax: _group_bars(ax, metrics, prefix), f"{prefix}/group_accuracy.png")
 
+    def log_selection(self, val: dict, best_epoch: int) -> None:
+        """The selected checkpoint's validation metrics as the run's ``val/*`` metrics (step: its
+        epoch), ``best_epoch`` as a metric and a tag; the model logged next carries them too."""
+        self._selection = {**flat_metrics(val, "val"), "best_epoch": float(best_epoch)}
+        self.log_metrics(self._selection, step=int(best_epoch))
+        self.set_tags({"ffr.best_epoch": int(best_epoch)})
+
     def log_history(self, history: list[dict]) -> None:
         if history:
-            self._figure(lambda ax: _wga_by_epoch(ax, history), "figures/val_wga_by_epoch.png")
+            best = self._selection.get("best_epoch")
+            self._figure(lambda ax: _wga_by_epoch(ax, history, best), "figures/val_wga_by_epoch.png")
 
     def _figure(self, draw: Callable, artifact_file: str) -> None:
         import matplotlib
@@ -176,6 +185,16 @@ class MlflowTracker:
             info = log_servable(copy_to_cpu(model), _plain(meta))
         self.model_uri = info.model_uri
         self.set_tags({"ffr.model_uri": info.model_uri, "ffr.model_classes": json.dumps(meta["classes"])})
+        if self._selection:  # the Logged Model page shows the selected checkpoint's numbers
+            self.log_model_metrics(info.model_id, self._selection, step=int(self._selection.get("best_epoch", 0)))
+
+    def log_model_metrics(self, model_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """``metrics`` linked to the logged model ``model_id`` (its page in the MLflow UI)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(_key(k), float(v), ts, step, model_id=model_id)
+                                                    for k, v in metrics.items() if v is not None])
 
 
 def copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
@@ -233,10 +252,12 @@ def _strategy_bars(ax, results: dict[str, dict]) -> None:
     ax.set_title("per-group test accuracy by strategy")
 
 
-def _wga_by_epoch(ax, history: list[dict]) -> None:
+def _wga_by_epoch(ax, history: list[dict], best_epoch: float | None = None) -> None:
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r.get("val/worst_group_acc", np.nan) for r in history], marker="o", label="val worst-group")
     ax.plot(epochs, [r.get("val/balanced_acc", np.nan) for r in history], marker=".", label="val balanced")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="tab:red", linestyle="--", label=f"selected (epoch {int(best_epoch)})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

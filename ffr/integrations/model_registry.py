@@ -59,12 +59,14 @@ def register(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluatio
     tags = {**evaluation.tags("test"), **{f"lineage.{k}": str(v) for k, v in (lineage or {}).items()},
             **provenance(), STATUS_TAG: "pending"}
     source, model_id = model_uri, None
-    if model_uri.startswith("models:/m-"):  # an MLflow 3 logged model: register its artifacts
-        model_id = model_uri.removeprefix("models:/").split("/")[0]
+    if model_uri.startswith("models:/m-"):  # an MLflow 3 logged model: the version points at it, as
+        model_id = model_uri.removeprefix("models:/").split("/")[0]  # mlflow.register_model does
         logged = client.get_logged_model(model_id)
-        source, run_id = logged.artifact_location, run_id or logged.source_run_id
+        source, run_id = f"models:/{model_id}", run_id or logged.source_run_id
     mv = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     try:
+        if model_id:
+            _link(client, model_id, name, str(mv.version), evaluation, run_id)
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
         client.set_model_version_tag(name, mv.version, STATUS_TAG, "registered")
     except Exception:
@@ -76,10 +78,95 @@ def register(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluatio
     return str(mv.version)
 
 
+def _link(client, model_id: str, name: str, version: str, evaluation: Evaluation, run_id: str | None) -> None:
+    """What ``mlflow.register_model`` writes and ``create_model_version`` does not: the logged
+    model's list of the versions made from it (its page shows "Registered"), and its test
+    numbers, so the logged model carries the evaluation it was registered with."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    logged = client.get_logged_model(model_id)
+    versions = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]") + [{"name": name, "version": version}]
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
+    source_run = run_id or logged.source_run_id
+    if source_run:
+        ts = int(time.time() * 1000)
+        metrics = {"test/worst_group_acc": evaluation.worst_group_acc,
+                   **{f"test/group/{g}/acc": a for g, a in evaluation.groups.items() if a is not None}}
+        client.log_batch(source_run, metrics=[Metric(k, float(v), ts, 0, model_id=model_id) for k, v in metrics.items()])
+
+
+DECISION_TAG = "ffr.decision."  # registered-model tags, one per decision: the history, never rewritten
+
+
+def _record(decision: Decision | None, action: str, version: str, champion_version: str | None, policy: GatePolicy | None,
+            challenger: Evaluation | None, champion: Evaluation | None, context: dict | None) -> dict:
+    """One decision as the history keeps it."""
+    import time
+
+    def numbers(e: Evaluation | None) -> dict | None:
+        return None if e is None else {"worst_group_acc": e.worst_group_acc, "groups": e.groups,
+                                       "test_digest": e.test_digest}
+
+    verdict = action if decision is None else (
+        "promoted" if decision.promote else ("refused" if decision.refused else "rejected"))
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": action, "verdict": verdict,
+            "version": str(version), "champion_version": champion_version,
+            "reasons": [] if decision is None else decision.reasons,
+            "policy": None if policy is None else asdict(policy),
+            "challenger": numbers(challenger), "champion": numbers(champion), **(context or {})}
+
+
+def _append(client, name: str, version: str, record: dict) -> str:
+    """Append ``record`` to the history: a new tag of the registered model and of ``version`` (a
+    key that sorts by time, so no earlier decision is ever rewritten). Returns the key."""
+    import time
+
+    key = f"{DECISION_TAG}{int(time.time() * 1000):015d}-{version}"
+    text = json.dumps(record, sort_keys=True)
+    if len(text) > 4900:  # a tag holds 5000 characters: keep the decision, drop the per-group numbers
+        text = json.dumps({**record, "challenger": {**(record.get("challenger") or {}), "groups": None},
+                           "champion": {**(record.get("champion") or {}), "groups": None}}, sort_keys=True)
+    client.set_registered_model_tag(name, key, text)
+    client.set_model_version_tag(name, version, key, text)
+    return key
+
+
+@guarded("reading the decision history")
+def history(tracking_uri: str, name: str) -> list[dict]:
+    """Every gate decision and rollback of registered model ``name``, oldest first."""
+    client = client_for(tracking_uri)
+    tags = client.get_registered_model(name).tags
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(DECISION_TAG))]
+
+
+def _champion_on(client, tracking_uri: str, name: str, current, test_data: str, device: str) -> Evaluation:
+    """The current champion evaluated, by the one group evaluator, on the test split of
+    ``test_data``: the challenger's test data, so the gate compares two models on one set."""
+    import mlflow
+
+    from ffr.steps import evaluate_model
+
+    mlflow.set_tracking_uri(tracking_uri)
+    runner = mlflow.pyfunc.load_model(f"models:/{name}/{current.version}").unwrap_python_model()
+    metrics = evaluate_model(runner.model, runner.meta, test_data, "test", device=device,
+                             what=f"{name} version {current.version}")
+    return Evaluation.from_metrics(metrics)
+
+
 @guarded("running the promotion gate")
-def promote(tracking_uri: str, name: str, version: str, policy: GatePolicy | None = None) -> Decision:
-    """Run the gate for ``version`` against the current champion; record the decision and both
-    sets of numbers as tags of ``version``, and move ``champion`` to it when the gate passes."""
+def promote(tracking_uri: str, name: str, version: str, policy: GatePolicy | None = None,
+            test_data: str | None = None, device: str = "auto", context: dict | None = None) -> Decision:
+    """Run the gate for ``version`` against the current champion and move ``champion`` to it when
+    the gate passes. With ``test_data`` (the dataset folder whose test split the challenger was
+    evaluated on) the champion is first evaluated on that same split, so a new data revision does
+    not freeze the champion: both models are compared on one test set. Without it the champion's
+    stored numbers are used, and other test data is a refusal. The decision — both evaluations,
+    the data they were made on, the policy, the verdict, the reasons and ``context`` (e.g. the
+    pipeline run) — is appended to the history (:func:`history`) and written as the version's
+    ``gate.*`` tags."""
     policy = policy or GatePolicy()
     client = client_for(tracking_uri)
     tags = _version_tags(client, name, version)
@@ -90,21 +177,55 @@ def promote(tracking_uri: str, name: str, version: str, policy: GatePolicy | Non
     current = champion_version(client, name)
     if current is not None and str(current.version) == str(version):
         return Decision(False, [f"version {version} already is the champion"])
-    champion = Evaluation.from_tags(dict(current.tags), "test") if current is not None else None
+    champion = None
+    if current is not None:
+        champion = Evaluation.from_tags(dict(current.tags), "test")
+        if test_data is not None:
+            from ffr.data.manifest import Manifest
+
+            digest = Manifest.load(test_data, check_files=False).select(split="test", source="real").digest()
+            if digest != challenger.test_digest:
+                raise ValueError(f"{test_data}: its test split (digest {digest[:12]}) is not the one version "
+                                 f"{version} was evaluated on ({challenger.test_digest[:12]})")
+            champion = _champion_on(client, tracking_uri, name, current, test_data, device)
     decision = decide(challenger, champion, policy)
-    record = {"gate.decision": "promoted" if decision.promote else ("refused" if decision.refused else "rejected"),
-              "gate.reasons": json.dumps(decision.reasons), "gate.policy": json.dumps(asdict(policy)),
-              "gate.champion_version": "" if current is None else str(current.version)}
+    record = _record(decision, "gate", version, None if current is None else str(current.version), policy,
+                     challenger, champion, context)
+    tags = {"gate.decision": record["verdict"], "gate.reasons": json.dumps(decision.reasons),
+            "gate.policy": json.dumps(asdict(policy)), "gate.champion_version": record["champion_version"] or ""}
     if champion is not None:
-        record.update(champion.tags("gate.champion"))
-    for k, v in record.items():
+        tags.update(champion.tags("gate.champion"))
+    for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
+    _append(client, name, version, record)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
         if current is not None:
             client.set_model_version_tag(name, current.version, "gate.replaced_by", str(version))
     return decision
 
+
+@guarded("rolling the champion back")
+def rollback(tracking_uri: str, name: str, context: dict | None = None) -> tuple[str, str]:
+    """Move ``champion`` back to the version it replaced last (the history's latest promotion of
+    the current champion names it), recorded in the history as a rollback. Returns (the version
+    that was champion, the champion now)."""
+    client = client_for(tracking_uri)
+    current = champion_version(client, name)
+    if current is None:
+        raise TrackingError(f"registered model {name!r} has no champion to roll back")
+    now = str(current.version)
+    made = [r for r in history(tracking_uri, name)
+            if r.get("version") == now and r.get("action") == "gate" and r.get("verdict") == "promoted"]
+    previous = made[-1].get("champion_version") if made else None
+    if not previous:
+        raise TrackingError(f"{name}@{CHAMPION} (version {now}) replaced no earlier champion: nothing to roll back to")
+    record = {**_record(None, "rollback", previous, now, None, None, None, context), "verdict": "promoted",
+              "replaced": now, "reasons": [f"rollback: version {now} replaced by the champion before it, {previous}"]}
+    _append(client, name, previous, record)
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_model_version_tag(name, now, "gate.rolled_back_to", previous)
+    return now, previous
 
 
 def _run_tree(client, run_id: str) -> list:
@@ -173,10 +294,13 @@ def from_run(tracking_uri: str, run_id: str) -> tuple[str, Evaluation, dict[str,
 
 def register_and_gate(tracking_uri: str, name: str, model_uri: str, evaluation: Evaluation,
                       lineage: dict[str, str] | None = None, policy: GatePolicy | None = None,
-                      run_id: str | None = None) -> tuple[str, Decision]:
-    """:func:`register` the model as the challenger, then run the gate (:func:`promote`)."""
+                      run_id: str | None = None, test_data: str | None = None, device: str = "auto",
+                      context: dict | None = None) -> tuple[str, Decision]:
+    """:func:`register` the model as the challenger, then run the gate (:func:`promote`; with
+    ``test_data``, on the champion re-evaluated there): what ``ffr promote`` and the pipelines'
+    register step both call."""
     version = register(tracking_uri, name, model_uri, evaluation, lineage, run_id)
-    return version, promote(tracking_uri, name, version, policy)
+    return version, promote(tracking_uri, name, version, policy, test_data, device, context)
 
 
 def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str, metrics: dict, test_data: str,
@@ -194,6 +318,8 @@ def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         return {"registered": False, "summary": "no MLflow tracking server configured: not registered"}
+    from mlflow.entities import RunTag
+
     from ffr.data.manifest import Manifest
     from ffr.integrations.mlflow_runs import mlflow_run, pipeline_run
     from ffr.train.loop import load_checkpoint
@@ -209,7 +335,17 @@ def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str
             net, meta = load_checkpoint(checkpoint)
             t.log_model(net, meta)
             logged = t.model_uri
+        context = {"pipeline_run_id": pipeline_run_id, "register_run_id": t.run_id}
         version, d = register_and_gate(uri, name, logged, Evaluation.from_metrics(metrics), lineage, policy,
-                                       None if logged_model_uri else t.run_id)
-    return {"registered": True, "model": name, "version": version, "promoted": d.promote, "refused": d.refused,
-            "reasons": d.reasons, "summary": f"version {version}: {d.summary}"}
+                                       None if logged_model_uri else t.run_id, test_data, context=context)
+        result = {"registered": True, "model": name, "version": version, "promoted": d.promote,
+                  "refused": d.refused, "reasons": d.reasons, "summary": f"version {version}: {d.summary}"}
+        # the decision where a user looks: the register run and the pipeline's own run
+        shown = {"gate.decision": "promoted" if d.promote else ("refused" if d.refused else "rejected"),
+                 "gate.version": version, "gate.summary": result["summary"][:4000]}
+        t.set_tags(shown)
+        t.log_metrics({"gate/promoted": float(d.promote)})
+        t.client.log_dict(t.run_id, {**result, "history": history(uri, name)}, "gate/decision.json")
+        if parent:
+            t.client.log_batch(parent, tags=[RunTag(k, str(v)) for k, v in shown.items()])
+    return result

@@ -258,6 +258,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
     result = StageResult(model, final_ckpt, history, key, best_epoch, best_val, state, meta, reused)
     if "stop_reason" in meta:  # how the budget ended: epochs done, max_steps reached, or patience
         tracker.log_params({"steps_taken": meta["steps"], "stop_reason": meta["stop_reason"]})
+    tracker.log_selection(best_val, best_epoch)  # the run's val/* metrics: the selected checkpoint's
     tracker.log_history(records)
     tracker.log_model(model, meta)
     result.model_uri = getattr(tracker, "model_uri", None)

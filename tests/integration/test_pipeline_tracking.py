@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -45,69 +45,114 @@ def test_register_component_without_a_tracking_server(make_dataset, tmp_path, mo
     assert json.loads((tmp_path / "decision").read_text())["registered"] is False
 
 
+def _data_revision(proj: Path, git: str, dvc: str, env: dict, tag: str, per_digit: int) -> str:
+    """A new revision of the DVC project's dataset (another size: other images, another test
+    split), tagged and pushed; returns its DVC version."""
+    from ffr.data.demo import DemoSpec, make_demo
+
+    shutil.rmtree(proj / "data", ignore_errors=True)
+    make_demo(proj / "data", DemoSpec(per_digit=per_digit))
+    run([dvc, "add", "-q", "data"], proj, env)
+    run([git, "add", "-A"], proj, env)
+    run([git, "commit", "-qm", f"data {tag}"], proj, env)
+    run([git, "tag", tag], proj, env)
+    run([dvc, "push", "-q"], proj, env)
+    return yaml.safe_load((proj / "data.dvc").read_text())["outs"][0]["md5"]
+
+
 @pytest.mark.slow
-def test_retrain_pipeline_tracks_registers_and_gates(tmp_path, mlflow_env, s3_env, bucket, monkeypatch):
+def test_retrain_promotes_on_new_data_keeps_the_history_and_rolls_back(tmp_path, mlflow_env, s3_env, bucket, capsys):
+    """Scheduled retraining as it runs: a DVC data repository whose second revision has another test
+    split. Revision 1 makes the champion; on revision 2 the champion is evaluated again on the new
+    test split before the gate, so a better challenger is promoted (not refused for other data)
+    and a worse one is kept; `ffr promote --history` lists the three decisions with their data;
+    `--rollback` restores the first champion."""
     import mlflow
     from mlflow import MlflowClient
 
-    from ffr.data.demo import DemoSpec, make_demo
+    from ffr.cli import main
     from ffr.kubeflow.pipelines.run import run_local
+    from ffr.promotion import Evaluation, GatePolicy, decide
 
-    # A DVC project holding a small demo dataset at tag v1, its data in the S3 remote.
     env = _env(tmp_path, {**DUMMY_AWS})
     dvc, git = binary("dvc"), shutil.which("git")
     proj = tmp_path / "data-repo"
     proj.mkdir()
-    make_demo(proj / "data", DemoSpec(per_digit=10))
     run([git, "init", "-q"], proj, env)
     run([dvc, "init", "-q"], proj, env)
     run([dvc, "remote", "add", "-d", "s3store", f"s3://{bucket}/dvc"], proj, env)
     run([dvc, "remote", "modify", "--local", "s3store", "endpointurl", s3_env.url], proj, env)
-    run([dvc, "add", "-q", "data"], proj, env)
-    run([git, "add", "-A"], proj, env)
-    run([git, "commit", "-qm", "data v1"], proj, env)
-    run([git, "tag", "v1"], proj, env)
-    run([dvc, "push", "-q"], proj, env)
-    md5 = yaml.safe_load((proj / "data.dvc").read_text())["outs"][0]["md5"]
-
-    params = {"data_repo": str(proj), "data_path": "data", "data_rev": "v1", "data_endpoint": s3_env.url,
-              "bias_rate": 0.9, "min_val_per_group": 2, "num_shards": 1, "pretrain_epochs": 2, "finetune_epochs": 2, "min_steps": 0,
-              "device": "cpu", "registered_model_name": "retrain-test", "gate_floor": 0.0}
-    result = run_local("retrain", params, tmp_path / "runs", progress=False, mlflow=mlflow_env.url)
+    md5 = {"v1": _data_revision(proj, git, dvc, env, "v1", 10), "v2": _data_revision(proj, git, dvc, env, "v2", 14)}
+    name = "retrain-test"
+    # a mild bias (0.6): a few epochs learn every group, so "better" is a matter of training, not luck
+    base = {"data_repo": str(proj), "data_path": "data", "data_endpoint": s3_env.url, "bias_rate": 0.6,
+            "min_val_per_group": 2, "num_shards": 1, "min_steps": 0, "device": "cpu", "registered_model_name": name,
+            "gate_floor": 0.0, "gate_tolerance": 1.0, "gate_margin": 0.0}
+    weak = {"pretrain_epochs": 1, "finetune_epochs": 1, "pretrain_lr": 1e-7, "finetune_lr": 1e-7}
+    strong = {"pretrain_epochs": 4, "finetune_epochs": 10, "pretrain_lr": 1e-3, "finetune_lr": 1e-3,
+              "batch_size": 16, "min_steps": 150}
+    runs = tmp_path / "runs"
+    first = run_local("retrain", {**base, **weak, "data_rev": "v1"}, runs, progress=False, mlflow=mlflow_env.url)
+    second = run_local("retrain", {**base, **strong, "data_rev": "v2"}, runs, progress=False, mlflow=mlflow_env.url)
+    third = run_local("retrain", {**base, **weak, "data_rev": "v2", "gate_margin": 0.5}, runs, progress=False,
+                      mlflow=mlflow_env.url)
 
     mlflow.set_tracking_uri(mlflow_env.url)
     client = MlflowClient(mlflow_env.url, registry_uri=mlflow_env.url)
-    exp = client.get_experiment_by_name("ffr")
-    parent = client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'retrain'")[0]
-    assert parent.info.status == "FINISHED" and parent.data.params["data_rev"] == "v1"
-    steps = {r.info.run_name: r for r in client.search_runs(
-        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
-    assert set(steps) == {"pretrain", "finetune", "evaluate ffr", "register"}
-    fine = steps["finetune"]
-    assert [m.step for m in sorted(client.get_metric_history(fine.info.run_id, "val/worst_group_acc"),
-                                   key=lambda m: m.step)] == [0, 1]
-    assert "test/groups.json" in {a.path for a in client.list_artifacts(steps["evaluate ffr"].info.run_id, "test")}
-    assert steps["register"].data.metrics["test/worst_group_acc"] == pytest.approx(
-        result.results["ffr"]["worst_group_acc"])
+    assert main(["promote", "--mlflow", mlflow_env.url, "--name", name, "--history"]) == 0
+    listed = capsys.readouterr().out
+    from ffr.integrations.model_registry import history
 
-    version = client.get_model_version_by_alias("retrain-test", "champion")
-    tags = version.tags
-    assert tags["gate.decision"] == "promoted"
-    assert tags["lineage.data.source.rev"] == "v1" and tags["lineage.data.source.dvc_md5"] == md5
-    assert tags["lineage.data.source.commit"] == run([git, "rev-parse", "v1"], proj, env).strip()
-    assert tags["lineage.pipeline_run_id"] == parent.data.tags["ffr.pipeline_run_id"]
-    # One model per training run: the champion is step 2's logged model, whose source run holds the
-    # training parameters; the version names the code that made it.
-    assert version.run_id == fine.info.run_id and fine.data.params["finetune.epochs"] == "2"
+    h = history(mlflow_env.url, name)
+    assert [r["version"] for r in h] == ["1", "2", "3"] and [r["verdict"] for r in h] == ["promoted", "promoted",
+                                                                                          "rejected"], h
+    digest = {v: r.results["ffr"]["data_digest"] for v, r in (("v1", first), ("v2", second))}
+    assert digest["v1"] != digest["v2"]  # the revisions' test splits differ
+    assert h[0]["champion"] is None and h[0]["challenger"]["test_digest"] == digest["v1"]
+    for r in h[1:]:  # the champion was evaluated again, on the challenger's test split
+        assert r["challenger"]["test_digest"] == r["champion"]["test_digest"] == digest["v2"], r
+        ch, cp = (Evaluation(e["worst_group_acc"], e["groups"], e["test_digest"]) for e in (r["challenger"], r["champion"]))
+        assert decide(ch, cp, GatePolicy(**r["policy"])).promote == (r["verdict"] == "promoted")
+        assert r["pipeline_run_id"]
+    assert h[1]["champion"]["worst_group_acc"] < h[1]["challenger"]["worst_group_acc"]
+    assert third.results["ffr"]["data_digest"] == digest["v2"]
+    assert all(d["test_digest"][:12] in listed for r in h for d in (r["challenger"], r["champion"]) if d)
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    # the decision is shown where users look: the register run and the pipeline's own run
+    exp = client.get_experiment_by_name("ffr")
+    parents = client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'retrain'",
+                                 order_by=["attributes.start_time ASC"])
+    assert [p.data.tags["gate.decision"] for p in parents] == ["promoted", "promoted", "rejected"]
+    # rollback: the champion before version 2, recorded as a decision too
+    assert main(["promote", "--mlflow", mlflow_env.url, "--name", name, "--rollback"]) == 0
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    h = history(mlflow_env.url, name)
+    assert h[-1]["action"] == "rollback" and h[-1]["version"] == "1" and h[-1]["replaced"] == "2"
+    assert main(["promote", "--mlflow", mlflow_env.url, "--name", name, "--rollback"]) == 3  # nothing before v1
+
+    # One model, linked: the version's logged model knows its versions and carries its test
+    # numbers; the stage runs show the selected epoch, and their val/* are the selected checkpoint's
+    v2 = client.get_model_version(name, "2")
+    assert v2.source.startswith("models:/m-")  # the version points at the logged model, as register_model does
+    logged = client.get_logged_model(v2.source.removeprefix("models:/"))
+    assert {"name": name, "version": "2"} in json.loads(logged.tags["mlflow.modelVersions"])
+    assert {m.key for m in logged.metrics} >= {"test/worst_group_acc", "val/worst_group_acc", "best_epoch"}
+    fine = client.get_run(v2.run_id)
+    assert fine.info.run_name == "finetune" and "best_epoch" in fine.data.metrics
+    curve = {m.step: m.value for m in client.get_metric_history(fine.info.run_id, "epoch/val/worst_group_acc")}
+    assert fine.data.metrics["val/worst_group_acc"] == pytest.approx(curve[int(fine.data.metrics["best_epoch"])])
+    assert md5["v1"] != md5["v2"]
+    tags = v2.tags
+    assert tags["lineage.data.source.rev"] == "v2" and tags["lineage.data.source.dvc_md5"] == md5["v2"]
+    assert tags["lineage.data.source.commit"] == run([git, "rev-parse", "v2"], proj, env).strip()
     import ffr
 
     assert tags["ffr.version"] == ffr.__version__ and tags.get("ffr.git_commit")
-    assert parent.data.tags["ffr.version"] == ffr.__version__
     import pandas as pd
 
     from ffr.integrations.serving import example_png
 
-    model = mlflow.pyfunc.load_model("models:/retrain-test@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     answer = model.predict(pd.DataFrame({"image": [example_png(32)] * 3}))
     assert len(answer) == 3 and set(answer["class"]) <= {"low", "high"}
 

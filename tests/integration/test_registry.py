@@ -102,7 +102,7 @@ def test_gate_promotes_better_and_refuses_worse_or_regressed(mlflow_env, model_u
     with torch.inference_mode():
         expected = torch.softmax(logged[1](BatchTransform("imagenet")(torch.from_numpy(pixels).permute(0, 3, 1, 2))), 1)
     assert list(out.columns) == ["class", "probabilities", "model_version"] and len(out) == 5
-    got = np.array([[json.loads(p)[c] for c in ("a", "b")] for p in out["probabilities"]])
+    got = np.array([[p[c] for c in ("a", "b")] for p in out["probabilities"]])
     assert np.allclose(got, expected.numpy(), atol=1e-5)
     assert list(out["class"]) == [("a", "b")[i] for i in expected.argmax(1).tolist()]
 

@@ -53,9 +53,14 @@ def test_compare_run_logs_nested_runs_metrics_tables_and_model(mlflow_env, tmp_p
     stages = {r.info.run_name: r for r in _children(client, ffr_cell)}
     assert set(stages) == {"pretrain", "finetune"}
     fine = stages["finetune"]
-    history = client.get_metric_history(fine.info.run_id, "val/worst_group_acc")
+    history = client.get_metric_history(fine.info.run_id, "epoch/val/worst_group_acc")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
-    assert len(client.get_metric_history(fine.info.run_id, "train/loss")) == 2
+    assert len(client.get_metric_history(fine.info.run_id, "epoch/train/loss")) == 2
+    # the run's own numbers are the selected checkpoint's, not the last epoch's
+    stage = record["stages"][-1]
+    assert fine.data.metrics["val/worst_group_acc"] == pytest.approx(stage["val"]["worst_group_acc"])
+    assert fine.data.metrics["best_epoch"] == stage["best_epoch"] and fine.data.tags["ffr.best_epoch"] == \
+        str(stage["best_epoch"])
     assert any(k.startswith("val/group/") and k.endswith("/acc") for k in fine.data.metrics)
     arts = {a.path for a in client.list_artifacts(fine.info.run_id, "test")} | \
         {a.path for a in client.list_artifacts(fine.info.run_id, "figures")}

@@ -379,6 +379,10 @@ def registration_lines(run_dir: str | os.PathLike) -> list[str]:
             verdict = "promoted to @champion" if d.get("promoted") else ("refused" if d.get("refused") else
                                                                          "not promoted (champion kept)")
             lines.append(f"registered: {d['model']} version {d['version']}, {verdict}: {d['summary']}")
+            if (Path(run_dir) / "mlflow.db").is_file():
+                alias = "" if d.get("promoted") else f" --version {d['version']}"
+                lines.append(f"serve it: ffr serve {d['model']}{alias} --mlflow-dir {run_dir}  (then: "
+                             f"ffr serve prints a curl line that asks it about an image)")
         else:
             lines.append(f"registered: no ({d.get('summary', '')})")
     return lines
