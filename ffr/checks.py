@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 
-from ffr.config import ExperimentConfig, with_overrides
+from ffr.config import ExperimentConfig, from_dict, with_overrides, yaml_load
 from ffr.rules import ConfigError, Problem, refuse, unique
 
 
@@ -146,3 +146,18 @@ def check_sweep(cfg: ExperimentConfig) -> ExperimentConfig:
         problems += [p.within(f"datasets.{name}") for p in experiment_problems(eff)]
     refuse(problems)
     return cfg
+
+
+def sweep_config(text: str | dict) -> ExperimentConfig:
+    """The sweep config of a run form's ``config`` field (YAML text, or a mapping), checked as
+    ``ffr sweep`` checks one (:func:`check_sweep`).
+
+    Args:
+        text: The YAML text of a sweep config (what ``ffr sweep --config`` reads), or its mapping.
+    """
+    data = yaml_load(text, "config") if isinstance(text, str) else text
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping (a sweep config, as `ffr sweep --config` reads), got {data!r}")
+    return check_sweep(from_dict(ExperimentConfig, data, "config"))

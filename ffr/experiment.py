@@ -18,18 +18,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ffr.balance import STRATEGIES, balance, pool_requirement
+from ffr.balance import STRATEGIES, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
-from ffr.grid import Cell, plan_cells
+from ffr.grid import Cell, draw_cell, plan_cells
 from ffr.paths import write_atomic, write_json
 from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
 from ffr.train import distributed as dist
 from ffr.tracker import NullTracker, Tracker, flatten, log_cell
-from ffr.train.loop import evaluate, planned_epochs, seed_everything
+from ffr.train.loop import evaluate, seed_everything
 from ffr.train.runtime import cap_threads, cpu_budget, resolve_device
-from ffr.train.stage import StageSpec, identity, objectives, read_json, run_stage
+from ffr.train.stage import StageSpec, objectives, read_json, run_stage
 
 
 def open_image_cache(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None,
@@ -109,13 +109,11 @@ def run_cell(cell: Cell, real: Manifest, pool: Manifest | None, cell_dir: str | 
     if cache is None:
         cache = open_image_cache(cfg, real, pool, cell_dir / "cache")
     seed_everything(cell.seed)
-    split, report = bias_rate_split(real, cell.bias_rate, cell.seed, cfg.data.min_val_per_group)
-    plan = balance(cell.strategy, split.select(split="train", source="real"), pool)
+    drawn = draw_cell(cell, real, pool)
+    report, plan, val_manifest, test_manifest = drawn.report, drawn.plan, drawn.val, drawn.test
     if dist.is_main():  # under torchrun every rank runs the cell; one writes its files
         report.save(cell_dir / "split_report.json")
         (cell_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=2) + "\n")
-    val_manifest = split.select(split="val", source="real")
-    test_manifest = split.select(split="test", source="real")
     test = cache.tensors(test_manifest)
     results: dict[str, Any] = {}
     stages = []
@@ -235,37 +233,6 @@ def _run_cells(cfg: ExperimentConfig, real: Manifest, pool: Manifest | None, out
             caches[size] = open_image_cache(cell.config, real, pool, out / "cache")
         records.append(run_cell(cell, real, pool, cdir, caches[size], stage_cache=stage_cache, dataset=dataset))
     return records
-
-
-def grid_cost(cfg: ExperimentConfig, real: Manifest) -> dict:
-    """What the grid of ``cfg`` on ``real`` costs, without training: cells, distinct trained stages
-    (after sharing: FFR's step 1 across objectives and variants, ERM's model for DFR), and the
-    images those stages pass through the model in training and in per-epoch validation (at most:
-    the step budget's epochs, before any early stop)."""
-    splits: dict[tuple, tuple[int, int, dict]] = {}
-    stages: dict[str, tuple[int, int]] = {}
-    cells = plan_cells(cfg)
-    for cell in cells:
-        rate, seed = cell.bias_rate, cell.seed
-        if (rate, seed) not in splits:
-            split, _ = bias_rate_split(real, rate, seed, cfg.data.min_val_per_group)
-            counts = split.select(split="train", source="real").group_counts()
-            splits[(rate, seed)] = (sum(counts.values()), len(split.select(split="val", source="real")), counts)
-        n_real, n_val, counts = splits[(rate, seed)]
-        impl = STRATEGIES.get(cell.strategy)
-        sizes = dict(impl.stage_sizes(n_real, sum(impl.synthetic_budget(counts).values())))
-        init = None
-        for plan in cell.stages:
-            request = cell.request(plan)
-            trainer = objectives(request)[1]
-            # the stage's identity without its data: (stage or strategy, rate, seed) stands for it
-            init = json.dumps([plan.name if plan.data == "synthetic" else cell.strategy, rate, seed,
-                               asdict(request.loop_settings(plan.data != "real")), identity(trainer), init],
-                              sort_keys=True, default=str)
-            epochs = planned_epochs(request.settings, sizes[plan.name], request.settings.batch_size)
-            stages[init] = (sizes[plan.name] * epochs, n_val * epochs)
-    return {"cells": len(cells), "trained_stages": len(stages),
-            "train_images": sum(t for t, _ in stages.values()), "val_images": sum(v for _, v in stages.values())}
 
 
 def _die_with_parent() -> None:

@@ -1,6 +1,7 @@
 """The grid of an experiment: which cells (strategy × bias rate × seed × hyperparameters ×
-objective) a config asks for, and each cell's stages as requests. Pure planning over the config and
-the strategies' stage plans — no data, no training; :mod:`ffr.experiment` runs the cells
+objective) a config asks for, each cell's stages as requests, and what a cell draws from the data
+before any training (:func:`draw_cell`: its bias-rate split and balancing plan; :func:`stage_keys`:
+the keys its stages train under). Planning only — nothing is trained here; :mod:`ffr.experiment` runs the cells
 (:func:`ffr.experiment.run_cell`: split, balance, the stages in plan order, evaluation),
 :mod:`ffr.checks` validates every one, the Kubeflow run plan (:mod:`ffr.runform`) and ``ffr
 train`` take their requests from :meth:`Cell.requests` / :meth:`ffr.train.request.StageRequest.for_stage`."""
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
-from ffr.balance import STRATEGIES, StagePlan
+from ffr.balance import STRATEGIES, StagePlan, balance
 from ffr.config import ExperimentConfig, with_overrides
+from ffr.data.manifest import Manifest
+from ffr.data.splits import bias_rate_split
 from ffr.train.request import StageRequest
+from ffr.train.stage import StageSpec, identity, objectives
 
 
 @dataclass
@@ -110,3 +115,38 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
                     for seed in cfg.seeds:
                         cells.append(Cell(strategy, float(rate), int(seed), hp, eff))
     return cells
+
+
+@dataclass
+class DrawnCell:
+    """What a cell draws from the data before any training: the bias-rate split (and its report),
+    the strategy's balancing plan (each stage's training set), the real validation and test rows."""
+
+    split: Manifest
+    report: Any
+    plan: Any
+    val: Manifest
+    test: Manifest
+
+
+def draw_cell(cell: Cell, real: Manifest, pool: Manifest | None) -> DrawnCell:
+    """The recipe's first half for ``cell``: split ``real`` to the cell's bias rate with its seed,
+    balance its training rows with the strategy (``pool``: the synthetic images)."""
+    split, report = bias_rate_split(real, cell.bias_rate, cell.seed, cell.config.data.min_val_per_group)
+    plan = balance(cell.strategy, split.select(split="train", source="real"), pool)
+    return DrawnCell(split, report, plan, split.select(split="val", source="real"),
+                     split.select(split="test", source="real"))
+
+
+def stage_keys(cell: Cell, drawn: DrawnCell) -> list[tuple[str, str, str | None]]:
+    """Every stage of ``cell``, in plan order: (stage name, stage key, the key of the stage it
+    starts from) — the keys the stage driver trains or finds them under (:meth:`StageSpec.key`),
+    computed without training anything."""
+    keys, out = {}, []
+    for stage in drawn.plan.stages:
+        request = cell.request(stage.plan)
+        init_key = keys.get(stage.init_from)
+        key = StageSpec(request, stage.train, drawn.val, init_key=init_key).key(identity(objectives(request)[1]))
+        keys[stage.name] = key
+        out.append((stage.name, key, init_key))
+    return out

@@ -96,6 +96,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_val_per_group": (lambda v: _integer(v) and v >= 1, "must be at least 1"),
     "count": (lambda v: _integer(v) and v >= 1, "must be at least 1"),
     "parallelism": (lambda v: _integer(v) and v >= 0, "must be 0 (no cap) or more"),
+    "positive": (lambda v: _number(v) and v > 0, "must be positive"),
     # the promotion gate's margin, tolerance and floor (accuracies as fractions)
     "fraction": (lambda v: _number(v) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
 }

@@ -175,7 +175,15 @@ def form_problems(values: dict) -> list[Problem]:
 
 def check_form(values: dict, what: str = "run configuration") -> ExperimentConfig:
     """The experiment of a run form, or one :class:`~ffr.rules.ConfigError` listing every
-    problem (:func:`form_problems`)."""
+    problem (:func:`form_problems`). The sweep pipeline's form holds its grid as a config document
+    (``config``): it is checked as ``ffr sweep`` checks one :func:`ffr.checks.sweep_config`)."""
+    if "config" in values:
+        from ffr.checks import sweep_config
+
+        refuse(check("count", values.get("stages_per_task", 1), "stages_per_task")
+               + check("count", values.get("cells_per_task", 1), "cells_per_task")
+               + [p for name in _GATE if name in values for p in check("fraction", values[name], name)], what)
+        return sweep_config(values["config"])
     refuse(form_problems(values), what)
     return form_config(values)[0]
 

@@ -27,6 +27,9 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None:
         """Flat parameters (see :func:`flatten`)."""
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Tags that say what the run is (strategy, objective, ...), for grouping and filtering."""
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Scalars with stable names (``val/worst_group_acc``, ``train/loss`` ...)."""
 
@@ -59,6 +62,7 @@ class NullTracker:
 
     def close(self): pass
     def log_params(self, params): pass
+    def set_tags(self, tags): pass
     def log_metrics(self, metrics, step=None): pass
     def log_dataset(self, dataset, context, location=None): pass
     def log_evaluation(self, metrics, prefix): pass
@@ -102,7 +106,7 @@ def dataset_record(manifest, location: str | None = None) -> dict:
             "columns": [str(c) for c in manifest.frame.columns], "location": str(location or manifest.root)}
 
 
-def log_cell(tracker: Tracker, cfg, record: dict) -> None:
+def log_cell(tracker: Tracker, cfg, record: dict, log_model: bool = True) -> None:
     """Report one finished ``compare`` cell from its record (:func:`ffr.experiment.run_cell`), so
     cells run in worker processes, resumed or shared through the stage cache are reported alike:
     the cell's parameters, its validation/test datasets and metrics, and a nested run per stage
@@ -114,6 +118,11 @@ def log_cell(tracker: Tracker, cfg, record: dict) -> None:
 
     from ffr.metrics import flat_metrics
 
+    import json as _json
+
+    tracker.set_tags({"ffr.strategy": record["strategy"], "ffr.objective": record["objective"],
+                      "ffr.bias_rate": record["bias_rate"], "ffr.seed": record["seed"],
+                      "ffr.candidate": _json.dumps(record.get("hparams") or {}, sort_keys=True)})
     tracker.log_params({"strategy": record["strategy"], "bias_rate": record["bias_rate"], "seed": record["seed"],
                         **flatten(record.get("hparams") or {}, "hparams."), **flatten(cfg)})
     for context, info in (record.get("datasets") or {}).items():
@@ -134,7 +143,7 @@ def log_cell(tracker: Tracker, cfg, record: dict) -> None:
             st.log_selection(stage["val"], stage["best_epoch"])
         st.log_history(history)
         st.log_evaluation(stage["test"], "test")
-        if i == len(record["stages"]) - 1:
+        if log_model and i == len(record["stages"]) - 1:
             from ffr.train.loop import load_checkpoint
 
             model, meta = load_checkpoint(ckpt)

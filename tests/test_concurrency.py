@@ -173,7 +173,7 @@ class DyingTracker:
         return self
 
     def __getattr__(self, name):
-        if name.startswith("log_") or name == "close":
+        if name.startswith(("log_", "set_")) or name == "close":
             return self._call
         raise AttributeError(name)
 

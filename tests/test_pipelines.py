@@ -29,7 +29,10 @@ from ffr.rules import ConfigError  # noqa: E402
 TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
         "device": "cpu"}
 # Executor name prefix → step kind (ffr/kubeflow/pipelines/platform.py).
-KINDS = {"exec-check-config": "check", "exec-plan-baselines": "check", "exec-finish-tracking": "track", "exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
+KINDS = {"exec-check-config": "check", "exec-plan-baselines": "check", "exec-check-sweep-config": "check",
+         "exec-sweep-work": "check", "exec-prepare-sweep-data": "synthesis", "exec-plan-sweep-stages": "data",
+         "exec-train-sweep-batch": "train", "exec-evaluate-sweep-batch": "evaluate", "exec-sweep-report": "evaluate",
+         "exec-register-sweep-selection": "track", "exec-finish-tracking": "track", "exec-prepare-data": "data", "exec-synthesize-shard": "synthesis", "exec-collect-shards": "data",
          "exec-balance-data": "data", "exec-train-model": "train", "exec-evaluate-model": "evaluate",
          "exec-comparison-report": "evaluate", "exec-start-tracking": "track", "exec-register-model": "track",
          "exec-fetch-data-revision": "data"}
@@ -136,12 +139,13 @@ def test_every_step_runs_after_the_config_check_inside_an_exit_handler(tmp_path,
         return seen
 
     steps = [n for n, t in tasks.items() if spec.components[t.component_ref.name].executor_label]
+    check = "check-sweep-config" if name == "sweep" else "check-config"
     for n in steps:
-        if n not in ("check-config", "finish-tracking"):
-            assert "check-config" in ancestors(n), f"{n} may run before the config check"
-    # the data steps' cache keys on the data: prepare takes the check's fingerprint
-    digest = tasks["prepare-data"].inputs.parameters["source_digest"].task_output_parameter
-    assert digest.producer_task == "check-config" and digest.output_parameter_key == "fingerprint"
+        if n not in (check, "finish-tracking"):
+            assert check in ancestors(n), f"{n} may run before the config check"
+    if name != "sweep":  # the data steps' cache keys on the data: prepare takes the check's fingerprint
+        digest = tasks["prepare-data"].inputs.parameters["source_digest"].task_output_parameter
+        assert digest.producer_task == "check-config" and digest.output_parameter_key == "fingerprint"
     assert group.startswith("exit-handler")
 
 
@@ -176,7 +180,7 @@ def test_bad_scheduling_options_are_refused(tmp_path, capsys, args, msg):
     assert msg in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
 
 
-@pytest.mark.parametrize("name", PIPELINES.names())
+@pytest.mark.parametrize("name", [n for n in PIPELINES.names() if n != "sweep"])  # the sweep: test_sweep_pipeline
 def test_the_training_steps_take_the_checked_run_plan_and_follow_the_stage_plan(tmp_path, name):
     """Every training step takes the check step's run plan (the requests, whole) and names its
     strategy and stage; FFR's steps are laid out from its stage plan (step 2 starting from step

@@ -204,7 +204,7 @@ def test_shortcut_probe_of_a_sweeps_selected_cells(reference, capsys):
 @pytest.mark.slow
 def test_grid_cost_counts_what_the_sweep_trains(reference):
     from ffr.data.manifest import Manifest
-    from ffr.experiment import grid_cost
+    from ffr.sweep_plan import grid_cost
 
     out, records = reference
     cost = grid_cost(tiny_cfg(), Manifest.load(out / "data"))

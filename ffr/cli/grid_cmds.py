@@ -38,10 +38,18 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         from ffr.checks import check_sweep
         from ffr.config import with_overrides
-        from ffr.experiment import grid_cost, prepare_real
+        from ffr.experiment import prepare_real
+        from ffr.sweep_plan import grid_cost
         from ffr.grid import search_budget
 
         check_sweep(cfg)  # what the run would refuse, the dry run refuses
+        from ffr.rules import check, refuse
+
+        if args.plan_for_cluster is not None:
+            refuse(check("positive", args.plan_for_cluster, "--plan-for-cluster")
+                   + check("count", args.cluster_workers, "--cluster-workers")
+                   + check("count", args.stages_per_task, "--stages-per-task")
+                   + check("count", args.cells_per_task, "--cells-per-task"), "options")
         for name, overrides in (cfg.datasets or {"": {}}).items():
             eff = with_overrides(cfg, dict(overrides or {}))
             cost = grid_cost(eff, prepare_real(eff, Path(args.out) / name))
@@ -49,6 +57,16 @@ def cmd_sweep(args) -> int:
                   f"{cost['train_images']:,} training and {cost['val_images']:,} validation image passes")
             for objective, counts in search_budget(eff).items():
                 print(f"  search candidates ({objective}): " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+            if args.plan_for_cluster is not None:
+                from ffr.sweep_plan import cluster_estimate
+
+                est = cluster_estimate(cost, args.plan_for_cluster, args.cluster_workers, args.stages_per_task,
+                                       args.cells_per_task)
+                print(f"  on a cluster (`ffr run/submit sweep`): {est['training_tasks']} training tasks of "
+                      f"{args.stages_per_task} stages and {est['evaluation_tasks']} evaluation tasks; at "
+                      f"{args.plan_for_cluster:,.0f} images/s a worker, about {est['hours']:.1f} h of training on "
+                      f"{args.cluster_workers} workers (an estimate: pod start-up and the wait between levels "
+                      "not counted)")
         if stage_cache is not None:
             held = sum(1 for _ in stage_cache.glob("*/model.pt.json")) if stage_cache.is_dir() else 0
             print(f"(every stage counted; {stage_cache} holds {held} trained stages, and those this grid shares "
@@ -137,6 +155,14 @@ def add_parsers(sub) -> None:
                    help="print the grid's cost (cells, trained stages, image passes) and stop")
     p.add_argument("--workers", type=int, default=1, help="cells run in this many processes (default 1)")
     p.add_argument("--stage-cache", metavar="DIR", help=_STAGE_CACHE_HELP)
+    p.add_argument("--plan-for-cluster", type=float, metavar="IMAGES_PER_S",
+                   help="with --dry-run: the tasks of the Kubeflow sweep pipeline and the wall time at this many "
+                        "images per second a worker (measure it: benchmarks/bench_train.py)")
+    p.add_argument("--cluster-workers", type=int, default=8, help="with --plan-for-cluster: workers (default 8)")
+    p.add_argument("--stages-per-task", type=int, default=8, help="with --plan-for-cluster: the pipeline's "
+                                                                  "stages_per_task (default 8)")
+    p.add_argument("--cells-per-task", type=int, default=16, help="with --plan-for-cluster: the pipeline's "
+                                                                 "cells_per_task (default 16)")
     p.set_defaults(func=cmd_sweep)
 
     probe = sub.add_parser("probe", help="diagnostics")

@@ -116,3 +116,25 @@ def test_retrain_pipeline_fetches_its_data_in_the_image(root, in_image):
                     root.runs, progress=False, mlflow=None, runner=in_image)
     assert "fetch_data_revision" in [f for _, f in ChrootTaskHandler.executed]
     assert list(run.results) == ["ffr"]
+
+
+def test_the_sweep_pipeline_compiled_for_a_cluster_runs_in_the_image(root, in_image, tmp_path):
+    """`ffr compile sweep --gpu --parallelism 4`, loaded back and run with every step in the image:
+    the data, the plan, the levels of training into the stage store, the cells, the report."""
+    import yaml
+
+    from ffr.kubeflow.pipelines.platform import Platform
+    from ffr.kubeflow.pipelines.run import compile_pipeline, run_local
+    from chroot import ChrootTaskHandler
+
+    config = {"data": {"dataset": "demo", "image_size": 16, "demo": {"per_digit": 10, "image_size": 16}},
+              "strategies": ["none", "ffr"], "bias_rates": [0.9], "seeds": [0], "device": "cpu",
+              **{s: {"epochs": 1, "min_steps": 0, "batch_size": 32} for s in ("train", "pretrain", "finetune")}}
+    compiled = compile_pipeline("sweep", root.runs / "sweep.yaml", Platform(gpu=True, parallelism=4),
+                                {"config": yaml.safe_dump(config)})
+    run = run_local("sweep", {}, root.runs, progress=False, mlflow=None, runner=in_image, compiled=compiled)
+    assert sorted({r["strategy"] for r in run.results}) == ["ffr", "none"] and all(r["selected"] for r in run.results)
+    functions = [f for _, f in ChrootTaskHandler.executed]
+    assert {"check_sweep_config", "prepare_sweep_data", "plan_sweep_stages", "train_sweep_batch",
+            "evaluate_sweep_batch", "sweep_report"} <= set(functions)
+    assert len(list((run.run_dir / "stages").glob("*/model.pt.json"))) == 3  # none; FFR's steps 1 and 2

@@ -17,11 +17,17 @@ from ffr.kubeflow.components.report import comparison_report
 from ffr.kubeflow.components.synthesize import synthesize_shard
 from ffr.kubeflow.components.data_revision import fetch_data_revision
 from ffr.kubeflow.components.mlflow_run import finish_tracking, start_tracking
+from ffr.kubeflow.components.sweep import (check_sweep_config, evaluate_sweep_batch, plan_sweep_stages,
+                                           prepare_sweep_data, register_sweep_selection, sweep_report, sweep_work,
+                                           train_sweep_batch)
 from ffr.kubeflow.components.train import train_model
 
 ALL = [check_config, plan_baselines, prepare_data, synthesize_shard, collect_shards, balance_data, train_model, evaluate_model,
-       comparison_report, start_tracking, finish_tracking, fetch_data_revision, register_model]
+       comparison_report, start_tracking, finish_tracking, fetch_data_revision, register_model, check_sweep_config,
+       prepare_sweep_data, plan_sweep_stages, sweep_work, train_sweep_batch, evaluate_sweep_batch, sweep_report,
+       register_sweep_selection]
 
 __all__ = ["ALL", "base_image", "check_config", "plan_baselines", "finish_tracking", "prepare_data", "synthesize_shard", "collect_shards", "balance_data",
            "train_model", "evaluate_model", "comparison_report", "start_tracking", "fetch_data_revision",
-           "register_model"]
+           "register_model", "check_sweep_config", "prepare_sweep_data", "plan_sweep_stages", "sweep_work",
+           "train_sweep_batch", "evaluate_sweep_batch", "sweep_report", "register_sweep_selection"]

@@ -12,9 +12,10 @@ from ffr.kubeflow.pipelines import definitions
 from ffr.kubeflow.pipelines.definitions import (PIPELINES, build_comparison_pipeline, build_ffr_pipeline, build_retrain_pipeline,
                                    get_pipeline)
 from ffr.kubeflow.pipelines.platform import Platform
+from ffr.kubeflow.pipelines.sweep import build_sweep_pipeline  # registers the sweep pipeline
 
 __all__ = ["PIPELINES", "Platform", "get_pipeline", "build_ffr_pipeline", "build_comparison_pipeline",
-           "build_retrain_pipeline", "ffr_pipeline", "comparison_pipeline", "retrain_pipeline"]
+           "build_retrain_pipeline", "build_sweep_pipeline", "ffr_pipeline", "comparison_pipeline", "retrain_pipeline"]
 
 
 def __getattr__(attr: str):

@@ -111,7 +111,7 @@ def _params(scope: dict) -> dict:
     params. Lists and dicts are left out (the local runner splices values into the JSON of a
     dict argument as text, which breaks on nested structures; the steps log them), and so are the
     tracking settings themselves."""
-    skip = {"mlflow_uri", "mlflow_experiment", "mlflow_artifacts"}
+    skip = {"mlflow_uri", "mlflow_experiment", "mlflow_artifacts", "config"}  # the sweep's config: its report logs it
     return {k: v for k, v in scope.items()
             if k not in skip and getattr(v, "channel_type", None) in ("String", "Float", "Integer", "Boolean")}
 

@@ -108,6 +108,17 @@ PARAMETER_DOCS: dict[str, str] = {
                        "with --gpu --accelerator-limit N); 1 = one process.",
     "device": "Where training and evaluation run: auto (a GPU when the pod has one, else the CPU), cpu, cuda or "
               "cuda:N.",
+    # the sweep pipeline
+    "config": "The sweep's grid as YAML, what `ffr sweep --config` reads: data (or datasets), backbone, strategies, "
+              "objectives, bias_rates, seeds, train/pretrain/finetune settings, search per strategy, equal_search. "
+              "Checked in the first step; the default is a small digits grid that runs as it is.",
+    "stage_store": "Where the trained stages are kept, every task reaching it: s3://bucket/prefix (credentials "
+                   "from the ffr-s3 secret) or a shared folder. Stages are keyed by content: a rerun, or another "
+                   "sweep over the same data, trains only what the store lacks. Required on a cluster (ffr run "
+                   "uses the run folder).",
+    "stages_per_task": "Trained stages per training task (a task trains them one after the other): fewer, "
+                       "longer tasks for a large grid.",
+    "cells_per_task": "Cells per evaluation task.",
     # tracking and registry
     "mlflow_uri": "MLflow tracking server URI (e.g. http://mlflow.mlflow:5000); empty = $MLFLOW_TRACKING_URI "
                   "(ffr-mlflow secret); neither set: nothing is tracked or registered.",

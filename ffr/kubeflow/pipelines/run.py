@@ -30,16 +30,29 @@ class PipelineError(ValueError):
 
 
 def pipeline_parameters(pipeline) -> dict:
-    """The pipeline's parameters and their defaults, as the run form shows them."""
-    return {k: v.default for k, v in pipeline.component_spec.inputs.items()}
+    """The pipeline's parameters and their defaults, as the run form shows them (an integer
+    parameter's default is an int, also in a pipeline loaded back from its YAML, which stores 8 as 8.0)."""
+    from ffr.kubeflow.pipelines.parameters import parameter_types
+
+    types = parameter_types(pipeline)
+    return {k: int(v.default) if types[k] is int and isinstance(v.default, float) and v.default.is_integer()
+            else v.default for k, v in pipeline.component_spec.inputs.items()}
 
 
 def parse_params(items: list[str] | None) -> dict:
-    """``key=value`` strings (values parsed as YAML: ``3``, ``1e-4``, ``[a, b]``) into a dict."""
+    """``key=value`` strings (values parsed as YAML: ``3``, ``1e-4``, ``[a, b]``) into a dict;
+    ``key=@FILE`` takes the file's text (the sweep's ``config=@configs/sweep_demo.yaml``)."""
     from ffr.config import parse_set
 
     params = {}
     for item in items or []:
+        key, eq, raw = item.partition("=")
+        if eq and raw.startswith("@"):
+            path = Path(raw[1:])
+            if not path.is_file():
+                raise PipelineError(f"--param {key.strip()}=@{path}: no such file")
+            params[key.strip()] = path.read_text(encoding="utf-8")
+            continue
         key, value = parse_set(item)
         params[key] = value
     return params
@@ -64,11 +77,23 @@ class LocalRun:
     mlflow_uri: str | None = None
 
 
-def load_results(path: str | os.PathLike) -> dict[str, dict]:
+def load_results(path: str | os.PathLike) -> dict[str, dict] | list[dict]:
     """Test metrics per strategy from a pipeline's output file (an ``evaluate_model`` metrics file
-    or a ``comparison_report`` summary)."""
+    or a ``comparison_report`` summary), or a sweep's records (its ``results.json``)."""
     data = json.loads(Path(path).read_text())
+    if isinstance(data, list):
+        return data
     return data["results"] if "results" in data else {data["strategy"]: data}
+
+
+def results_text(results) -> str:
+    """A local run's results as ``ffr run`` prints them: the group table of each strategy, or a
+    sweep's tables (selected candidates with 95% intervals, worst-group accuracy per column)."""
+    if isinstance(results, list):
+        from ffr.results.tables import markdown_table, wga_pivot
+
+        return f"{markdown_table(results)}\n\n{wga_pivot(results)}"
+    return format_group_table(results)
 
 
 def _new_run_dir(runs_dir: Path, name: str) -> Path:
@@ -188,9 +213,10 @@ def result_file(run_dir: str | os.PathLike) -> Path:
     the one evaluation's metrics (the pipelines return nothing: their steps run inside an exit
     handler, and KFP takes no pipeline output from inside one)."""
     outputs = Path(run_dir) / "outputs"
-    found = sorted(outputs.glob("**/comparison-report*/summary")) or sorted(outputs.glob("**/evaluate-model*/metrics"))
+    found = (sorted(outputs.glob("**/comparison-report*/summary")) or sorted(outputs.glob("**/sweep-report*/results/results.json"))
+             or sorted(outputs.glob("**/evaluate-model*/metrics")))
     if len(found) != 1:
-        raise PipelineError(f"{outputs}: expected one comparison summary or one evaluation, found {len(found)}")
+        raise PipelineError(f"{outputs}: expected one comparison summary, sweep report or evaluation, found {len(found)}")
     return found[0]
 
 
@@ -240,7 +266,8 @@ def failure_summary(log_path: str | os.PathLike, pipeline) -> str | None:
 
 
 def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.PathLike = "runs",
-              progress: bool = True, mlflow: str | None = None, runner=None, precheck: bool = True) -> LocalRun:
+              progress: bool = True, mlflow: str | None = None, runner=None, precheck: bool = True,
+              compiled: str | os.PathLike | None = None) -> LocalRun:
     """Run pipeline ``name`` with the KFP local runner (subprocesses in this Python environment).
 
     Everything the run writes lies in one new folder ``<runs_dir>/<name>-<timestamp>/``:
@@ -254,14 +281,20 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     subprocesses of this Python environment; the image test passes one that runs each step in
     the component image). ``precheck``: refuse a bad run form here, before a run folder is made
     (False leaves it to the pipeline's first step, as on a cluster whose run form was edited).
+    ``compiled``: run this compiled YAML of pipeline ``name`` (``ffr compile``'s output, loaded
+    back) instead of building it here.
     """
     from kfp import local
 
     params = dict(params or {})
-    pipeline = get_pipeline(name, Platform.local())
+    if compiled is not None:
+        from kfp import components
+
+        pipeline = components.load_component_from_file(str(compiled))
+    else:
+        pipeline = get_pipeline(name, Platform.local())
     _check_params(name, pipeline, params)
-    if precheck:
-        typed_params(name, pipeline, params)
+    params = typed_params(name, pipeline, params, check=precheck)  # a 0 for a float parameter is 0.0
     runs_dir = Path(runs_dir).resolve()
     _refuse_source_tree(runs_dir)
     run_dir = _new_run_dir(runs_dir, name)
@@ -270,6 +303,8 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     record = {"pipeline": name, "params": params, "run_dir": str(run_dir), "status": "running",
               "started": datetime.now().isoformat(timespec="seconds")}
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    if "stage_store" in pipeline_parameters(pipeline) and not params.get("stage_store"):
+        params["stage_store"] = str(run_dir / "stages")  # the sweep's tasks share the run folder
     tracking = _tracking_params(pipeline, params, mlflow, run_dir)
     mlflow_uri = tracking.get("mlflow_uri") or params.get("mlflow_uri")
     record["mlflow"] = mlflow_uri
@@ -302,7 +337,7 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     seconds = time.perf_counter() - t0
     record.update(status="succeeded", seconds=round(seconds, 2), output=str(output))
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    (run_dir / "results.txt").write_text(format_group_table(results) + "\n")
+    (run_dir / "results.txt").write_text(results_text(results) + "\n")
     return LocalRun(run_dir, output, results, seconds, mlflow_uri)
 
 
@@ -326,6 +361,10 @@ def typed_params(name: str, pipeline, params: dict, check: bool = True) -> dict:
             value = float(value)
         elif want is str and value is None:
             value = ""
+        elif want is str and isinstance(value, (dict, list)):  # a document given inline: its YAML text
+            import yaml
+
+            value = yaml.safe_dump(value, sort_keys=False)
         if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
             hint = (f"; quote it to pass it as text: --param {key}='\"{value}\"'"
                     if want is str and isinstance(value, (int, float, bool)) else "")
@@ -347,6 +386,13 @@ def compile_pipeline(name: str, out: str | os.PathLike, platform: Platform | Non
 
     pipeline = get_pipeline(name, platform)
     defaults = typed_params(name, pipeline, dict(params or {}))
+    for key, value in defaults.items():  # a document default (the sweep's config) on one line:
+        if isinstance(value, str) and "\n" in value:  # KFP's header comment breaks on a multi-line one
+            from ffr.config import yaml_load
+
+            doc = yaml_load(value, f"--param {key}")
+            if isinstance(doc, (dict, list)):
+                defaults[key] = json.dumps(doc)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out), pipeline_parameters=defaults or None)
@@ -355,7 +401,7 @@ def compile_pipeline(name: str, out: str | os.PathLike, platform: Platform | Non
 
 def main_table(run: LocalRun) -> str:
     """What ``ffr run`` prints: the group metrics table and where the run lies."""
-    text = f"{format_group_table(run.results)}\n\nrun folder: {run.run_dir} ({run.seconds:.0f} s)"
+    text = f"{results_text(run.results)}\n\nrun folder: {run.run_dir} ({run.seconds:.0f} s)"
     if run.mlflow_uri and run.mlflow_uri.startswith("sqlite:"):
         text += (f"\nMLflow: mlflow ui --backend-store-uri {run.mlflow_uri} --port 5000  "
                  "(then open http://127.0.0.1:5000)")
@@ -370,7 +416,7 @@ def registration_lines(run_dir: str | os.PathLike) -> list[str]:
     """What the run's register step decided: the registered version and the promotion gate's
     verdict (read from its ``decision`` output)."""
     lines = []
-    for path in sorted(Path(run_dir).glob("outputs/**/register-model*/decision")):
+    for path in sorted(Path(run_dir).glob("outputs/**/register-*/decision")):
         try:
             d = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
