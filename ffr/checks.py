@@ -133,7 +133,13 @@ def check_sweep(cfg: ExperimentConfig) -> ExperimentConfig:
     if not cfg.datasets:
         return check_experiment(cfg)
     problems = []
+    from ffr.data.manifest import name_problem
+
     for name, overrides in cfg.datasets.items():
+        why = name_problem(str(name))
+        if why is not None:  # the name becomes a folder and a plot name inside --out
+            problems.append(Problem(f"datasets.{name}", f"a dataset name {why}"))
+            continue
         if overrides is not None and not isinstance(overrides, dict):
             problems.append(Problem(f"datasets.{name}", f"expected a mapping of dotted keys to values, got {overrides!r}"))
             continue

@@ -292,16 +292,52 @@ def _mapping(loader, node, deep=False):
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+# The most values a YAML document may expand to through its aliases: a real config has hundreds; a
+# "billion laughs" document of 1 KB expands to billions (each alias repeats what it names).
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root) -> int:
+    """How many values the YAML node graph ``root`` expands to (aliases counted as often as they
+    repeat), up to just past :data:`MAX_YAML_VALUES`; one node's count is computed once."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()  # entered, not yet counted: the nodes on the path (a recursive alias counts as too many)
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes or (not children_done and id(node) in entered):
+            continue
+        entered.add(id(node))
+        kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        if children_done:
+            sizes[id(node)] = min(MAX_YAML_VALUES + 1, 1 + sum(sizes.get(id(k), MAX_YAML_VALUES + 1) for k in kids))
+            continue
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
 def yaml_load(text: str, where: str):
-    """Parse YAML ``text`` (duplicate keys refused); a syntax error is a :class:`ConfigError`
-    naming ``where`` (the file, or the ``--set`` item) and the line."""
+    """Parse YAML ``text`` (duplicate keys refused; a document whose aliases expand it past
+    :data:`MAX_YAML_VALUES` values refused before it is built); a syntax error is a
+    :class:`ConfigError` naming ``where`` (the file, or the ``--set`` item) and the line."""
+    loader = _StrictLoader(text)
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_YAML_VALUES:
+            raise ConfigError(f"{where}: the document expands to more than {MAX_YAML_VALUES:,} values through its "
+                              "YAML aliases (&anchor / *alias); refusing to read it")
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{where}: invalid YAML{at}: {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def parse_set(item: str) -> tuple[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ffr.balance import STRATEGIES, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
 from ffr.grid import Cell, draw_cell, plan_cells
-from ffr.paths import write_atomic, write_json
+from ffr.paths import inside, write_atomic, write_json
 from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
@@ -211,6 +211,8 @@ def stage_cache_dir(path: str | os.PathLike | None) -> Path | None:
     anywhere), or None for the default; a file there is a ValueError (the CLI: exit 2)."""
     if path is None:
         return None
+    if not str(path).strip():
+        raise ValueError("--stage-cache is empty: name a folder (the stage cache holds one folder per trained stage)")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--stage-cache {path}: not a folder (the stage cache holds one folder per trained stage)")
@@ -283,6 +285,12 @@ def compare(cfg: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = 
         return _compare(cfg, Path(out_dir), progress, on_cell, workers, dataset, tracker, verify, stages)
 
 
+# What a grid writes inside its output folder: an entry there that is a link pointing elsewhere
+# (planted, or left by another tool) would carry the grid's writes out of the folder.
+OUTPUT_ENTRIES = ("cells", "cache", "stages", "data", "synthetic", "config.yaml", "results.json", "results.md",
+                  "results.csv", "results.html", "group_accuracy.png")
+
+
 def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers: int, dataset: str | None,
              tracker: Tracker | None, verify: bool, stage_cache: Path) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -291,6 +299,8 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
     from ffr.results.tables import mark_selected, write_results
 
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_ENTRIES:
+        inside(out, name)  # a link planted in the output folder is refused, not followed
     dist.init_from_env()
     tracker = tracker or NullTracker()
     with dist.main_first():  # under torchrun rank 0 writes the data, the others then read it

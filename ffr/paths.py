@@ -43,6 +43,15 @@ def write_json(path: str | os.PathLike, data) -> Path:
     return write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (read in chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def inside(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
     """``root / rel``, checked to resolve inside ``root``: every file ffr writes under an output
     folder goes through here, so no name (a class, a bias value, a key) can place it elsewhere."""
@@ -108,6 +117,19 @@ _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\"<>]*:
 _PARAM = re.compile(r"(?P<head>[?&;#](?P<name>[^=&;#\s/?'\"<>]+)=)(?P<value>[^&;#\s'\"<>]*)")
 _SECRET_NAME = re.compile(r"token|passw|secret|signature|credential|api[-_]?key|^(?:pwd|pass|sig|key|auth|code)$",
                           re.IGNORECASE)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(``uri`` without its user info, the user, the password) of an ``http(s)://user:password@host``
+    URI (both unquoted: ``p%40ss`` is ``p@ss``); other URIs come back as they are, with None, None.
+    What a process hands on to others (a pipeline's steps, a run record) is then the bare URI, and
+    the credential travels in the environment (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``)."""
+    parts = urllib.parse.urlsplit(str(uri))
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return str(uri), None, None
+    host = parts.netloc.rpartition("@")[2]
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password)
 
 
 def redact_uri(uri: str) -> str:

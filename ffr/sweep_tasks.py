@@ -136,8 +136,7 @@ def train_batch(cfg: ExperimentConfig, data_dir: str | os.PathLike, batch: dict,
 
     from ffr.grid import draw_cell, stage_keys
     from ffr.grid import plan_cells
-    from ffr.train.loop import load_checkpoint
-    from ffr.train.stage import StageSpec, objectives, run_stage
+    from ffr.train.stage import StageSpec, load_cached, objectives, run_stage
 
     ctx = _Context(cfg, Path(data_dir))
     cells: dict[str, list] = {}
@@ -165,7 +164,7 @@ def train_batch(cfg: ExperimentConfig, data_dir: str | os.PathLike, batch: dict,
             if not store.fetch(init_key):
                 raise ValueError(f"stage {entry['stage']} starts from stage {init_key}, which the store does not hold "
                                  "yet: train the lower level first")
-            init, _ = load_checkpoint(store.local / init_key / "model.pt")
+            init, _ = load_cached(store.local / init_key / "model.pt", init_key)  # verified: a damaged one is an error
         tensors = ctx.cache(name, request.image_size).tensors
         spec = StageSpec(request, stage.train, d.val, init=init, init_key=init_key)
         result = store.ensure(key, lambda local: run_stage(spec, cache_dir=local, tensors=tensors))

@@ -272,6 +272,39 @@ def c_truncated_jpeg(ws):
         "train/cat/indoor/0.png", "train/cat/indoor/0.jpg", regex=False)))], "unreadable"
 
 
+def _sweep_config(ws, datasets) -> Path:
+    import yaml
+
+    path = ws / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"datasets": datasets, "strategies": ["none"], "seeds": [0]}))
+    return path
+
+
+def c_sweep_dataset_name_climbs_out(ws):
+    return ["sweep", "--config", _sweep_config(ws, {"../../x": {}}), "--out", ws / "sw"], \
+        "datasets.../../x: a dataset name contains a path separator"
+
+
+def c_sweep_dataset_name_is_absolute(ws):
+    return ["sweep", "--config", _sweep_config(ws, {"/tmp/ffr-bad-y": {}}), "--dry-run", "--out", ws / "sw"], \
+        "a dataset name contains a path separator"
+
+
+def c_out_is_empty(ws):
+    return ["compare", "--out", ""], "--out is empty"
+
+
+def c_stage_cache_is_empty(ws):
+    return ["sweep", "--stage-cache", " ", "--out", ws / "sw"], "--stage-cache is empty"
+
+
+def c_cells_link_planted_in_out(ws):
+    (ws / "cmp").mkdir()
+    (ws / "cmp" / "cells").symlink_to(ws.parent.parent / "x", target_is_directory=True)
+    return ["compare", "--set", f"data.dataset={_dataset(ws / 'ds')}", "--out", ws / "cmp"], \
+        "outside the output folder"
+
+
 CASES = {name[2:]: fn for name, fn in sorted(globals().items()) if name.startswith("c_")}
 
 

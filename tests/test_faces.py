@@ -129,8 +129,10 @@ def test_complete_build_is_reused_and_another_spec_rebuilds(tmp_path):
     assert '"variants": 1' in (out / SPEC_FILE).read_text()
     assert '"format": "faces-v' in (out / SPEC_FILE).read_text()
 
-    # A build without its spec file (interrupted) is not trusted: it is built again, and completed.
+    # A build without its spec file (interrupted: its marker still there) is not trusted: it is
+    # built again, and completed.
     (out / SPEC_FILE).unlink()
+    (out / f"{SPEC_FILE}.building").touch()
     os.utime(other.abs_paths()[0], (1_000_000, 1_000_000))
     redone = make_faces(out, FacesSpec(variants=1, bias_values=["cool", "warm"]))
     assert other.abs_paths()[0].stat().st_mtime != 1_000_000 and (out / SPEC_FILE).is_file()

@@ -292,7 +292,7 @@ def test_unreachable_host_is_a_clear_error(capsys):
     url = free_port_url()
     with pytest.raises(PipelineError, match=f"cannot reach Kubeflow Pipelines at {url}"):
         submit(url, "ffr")
-    assert main(["submit", "--host", url]) == 2
+    assert main(["submit", "--host", url]) == 3  # a service problem, as MLflow and S3 are
     assert "cannot reach Kubeflow Pipelines" in capsys.readouterr().err
     with pytest.raises(PipelineError, match="must be an http"):
         submit("localhost:8080", "ffr")

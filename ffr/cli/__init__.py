@@ -30,24 +30,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The options naming a folder or file a command writes: an empty value would mean the current
+# directory (a grid written over whatever is there), so it is refused before anything runs.
+WRITTEN_PATHS = ("out", "stage_cache", "cache", "mlflow_dir", "runs_dir", "work_dir")
+
+
+def _refuse_empty_paths(args) -> None:
+    for dest in WRITTEN_PATHS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"--{dest.replace('_', '-')} is empty: name a folder (the current directory is "
+                             "never written into by default)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ffr`` console script: bad input is ``ffr: error: ...`` and exit 2, an
     unreachable service exit 3."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _refuse_empty_paths(args)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"ffr: error: {msg}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, KeyError,
+            RuntimeError) as e:
         from ffr.integrations import ServiceError
 
-        if not isinstance(e, ServiceError):
+        if isinstance(e, RuntimeError) and not isinstance(e, ServiceError):
             raise
-        print(f"ffr: error: {e}", file=sys.stderr)
-        return 3
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"ffr: error: {msg}", file=sys.stderr)
+        return 3 if isinstance(e, ServiceError) else 2  # a service (S3, MLflow, Kubeflow) failed: not bad input
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def cmd_data_import(args) -> int:
 
 def cmd_data_split(args) -> int:
     from ffr.data.manifest import Manifest
+    from ffr.data.sources import refuse_overwriting_source
     from ffr.data.splits import bias_rate_split
 
+    refuse_overwriting_source(args.out, args.manifest)
     m = Manifest.load(args.manifest)
     out, report = bias_rate_split(m, args.bias_rate, args.seed, args.min_val_per_group)
     out_dir = Path(args.out)

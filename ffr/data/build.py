@@ -86,9 +86,41 @@ def open_build(out_dir: str | os.PathLike, spec_file: str, fmt: str,
     build it, then :func:`mark_complete`)."""
     out_dir = Path(out_dir)
     wanted = {"format": fmt, **spec.to_dict()}
-    return out_dir, wanted, reuse_build(out_dir, spec_file, wanted)
+    ours = _a_build(out_dir)
+    built = reuse_build(out_dir, spec_file, wanted)
+    if built is not None:
+        return out_dir, wanted, built
+    foreign = [name for name in ("manifest.csv", "card.json") if (out_dir / name).exists()]
+    if foreign and not ours:
+        raise ValueError(f"{out_dir}: holds a dataset ({', '.join(foreign)}) that no benchmark build made; building "
+                         "the benchmark there would overwrite it — choose another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{spec_file}{BUILDING}").touch()  # until mark_complete: an interrupted build is ours to finish
+    return out_dir, wanted, None
+
+
+BUILDING = ".building"
+
+
+def _a_build(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a benchmark build, complete or interrupted: a spec file (a JSON
+    record with a ``format``) or a build's marker."""
+    if not out_dir.is_dir():
+        return False
+    if any(out_dir.glob(f"*_spec.json{BUILDING}")):
+        return True
+    for path in out_dir.glob("*_spec.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and "format" in record:
+            return True
+    return False
 
 
 def mark_complete(out_dir: Path, spec_file: str, wanted: dict) -> None:
-    """Write the spec file, last of a build's files: it marks the build complete."""
+    """Write the spec file, last of a build's files: it marks the build complete (and drops the
+    marker :func:`open_build` left)."""
     write_atomic(out_dir / spec_file, lambda f: f.write((json.dumps(wanted, indent=2) + "\n").encode()))
+    (out_dir / f"{spec_file}{BUILDING}").unlink(missing_ok=True)

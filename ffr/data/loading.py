@@ -19,12 +19,34 @@ NORMALIZATION = {
 }
 
 
+def to_rgb(im):
+    """PIL image ``im`` as 8-bit RGB, as a viewer shows it: turned upright by its EXIF orientation,
+    and a 16-bit or 32-bit grey image scaled to 8 bits (PIL's own ``convert("RGB")`` clips it at
+    255: a full-range 16-bit PNG would read as a white image)."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.int64)
+        if im.mode == "I" and arr.max(initial=0) > 65535:  # 32-bit values: scale by the range used
+            arr = arr * 255 // max(int(arr.max()), 1)
+        else:
+            arr = arr >> 8
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0  # [0, 1] floats, or values already in [0, 255]
+        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
+
+
 def decode_image(path, image_size: int) -> np.ndarray:
-    """One image as an (H, W, 3) uint8 array at ``image_size`` × ``image_size`` (bilinear)."""
+    """One image as an (H, W, 3) uint8 array at ``image_size`` × ``image_size`` (bilinear), read by
+    :func:`to_rgb` (upright, 16-bit images scaled, not clipped)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = to_rgb(im)
         if im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8)

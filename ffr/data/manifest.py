@@ -468,7 +468,7 @@ def _check_files(frame: pd.DataFrame, root: Path, paths: dict[str, tuple[int, st
             if decode:       # ... and every pixel (`ffr data validate`): a truncated JPEG passes verify()
                 with Image.open(io.BytesIO(data)) as im:
                     im.load()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             problems.append(f"{_line(i)}: image file is unreadable: {full} ({type(e).__name__}: {e})")
             continue
         digest = hashlib.md5(data).hexdigest()

@@ -18,6 +18,7 @@ from ffr.data import public as _public  # noqa: F401  (registers the public data
 from ffr.data.adapters import ADAPTERS
 from ffr.data.manifest import Manifest
 from ffr.data.splits import bias_rate_split
+from ffr.paths import is_remote
 
 
 def load_dataset(adapter: str, source: str | os.PathLike, **options) -> Manifest:
@@ -57,6 +58,26 @@ def load_source(dataset: str, adapter: str = "csv", options: dict | None = None,
     return load_dataset(adapter, dataset, **(options or {}))
 
 
+def refuse_overwriting_source(out_dir: str | os.PathLike, source: str | os.PathLike | None) -> None:
+    """Refuse to write a dataset made from ``source`` (a split, a prepared copy) into the folder of
+    ``source`` itself: its manifest and card would be replaced by the derived ones, the images
+    they described left unlisted, and a later run would silently derive from the derivation.
+
+    Args:
+        out_dir: Where the derived dataset would be written.
+        source: The dataset it is made from: its folder or its manifest file (``s3://`` sources
+            are never local folders and pass).
+    """
+    if source is None or is_remote(source) or is_remote(out_dir):
+        return
+    src = Path(source)
+    if src.suffix == ".csv" or src.is_file():
+        src = src.parent
+    if Path(out_dir).resolve() == src.resolve():
+        raise ValueError(f"--out {out_dir}: is the folder of the dataset it is made from ({src}); writing there "
+                         "would replace that dataset with what is made from it — choose another folder")
+
+
 def prepare(dataset: str, out_dir: str | os.PathLike, bias_rate: float, seed: int = 0,
             min_val_per_group: int = MIN_VAL_PER_GROUP, demo: dict | None = None,
             source_dir: str | os.PathLike | None = None, adapter: str = "csv",
@@ -65,7 +86,9 @@ def prepare(dataset: str, out_dir: str | os.PathLike, bias_rate: float, seed: in
     ``out_dir/../source``) and write its bias-rate split to ``out_dir`` (manifest.csv, card.json,
     split_report.json). Returns the split manifest."""
     out_dir = Path(out_dir)
-    real = load_source(dataset, adapter, options, demo, source_dir or out_dir.parent / "source")
+    source_dir = source_dir or out_dir.parent / "source"
+    refuse_overwriting_source(out_dir, source_dir if dataset == "demo" else dataset)
+    real = load_source(dataset, adapter, options, demo, source_dir)
     split, report = bias_rate_split(real, bias_rate, seed, min_val_per_group)
     split.save(out_dir)
     report.save(out_dir / "split_report.json")

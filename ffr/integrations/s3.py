@@ -12,7 +12,8 @@ Configuration comes from the environment only, and credentials are never logged:
 - endpoint: ``FFR_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or
   ``MLFLOW_S3_ENDPOINT_URL`` (MinIO, moto, Ceph ...); AWS itself when none is set;
 - ``FFR_S3_CACHE`` (default ``$FFR_CACHE/s3`` or ``~/.cache/ffr/s3``), ``FFR_S3_RETRIES`` (attempts per request and per
-  transfer, default 5).
+  transfer, default 5), ``FFR_S3_TIMEOUT`` (seconds a request may wait for an answer, default 20:
+  an endpoint that accepts and never answers fails after ``RETRIES`` × ``TIMEOUT`` seconds).
 """
 
 from __future__ import annotations
@@ -72,8 +73,26 @@ def endpoint_url() -> str | None:
     return next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), None)
 
 
+def _setting(name: str, default: float, kind=int) -> float:
+    text = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise ValueError(f"${name}: expected {what} above 0, got {text!r}")
+    return value
+
+
 def retries() -> int:
-    return max(1, int(os.environ.get("FFR_S3_RETRIES", "5")))
+    """Attempts per request and per transfer (``$FFR_S3_RETRIES``, default 5)."""
+    return int(_setting("FFR_S3_RETRIES", 5))
+
+
+def timeout() -> float:
+    """Seconds one request may wait for an answer (``$FFR_S3_TIMEOUT``, default 20)."""
+    return float(_setting("FFR_S3_TIMEOUT", 20, float))
 
 
 def filesystem() -> s3fs.S3FileSystem:
@@ -86,7 +105,8 @@ def filesystem() -> s3fs.S3FileSystem:
         raise S3Error("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                       "(or AWS_PROFILE / a role) in the environment")
     creds, endpoint = creds.get_frozen_credentials(), endpoint_url()
-    config = {"retries": {"max_attempts": retries(), "mode": "standard"}, "connect_timeout": 5, "read_timeout": 60}
+    config = {"retries": {"max_attempts": retries(), "mode": "standard"}, "connect_timeout": min(5.0, timeout()),
+              "read_timeout": timeout()}
     if endpoint:
         config["s3"] = {"addressing_style": "path"}
     fs = s3fs.S3FileSystem(key=creds.access_key, secret=creds.secret_key, token=creds.token, endpoint_url=endpoint,
@@ -114,6 +134,9 @@ def _transient(err: BaseException) -> bool:
 
 def _explain(err: BaseException, uri: str, action: str, attempts: int) -> S3Error:
     code = (_response(err) or ("", 0))[0]
+    if _timed_out(err):
+        return S3Error(f"{action} {uri}: S3 at {endpoint_url() or 'AWS'} did not answer within {timeout():g} s "
+                       f"({retries()} attempt(s); $FFR_S3_TIMEOUT, $FFR_S3_RETRIES)")
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return S3Error(f"{action} {uri}: no usable AWS credentials in the environment "
                        "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
@@ -126,6 +149,18 @@ def _explain(err: BaseException, uri: str, action: str, attempts: int) -> S3Erro
         return S3Error(f"{action} {uri}: access denied ({code}); check the credentials in the environment")
     after = f" after {attempts} attempt(s)" if _transient(err) else ""
     return S3Error(f"{action} {uri} failed{after}: {type(err).__name__}: {err}")
+
+
+def _timed_out(err: BaseException | None) -> bool:
+    """Whether ``err`` (or what caused it) is a request that got no answer in time."""
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def with_retries(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None,
@@ -142,7 +177,7 @@ def with_retries(fn: Callable[[], T], uri: str, action: str, attempts: int | Non
         except Exception as err:  # classified below: permanent errors are not retried
             if isinstance(err, S3Error):
                 raise
-            if not _transient(err) or attempt == attempts:
+            if not _transient(err) or attempt == attempts or _timed_out(err):  # botocore retried a timeout already
                 raise _explain(err, uri, action, attempt) from err
             time.sleep(base_delay * 2 ** (attempt - 1) * (0.5 + random.random()))
     raise AssertionError("unreachable")

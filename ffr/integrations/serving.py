@@ -110,6 +110,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     def pixels(self, model_input) -> np.ndarray:
         """The inputs as a uint8 ``(N, size, size, 3)`` array, each image decoded and resized."""
+        from PIL.Image import DecompressionBombError
+
         from ffr.data.loading import decode_image
 
         import pandas as pd
@@ -126,7 +128,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                     if not data:
                         raise ValueError("empty")
                     out.append(decode_image(io.BytesIO(data), self.image_size))
-                except (OSError, ValueError, SyntaxError) as e:  # PIL: OSError; some decoders: SyntaxError
+                except (OSError, ValueError, SyntaxError, DecompressionBombError) as e:  # PIL: OSError; some: SyntaxError
                     from PIL import UnidentifiedImageError
 
                     reason = "not in an image format this server reads" if isinstance(e, UnidentifiedImageError) else e

@@ -79,8 +79,10 @@ def confusion_html(metrics: dict) -> str:
 def _png_data_uri(path, size: int) -> str:
     from PIL import Image
 
+    from ffr.data.loading import to_rgb
+
     with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.NEAREST)
+        im = to_rgb(im).resize((size, size), Image.NEAREST)
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

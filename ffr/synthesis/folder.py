@@ -84,8 +84,10 @@ class FolderBackend:
 
     def generate(self, requests: list[ImageRequest]) -> list[Image.Image]:
         """The files of the requests, decoded as RGB."""
+        from ffr.data.loading import to_rgb
+
         out = []
         for r in requests:
             with Image.open(self._file(r)) as im:
-                out.append(im.convert("RGB"))
+                out.append(to_rgb(im))
         return out

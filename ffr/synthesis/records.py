@@ -107,6 +107,8 @@ def contact_sheet(manifest: Manifest, path: str | os.PathLike, per_group: int = 
     first ``per_group`` images (in path order) as thumbnails."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+    from ffr.data.loading import to_rgb
+
     font = ImageFont.load_default()
     frame = manifest.frame
     groups = manifest.card.groups
@@ -120,7 +122,7 @@ def contact_sheet(manifest: Manifest, path: str | os.PathLike, per_group: int = 
         paths = sorted(frame.loc[(frame["label"] == label) & (frame["bias"] == bias), "path"])[:per_group]
         for col, rel in enumerate(paths):
             with Image.open(manifest.root / rel) as im:
-                im = ImageOps.contain(im.convert("RGB"), (thumb, thumb))  # small images are enlarged too
+                im = ImageOps.contain(to_rgb(im), (thumb, thumb))  # small images are enlarged too
                 sheet.paste(im, (label_w + col * (thumb + 4) + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

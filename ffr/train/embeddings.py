@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ffr.data.loading import BatchTransform, TensorData
+from ffr.paths import file_digest
 
 
 @torch.inference_mode()
@@ -30,15 +31,6 @@ def embed(model, data: TensorData, device: torch.device, normalize: str = "image
     if not out:
         return np.zeros((0, model.feature_dim), dtype=np.float32)
     return torch.cat(out).numpy()
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (read in chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def embedding_key(checkpoint: str | os.PathLike, manifest_digest: str, image_size: int, normalize: str) -> str:

@@ -238,7 +238,8 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path)
     meta = {**meta, "feature_norm": bool(getattr(model, "feature_norm", False))}
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    with open(tmp, "wb") as f:  # a file object: the zip's inner names are then fixed ("archive/..."), not
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, f)  # the temp name: identical bytes
     os.replace(tmp, path)
     return path
 

@@ -11,7 +11,9 @@ of ``ffr compare`` / ``ffr sweep`` (:func:`ffr.experiment.run_cell`) describe a 
 3. applies the objective's finalize step when it differs (DFR's last-layer retraining),
 4. writes the checkpoint, its per-epoch history and its summary (:func:`stage_files`),
 5. reports to the tracker, and
-6. with a stage cache, reuses a stage whose key (:meth:`StageSpec.key`) was trained before.
+6. with a stage cache, reuses a stage whose key (:meth:`StageSpec.key`) was trained before —
+   only once its summary's key and the checkpoint's sha256 match (:func:`load_cached`): a damaged,
+   truncated or moved entry is trained again, never used.
 
 :func:`run_distributed` runs a stage under ``torchrun`` in several processes (one per GPU).
 """
@@ -32,7 +34,7 @@ from typing import Any, Callable
 from ffr.config import TrainConfig
 from ffr.data.manifest import Manifest
 from ffr.train.request import StageRequest
-from ffr.paths import temp_beside, write_json
+from ffr.paths import file_digest, temp_beside, write_json
 from ffr.tracker import NullTracker, Tracker, epoch_metrics, flatten
 
 SUMMARY_SUFFIX = ".json"
@@ -110,9 +112,12 @@ class StageResult:
     model_uri: str | None = None   # where the tracker logged the model, when it did
 
     def summary(self) -> dict:
-        """The JSON summary written beside the checkpoint."""
+        """The JSON summary written beside the checkpoint (after it: it holds the checkpoint's sha256,
+        which a stage cache verifies before it reuses the stage)."""
         out = {"checkpoint": str(self.checkpoint), "key": self.key, "best_epoch": self.best_epoch, "val": self.val,
                "objective_state": self.objective_state, "meta": self.meta}
+        if Path(self.checkpoint).is_file():
+            out["sha256"] = file_digest(self.checkpoint)
         return {**out, "mlflow_model_uri": self.model_uri} if self.model_uri else out
 
 
@@ -159,7 +164,7 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
     from ffr.locks import work_lock
     from ffr.train import distributed as dist
     from ffr.train.backbones import create_model
-    from ffr.train.loop import evaluate, fit, load_checkpoint, objective_context, save_checkpoint, seed_everything
+    from ffr.train.loop import evaluate, fit, objective_context, save_checkpoint, seed_everything
     from ffr.train.runtime import resolve_device
 
     r = spec.request
@@ -189,14 +194,13 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             "bias_values": list(spec.train.card.bias_values), "image_size": r.image_size,
             "normalize": settings.normalize, "stage": spec.name, "objective": trainer.name,
             "train_digest": spec.train.digest(), "stage_key": key}
-    reused = cache_dir is not None and dist.from_main(summary.is_file())  # every rank takes rank 0's view
+    reused = cache_dir is not None and dist.from_main(_usable(ckpt, key))  # every rank takes rank 0's view
     with contextlib.ExitStack() as held:
         if cache_dir is not None and not reused:  # another run sharing the cache may be training it now:
             held.enter_context(work_lock(ckpt.parent, f"training stage {key} ({spec.name}) in {cache_dir}"))
-            reused = dist.from_main(summary.is_file())  # ... and may have finished it while we waited
+            reused = dist.from_main(_usable(ckpt, key, repair=True))  # ... and may have finished it meanwhile
         if reused:
-            model, _ = load_checkpoint(ckpt, device)
-            done = read_json(summary)
+            model, done = load_cached(ckpt, key, device)
             best_epoch, best_val, state = done["best_epoch"], done["val"], done.get("objective_state", {})
             meta.update({k: v for k, v in (done.get("meta") or {}).items() if k in ("steps", "stop_reason")})
             records = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
@@ -267,6 +271,76 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
         if summary_path.is_file():
             write_json(summary_path, {**read_json(summary_path), "mlflow_model_uri": result.model_uri})
     return result
+
+
+class DamagedStage(ValueError):
+    """A stage cache entry that cannot be trusted (the message says why and names its folder)."""
+
+
+def load_cached(checkpoint: str | os.PathLike, key: str, device="cpu", load: bool = True) -> tuple[Any, dict]:
+    """The model and summary of the stage cache entry ``checkpoint`` (``<cache>/<key>/model.pt``),
+    verified: its summary is readable and names ``key``, the checkpoint's bytes have the sha256
+    the summary recorded when the stage was trained (entries written before checksums were
+    recorded are verified by their keys only), and the checkpoint loads and names ``key`` too.
+
+    Args:
+        checkpoint: The entry's checkpoint.
+        key: The stage key it must hold (:meth:`StageSpec.key`).
+        device: Where to load the model.
+        load: False: only verify (the model is then None; a checkpoint with a recorded sha256
+            that matches is not loaded).
+
+    Raises:
+        DamagedStage: the entry is damaged, truncated, or was moved or copied under another key.
+    """
+    from ffr.train.loop import load_checkpoint
+
+    ckpt = Path(checkpoint)
+    summary = stage_files(ckpt)[2]
+    where = f"stage cache entry {ckpt.parent}"
+    try:
+        done = read_json(summary)
+    except (OSError, ValueError) as e:
+        raise DamagedStage(f"{where}: its summary is unreadable ({e})") from None
+    if not isinstance(done, dict):
+        raise DamagedStage(f"{where}: its summary is not a stage summary")
+    if done.get("key") != key:
+        raise DamagedStage(f"{where}: it holds stage {done.get('key')!r}, not {key!r} (an entry moved or copied "
+                           "under another key)")
+    if not ckpt.is_file():
+        raise DamagedStage(f"{where}: its checkpoint {ckpt.name} is missing")
+    if "sha256" in done and file_digest(ckpt) != done["sha256"]:
+        raise DamagedStage(f"{where}: the bytes of {ckpt.name} are not those recorded when it was trained (damaged "
+                           "or replaced)")
+    if not load and "sha256" in done:
+        return None, done
+    try:
+        model, meta = load_checkpoint(ckpt, device)
+    except ValueError as e:
+        raise DamagedStage(f"{where}: {e}") from None
+    if meta.get("stage_key", key) != key:
+        raise DamagedStage(f"{where}: its checkpoint holds stage {meta.get('stage_key')!r}, not {key!r} (an entry "
+                           "moved or copied under another key)")
+    return model, done
+
+
+def _usable(ckpt: Path, key: str, repair: bool = False) -> bool:
+    """Whether the stage cache holds a finished, verified entry ``ckpt`` of stage ``key``. With
+    ``repair`` (the caller holds the entry's lock) a damaged entry is warned about and its summary
+    removed, so it is trained again; without, it only counts as not usable."""
+    from ffr.train import distributed as dist
+
+    summary = stage_files(ckpt)[2]
+    if not dist.is_main() or not summary.is_file():
+        return False
+    try:
+        load_cached(ckpt, key, load=False)
+    except DamagedStage as e:
+        if repair:
+            print(f"ffr: warning: {e}; training the stage again", file=sys.stderr)
+            summary.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _init_state(spec: StageSpec) -> dict:

@@ -26,63 +26,28 @@ from pathlib import Path
 import ffr
 from ffr.kubeflow.pipelines.definitions import get_pipeline
 from ffr.kubeflow.pipelines.platform import Platform
+from ffr.integrations import ServiceError
+from ffr.kubeflow.pipelines.cron import validate_cron
 from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, typed_params
 
-# ------------------------------------------------------------------------------------------- cron
-_FIELDS = [  # (name, low, high, names) of the 6 fields of a Kubeflow cron expression
-    ("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None),
-    ("day-of-month", 1, 31, None),
-    ("month", 1, 12, ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]),
-    ("day-of-week", 0, 6, ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),
-]
-_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-_CRON_HELP = ("Kubeflow takes 6 fields: second minute hour day-of-month month day-of-week, "
-              "e.g. '0 0 3 * * *' (every day at 03:00:00) or '0 30 2 * * MON' (Mondays at 02:30:00)")
+
+class KubeflowUnavailable(PipelineError, ServiceError):
+    """The Kubeflow Pipelines API could not be reached, did not answer in time, or answered
+    something that is not its API: a service problem (the CLI's exit code 3), not bad input."""
 
 
-def validate_cron(expr: str) -> str:
-    """Check a Kubeflow (robfig/cron, with seconds) cron expression.
-
-    Args:
-        expr: 6 fields (second minute hour day-of-month month day-of-week), a descriptor such as
-            ``@daily``, or ``@every <duration>``.
-
-    Returns:
-        The expression normalised (single spaces). A :class:`PipelineError` names the bad field otherwise.
-    """
-    text = " ".join(str(expr).split())
-    if text in _DESCRIPTORS or re.fullmatch(r"@every ((\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)", text):
-        return text
-    fields = text.split(" ") if text else []
-    if len(fields) != 6:
-        raise PipelineError(f"bad cron expression {expr!r}: {len(fields)} field(s); {_CRON_HELP}")
-
-    def value(tok: str, name, low, high, names) -> int:
-        if names and tok.upper() in names:
-            return names.index(tok.upper()) + low
-        if not tok.isdigit():
-            raise PipelineError(f"bad cron expression {expr!r}: {name} field has {tok!r}, not a number"
-                                + (f" or one of {', '.join(names)}" if names else "") + f"; {_CRON_HELP}")
-        v = int(tok)
-        if not low <= v <= high:
-            raise PipelineError(f"bad cron expression {expr!r}: {name} {v} is outside {low}-{high}; {_CRON_HELP}")
-        return v
-
-    for field_text, (name, low, high, names) in zip(fields, _FIELDS):
-        for part in field_text.split(","):
-            rng, _, step = part.partition("/")
-            if step and (not step.isdigit() or int(step) == 0):
-                raise PipelineError(f"bad cron expression {expr!r}: {name} step {step!r} is not a positive integer")
-            if rng == "?" and name in ("day-of-month", "day-of-week") and not step:
-                continue
-            if rng == "*":
-                continue
-            lo, dash, hi = rng.partition("-")
-            a = value(lo, name, low, high, names)
-            if dash and value(hi, name, low, high, names) < a:
-                raise PipelineError(f"bad cron expression {expr!r}: {name} range {rng!r} runs backwards")
-    return text
-
+# Seconds a request to the Kubeflow Pipelines API may take ($FFR_KFP_TIMEOUT): an API whose health
+# check answers but whose calls stall must not keep `ffr submit` waiting forever.
+def request_timeout() -> float:
+    """The timeout of one Kubeflow Pipelines API request, in seconds (``$FFR_KFP_TIMEOUT``, default 60)."""
+    text = os.environ.get("FFR_KFP_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise PipelineError(f"$FFR_KFP_TIMEOUT: expected a positive number of seconds, got {text!r}")
+    return value
 
 # ------------------------------------------------------------------------------------ credentials
 TOKEN_ENV, SA_TOKEN_ENV, COOKIE_ENV = "KF_PIPELINES_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_COOKIE"
@@ -168,18 +133,22 @@ class Credentials:
             raise PipelineError(f"{where}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
         if not text:
             raise PipelineError(f"{where} is empty")
-        return text
+        return _one_line(text, where)
 
     def headers(self) -> dict[str, str]:
         """The HTTP headers that carry the credential, as kfp.Client sends them
         (``Authorization: Bearer ...`` or ``Cookie: ...``)."""
         bearer = self._bearer()
         if bearer:
-            return {"Authorization": f"Bearer {bearer}"}
-        return {"Cookie": self.cookie} if self.cookie else {}
+            return {"Authorization": f"Bearer {_one_line(bearer, self.kind)}"}
+        return {"Cookie": _one_line(self.cookie, self.kind)} if self.cookie else {}
 
     def client_kwargs(self) -> dict:
         """The credential as :class:`kfp.Client` arguments."""
+        if self.token or self.cookie:  # a value no HTTP header can carry is refused here, in words that do not
+            self.headers()             # show it (a token file is read by the client, and checked once it exists)
+        elif self.sa_token_path and Path(self.sa_token_path).is_file():
+            self._bearer()
         if self.token:
             return {"existing_token": self.token}
         if self.sa_token_path:
@@ -194,9 +163,22 @@ class Credentials:
         if self.sa_token_path:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 secrets.append(Path(self.sa_token_path).read_text().strip())
-        for s in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-            text = text.replace(s, "***")
+        forms = set()
+        for secret in secrets:
+            if secret and len(secret) >= 4:  # as given, and as a repr or an error message escapes it
+                forms |= {secret, repr(secret.encode())[2:-1], secret.encode("unicode_escape").decode("ascii")}
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "***")
         return text
+
+
+def _one_line(value: str, where: str) -> str:
+    """``value`` (a credential), refused when it holds a line break or another control character:
+    no HTTP header can carry one, and the error http.client would raise shows the value."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise PipelineError(f"{where}: the credential contains a line break or another control character (it is "
+                            "not shown); a token or cookie is one line — check how it was copied")
+    return value
 
 
 def _auth_failed(host: str, code, creds: Credentials, where: str, body=None) -> str:
@@ -233,7 +215,7 @@ def _api_errors(host: str, creds: Credentials, doing: str):
         raise PipelineError(creds.redact(f"Kubeflow Pipelines at {host} refused to {doing}: HTTP {e.status} "
                                          f"{e.reason}{_server_message(e.body)}")) from None
     except HTTPError as e:
-        raise PipelineError(creds.redact(f"cannot reach Kubeflow Pipelines at {host} to {doing}: {e}")) from None
+        raise KubeflowUnavailable(creds.redact(f"cannot reach Kubeflow Pipelines at {host} to {doing}: {e}")) from None
 
 
 # -------------------------------------------------------------------------------------- endpoint
@@ -266,7 +248,7 @@ def check_endpoint(host: str, credentials: Credentials | None = None, timeout: f
                             "(is this the KFP API address?)") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise PipelineError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
+        raise KubeflowUnavailable(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
     with contextlib.suppress(ValueError):
         info = json.loads(body)
         if isinstance(info, dict):
@@ -275,7 +257,8 @@ def check_endpoint(host: str, credentials: Credentials | None = None, timeout: f
     if page[:3] != urllib.parse.urlsplit(url)[:3]:  # redirected to a login page (Dex, oauth2-proxy)
         where = f"on {url} (a redirect to the login page {page._replace(query='', fragment='').geturl()})"
         raise PipelineError(_auth_failed(host, 302, creds, where))
-    raise PipelineError(f"Kubeflow Pipelines at {host} did not answer JSON on {url} (is this the KFP API address?)")
+    raise KubeflowUnavailable(f"Kubeflow Pipelines at {host} did not answer JSON on {url} (is this the KFP API "
+                              "address?)")
 
 
 def _client(host: str, namespace: str | None, creds: Credentials):
@@ -284,7 +267,31 @@ def _client(host: str, namespace: str | None, creds: Credentials):
     with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": so do we
         warnings.filterwarnings("ignore", category=FutureWarning)
         with _api_errors(host, creds, "connect"):
-            return kfp.Client(host=host, namespace=namespace or "kubeflow", **creds.client_kwargs())
+            client = kfp.Client(host=host, namespace=namespace or "kubeflow", **creds.client_kwargs())
+    _bound(client, request_timeout())
+    return client
+
+
+def _bound(client, seconds: float) -> None:
+    """Give every request of ``client`` (its API services share one REST client) a connect and
+    read timeout of ``seconds``: kfp.Client sends them with none, which urllib3 reads as "wait
+    forever" whatever its pools' defaults say."""
+    rest = client._run_api.api_client.rest_client
+    send = rest.request
+
+    def request(*args, _request_timeout=None, **kwargs):
+        return send(*args, _request_timeout=_request_timeout or (min(seconds, 10.0), seconds), **kwargs)
+
+    rest.request = request
+
+
+def _answer(value, what: str, host: str) -> str:
+    """``value`` (an id the API answered), or :class:`KubeflowUnavailable` when it is not one: a
+    server that answers with something else is not a working Kubeflow Pipelines API."""
+    if not isinstance(value, str) or not value.strip():
+        raise KubeflowUnavailable(f"Kubeflow Pipelines at {host} answered without {what} (got {value!r}): is this "
+                                  "the KFP API address, and does it run KFP 2?")
+    return value
 
 
 def _prepare(host: str, name: str, params: dict, platform: Platform | None, tmp: str, namespace: str | None,
@@ -329,7 +336,7 @@ def submit(host: str, name: str = "ffr", params: dict | None = None, experiment:
             exp = client.create_experiment(experiment, namespace=namespace)
             run = client.run_pipeline(exp.experiment_id, run_name or f"{name} {datetime.now():%Y-%m-%d %H:%M:%S}",
                                       pipeline_package_path=package, params=params)
-    return run.run_id
+    return _answer(getattr(run, "run_id", None), "a run id", host)
 
 
 def schedule(host: str, cron: str, name: str = "retrain", params: dict | None = None, experiment: str = "ffr",
@@ -362,7 +369,7 @@ def schedule(host: str, cron: str, name: str = "retrain", params: dict | None = 
             job = client.create_recurring_run(exp.experiment_id, job_name or f"{name} ({cron})", cron_expression=cron,
                                               max_concurrency=max_concurrency, no_catchup=True, params=params,
                                               pipeline_package_path=package)
-    return job.recurring_run_id
+    return _answer(getattr(job, "recurring_run_id", None), "a recurring run id", host)
 
 
 @dataclass
@@ -405,14 +412,17 @@ def upload(host: str, name: str = "ffr", pipeline_name: str | None = None, versi
             flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
                                               "stringValue": pipeline_name}]})
             found = client.list_pipelines(filter=flt, namespace=namespace, page_size=2).pipelines or []
+            for listed in found if isinstance(found, list) else [found]:  # pipelines, not a string's characters
+                _answer(getattr(listed, "pipeline_id", None), "a pipeline id in its pipeline listing", host)
             if len(found) > 1:
                 raise PipelineError(f"{len(found)} pipelines on {host} are named {pipeline_name!r}; pass --name")
             if found:
                 v = client.upload_pipeline_version(package, version, pipeline_id=found[0].pipeline_id,
                                                    description=description)
-                return Upload(v.pipeline_id, v.pipeline_version_id, pipeline_name, version, created=False)
+                return Upload(_answer(v.pipeline_id, "a pipeline id", host), v.pipeline_version_id, pipeline_name,
+                              version, created=False)
             p = client.upload_pipeline(package, pipeline_name, description=description, namespace=namespace)
             first = client.list_pipeline_versions(p.pipeline_id, page_size=1,
                                                   sort_by="created_at desc").pipeline_versions or []
-    return Upload(p.pipeline_id, first[0].pipeline_version_id if first else None, pipeline_name,
+    return Upload(_answer(p.pipeline_id, "a pipeline id", host), first[0].pipeline_version_id if first else None, pipeline_name,
                   first[0].display_name if first else pipeline_name, created=True)

@@ -129,6 +129,9 @@ class _Tee:
         self._color = bool(console is not None and getattr(console, "isatty", lambda: False)())
 
     def write(self, s: str) -> int:
+        from ffr.paths import redact_uri
+
+        s = redact_uri(s)  # a URI's password never reaches the log or the console
         with self._lock:
             self.log.write(_ANSI.sub("", s))  # the log is read in editors and CI logs: no colour codes
             self._buf += s
@@ -194,6 +197,41 @@ def _tracking_params(pipeline, params: dict, mlflow: str | None, run_dir: Path) 
         uri, artifacts = local_store(run_dir)
         return {"mlflow_uri": uri, "mlflow_artifacts": artifacts}
     return {"mlflow_uri": mlflow}
+
+
+def _without_password(params: dict, mlflow: str | None, env: dict) -> tuple[dict, str | None]:
+    """``params`` and ``mlflow`` with the password of a tracking URI (``http://user:pw@host``) taken
+    out: the user and password go into ``env`` (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``, which
+    MLflow's client reads), so the run record, the log and the steps' arguments hold the bare URI."""
+    def strip(uri):
+        if not isinstance(uri, str):
+            return uri
+        from ffr.paths import split_credentials
+
+        bare, user, password = split_credentials(uri)
+        if password is not None:
+            env.update(MLFLOW_TRACKING_USERNAME=user or "", MLFLOW_TRACKING_PASSWORD=password)
+        return bare
+
+    params = dict(params)
+    if "mlflow_uri" in params:
+        params["mlflow_uri"] = strip(params["mlflow_uri"])
+    return params, strip(mlflow)
+
+
+@contextlib.contextmanager
+def _env_with(values: dict):
+    """The ``with`` block with environment variables ``values`` set (the runner's steps inherit them)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -295,6 +333,10 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
         pipeline = get_pipeline(name, Platform.local())
     _check_params(name, pipeline, params)
     params = typed_params(name, pipeline, params, check=precheck)  # a 0 for a float parameter is 0.0
+    inherited = os.environ.get("MLFLOW_TRACKING_URI")
+    shared = mlflow not in (None, "local", "none") and mlflow == inherited
+    secrets: dict = {}
+    params, mlflow = _without_password(params, mlflow, secrets)  # the password travels in the environment
     runs_dir = Path(runs_dir).resolve()
     _refuse_source_tree(runs_dir)
     run_dir = _new_run_dir(runs_dir, name)
@@ -316,10 +358,8 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     if progress:
         print(f"running pipeline {name!r} locally in {run_dir} (log: {run_dir / 'run.log'})")
     try:
-        inherited = os.environ.get("MLFLOW_TRACKING_URI")
-        shared = mlflow not in (None, "local", "none") and mlflow == inherited
         with open(run_dir / "run.log", "w") as log, _subprocess_path(), warnings.catch_warnings(), \
-                _env_without("MLFLOW_TRACKING_URI", keep=shared):
+                _env_without("MLFLOW_TRACKING_URI", keep=shared), _env_with(secrets):
             # The components name the project's image, not a "python" one: the runner's warning
             # about it does not apply (the subprocess runs in this environment).
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -330,7 +370,9 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
         output = result_file(run_dir)
         results = load_results(output)
     except Exception as e:
-        cause = failure_summary(run_dir / "run.log", pipeline) or _ANSI.sub("", f"{type(e).__name__}: {e}")
+        from ffr.paths import redact_uri
+
+        cause = redact_uri(failure_summary(run_dir / "run.log", pipeline) or _ANSI.sub("", f"{type(e).__name__}: {e}"))
         record.update(status="failed", error=cause, seconds=round(time.perf_counter() - t0, 2))
         (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
         raise PipelineError(f"pipeline {name!r} failed: {cause}\n(see {run_dir / 'run.log'})") from e

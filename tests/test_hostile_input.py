@@ -1,0 +1,367 @@
+"""Hostile input, round two (issue 22): nothing written outside ``--out``, no dataset replaced by
+its own split, 16-bit and rotated images read as they look, a stage cache that trusts nothing on
+disk it cannot verify, byte-reproducible checkpoints, no credential in any message. The one-line
+refusals are rows of tests/test_bad_input.py; what needs a look at files afterwards is here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffr.cli import main
+from tests.test_bad_input import _dataset
+
+TINY_TRAIN = ["--set", "backbone=tiny_cnn", "--set", "data.image_size=8", "--set", "train.epochs=2",
+              "--set", "train.min_steps=0", "--set", "train.patience=0", "--set", "train.batch_size=8"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ a dataset is never replaced
+@pytest.mark.parametrize("argv", [
+    lambda ds: ["prepare", "--set", f"data.dataset={ds}", "--bias-rate", "0.9", "--out", ds],
+    lambda ds: ["data", "split", ds, "--bias-rate", "0.9", "--out", ds],
+    lambda ds: ["data", "split", ds / "manifest.csv", "--bias-rate", "0.9", "--out", ds],
+    lambda ds: ["data", "demo", "--out", ds],
+], ids=["prepare", "split", "split-of-the-csv", "demo-over-it"])
+def test_a_dataset_is_never_replaced_by_what_is_made_from_it(argv, tmp_path, capsys):
+    ds = _dataset(tmp_path / "ds")
+    before = _snapshot(ds)
+    assert main([str(a) for a in argv(ds)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ffr: error:") and str(ds) in err and "Traceback" not in err
+    assert _snapshot(ds) == before  # not one byte of the dataset changed
+
+
+def test_the_demo_prepared_into_its_own_source_folder_is_refused(tmp_path, capsys):
+    """The demo's source is built in OUT/../source by default: a prepare into that folder would
+    replace the build with its split, and every later prepare would split the split."""
+    argv = ["prepare", "--set", "data.demo.per_digit=10", "--bias-rate", "0.9"]
+    assert main([*argv, "--out", str(tmp_path / "prep")]) == 0
+    before = _snapshot(tmp_path / "source")
+    assert main([*argv, "--out", str(tmp_path / "source")]) == 2
+    assert "is the folder of the dataset it is made from" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "source") == before
+
+
+def test_an_interrupted_demo_build_is_finished_not_refused(tmp_path):
+    """The guard against building over a user's dataset knows a build of its own: one killed
+    after its manifest but before its spec file is completed by the next run."""
+    from ffr.data.builtin import BUILTIN_DATASETS
+
+    demo = BUILTIN_DATASETS.get("digits")
+    built = demo.build(tmp_path / "d", {"per_digit": 6})
+    spec = next((tmp_path / "d").glob("*_spec.json"))
+    spec.unlink()
+    (tmp_path / "d" / (spec.name + ".building")).touch()  # as the build leaves it until its last file
+    assert len(demo.build(tmp_path / "d", {"per_digit": 6})) == len(built) and spec.is_file()
+    assert not (tmp_path / "d" / (spec.name + ".building")).exists()
+
+
+# -------------------------------------------------------------------- images read as they look
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from ffr.data.loading import decode_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")  # what PIL makes of it: 16-bit grey
+    pixels = decode_image(tmp_path / "deep.png", 64)
+    assert pixels.shape == (64, 64, 3) and pixels[:, 0].max() == 0 and pixels[:, -1].min() == 255
+    assert abs(float(pixels.mean()) - 127.5) < 2  # a ramp, not 99% white
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from ffr.data.loading import decode_image
+
+    im = Image.new("RGB", (4, 2), (0, 0, 0))
+    im.putpixel((3, 0), (255, 255, 255))  # the top-right corner white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    im.save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    with Image.open(tmp_path / "rot.jpg") as raw:
+        assert raw.size == (4, 2)
+    upright = decode_image(tmp_path / "rot.jpg", 4)
+    assert upright[3, 3].mean() > 128 > upright[0, 3].mean()  # corner moved to bottom-right, as a viewer shows it
+
+
+def test_a_decompression_bomb_is_a_named_refusal_in_validate(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    ds = _dataset(tmp_path / "ds")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # our 8 × 8 images then count as bombs
+    assert main(["data", "validate", str(ds)]) == 2
+    err = capsys.readouterr().err
+    assert "ffr: error:" in err and "DecompressionBombError" in err and "manifest.csv" in err
+
+
+# ------------------------------------------------------------- checkpoints and the stage cache
+def _train(tmp_path: Path, out: Path, *extra) -> None:
+    prep = tmp_path / "prep"
+    if not prep.is_dir():
+        assert main(["prepare", "--set", f"data.dataset={_dataset(tmp_path / 'ds')}", "--bias-rate", "0.8",
+                     "--set", "data.min_val_per_group=1", "--out", str(prep)]) == 0
+    assert main(["train", "--train", str(prep), "--val", str(prep), *TINY_TRAIN, *extra, "--out", str(out)]) == 0
+
+
+def test_two_identical_trainings_write_identical_checkpoint_bytes(tmp_path, monkeypatch):
+    """The temporary file's name (per process) must not end up inside the checkpoint: DVC would
+    see a changed output on every rerun."""
+    import ffr.paths
+
+    _train(tmp_path, tmp_path / "a" / "model.pt")
+    monkeypatch.setattr(ffr.paths.os, "getpid", lambda: 424242)  # as another process would be
+    _train(tmp_path, tmp_path / "b" / "model.pt")
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+
+
+def _cached_stage(tmp_path: Path, seed: int):
+    """A stage trained into a stage cache: (its request's spec, its result)."""
+    from ffr.config import load_config
+    from ffr.data.manifest import Manifest
+    from ffr.grid import Cell
+    from ffr.train.stage import StageSpec, run_stage
+
+    cfg = load_config(None, ["backbone=tiny_cnn", "data.image_size=8", "train.epochs=2", "train.min_steps=0",
+                             "train.patience=0", "train.batch_size=8", "device=cpu"])
+    if not (tmp_path / "prep").is_dir():
+        _train(tmp_path, tmp_path / "warm.pt")  # the prepared split
+    m = Manifest.load(tmp_path / "prep")
+    request = Cell("none", 0.8, seed, {}, cfg).requests()["train"]
+    spec = StageSpec(request, m.select(split="train"), m.select(split="val"))
+    return spec, run_stage(spec, cache_dir=tmp_path / "stages")
+
+
+def test_a_damaged_stage_cache_entry_is_never_used(tmp_path, capsys):
+    from ffr.paths import file_digest
+    from ffr.train.stage import run_stage
+
+    spec, first = _cached_stage(tmp_path, seed=0)
+    ckpt = first.checkpoint
+    original = ckpt.read_bytes()
+    assert json.loads(Path(f"{ckpt}.json").read_text())["sha256"] == file_digest(ckpt)  # recorded with the stage
+    assert not first.reused and run_stage(spec, cache_dir=tmp_path / "stages").reused
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
+    ckpt.write_bytes(bytes(data))
+    again = run_stage(spec, cache_dir=tmp_path / "stages")
+    err = capsys.readouterr().err
+    assert not again.reused and "not those recorded when it was trained" in err and str(ckpt.parent) in err
+    assert again.val == first.val and ckpt.read_bytes() == original  # trained again: the same model
+    ckpt.write_bytes(original[: len(original) // 2])  # a half-written file
+    assert not run_stage(spec, cache_dir=tmp_path / "stages").reused
+    assert "Traceback" not in capsys.readouterr().err
+    assert run_stage(spec, cache_dir=tmp_path / "stages").reused  # the entry was made whole again
+
+
+def test_stage_cache_entries_swapped_under_each_others_keys_are_never_used(tmp_path, capsys):
+    import shutil
+
+    from ffr.train.stage import run_stage
+
+    spec0, r0 = _cached_stage(tmp_path, seed=0)
+    spec1, r1 = _cached_stage(tmp_path, seed=1)
+    a, b = r0.checkpoint.parent, r1.checkpoint.parent
+    shutil.move(a, a.with_name("swap"))
+    shutil.move(b, a)
+    shutil.move(a.with_name("swap"), b)
+    again0 = run_stage(spec0, cache_dir=tmp_path / "stages")
+    again1 = run_stage(spec1, cache_dir=tmp_path / "stages")
+    assert not again0.reused and not again1.reused
+    assert "an entry moved or copied under another key" in capsys.readouterr().err
+    assert again0.val == r0.val and again1.val == r1.val
+
+
+# ----------------------------------------------------------------------------- credentials
+@pytest.mark.parametrize("kind", ["token", "cookie", "sa_token_path"])
+def test_a_credential_with_a_line_break_is_refused_without_showing_it(kind, tmp_path):
+    from ffr.kubeflow.pipelines.cluster import Credentials, PipelineError
+
+    secret = "s3cret-part-one\ns3cret-part-two"
+    value = secret
+    if kind == "sa_token_path":
+        (tmp_path / "token").write_text(secret + "\n")
+        value = str(tmp_path / "token")
+    with pytest.raises(PipelineError) as e:
+        Credentials(**{kind: value}, source="--x").headers()
+    assert "line break" in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_redaction_also_hides_a_secret_as_a_repr_escapes_it():
+    from ffr.kubeflow.pipelines.cluster import Credentials
+
+    token = "t\u00f6ken-0123"
+    creds = Credentials(token=token)
+    said = f"Invalid header value {('Bearer ' + token).encode()!r}"  # http.client's words
+    assert creds.redact(said) == "Invalid header value b'Bearer ***'"
+
+
+def test_a_run_hands_its_steps_a_tracking_uri_without_the_password():
+    from ffr.kubeflow.pipelines.run import _without_password
+
+    env: dict = {}
+    params, mlflow = _without_password({"mlflow_uri": "http://alice:s3cret@host:5000/base"}, None, env)
+    assert params["mlflow_uri"] == "http://host:5000/base" and mlflow is None
+    assert env == {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cret"}
+    _, mlflow = _without_password({}, "https://bob:p%40ss@mlflow.example.com", env)
+    assert mlflow == "https://mlflow.example.com" and env["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    assert _without_password({}, "local", {}) == ({}, "local")
+
+
+def test_the_run_log_never_holds_a_password(tmp_path):
+    from ffr.kubeflow.pipelines.run import _Tee
+
+    with open(tmp_path / "run.log", "w") as log:
+        tee = _Tee(log, None)
+        tee.write("connecting to http://alice:s3cret@127.0.0.1:5000/api\n")
+    assert "s3cret" not in (tmp_path / "run.log").read_text() and "alice:***@" in (tmp_path / "run.log").read_text()
+
+
+# ---------------------------------------------------------------- a Kubeflow API that misbehaves
+class _OddKFP:
+    """A server whose health check answers as Kubeflow's does, and whose other endpoints ``stall``
+    (accept, never answer) or answer ``garbage`` (JSON that is not what the API returns)."""
+
+    def __init__(self, mode: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        release = self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, body) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _any(self):
+                if "healthz" in self.path:
+                    return self._answer({"commit_sha": "x", "tag_name": "2.4.0", "multi_user": False})
+                if mode == "stall":
+                    release.wait(120)
+                    return None
+                return self._answer({"pipelines": "ab"} if "pipelines" in self.path else {"garbage": True})
+
+            do_GET = do_POST = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("argv", [["submit"], ["upload"], ["schedule", "--cron", "0 0 3 * * *"]],
+                         ids=["submit", "upload", "schedule"])
+def test_a_kubeflow_api_that_stalls_is_an_exit_3_not_a_hang(argv, monkeypatch, capsys):
+    import time
+
+    pytest.importorskip("kfp")
+    monkeypatch.setenv("FFR_KFP_TIMEOUT", "1")
+    api = _OddKFP("stall")
+    try:
+        t0 = time.monotonic()
+        assert main([*argv, "--host", api.url]) == 3
+        assert time.monotonic() - t0 < 30  # seconds, not forever (the requests' timeout is 1 s here)
+    finally:
+        api.close()
+    err = capsys.readouterr().err
+    assert err.startswith("ffr: error: cannot reach Kubeflow Pipelines") and "timed out" in err.lower()
+
+
+@pytest.mark.parametrize("argv, what", [(["submit"], "a run id"), (["schedule", "--cron", "0 0 3 * * *"],
+                                                                    "a recurring run id"),
+                                        (["upload"], "a pipeline id")], ids=["submit", "schedule", "upload"])
+def test_a_kubeflow_api_answering_garbage_is_never_a_success(argv, what, capsys):
+    pytest.importorskip("kfp")
+    api = _OddKFP("garbage")
+    try:
+        code = main([*argv, "--host", api.url])
+    finally:
+        api.close()
+    out, err = capsys.readouterr()
+    assert code == 3 and what in err and "Traceback" not in err
+    assert "created on" not in out and "new version" not in out  # no success line (kfp's own links may name None)
+
+
+def test_a_cron_that_never_fires_is_refused():
+    from ffr.kubeflow.pipelines.cluster import validate_cron
+    from ffr.kubeflow.pipelines.run import PipelineError
+
+    for never in ("0 0 3 31 2 *", "0 0 3 30 FEB ?", "0 0 3 31 4,6,9,11 *"):
+        with pytest.raises(PipelineError, match="never occurs"):
+            validate_cron(never)
+    for sometimes in ("0 0 3 29 2 *", "0 0 3 31 1-3 *", "0 0 3 31 2 MON", "0 0 3 1/5 * *"):
+        assert validate_cron(sometimes) == sometimes
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+    assert len(bomb) < 1024  # 1 KB that would expand to 9**9 values
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    assert main(["compare", "--config", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "bomb.yaml" in err and "expands to more than" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_s3_endpoint_that_never_answers_is_an_exit_3_in_seconds(tmp_path, monkeypatch, capsys):
+    """It accepts the connection and says nothing: every request times out, botocore retries it,
+    and the command ends naming the endpoint and the settings that bound the wait."""
+    import socket
+    import time
+
+    pytest.importorskip("s3fs")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # the kernel accepts; nobody reads or answers
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for name, value in {"FFR_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                        "FFR_S3_TIMEOUT": "1", "FFR_S3_RETRIES": "2", "FFR_S3_CACHE": str(tmp_path / "c")}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        t0 = time.monotonic()
+        assert main(["data", "validate", "s3://bucket/ds"]) == 3
+        assert time.monotonic() - t0 < 60
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert err.startswith("ffr: error:") and "did not answer within 1 s" in err and endpoint in err
+
+
+@pytest.mark.parametrize("name, value", [("FFR_S3_RETRIES", "abc"), ("FFR_S3_TIMEOUT", "-3"),
+                                         ("FFR_KFP_TIMEOUT", "soon")])
+def test_a_bad_service_setting_is_named(name, value, monkeypatch, capsys):
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FFR_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    argv = ["submit", "--host", "http://127.0.0.1:9"] if name.startswith("FFR_KFP") else ["data", "validate", "s3://b/d"]
+    if name.startswith("FFR_KFP"):
+        from ffr.kubeflow.pipelines.cluster import request_timeout
+
+        with pytest.raises(ValueError, match=f"\\${name}: expected"):
+            request_timeout()
+        return
+    assert main(argv) == 2
+    assert f"${name}: expected" in capsys.readouterr().err
