@@ -10,6 +10,7 @@ prints ``ffr: error: ...`` and exits 2) that lists every problem."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 from ffr.config import ExperimentConfig, from_dict, with_overrides, yaml_load
 from ffr.rules import ConfigError, Problem, refuse, unique
@@ -150,6 +151,10 @@ def check_sweep(cfg: ExperimentConfig) -> ExperimentConfig:
             continue
         eff.datasets = {}
         problems += [p.within(f"datasets.{name}") for p in experiment_problems(eff)]
+        where = eff.data.dataset
+        if where != "demo" and not str(where).startswith("s3://") and not Path(where).exists():
+            problems.append(Problem(f"datasets.{name}", f"data.dataset {where}: no such dataset folder (checked "
+                                                        "before the first grid starts)"))
     refuse(problems)
     return cfg
 

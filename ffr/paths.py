@@ -20,19 +20,57 @@ def is_remote(path) -> bool:
 
 
 def temp_beside(path: str | os.PathLike) -> Path:
-    """A temporary name next to ``path``, unique per process: a file is written there, then
-    renamed over ``path``, so a reader never sees half a file and two processes never share one."""
+    """A temporary name next to ``path``, unique per process and host: a file is written there,
+    then renamed over ``path``, so a reader never sees half a file and two processes never share
+    one. Temporary files beside ``path`` that a process of this host no longer running left (a
+    kill, a full disk) are removed first (:func:`drop_stale_temps`)."""
     path = Path(path)
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    drop_stale_temps(path)
+    return path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.tmp")
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", __import__("socket").gethostname())[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
+
+
+def drop_stale_temps(path: str | os.PathLike) -> None:
+    """Remove ``<name>.<host>.<pid>.tmp`` files beside ``path`` whose process, on this host, is
+    gone (those of other hosts sharing the folder are left alone); never raises."""
+    path = Path(path)
+    prefix = f"{path.name}.{_HOST}."
+    try:
+        leftovers = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return
+    for p in leftovers:
+        pid = p.name[len(prefix):-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (through :func:`temp_beside`); returns ``path``."""
+    """Write ``text`` to ``path`` atomically (through :func:`temp_beside`); returns ``path``. On a
+    failure (a full disk) ``path`` is as it was and no temporary file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -365,3 +365,94 @@ def test_a_bad_service_setting_is_named(name, value, monkeypatch, capsys):
         return
     assert main(argv) == 2
     assert f"${name}: expected" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- accepted, failing later: no more
+def test_a_sweep_refuses_a_later_datasets_missing_folder_before_the_first_grid(tmp_path, capsys):
+    import yaml
+
+    ds = _dataset(tmp_path / "ds")
+    cfg = {"datasets": {"first": {"data.dataset": str(ds)}, "second": {"data.dataset": str(tmp_path / "typo")}},
+           "strategies": ["none"], "seeds": [0]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", "--config", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "sw")]) == 2
+    err = capsys.readouterr().err
+    assert "datasets.second" in err and "typo" in err and "no such dataset folder" in err
+    assert not (tmp_path / "sw" / "first").exists()  # nothing of the first grid was trained
+
+
+def test_the_smallest_digits_benchmark_has_every_split(tmp_path):
+    from ffr.data.builtin import BUILTIN_DATASETS
+
+    m = BUILTIN_DATASETS.get("digits").build(tmp_path / "d", {"per_digit": 3})
+    assert {s: len(m.select(split=s)) for s in ("train", "val", "test")} == {"train": 10, "val": 10, "test": 10}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prepare", "--demo-per-digit", "-4", "--bias-rate", "0.9"], "demo_per_digit -4: expected 0"),
+    (["compile", "ffr", "--image", "my image:1"], "--image 'my image:1': not an image reference"),
+    (["compile", "ffr", "--toleration", ":::"], "--toleration ':::': expected KEY"),
+    (["compile", "ffr", "--node-selector", "a b=c"], "--node-selector 'a b=c': expected LABEL=VALUE"),
+    (["compile", "ffr", "--shm-size", "lots"], "--shm-size 'lots': expected a size"),
+], ids=["negative-per-digit", "image-with-space", "toleration", "node-selector", "shm-size"])
+def test_cluster_and_demo_settings_are_checked_before_anything_is_built(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ffr: error:") and message in err and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- what the file system refuses
+def test_a_file_of_another_kind_as_a_model_is_a_named_refusal(tmp_path, capsys):
+    ds = _dataset(tmp_path / "ds")
+    for model in ("/etc/passwd", tmp_path / "junk.pt"):
+        if model != "/etc/passwd":
+            model.write_bytes(bytes(range(256)) * 12)
+        assert main(["evaluate", "--model", str(model), "--data", str(ds), "--out", str(tmp_path / "m.json")]) == 2
+        err = capsys.readouterr().err
+        assert f"{model} is not a readable ffr checkpoint" in err and "Traceback" not in err
+
+
+def test_an_out_through_a_dangling_link_or_with_a_too_long_name_is_named(tmp_path, capsys):
+    ds = _dataset(tmp_path / "ds")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert main(["data", "split", str(ds), "--bias-rate", "0.9", "--out", str(tmp_path / "dangling")]) == 2
+    assert "is a link to" in capsys.readouterr().err
+    assert main(["data", "split", str(ds), "--bias-rate", "0.9", "--out", str(tmp_path / ("a" * 300))]) == 2
+    assert "longer than the file system allows" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_a_named_refusal_that_keeps_what_was_made(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import ffr.data.manifest
+
+    ds = _dataset(tmp_path / "ds")
+    assert main(["data", "split", str(ds), "--bias-rate", "0.9", "--out", str(tmp_path / "s")]) == 0
+    before = _snapshot(tmp_path / "s")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "s" / "manifest.csv"))
+
+    monkeypatch.setattr(ffr.data.manifest.os, "replace", full)
+    assert main(["data", "split", str(ds), "--bias-rate", "0.8", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.csv: no space left on the device" in err and "Traceback" not in err
+    assert _snapshot(tmp_path / "s") == before  # the earlier split is whole; no temporary file is left
+
+
+def test_temporary_files_of_a_killed_process_are_cleaned_up_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from ffr.paths import temp_beside, write_json
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    mine = temp_beside(tmp_path / "x.json")
+    left = mine.with_name(mine.name.replace(f".{__import__('os').getpid()}.", f".{dead_pid}."))
+    left.write_text("half")  # what a killed writer leaves
+    other_host = tmp_path / f"x.json.another-host.{dead_pid}.tmp"
+    other_host.write_text("half")  # a writer on another machine sharing the folder: not ours to judge
+    write_json(tmp_path / "x.json", {"a": 1})
+    assert not left.exists() and other_host.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", other_host.name])

@@ -43,6 +43,26 @@ def _refuse_empty_paths(args) -> None:
                              "never written into by default)")
 
 
+def os_error_message(e: OSError) -> str:
+    """What the file system refused, in words that name the path and say what to do (a full disk,
+    a read-only folder, a name too long, a link to nowhere); what was already written is kept."""
+    import errno
+    import os
+
+    if e.filename is None:  # raised with a message of our own (or without a path)
+        return str(e)
+    path = os.fsdecode(e.filename)
+    why = {errno.ENOSPC: "no space left on the device: free some and rerun (finished work is kept and resumed)",
+           errno.EDQUOT: "the disk quota is exhausted: free some and rerun (finished work is kept and resumed)",
+           errno.EROFS: "the file system is read-only: choose a writable folder",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.ENAMETOOLONG: "a name in this path is longer than the file system allows (255 bytes a name)"}
+    if e.errno == errno.EEXIST and os.path.islink(path) and not os.path.exists(path):
+        return f"{path}: is a link to {os.readlink(path)}, which does not exist: create that folder or remove the link"
+    shown = path if len(path) <= 300 else path[:150] + "…" + path[-100:]
+    return f"{shown}: {why.get(e.errno, e.strerror or e)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ffr`` console script: bad input is ``ffr: error: ...`` and exit 2, an
     unreachable service exit 3."""
@@ -51,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _refuse_empty_paths(args)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, KeyError,
-            RuntimeError) as e:
+    except OSError as e:
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            print(f"ffr: error: {e}", file=sys.stderr)
+            return 3
+        print(f"ffr: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, RuntimeError) as e:
         from ffr.integrations import ServiceError
 
         if isinstance(e, RuntimeError) and not isinstance(e, ServiceError):

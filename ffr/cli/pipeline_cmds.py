@@ -16,14 +16,14 @@ def _platform(args):
     """Cluster settings from the command line (the kfp glue in ``ffr.kubeflow.pipelines`` is imported lazily:
     the core package never imports kfp)."""
     from ffr.kubeflow.components.image import base_image
-    from ffr.kubeflow.pipelines.platform import Platform, parse_node_selector, parse_toleration
+    from ffr.kubeflow.pipelines.platform import Platform, parse_node_selector, parse_shm_size, parse_toleration
     from ffr.rules import require
 
     require("parallelism", args.parallelism, "--parallelism")
     return Platform(image=base_image(args.image or os.environ.get("FFR_IMAGE", "").strip() or None), gpu=args.gpu, accelerator_type=args.accelerator_type, accelerator_limit=args.accelerator_limit,
                     node_selector=parse_node_selector(args.node_selector),
                     tolerations=[parse_toleration(t) for t in args.toleration],
-                    shm_size="" if args.shm_size in ("", "0") else args.shm_size, parallelism=args.parallelism)
+                    shm_size=parse_shm_size(args.shm_size), parallelism=args.parallelism)
 
 
 def cmd_run(args) -> int:

@@ -155,6 +155,9 @@ def _split_pools(digits: np.ndarray, fractions, per_digit: int | None,
         idx = rng.permutation(np.flatnonzero(digits == d))[:per_digit]
         n_train = int(round(fractions[0] * len(idx)))
         n_val = int(round(fractions[1] * len(idx)))
+        if len(idx) >= 3:  # rounding must not leave a split empty (3 images of a digit: one each)
+            n_val = max(1, n_val)
+            n_train = max(1, min(n_train, len(idx) - n_val - 1))
         for s, part in zip(SPLITS, np.split(idx, [n_train, n_train + n_val])):
             pools[s].append(part)
     return {s: np.sort(np.concatenate(p)) for s, p in pools.items()}

@@ -137,7 +137,9 @@ class DatasetCard:
             raise ManifestError(source, e.problems) from None
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from ffr.paths import write_atomic
+
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DatasetCard":
@@ -231,8 +233,11 @@ class Manifest:
         from ffr.paths import temp_beside
 
         tmp = temp_beside(csv_path)
-        self.frame[list(COLUMNS)].to_csv(tmp, index=False)
-        os.replace(tmp, csv_path)
+        try:
+            self.frame[list(COLUMNS)].to_csv(tmp, index=False)
+            os.replace(tmp, csv_path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no temporary file
         card.save(directory / CARD_FILE)
         return csv_path
 

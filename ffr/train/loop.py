@@ -238,9 +238,12 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, meta: dict) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path)
     meta = {**meta, "feature_norm": bool(getattr(model, "feature_norm", False))}
-    with open(tmp, "wb") as f:  # a file object: the zip's inner names are then fixed ("archive/..."), not
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, f)  # the temp name: identical bytes
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a file object: the zip's inner names are then fixed ("archive/..."), not
+            torch.save({"state_dict": model.state_dict(), "meta": meta}, f)  # the temp name: identical bytes
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves the previous checkpoint and no temp file
     return path
 
 
@@ -250,6 +253,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     from ffr.paths import local_path
 
     import pickle
+    import struct
     import zipfile
 
     local = local_path(path)
@@ -257,7 +261,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         blob = torch.load(local, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError, ValueError,
+            IndexError, KeyError, TypeError, AttributeError, struct.error) as e:  # what a file of another kind raises
         raise ValueError(f"{path} is not a readable ffr checkpoint (truncated or another kind of file: "
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:

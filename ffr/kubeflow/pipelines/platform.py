@@ -4,6 +4,8 @@ local runner ignores resources and secrets, and local builds use no retries."""
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 # Step kinds: every component belongs to one. CHECK (the run form's check) is never retried:
@@ -106,6 +108,21 @@ class Platform:
 
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# Kubernetes label keys ([DNS-subdomain prefix/]name) and values, and resource quantities (4Gi, 512Mi).
+_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"(?:[a-z0-9](?:[-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}")
+_LABEL_VALUE = re.compile(_NAME)
+_QUANTITY = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+
+
+def parse_shm_size(text: str) -> str:
+    """``--shm-size``: a Kubernetes quantity (``4Gi``, ``512Mi``), or ``""``/``0`` for none."""
+    text = (text or "").strip()
+    if text in ("", "0"):
+        return ""
+    if not _QUANTITY.fullmatch(text):
+        raise ValueError(f"--shm-size {text!r}: expected a size such as 4Gi or 512Mi (0: no /dev/shm volume)")
+    return text
 
 
 def parse_toleration(text: str) -> dict:
@@ -114,7 +131,8 @@ def parse_toleration(text: str) -> dict:
     only (Equal). Empty effect: every effect."""
     rest, _, effect = text.rpartition(":") if ":" in text else (text, "", "")
     key, eq, value = rest.partition("=")
-    if not key or (effect and effect not in _EFFECTS) or (eq and not value):
+    if (not _LABEL_KEY.fullmatch(key) or (effect and effect not in _EFFECTS) or (eq and not value)
+            or (value and not _LABEL_VALUE.fullmatch(value))):
         raise ValueError(f"--toleration {text!r}: expected KEY[=VALUE][:EFFECT] with EFFECT one of "
                          f"{', '.join(_EFFECTS)}, e.g. nvidia.com/gpu:NoSchedule")
     return {"key": key, "operator": "Equal" if eq else "Exists", "value": value or None, "effect": effect or None}
@@ -125,7 +143,7 @@ def parse_node_selector(items: list[str]) -> dict:
     out = {}
     for item in items:
         label, eq, value = item.partition("=")
-        if not (label and eq and value):
+        if not (_LABEL_KEY.fullmatch(label) and eq and _LABEL_VALUE.fullmatch(value)):
             raise ValueError(f"--node-selector {item!r}: expected LABEL=VALUE, e.g. nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3")
         out[label] = value
     return out
