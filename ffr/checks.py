@@ -133,9 +133,13 @@ def check_sweep(cfg: ExperimentConfig) -> ExperimentConfig:
     starts (a typo in the last dataset must not surface after hours of the first)."""
     if not cfg.datasets:
         return check_experiment(cfg)
-    problems = []
+    from dataclasses import replace
+
     from ffr.data.manifest import name_problem
 
+    # The global config's own problems are listed once (not once per dataset), and only those that
+    # some dataset does not override away.
+    shared, hit, problems = experiment_problems(replace(cfg, datasets={})), [], []
     for name, overrides in cfg.datasets.items():
         why = name_problem(str(name))
         if why is not None:  # the name becomes a folder and a plot name inside --out
@@ -150,12 +154,14 @@ def check_sweep(cfg: ExperimentConfig) -> ExperimentConfig:
             problems.append(Problem(f"datasets.{name}", str(e)))
             continue
         eff.datasets = {}
-        problems += [p.within(f"datasets.{name}") for p in experiment_problems(eff)]
+        own = experiment_problems(eff)
+        hit += [p for p in own if p in shared and p not in hit]
+        problems += [p.within(f"datasets.{name}") for p in own if p not in shared]
         where = eff.data.dataset
         if where != "demo" and not str(where).startswith("s3://") and not Path(where).exists():
             problems.append(Problem(f"datasets.{name}", f"data.dataset {where}: no such dataset folder (checked "
                                                         "before the first grid starts)"))
-    refuse(problems)
+    refuse(hit + problems)
     return cfg
 
 

@@ -59,8 +59,9 @@ def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE):
     try:
         fd = _lock_file(path, wait=False)
     except _Busy as e:
-        raise OutputBusy(f"{folder}: another ffr run is writing here ({e.holder}); wait for it to finish or use "
-                         "another output folder") from None
+        what = folder if name in (LOCK_FILE, ".ffr.lock") else folder / name.removesuffix(".lock")  # a file's own lock
+        raise OutputBusy(f"{what}: another ffr run is writing here ({e.holder}); wait for it to finish or use "
+                         "another output " + ("folder" if what == folder else "path")) from None
     _held[path] = 1
     previous = os.environ.get("FFR_LOCK_HELD")
     os.environ["FFR_LOCK_HELD"] = str(os.getpid())  # workers and ranks started from here write under it

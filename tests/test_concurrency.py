@@ -261,3 +261,16 @@ def test_sweep_checks_every_dataset_before_the_first_grid(tmp_path):
         sweep(cfg, tmp_path / "sw", progress=False)
     assert "datasets.b" in str(e.value) and "resnet9000" in str(e.value) and "datasets.c" in str(e.value)
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_busy_checkpoint_is_named_not_its_folder(tmp_path):
+    """Two `ffr train` into one checkpoint: the refusal names the checkpoint file."""
+    from ffr.locks import OutputBusy, output_lock
+
+    holder = hold_lock(tmp_path, "model.pt.lock")
+    try:
+        with pytest.raises(OutputBusy, match=f"^{tmp_path / 'model.pt'}: another ffr run is writing here"):
+            with output_lock(tmp_path, "model.pt.lock"):
+                pass
+    finally:
+        holder.kill()

@@ -456,3 +456,41 @@ def test_temporary_files_of_a_killed_process_are_cleaned_up_by_the_next_write(tm
     write_json(tmp_path / "x.json", {"a": 1})
     assert not left.exists() and other_host.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", other_host.name])
+
+
+@pytest.mark.parametrize("bad, message", [(b"\xff", "not UTF-8 text (line 3, byte {at} of the file"),
+                                          (b"\x00", "line 3: a NUL byte (byte {at} of the file)")],
+                         ids=["not-utf8", "nul"])
+def test_a_damaged_manifest_byte_is_named_where_it_is(bad, message, tmp_path, capsys):
+    ds = _dataset(tmp_path / "ds")
+    raw = (ds / "manifest.csv").read_bytes()
+    at = raw.index(b"\n", raw.index(b"\n") + 1) + 4  # inside the second row's path (line 3)
+    (ds / "manifest.csv").write_bytes(raw[:at] + bad + raw[at + 1:])
+    assert main(["data", "validate", str(ds)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.csv" in err and message.format(at=at) in err
+
+
+@pytest.mark.parametrize("extra, message", [(["--num-shards", "0"], "--num-shards: 0 must be at least 1"),
+                                            (["--shard", "3", "--num-shards", "2"], "--shard 3: must be in [0, 2)"),
+                                            (["--option", "bogus=1"], "unknown option(s)")],
+                         ids=["no-shards", "shard-past-the-end", "bad-option"])
+def test_a_refused_synthesis_leaves_no_folder_behind(extra, message, tmp_path, capsys):
+    ds = _dataset(tmp_path / "ds")
+    out = tmp_path / "synthetic"
+    assert main(["synthesize", "--card", str(ds / "card.json"), "--per-group", "2", *extra, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_global_sweep_problem_is_listed_once_and_one_every_dataset_overrides_is_none(tmp_path, capsys):
+    import yaml
+
+    def sweep(datasets):
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump({"datasets": datasets, "strategies": ["none"], "seeds": [0],
+                                                         "train": {"lr": -1}}))
+        return main(["sweep", "--config", str(tmp_path / "s.yaml"), "--dry-run", "--out", str(tmp_path / "sw")])
+
+    assert sweep({"a": {}, "b": {}, "c": {"train.epochs": 0}}) == 2
+    err = capsys.readouterr().err
+    assert err.count("lr: -1.0 must be positive") == 1 and "datasets.c.train.epochs: 0 must be at least 1" in err
+    assert sweep({"a": {"train.lr": 0.1}, "b": {"train.lr": 0.01}}) == 0  # every dataset sets its own

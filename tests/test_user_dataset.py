@@ -87,3 +87,18 @@ def test_kubeflow_ffr_pipeline_on_a_folder_source(folder, tmp_path):
     result = run.results["ffr"]
     assert {g: v["n"] for g, v in result["groups"].items()} == \
         {f"{l}_{b}": n for (s, l, b), n in LAYOUT.items() if s == "test"}
+
+
+def test_the_folder_adapter_says_what_it_assumed_and_what_it_left_out(folder, capsys):
+    """A majority bias it had to guess (sorted pairing) and images one folder level too high are
+    warned about, never silently decided or dropped."""
+    from ffr.data.sources import load_dataset
+
+    write_png(folder / "train" / "cat" / "stray.png", 999)  # one level too high
+    m = load_dataset("folder", folder)
+    err = capsys.readouterr().err
+    assert "1 image(s) outside <split>/<class>/<bias>/" in err and "train/cat/stray.png" in err
+    assert "no majority_bias given: assumed cat → indoor, dog → outdoor" in err
+    assert len(m) == sum(LAYOUT.values())
+    load_dataset("folder", folder, majority_bias={"cat": "outdoor", "dog": "indoor"})
+    assert "no majority_bias given" not in capsys.readouterr().err

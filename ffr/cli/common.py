@@ -73,5 +73,5 @@ def write_csv(path, rows: list[dict]) -> None:
 
 
 def split_counts(m) -> dict:
-    """Images per group of each split of manifest ``m``, for :func:`ffr.data.manifest.format_group_counts`."""
+    """Images per group of each split of manifest ``m``, for :func:`ffr.data.splits.format_group_counts`."""
     return {s: m.select(split=s).group_counts() for s in ("train", "val", "test")}

@@ -12,7 +12,7 @@ from ffr.cli.common import config_parent, split_counts
 
 def cmd_data_demo(args) -> int:
     from ffr.data.builtin import BUILTIN_DATASETS
-    from ffr.data.manifest import format_group_counts
+    from ffr.data.splits import format_group_counts
 
     dataset = BUILTIN_DATASETS.get(args.name)
     m = dataset.build(args.out, {"seed": args.seed} if args.seed is not None else {})
@@ -22,7 +22,8 @@ def cmd_data_demo(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
-    from ffr.data.manifest import Manifest, format_group_counts
+    from ffr.data.manifest import Manifest
+    from ffr.data.splits import format_group_counts
 
     m = Manifest.load(args.manifest, check_files="decode" if not args.no_files else False)
     print(f"{args.manifest}: OK, {len(m)} rows")
@@ -32,7 +33,7 @@ def cmd_data_validate(args) -> int:
 
 def cmd_data_import(args) -> int:
     from ffr.config import parse_set
-    from ffr.data.manifest import format_group_counts
+    from ffr.data.splits import format_group_counts
     from ffr.data.sources import load_dataset
 
     options = dict(parse_set(o) for o in args.option)
@@ -62,7 +63,7 @@ def cmd_data_split(args) -> int:
 
 def cmd_prepare(args) -> int:
     from ffr.config import load_config
-    from ffr.data.manifest import format_group_counts
+    from ffr.data.splits import format_group_counts
     from ffr.steps import prepare_step
 
     cfg = load_config(args.config, args.set)
@@ -124,7 +125,8 @@ def _synthesis_counts(args, card) -> dict:
 
 def cmd_synthesize(args) -> int:
     from ffr.config import parse_set
-    from ffr.data.manifest import CARD_FILE, DatasetCard, format_group_counts
+    from ffr.data.manifest import CARD_FILE, DatasetCard
+    from ffr.data.splits import format_group_counts
     from ffr.rules import require
     from ffr.steps import synthesize_step
     from ffr.synthesis.records import shard_record_dir
@@ -135,6 +137,9 @@ def cmd_synthesize(args) -> int:
         raise ValueError("--out is required")
     require("count", args.batch_size, "--batch-size")
     require("count", args.max_attempts, "--max-attempts")
+    require("count", args.num_shards, "--num-shards")
+    if not 0 <= args.shard < args.num_shards:
+        raise ValueError(f"--shard {args.shard}: must be in [0, {args.num_shards}) (--num-shards {args.num_shards})")
     card = DatasetCard.load(args.card or Path(args.real) / CARD_FILE)
     counts = _synthesis_counts(args, card)
     options = dict(parse_set(o) for o in args.option)
@@ -142,9 +147,17 @@ def cmd_synthesize(args) -> int:
     # a fan-out over groups keeps each task's record apart; shards of one --out run side by side
     record = shard_record_dir(args.out, args.shard, args.num_shards, [g for g in card.groups if g in counts]) \
         if args.group else None
-    run, record = synthesize_step(card, counts, args.out, args.backend, args.seed, args.batch_size, options,
-                                  args.filter, args.max_attempts, args.shard, args.num_shards, record,
-                                  progress=not args.quiet)
+    made = not Path(args.out).exists()
+    try:
+        run, record = synthesize_step(card, counts, args.out, args.backend, args.seed, args.batch_size, options,
+                                      args.filter, args.max_attempts, args.shard, args.num_shards, record,
+                                      progress=not args.quiet)
+    except BaseException:
+        if made and Path(args.out).is_dir() and not any(Path(args.out).rglob("*.png")):
+            import shutil  # a refused run leaves no folder it made (only its lock and empty records)
+
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     per_group = run.manifest.group_counts()
     print(format_group_counts({"images": {g: per_group[g] for g in counts}}))
     print(f"{len(run.manifest)} images ({run.info['resumed']} kept from an earlier run, {run.info['rejected']} "

@@ -205,8 +205,18 @@ class Manifest:
             card = DatasetCard.load(path.parent / CARD_FILE)
         elif not isinstance(card, DatasetCard):
             card = DatasetCard.load(card)
+        raw = path.read_bytes()
+        try:  # checked here, not by pandas: its error counts bytes from the start of a chunk, not the file
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ManifestError(str(path), [f"not UTF-8 text (line {_line_at(raw, e.start)}, byte "
+                                            f"{e.start} of the file: {e.reason})"]) from None
+        if b"\x00" in raw:
+            at = raw.index(b"\x00")
+            raise ManifestError(str(path), [f"line {_line_at(raw, at)}: a NUL byte (byte {at} of the "
+                                            "file): no path or name may contain one"])
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_values=[""])
         except pd.errors.EmptyDataError:
             raise ManifestError(str(path), ["the file is empty (no header row)"]) from None
         except pd.errors.ParserError as e:
@@ -342,6 +352,11 @@ SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "
 DATA_DIRS_UNDER_SYSTEM = (Path("/dev/shm"),)  # RAM-disk staging is a data folder
 
 
+def _line_at(raw: bytes, offset: int) -> int:
+    """The 1-based line of byte ``offset`` of ``raw``."""
+    return raw.count(b"\n", 0, offset) + 1
+
+
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a class or bias value, or None: the names become folder names of
     synthetic images, so no path separator, no NUL or control character, no leading dot (``..``)."""
@@ -364,17 +379,6 @@ def _root_for(folder: Path, card: DatasetCard) -> Path:
                             [f"field 'root' {card.root!r} resolves to {root}, the file system's root or a system "
                              "directory: images are read only from data folders"])
     return root
-
-
-def format_group_counts(counts_by_split: dict[str, dict[tuple[str, str], int]]) -> str:
-    """A plain-text table: one row per group, one column per split."""
-    splits = list(counts_by_split)
-    groups = list(next(iter(counts_by_split.values()))) if counts_by_split else []
-    width = max([len("group")] + [len(group_key(*g)) for g in groups])
-    lines = ["group".ljust(width) + "".join(f"{s:>9}" for s in splits)]
-    for g in groups:
-        lines.append(group_key(*g).ljust(width) + "".join(f"{counts_by_split[s][g]:>9}" for s in splits))
-    return "\n".join(lines)
 
 
 def _line(i: int) -> str:

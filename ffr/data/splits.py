@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ffr.config import MIN_VAL_PER_GROUP
-from ffr.data.manifest import Manifest, format_group_counts, group_key
+from ffr.data.manifest import Manifest, group_key
 from ffr.rules import require
 
 
@@ -125,3 +125,14 @@ def class_bias_fraction(manifest: Manifest, split: str = "train") -> dict[str, f
 
 
 __all__ = ["bias_rate_split", "minority_keep", "SplitReport", "class_bias_fraction", "group_key"]
+
+
+def format_group_counts(counts_by_split: dict[str, dict[tuple[str, str], int]]) -> str:
+    """A plain-text table: one row per group, one column per split."""
+    splits = list(counts_by_split)
+    groups = list(next(iter(counts_by_split.values()))) if counts_by_split else []
+    width = max([len("group")] + [len(group_key(*g)) for g in groups])
+    lines = ["group".ljust(width) + "".join(f"{s:>9}" for s in splits)]
+    for g in groups:
+        lines.append(group_key(*g).ljust(width) + "".join(f"{counts_by_split[s][g]:>9}" for s in splits))
+    return "\n".join(lines)

@@ -37,15 +37,19 @@ def _is_http(uri: str) -> bool:
 
 
 def _health_request(tracking_uri: str) -> urllib.request.Request:
-    """``GET <tracking_uri>/health``, the URI's user info sent as a Basic ``Authorization``
-    header (as MLflow's client does) instead of being left in the host name."""
+    """``GET <tracking_uri>/health``, the URI's user info (or ``$MLFLOW_TRACKING_USERNAME`` /
+    ``_PASSWORD``) sent as a Basic ``Authorization`` header, as MLflow's client does."""
     parts = urllib.parse.urlsplit(tracking_uri)
     userinfo, _, hostport = parts.netloc.rpartition("@")
     url = urllib.parse.urlunsplit((parts.scheme, hostport, parts.path.rstrip("/") + "/health", parts.query, ""))
     request = urllib.request.Request(url)
     if userinfo:
         user, _, password = userinfo.partition(":")
-        pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+        user, password = urllib.parse.unquote(user), urllib.parse.unquote(password)
+    else:  # a bare URI: the credential MLflow's client takes from the environment (ffr run hands it so)
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user or password:
+        pair = f"{user or ''}:{password or ''}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
     return request
 

@@ -101,6 +101,7 @@ class FaultProxy:
         self.rules: list[tuple[Callable[[str, str], bool], Callable[[int], "int | str | None"]]] = []
         self.counts: dict[int, int] = {}
         self.seen: list[tuple[str, str, str]] = []   # (method, path, outcome)
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
         self.lock = threading.Lock()
         proxy = self
 
@@ -128,6 +129,7 @@ class FaultProxy:
                 action = proxy.action(self.command, self.path)
                 with proxy.lock:
                     proxy.seen.append((self.command, self.path, str(action or "forwarded")))
+                    proxy.authorizations.append(self.headers.get("Authorization"))
                 if action == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
