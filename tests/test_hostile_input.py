@@ -494,3 +494,12 @@ def test_a_global_sweep_problem_is_listed_once_and_one_every_dataset_overrides_i
     err = capsys.readouterr().err
     assert err.count("lr: -1.0 must be positive") == 1 and "datasets.c.train.epochs: 0 must be at least 1" in err
     assert sweep({"a": {"train.lr": 0.1}, "b": {"train.lr": 0.01}}) == 0  # every dataset sets its own
+
+
+def test_synthesis_for_a_dataset_with_no_train_rows_says_so(tmp_path, capsys):
+    from tests.test_bad_input import GROUPS
+
+    ds = _dataset(tmp_path / "ds", {k: n for k, n in GROUPS.items() if k[0] != "train"})
+    assert main(["synthesize", "--real", str(ds), "--strategy", "ffr", "--out", str(tmp_path / "syn")]) == 2
+    err = capsys.readouterr().err
+    assert f"--real {ds}: nothing to render" in err and "no train rows" in err and not (tmp_path / "syn").exists()

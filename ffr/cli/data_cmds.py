@@ -115,6 +115,9 @@ def _synthesis_counts(args, card) -> dict:
         from ffr.steps import synthetic_need
 
         counts = synthetic_need(args.real, args.strategy or ["usb", "asb", "ffr"])
+        if not any(counts.values()):
+            raise ValueError(f"--real {args.real}: nothing to render: strategies {args.strategy or ['usb', 'asb', 'ffr']} "
+                             "need no synthetic image for its train split (it has no train rows, or needs none)")
     else:
         raise ValueError("say how many images: --per-group N, --count GROUP=N, or --real DIR [--strategy S]")
     if args.group:
@@ -129,6 +132,7 @@ def cmd_synthesize(args) -> int:
     from ffr.data.splits import format_group_counts
     from ffr.rules import require
     from ffr.steps import synthesize_step
+    from ffr.synthesis.generation import check_shard
     from ffr.synthesis.records import shard_record_dir
 
     if args.card is None and args.real is None:
@@ -137,9 +141,7 @@ def cmd_synthesize(args) -> int:
         raise ValueError("--out is required")
     require("count", args.batch_size, "--batch-size")
     require("count", args.max_attempts, "--max-attempts")
-    require("count", args.num_shards, "--num-shards")
-    if not 0 <= args.shard < args.num_shards:
-        raise ValueError(f"--shard {args.shard}: must be in [0, {args.num_shards}) (--num-shards {args.num_shards})")
+    check_shard(args.shard, args.num_shards, ("--shard", "--num-shards"))
     card = DatasetCard.load(args.card or Path(args.real) / CARD_FILE)
     counts = _synthesis_counts(args, card)
     options = dict(parse_set(o) for o in args.option)

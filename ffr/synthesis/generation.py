@@ -100,14 +100,21 @@ def make_request(backend: SynthesisBackend, base_seed: int, label: str, bias: st
     return replace(req, prompt=backend.prompt_for(req))
 
 
+def check_shard(shard: int, num_shards: int, names: tuple[str, str] = ("shard", "num_shards")) -> None:
+    """Refuse a shard index outside ``[0, num_shards)`` or fewer than one shard; ``names`` are the
+    option names the message uses (the CLI's ``--shard``, ``--num-shards``)."""
+    require("count", num_shards, names[1])
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"{names[0]} {shard}: must be in [0, {num_shards}) ({names[1]} {num_shards})")
+
+
 def plan_requests(backend: SynthesisBackend, counts: dict[tuple[str, str], int], base_seed: int = 0,
                   shard: int = 0, num_shards: int = 1, block: int = 1) -> list[ImageRequest]:
     """The first-attempt requests of shard ``shard`` of ``num_shards``: image ``index`` of a group
     belongs to shard ``(index // block) % num_shards`` (``index % num_shards`` for ``block`` 1).
     Seeds and prompts depend on (base seed, group, index) only, so the union of all shards is the
     same set of images whatever ``num_shards`` is."""
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
+    check_shard(shard, num_shards)
     return [make_request(backend, base_seed, label, bias, i)
             for (label, bias), n in counts.items() for i in range(int(n)) if (i // block) % num_shards == shard]
 
