@@ -503,3 +503,29 @@ def test_synthesis_for_a_dataset_with_no_train_rows_says_so(tmp_path, capsys):
     assert main(["synthesize", "--real", str(ds), "--strategy", "ffr", "--out", str(tmp_path / "syn")]) == 2
     err = capsys.readouterr().err
     assert f"--real {ds}: nothing to render" in err and "no train rows" in err and not (tmp_path / "syn").exists()
+
+
+def test_a_full_disk_while_saving_a_model_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    """`ffr train` rerun into the same checkpoint when the disk fills as it saves: exit 2 naming the
+    file, the previous model, history and summary whole, no temporary file left."""
+    import errno
+
+    import ffr.train.loop
+
+    out = tmp_path / "m" / "model.pt"
+    _train(tmp_path, out)
+    before = _snapshot(out.parent)
+    real_replace = ffr.train.loop.os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("model.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ffr.train.loop.os, "replace", full)
+    prep = tmp_path / "prep"
+    assert main(["train", "--train", str(prep), "--val", str(prep), *TINY_TRAIN, "--seed", "1",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: no space left on the device" in err and "Traceback" not in err
+    assert _snapshot(out.parent) == before

@@ -233,8 +233,11 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             records = result.history
             meta.update(best_epoch=best_epoch, steps=result.steps, stop_reason=result.stop_reason)
             if dist.is_main():
-                save_checkpoint(ckpt, model, meta)
-                os.replace(partial, history) if partial.is_file() else history.write_text("")
+                try:
+                    save_checkpoint(ckpt, model, meta)
+                    os.replace(partial, history) if partial.is_file() else history.write_text("")
+                finally:  # a failed save (a full disk) leaves the previous stage's files as they were
+                    partial.unlink(missing_ok=True)
                 write_json(summary, StageResult(model, ckpt, history, key, best_epoch, best_val, state, meta).summary())
             dist.barrier()  # the other ranks go on once the files exist
     meta["best_epoch"] = best_epoch
