@@ -376,6 +376,7 @@ def _compare(cfg: ExperimentConfig, out: Path, progress: bool, on_cell, workers:
             figure = plot_group_accuracy(records, out / "group_accuracy.png")
             for path in [out / n for n in ("results.md", "results.html", "results.csv", "results.json")] + [figure]:
                 tracker.log_artifact(str(path))
+            tracker.set_description((out / "results.md").read_text())
     except Exception as e:  # noqa: BLE001  (any tracking backend's failure: the results are safe on disk)
         from ffr.paths import redact_uri
 

@@ -288,14 +288,18 @@ def evaluate_strategy(checkpoint: str | os.PathLike, data_dir: str | os.PathLike
     if tracked:
         from ffr.integrations.mlflow_runs import log_summary_to, optional_run
 
-        with optional_run(run_name=f"evaluate {strategy}", system_metrics=False, **tracking) as tracker:
+        with optional_run(run_name=f"evaluate {strategy}", system_metrics=False,
+                          tags={"ffr.strategy": strategy, "ffr.stage": "evaluate"}, **tracking) as tracker:
             m = evaluate_step(checkpoint, data_dir, split, None, device, tracker=tracker)
     else:
         m = evaluate_step(checkpoint, data_dir, split, None, device)
     m = {"strategy": strategy, **m, "model": dict(model_meta or {})}
     if tracked and tracking.get("pipeline_run_id"):  # the headline on the pipeline's own run
+        from ffr.results.views import format_group_table
+
         log_summary_to(tracking.get("tracking_uri") or os.environ["MLFLOW_TRACKING_URI"],
-                       tracking.get("experiment", "ffr"), tracking["pipeline_run_id"], {strategy: m})
+                       tracking.get("experiment", "ffr"), tracking["pipeline_run_id"], {strategy: m},
+                       table=f"```\n{format_group_table({strategy: m})}\n```")  # a comparison's report replaces it
     write_json(Path(metrics_path), m)
     pool = Manifest.load(synthetic_dir, check_files=False) if synthetic_dir is not None else None
     Path(report_path).write_text(evaluation_report_html({strategy: m}, f"{strategy}: {split} split", pool))

@@ -27,6 +27,9 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None:
         """Flat parameters (see :func:`flatten`)."""
 
+    def set_description(self, text: str) -> None:
+        """The run's description (Markdown): a parent run's comparison table."""
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Tags that say what the run is (strategy, objective, ...), for grouping and filtering."""
 
@@ -62,6 +65,7 @@ class NullTracker:
 
     def close(self): pass
     def log_params(self, params): pass
+    def set_description(self, text): pass
     def set_tags(self, tags): pass
     def log_metrics(self, metrics, step=None): pass
     def log_dataset(self, dataset, context, location=None): pass
@@ -129,6 +133,7 @@ def log_cell(tracker: Tracker, cfg, record: dict, log_model: bool = True) -> Non
         tracker.log_dataset(info, context)
     for i, stage in enumerate(record["stages"]):
         st = tracker.child(stage["name"])
+        st.set_tags({"ffr.stage": stage["name"]})
         settings = (stage.get("request") or {}).get("settings") or cfg.stage_settings(stage["name"])
         st.log_params({"stage": stage["name"], "stage_key": stage.get("key"),
                        **flatten(settings, f"{stage['name']}.")})

@@ -37,17 +37,24 @@ def tracker(args, default_name: str, out_dir):
     if not getattr(args, "mlflow", None) or os.environ.get("RANK", "0") != "0":
         yield None
         return
-    from ffr.integrations.mlflow_runs import mlflow_run
+    from ffr.integrations.mlflow_runs import mlflow_run, ui_link
+    from ffr.integrations.mlflow_server import source_tags
     from ffr.integrations.mlflow_server import local_store
     from ffr.paths import redact_uri
 
     uri, artifacts = (local_store(out_dir) if args.mlflow == "local" else (args.mlflow, None))
+    command = getattr(args, "command", None) or default_name
     with mlflow_run(uri, args.experiment, args.run_name or default_name, artifact_location=artifacts,
-                    tags={"ffr.command": " ".join(sys.argv[1:3])}) as t:
+                    tags={"ffr.command": " ".join(sys.argv[1:3]), "ffr.pipeline": command,
+                          **source_tags(f"ffr {command}")}) as t:
         print(f"MLflow run {t.run_id} at {redact_uri(uri)}", file=sys.stderr)
+        experiment_id = t.client.get_run(t.run_id).info.experiment_id
         yield t
+    link = ui_link(uri, experiment_id)
     if args.mlflow == "local":
-        print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
+        print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open {link})")
+    else:
+        print(f"MLflow UI: {redact_uri(link)}", file=sys.stderr)
 
 
 def registry_uri(args) -> str:

@@ -9,18 +9,75 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-from ffr.integrations.mlflow_server import TrackingError, configure, guarded, provenance
-from ffr.integrations.mlflow_tracker import MlflowTracker, _strategy_bars
+from ffr.integrations.mlflow_server import TrackingError, configure, guarded, provenance, source_tags
+from ffr.integrations.mlflow_tracker import WHAT, MlflowTracker, _strategy_bars
 from ffr.paths import redact_uri
+
+NOTE = "mlflow.note.content"   # the description MLflow's UI shows (Markdown) for a run or an experiment
+EXPERIMENT_NOTE = (
+    "Runs of [ffr](https://github.com/ffr-project/ffr) (From Fake to Real): a parent run per pipeline or "
+    "`ffr compare`, a nested run per strategy, grid cell and training stage. Every run is tagged with what it "
+    "is: `ffr.pipeline`, `ffr.strategy`, `ffr.objective`, `ffr.bias_rate`, `ffr.seed`, `ffr.candidate`, "
+    "`ffr.stage`: group the runs table by `ffr.strategy` and chart `test/worst_group_acc` (the measure that "
+    "matters) across runs. A parent run's description holds its comparison table and the promotion gate's "
+    "verdict.")
 
 
 def _experiment(name: str, artifact_location: str | None) -> str:
+    """The experiment ``name``'s id, created when missing as a model-training experiment (kind
+    ``custom_model_development``) with a description. In a store of ffr's own (a run folder's,
+    ``artifact_location`` given) MLflow's unused ``Default`` experiment, whose artifacts would go to
+    ``./mlruns`` outside the run folder, is removed."""
     import mlflow
 
+    client = mlflow.MlflowClient()
     found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    if found is None:
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development",
+                                                       NOTE: EXPERIMENT_NOTE})
+    else:
+        experiment_id = found.experiment_id
+        if "mlflow.experimentKind" not in found.tags:  # never overwrite what a user set
+            client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+        if NOTE not in found.tags:
+            client.set_experiment_tag(experiment_id, NOTE, EXPERIMENT_NOTE)
+    if artifact_location and mlflow.get_tracking_uri().startswith("sqlite:") and experiment_id != "0":
+        default = client.get_experiment("0")
+        if default.lifecycle_stage == "active" and not client.search_runs(["0"], max_results=1):
+            client.delete_experiment("0")
+    return experiment_id
+
+
+def ui_link(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """Where a user opens the runs in MLflow's UI: the experiment's runs table in the model-training
+    view (MLflow 3 opens a GenAI view by default, whatever the experiment's kind)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else base
+
+
+def _sections(note: str) -> dict[str, str]:
+    out, title = {}, ""
+    for line in (note or "").splitlines(keepends=True):
+        if line.startswith("## "):
+            title = line[3:].strip()
+        out[title] = out.get(title, "") + line
+    return out
+
+
+def describe(client, run_id: str, title: str, text: str) -> None:
+    """Set section ``title`` (a ``## title`` Markdown section) of run ``run_id``'s description,
+    keeping its other sections: the comparison and the gate's verdict are written by different
+    steps of a pipeline."""
+    sections = _sections(client.get_run(run_id).data.tags.get(NOTE, ""))
+    body = "\n".join(line for line in text.strip().splitlines() if not line.startswith("# "))  # no 2nd title
+    sections[title] = f"## {title}\n\n{body.strip()}\n\n"
+    client.set_tag(run_id, NOTE, "".join(sections[k] for k in sorted(sections, key=_SECTION_ORDER))[:60000])
+
+
+def _SECTION_ORDER(title: str) -> tuple:
+    order = ["", "Comparison", "Promotion gate"]
+    return (order.index(title) if title in order else len(order), title)
 
 
 @contextlib.contextmanager
@@ -49,6 +106,8 @@ def mlflow_run(tracking_uri: str, experiment: str = "ffr", run_name: str | None 
     except Exception as e:
         raise TrackingError(redact_uri(f"could not start an MLflow run at {tracking_uri}: {type(e).__name__}: {e}")) from e
     tracker = MlflowTracker(run.info.run_id)
+    tracker.what = {k: str(v) for k, v in (tags or {}).items() if k in WHAT and v is not None}
+    tracker.source = {k: str(v) for k, v in (tags or {}).items() if k.startswith("mlflow.source.")}
     try:
         yield tracker
     except BaseException:
@@ -84,9 +143,22 @@ def optional_run(tracking_uri: str | None, run_name: str, pipeline_run_id: str |
         yield None
         return
     parent = pipeline_run(uri, experiment, pipeline_run_id) if pipeline_run_id else None
-    with mlflow_run(uri, experiment, run_name=run_name, parent_run_id=parent,
-                    tags={"ffr.pipeline_run_id": pipeline_run_id} if pipeline_run_id else None, **kwargs) as tracker:
+    what = inherited(uri, parent, run_name) if parent else {}
+    tags = {**what, **(kwargs.pop("tags", None) or {}),
+            **({"ffr.pipeline_run_id": pipeline_run_id} if pipeline_run_id else {})}
+    with mlflow_run(uri, experiment, run_name=run_name, parent_run_id=parent, tags=tags, **kwargs) as tracker:
+        tracker.what.update({k: v for k, v in what.items() if k in WHAT})
         yield tracker
+
+
+def inherited(tracking_uri: str, parent_id: str, run_name: str = "") -> dict[str, str]:
+    """The tags a pipeline step's run takes from its pipeline's run: what the run is (pipeline,
+    bias rate, seed, objective) and a Source naming the pipeline and the step."""
+    import mlflow
+
+    parent = mlflow.MlflowClient(tracking_uri).get_run(parent_id).data
+    what = {k: v for k, v in parent.tags.items() if k in WHAT}
+    return {**what, **source_tags(what.get("ffr.pipeline"), (run_name.split() or [None])[0])}
 
 
 @guarded("opening the pipeline's MLflow run")
@@ -143,22 +215,27 @@ def finish_pipeline_run(tracking_uri: str, experiment: str, pipeline_run_id: str
 
 @guarded("logging the pipeline's summary to its run")
 def log_summary_to(tracking_uri: str, experiment: str, pipeline_run_id: str, results: dict[str, dict],
-                   files: dict[str, str] | None = None) -> str | None:
-    """Put a pipeline's headline on its parent run (found by ``pipeline_run_id``): per strategy of
-    ``results`` (strategy → :func:`ffr.steps.evaluate_step` metrics) ``<strategy>/test/
-    worst_group_acc``, ``balanced_acc``, ``average_acc``; with several strategies the per-group
-    accuracy figure; and ``files`` (artifact path → local file, e.g. the comparison table).
-    Returns the parent run's id (None when there is none)."""
+                   files: dict[str, str] | None = None, metrics: bool = True, table: str | None = None) -> str | None:
+    """Put a pipeline's headline on its parent run (found by ``pipeline_run_id``): with
+    ``metrics``, per strategy of ``results`` (strategy → :func:`ffr.steps.evaluate_step` metrics)
+    ``<strategy>/test/worst_group_acc``, ``balanced_acc``, ``average_acc`` (each evaluation step
+    logs its own strategy's once; the report step adds none); with several strategies the
+    per-group accuracy figure; ``files`` (artifact path → local file, e.g. the comparison table);
+    ``table`` (Markdown) as the Comparison section of the run's description. Returns the parent
+    run's id (None when there is none)."""
     parent = pipeline_run(tracking_uri, experiment, pipeline_run_id)
     if parent is None:
         return None
     tracker = MlflowTracker(parent)
-    tracker.log_metrics({f"{s}/test/{k}": float(m[k]) for s, m in results.items()
-                         for k in ("worst_group_acc", "balanced_acc", "average_acc") if m.get(k) is not None})
+    if metrics:
+        tracker.log_metrics({f"{s}/test/{k}": float(m[k]) for s, m in results.items()
+                             for k in ("worst_group_acc", "balanced_acc", "average_acc") if m.get(k) is not None})
     if len(results) > 1:
         tracker._figure(lambda ax: _strategy_bars(ax, results), "figures/group_accuracy_by_strategy.png")
     for artifact_path, local in (files or {}).items():
         tracker.client.log_artifact(parent, local, os.path.dirname(artifact_path) or None)
+    if table:
+        describe(tracker.client, parent, "Comparison", table)
     return parent
 
 
@@ -180,8 +257,12 @@ def open_pipeline_run(tracking_uri: str | None, experiment: str, pipeline_name: 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         return ""
+    what = {f"ffr.{k}": params[k] for k in ("bias_rate", "seed", "objective") if params.get(k) not in (None, "")}
+    if "seed" in integer_params and "ffr.seed" in what:
+        what["ffr.seed"] = int(float(what["ffr.seed"]))
     run_id = open_run(uri, experiment, f"{pipeline_name} {pipeline_run_id}".strip(),
-                      {"ffr.pipeline": pipeline_name, "ffr.pipeline_run_id": pipeline_run_id}, artifact_location or None)
+                      {"ffr.pipeline": pipeline_name, "ffr.pipeline_run_id": pipeline_run_id, **what,
+                       **source_tags(pipeline_name)}, artifact_location or None)
 
     def integer(v):
         try:

@@ -26,6 +26,17 @@ from ffr.paths import redact_uri
 
 _BAD_KEY = re.compile(r"[^\w\-. /:]")
 
+# What a run is, as tags every run carries (a nested run inherits its parent's): the MLflow runs
+# table groups, filters (tags.`ffr.strategy` = 'ffr') and compares runs by them.
+WHAT = ("ffr.pipeline", "ffr.strategy", "ffr.objective", "ffr.bias_rate", "ffr.seed", "ffr.candidate")
+STAGE_TAG = "ffr.stage"
+
+
+def is_count(key: str) -> bool:
+    """A group's image count (``test/group/<g>/n``): a fact about the data, not something learned;
+    logged as a parameter, never as a metric (a flat chart per group)."""
+    return key.endswith("/n")
+
 
 def _key(k: str) -> str:
     return _BAD_KEY.sub("_", k)
@@ -40,7 +51,10 @@ class MlflowTracker:
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.model_uri: str | None = None
+        self.what: dict[str, str] = {}   # the WHAT tags set on this run, inherited by its children
+        self.source: dict[str, str] = {}  # its Source (mlflow.source.*), inherited too
         self._selection: dict[str, float] = {}
+        self._selection_logged = True
         self._children: list[MlflowTracker] = []
         self._closed = False
 
@@ -48,14 +62,17 @@ class MlflowTracker:
     def child(self, name: str) -> "MlflowTracker":
         import mlflow
 
-        run = mlflow.start_run(run_name=name, nested=True, parent_run_id=self.run_id)
+        run = mlflow.start_run(run_name=name, nested=True, parent_run_id=self.run_id,
+                               tags={**self.what, **self.source})
         t = MlflowTracker(run.info.run_id, self.client)
+        t.what, t.source = dict(self.what), dict(self.source)
         self._children.append(t)
         return t
 
     def close(self, status: str = "FINISHED") -> None:
         import mlflow
 
+        self._flush_selection()
         for c in self._children:
             c.broken = getattr(self, "broken", False) or getattr(c, "broken", False)
             c.close("FAILED" if status != "FINISHED" else status)
@@ -86,15 +103,26 @@ class MlflowTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
+        counts = {k: int(v) for k, v in metrics.items() if is_count(k) and v is not None}
+        if counts and not any(k.startswith("epoch/") for k in counts):  # per-epoch copies: the same numbers
+            self.log_params(counts)
         ts = int(time.time() * 1000)
-        items = [Metric(_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        items = [Metric(_key(k), float(v), ts, step or 0) for k, v in metrics.items()
+                 if v is not None and not is_count(k)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
+        self.what.update({k: str(v) for k, v in tags.items() if k in WHAT and v is not None})
         self.client.log_batch(self.run_id, tags=[RunTag(_key(k), str(v)) for k, v in tags.items() if v is not None])
+
+    def set_description(self, text: str) -> None:
+        """The run's description, under a ``## Comparison`` section (other sections are kept)."""
+        from ffr.integrations.mlflow_runs import describe
+
+        describe(self.client, self.run_id, "Comparison", text)
 
     def log_artifact(self, path: str) -> None:
         if Path(path).is_file():
@@ -150,10 +178,22 @@ class MlflowTracker:
 
     def log_selection(self, val: dict, best_epoch: int) -> None:
         """The selected checkpoint's validation metrics as the run's ``val/*`` metrics (step: its
-        epoch), ``best_epoch`` as a metric and a tag; the model logged next carries them too."""
+        epoch), ``best_epoch`` as a metric and a tag. Logged once: linked to the model when one is
+        logged next (its page in the MLflow UI shows them), else when the run closes."""
         self._selection = {**flat_metrics(val, "val"), "best_epoch": float(best_epoch)}
-        self.log_metrics(self._selection, step=int(best_epoch))
+        self._selection_logged = False
         self.set_tags({"ffr.best_epoch": int(best_epoch)})
+
+    def _flush_selection(self, model_id: str | None = None) -> None:
+        if self._selection_logged or not self._selection:
+            return
+        self._selection_logged = True
+        step = int(self._selection.get("best_epoch", 0))
+        if model_id is None:
+            self.log_metrics(self._selection, step=step)
+        else:
+            self.log_params({k: int(v) for k, v in self._selection.items() if is_count(k)})
+            self.log_model_metrics(model_id, self._selection, step=step)
 
     def log_history(self, history: list[dict]) -> None:
         if history:
@@ -170,7 +210,7 @@ class MlflowTracker:
         try:
             draw(ax)
             fig.tight_layout()
-            self.client.log_figure(self.run_id, fig, artifact_file)
+            self.client.log_figure(self.run_id, fig, artifact_file, save_kwargs={"bbox_inches": "tight"})
         finally:
             plt.close(fig)
 
@@ -185,8 +225,7 @@ class MlflowTracker:
             info = log_servable(copy_to_cpu(model), _plain(meta))
         self.model_uri = info.model_uri
         self.set_tags({"ffr.model_uri": info.model_uri, "ffr.model_classes": json.dumps(meta["classes"])})
-        if self._selection:  # the Logged Model page shows the selected checkpoint's numbers
-            self.log_model_metrics(info.model_id, self._selection, step=int(self._selection.get("best_epoch", 0)))
+        self._flush_selection(info.model_id)  # the Logged Model page shows the selected checkpoint's numbers
 
     def log_model_metrics(self, model_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """``metrics`` linked to the logged model ``model_id`` (its page in the MLflow UI)."""
@@ -194,7 +233,7 @@ class MlflowTracker:
 
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(_key(k), float(v), ts, step, model_id=model_id)
-                                                    for k, v in metrics.items() if v is not None])
+                                                    for k, v in metrics.items() if v is not None and not is_count(k)])
 
 
 def copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
@@ -248,7 +287,7 @@ def _strategy_bars(ax, results: dict[str, dict]) -> None:
     ax.set_xticks(range(len(groups)), groups, rotation=30)
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="strategy")  # beside, not over, bars
     ax.set_title("per-group test accuracy by strategy")
 
 
@@ -261,5 +300,5 @@ def _wga_by_epoch(ax, history: list[dict], best_epoch: float | None = None) -> N
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, never over them
     ax.set_title("validation accuracy by epoch")

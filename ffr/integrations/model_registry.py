@@ -303,6 +303,18 @@ def register_and_gate(tracking_uri: str, name: str, model_uri: str, evaluation: 
     return version, promote(tracking_uri, name, version, policy, test_data, device, context)
 
 
+def verdict_markdown(name: str, result: dict, decision: str) -> str:
+    """The gate's verdict as a parent run's description shows it: the decision (``promoted``,
+    ``rejected``, ``refused``), the version (a link to it in the UI) and the reasons."""
+    meaning = {"promoted": "now @champion", "rejected": "stays @challenger, the champion is unchanged",
+               "refused": "not compared: the champion is unchanged"}.get(decision, "")
+    version = result.get("version")
+    lines = [f"**{decision}**: [{name} version {version}](#/models/{name}/versions/{version}) {meaning}",
+             "", result.get("summary", "")]
+    lines += [f"- {r}" for r in result.get("reasons") or []]
+    return "\n".join(lines)
+
+
 def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str, metrics: dict, test_data: str,
                             lineage: dict[str, str], policy: GatePolicy, logged_model_uri: str = "",
                             experiment: str = "ffr", pipeline_run_id: str = "") -> dict:
@@ -321,12 +333,14 @@ def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str
     from mlflow.entities import RunTag
 
     from ffr.data.manifest import Manifest
-    from ffr.integrations.mlflow_runs import mlflow_run, pipeline_run
+    from ffr.integrations.mlflow_runs import describe, inherited, mlflow_run, pipeline_run
     from ffr.train.loop import load_checkpoint
 
     parent = pipeline_run(uri, experiment, pipeline_run_id)
+    what = inherited(uri, parent, "register") if parent else {}
     with mlflow_run(uri, experiment, run_name="register", parent_run_id=parent, system_metrics=False,
-                    tags={"ffr.pipeline_run_id": pipeline_run_id}) as t:
+                    tags={**what, "ffr.strategy": "ffr", "ffr.stage": "register",
+                          "ffr.pipeline_run_id": pipeline_run_id}) as t:
         t.log_dataset(Manifest.load(test_data).select(split=metrics.get("split", "test"), source="real"), "test",
                       test_data)
         t.log_evaluation(metrics, "test")
@@ -348,4 +362,5 @@ def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str
         t.client.log_dict(t.run_id, {**result, "history": history(uri, name)}, "gate/decision.json")
         if parent:
             t.client.log_batch(parent, tags=[RunTag(k, str(v)) for k, v in shown.items()])
+            describe(t.client, parent, "Promotion gate", verdict_markdown(name, result, shown["gate.decision"]))
     return result

@@ -96,8 +96,14 @@ def plot_group_accuracy(records: list[dict], path: str | os.PathLike, title: str
         ax.set_title(f"bias rate {rate}")
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test accuracy")
+    shown = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            shown.setdefault(label, handle)
+    if shown:  # one legend under the panels: a legend inside a panel hides bars
+        fig.legend(list(shown.values()), list(shown), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(shown), 6), fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -143,7 +149,7 @@ def _save(fig, path, plt) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")  # legends placed outside the axes included
     plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -186,6 +186,8 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
                             spec.init, (str, os.PathLike)) else str(spec.init), "seed": r.seed,
                         "image_size": r.image_size, "stage_key": key, **flatten(settings, f"{spec.name}."),
                         **flatten(r.objective_options or {}, "objective_options.")})
+    tracker.set_tags({"ffr.stage": spec.name, "ffr.strategy": r.strategy, "ffr.objective": objective.name,
+                      "ffr.seed": r.seed})
     tracker.log_dataset(spec.train, "train", (sources or {}).get("train"))
     tracker.log_dataset(spec.val, "validation", (sources or {}).get("val"))
     val = decode(spec.val)

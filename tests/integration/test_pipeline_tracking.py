@@ -120,8 +120,9 @@ def test_retrain_promotes_on_new_data_keeps_the_history_and_rolls_back(tmp_path,
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     # the decision is shown where users look: the register run and the pipeline's own run
     exp = client.get_experiment_by_name("ffr")
-    parents = client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'retrain'",
-                                 order_by=["attributes.start_time ASC"])
+    parents = [r for r in client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'retrain'",
+                                             order_by=["attributes.start_time ASC"])
+               if "mlflow.parentRunId" not in r.data.tags]  # its nested runs carry the pipeline's tag too
     assert [p.data.tags["gate.decision"] for p in parents] == ["promoted", "promoted", "rejected"]
     # rollback: the champion before version 2, recorded as a decision too
     assert main(["promote", "--mlflow", mlflow_env.url, "--name", name, "--rollback"]) == 0
@@ -179,10 +180,37 @@ def test_comparison_run_is_readable_in_its_own_store(tmp_path, monkeypatch, caps
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("ffr")
-    parent = client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'comparison'")[0]
+    runs = client.search_runs([exp.experiment_id], "tags.`ffr.pipeline` = 'comparison'")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     metrics = parent.data.metrics
     for strategy in ("none", "usb", "asb", "ffr"):
         assert {f"{strategy}/test/{m}" for m in ("worst_group_acc", "balanced_acc", "average_acc")} <= set(metrics)
+        # one value per metric: each evaluation step logs its own strategy's headline, the report none
+        assert len(client.get_metric_history(parent.info.run_id, f"{strategy}/test/worst_group_acc")) == 1
+    # what users read in the UI: every run says what it is, so the runs table groups by strategy
+    children = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all(r.data.tags["ffr.bias_rate"] == "0.9" and r.data.tags["ffr.seed"] == "0" for r in runs)
+    evaluations = {r.data.tags["ffr.strategy"]: r for r in children if r.data.tags.get("ffr.stage") == "evaluate"}
+    assert set(evaluations) == {"none", "usb", "asb", "ffr"}
+    for r in evaluations.values():  # one metric name across runs: MLflow charts it per strategy
+        assert "test/worst_group_acc" in r.data.metrics
+        assert not [k for k in r.data.metrics if k.endswith("/n")]  # group sizes are parameters
+        assert any(k.endswith("/n") for k in r.data.params)
+    stages = {(r.data.tags["ffr.strategy"], r.data.tags["ffr.stage"]) for r in children
+              if r.data.tags.get("ffr.stage") not in ("evaluate", "register")}
+    assert {("ffr", "pretrain"), ("ffr", "finetune"), ("none", "train"), ("usb", "train")} <= stages
+    assert all(r.data.tags["ffr.objective"] for r in children if r.data.tags.get("ffr.stage") == "finetune")
+    sources = {r.data.tags["mlflow.source.name"] for r in runs}
+    assert "ffr comparison pipeline" in sources and "ffr comparison pipeline: evaluate" in sources
+    assert not any("executor_main" in s for s in sources)
+    note = parent.data.tags["mlflow.note.content"]  # the description: the comparison and the gate's verdict
+    assert note.index("## Comparison") < note.index("## Promotion gate") and "worst" in note
+    assert "version 1" in note and parent.data.tags["gate.decision"] in note.split("## Promotion gate")[1]
+    experiment = client.get_experiment(exp.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "ffr.strategy" in experiment.tags["mlflow.note.content"]
+    assert client.get_experiment("0").lifecycle_stage == "deleted"  # no stray Default experiment
     assert parent.data.params["num_shards"] == "1" and parent.data.params["bias_rate"] == "0.9"
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.md", "comparison/comparison.html"} <= arts

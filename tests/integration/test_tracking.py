@@ -31,7 +31,8 @@ def test_compare_run_logs_nested_runs_metrics_tables_and_model(mlflow_env, tmp_p
     from mlflow import MlflowClient
 
     cfg = load_config(None, TINY)
-    with mlflow_run(mlflow_env.url, "test-compare", "compare", tags={"ffr.pipeline_run_id": "p-1"}) as t:
+    with mlflow_run(mlflow_env.url, "test-compare", "compare", tags={"ffr.pipeline_run_id": "p-1",
+                                                                     "ffr.pipeline": "compare"}) as t:
         records = compare(cfg, tmp_path / "run", progress=False, tracker=t)
         parent_id = t.run_id
     client = MlflowClient(mlflow_env.url, registry_uri=mlflow_env.url)
@@ -53,6 +54,18 @@ def test_compare_run_logs_nested_runs_metrics_tables_and_model(mlflow_env, tmp_p
     stages = {r.info.run_name: r for r in _children(client, ffr_cell)}
     assert set(stages) == {"pretrain", "finetune"}
     fine = stages["finetune"]
+    # every run says what it is; a stage inherits its cell's tags, so the runs table groups by strategy
+    for name, run in [*cells.items(), *(("ffr", s) for s in stages.values())]:
+        assert run.data.tags["ffr.strategy"] == name and run.data.tags["ffr.pipeline"] == "compare"
+        assert run.data.tags["ffr.bias_rate"] == "0.9" and run.data.tags["ffr.seed"] == "0"
+    assert {s.data.tags["ffr.stage"] for s in stages.values()} == {"pretrain", "finetune"}
+    assert not [k for k in fine.data.metrics if k.endswith("/n")]  # group sizes: parameters, not metrics
+    assert any(k.startswith("test/group/") and k.endswith("/n") for k in fine.data.params)
+    # the selected checkpoint's numbers are logged once (linked to the model), not twice
+    assert len(client.get_metric_history(fine.info.run_id, "val/worst_group_acc")) == 1
+    assert "## Comparison" in parent.data.tags["mlflow.note.content"]  # the results table as its description
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     history = client.get_metric_history(fine.info.run_id, "epoch/val/worst_group_acc")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
     assert len(client.get_metric_history(fine.info.run_id, "epoch/train/loss")) == 2
@@ -129,9 +142,13 @@ def test_cli_local_store_in_the_run_folder_and_promote(tmp_path, capsys, monkeyp
     sets = [a for s in TINY if not s.startswith("strategies") for a in ("--set", s)]
     assert main(["compare", "--out", str(out), "--quiet", "--mlflow", *sets, "--set", "strategies=[ffr]"]) == 0
     uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
-    assert f"mlflow ui --backend-store-uri {uri}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"mlflow ui --backend-store-uri {uri}" in printed and "runs?workflowType=machine_learning" in printed
     client = MlflowClient(uri, registry_uri=uri)
     cell = client.search_runs([client.get_experiment_by_name("ffr").experiment_id], "params.strategy = 'ffr'")[0]
+    runs = client.search_runs([cell.info.experiment_id], "")
+    assert {r.data.tags["mlflow.source.name"] for r in runs} == {"ffr compare"}  # not the entry script's name
+    assert client.get_experiment("0").lifecycle_stage == "deleted"  # no Default experiment pointing elsewhere
     assert main(["promote", "--mlflow-dir", str(out), "--name", "demo-model", "--run-id", cell.info.run_id,
                  "--floor", "0"]) == 0
     printed = capsys.readouterr().out

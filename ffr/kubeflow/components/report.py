@@ -65,4 +65,5 @@ def comparison_report(
             from ffr.integrations.mlflow_runs import log_summary_to
 
             log_summary_to(uri, mlflow_experiment, pipeline_run_id, s["results"],
-                           {"comparison/comparison.md": md, "comparison/comparison.html": page})
+                           {"comparison/comparison.md": md, "comparison/comparison.html": page},
+                           metrics=False, table=open(md).read())
