@@ -7,6 +7,10 @@ last — and a strategy with another plan needs no hand-written stage.
 Every stage runs an ``ffr`` command and depends on the code it runs: the ``ffr`` package folder
 (``.dvcignore`` leaves its bytecode out), so any code change reruns the pipeline, a new module
 included. Only YAML is written here; DVC itself is not imported.
+
+``dvc plots show`` loads its plotting library (Vega) from a CDN: offline its page is blank. The
+page template written here (:func:`write_plots_template`) carries the library itself, and a DVC
+project's ``.dvc/config`` is pointed at it, so the plots draw with no network.
 """
 
 from __future__ import annotations
@@ -99,13 +103,59 @@ def missing_params(strategy: str, params: dict) -> dict:
     return {k: v for k, v in wanted.items() if k not in params}
 
 
+PLOTS_TEMPLATE = "dvc_plots.html"
+VEGA_LITE = "5.21"  # the Vega-Lite of DVC's templates (schema v5)
+
+
+def plots_page_template() -> str | None:
+    """An HTML template for ``dvc plots show`` (``{plot_divs}``: DVC's plots) with Vega, Vega-Lite
+    and vega-embed inline, taken from vl-convert (the ``plots`` extra); None without it. DVC's own
+    template names the CDN in ``{scripts}``, which this one leaves out."""
+    try:
+        import vl_convert
+    except ImportError:
+        return None
+    bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE)
+    if "</script" in bundle.lower() or "{plot_divs}" in bundle:  # could not be inlined as it is
+        return None
+    return ("<!DOCTYPE html>\n<html>\n<head>\n{refresh_tag}\n<meta charset=\"UTF-8\">\n<title>DVC plots</title>\n"
+            f"<script>\n{bundle}\n</script>\n</head>\n<body>\n{{plot_divs}}\n</body>\n</html>\n")
+
+
+def write_plots_template(out_dir: str | os.PathLike = ".") -> Path | None:
+    """Write ``out_dir/dvc_plots.html`` (:func:`plots_page_template`) and, in a DVC project (a
+    ``.dvc`` folder there), make it ``plots.html_template`` unless one is set: plain ``dvc plots
+    show`` then works offline (elsewhere: ``dvc plots show --html-template dvc_plots.html``).
+    Returns the template's path, or None when the ``plots`` extra is not installed."""
+    text = plots_page_template()
+    if text is None:
+        return None
+    out = Path(out_dir) / PLOTS_TEMPLATE
+    out.write_text(text)
+    config = Path(out_dir) / ".dvc" / "config"
+    if config.parent.is_dir():
+        current = config.read_text() if config.is_file() else ""
+        if "html_template" not in current:
+            line = f"    html_template = ../{PLOTS_TEMPLATE}\n"
+            if "[plots]" in current:
+                current = current.replace("[plots]\n", "[plots]\n" + line, 1)
+            else:
+                current += ("" if not current or current.endswith("\n") else "\n") + "[plots]\n" + line
+            config.write_text(current)
+    return out
+
+
 def write_dvc_pipeline(out_dir: str | os.PathLike = ".", strategy: str = "ffr", code: str | None = "ffr") -> list[Path]:
-    """Write ``out_dir/dvc.yaml`` for ``strategy`` and add to ``out_dir/params.yaml`` (created if
-    missing) the sections it lacks; returns the files written."""
+    """Write ``out_dir/dvc.yaml`` for ``strategy``, the offline page template of ``dvc plots
+    show`` (:func:`write_plots_template`) and add to ``out_dir/params.yaml`` (created if missing)
+    the sections it lacks; returns the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dvc.yaml").write_text(dvc_yaml(strategy, code))
     written = [out / "dvc.yaml"]
+    template = write_plots_template(out)
+    if template is not None:
+        written.append(template)
     params_file = out / "params.yaml"
     params = yaml.safe_load(params_file.read_text()) or {} if params_file.is_file() else {}
     missing = missing_params(strategy, params)

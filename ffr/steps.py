@@ -10,9 +10,11 @@ from a run plan) through the one stage driver (:func:`ffr.train.stage.run_stage`
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from ffr.balance import balance, pool_requirement
 from ffr.config import MAX_ATTEMPTS, SYNTHESIS_BACKEND, SYNTHESIS_BATCH_SIZE
@@ -133,7 +135,7 @@ def balance_step(strategy: str, real_dir: str | os.PathLike, synthetic_dir: str 
 
 
 def train_stage(request: StageRequest, tracker: Tracker | None = None, tracking: dict | None = None,
-                names: dict[str, str] | None = None) -> dict:
+                names: dict[str, str] | None = None, echo: Callable[[str], None] | None = None) -> dict:
     """Train the stage ``request`` describes and return its summary: every row of the manifest
     in ``request.train_data``, the checkpoint selected by worst-group accuracy on the real ``val``
     rows of ``request.val_data``, written to ``request.out`` with ``<out>.history.jsonl`` and
@@ -144,7 +146,9 @@ def train_stage(request: StageRequest, tracker: Tracker | None = None, tracking:
     metrics and the model. With ``request.processes`` > 1 the stage runs data-parallel under
     ``torchrun`` (:func:`ffr.train.stage.run_distributed`; rank 0 opens the MLflow run
     ``tracking`` describes). One run at a time per output file (:func:`ffr.locks.output_lock`).
-    ``names``: the entry point's names of the request's fields, for its refusals."""
+    ``names``: the entry point's names of the request's fields, for its refusals. ``echo``
+    receives a line per epoch and the announcement of epochs raised to reach ``min_steps``
+    (:func:`ffr.train.stage.run_stage`)."""
     from ffr.locks import output_lock
 
     request.check(names)
@@ -153,10 +157,11 @@ def train_stage(request: StageRequest, tracker: Tracker | None = None, tracking:
             raise ValueError(f"stage request {request.stage!r}: {ref} is not set")
     out_path = Path(request.out)
     with output_lock(out_path.parent, out_path.name + ".lock"):
-        return _train_stage(request, tracker, tracking)
+        return _train_stage(request, tracker, tracking, echo)
 
 
-def _train_stage(request: StageRequest, tracker: Tracker | None, tracking: dict | None) -> dict:
+def _train_stage(request: StageRequest, tracker: Tracker | None, tracking: dict | None,
+                 echo: Callable[[str], None] | None = None) -> dict:
     from ffr.train.stage import StageSpec, run_distributed, run_stage
 
     if request.processes > 1:
@@ -165,7 +170,7 @@ def _train_stage(request: StageRequest, tracker: Tracker | None, tracking: dict 
     val = Manifest.load(request.val_data).select(split="val", source="real")
     if len(val) == 0:
         raise ValueError(f"{request.val_data}: no real rows in split 'val' to select checkpoints with")
-    return run_stage(StageSpec(request, train, val), request.out, tracker=tracker,
+    return run_stage(StageSpec(request, train, val), request.out, tracker=tracker, echo=echo,
                      sources={"train": request.train_data, "val": request.val_data}).summary()
 
 
@@ -216,15 +221,16 @@ def _tracked_stage(request: StageRequest, tracking: dict | None, run_name: str) 
     """:func:`train_stage` reporting to the MLflow run ``tracking`` describes (None: untracked; an
     empty ``tracking_uri``: ``$MLFLOW_TRACKING_URI``, if set); under ``torchrun`` rank 0 opens it.
     System metrics are sampled where the work is: in the training steps."""
+    echo = functools.partial(print, flush=True)  # a line per epoch in the step's log
     if tracking is None:
-        return train_stage(request)
+        return train_stage(request, echo=echo)
     tracking = {"tracking_uri": None, **tracking, "run_name": run_name}
     if request.processes > 1:
         return train_stage(request, tracking=tracking)
     from ffr.integrations.mlflow_runs import optional_run
 
     with optional_run(system_metrics=True, **tracking) as tracker:
-        return train_stage(request, tracker=tracker)
+        return train_stage(request, tracker=tracker, echo=echo)
 
 
 def evaluate_step(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test",

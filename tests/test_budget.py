@@ -101,3 +101,27 @@ def test_a_cell_trained_without_the_budget_is_not_reused_under_the_default_budge
 def test_bad_budgets_are_refused(bad, field):
     with pytest.raises(ConfigError, match=field):
         refuse(TrainConfig(**bad).problems())
+
+
+@pytest.mark.parametrize("min_steps", [0, 40])
+def test_an_explicit_epoch_count_is_honoured_or_its_raise_announced(tmp_path, capsys, min_steps):
+    """`ffr train --set train.epochs=2`: with no step floor it trains exactly 2 epochs; a floor that
+    needs more says so on stderr (and how to turn it off) and records the epochs planned in the
+    stage's summary; either way a line per epoch shows the progress."""
+    import json
+
+    from ffr.train.stage import stage_files
+    from test_hostile_input import _train
+
+    out = tmp_path / "m.pt"
+    _train(tmp_path, out, "--set", f"train.min_steps={min_steps}")
+    err = capsys.readouterr().err
+    _, history_file, summary_file = stage_files(out)
+    planned = json.loads(summary_file.read_text())["meta"]["epochs_planned"]
+    history = [json.loads(line) for line in history_file.read_text().splitlines()]
+    assert len(history) == planned and f"epoch {planned}/{planned}" in err and "s left" in err
+    if min_steps == 0:
+        assert planned == 2 and "raised" not in err
+    else:
+        assert planned > 2 and f"2 epochs raised to {planned} to reach min_steps=40" in err
+        assert "set min_steps=0 to train exactly 2" in err

@@ -58,6 +58,7 @@ class FakeKFP:
         self.versions: list[dict] = []
         self.status, self.token, self.cookie, self.login = status, token, cookie, login
         self.namespaces, self.fail = namespaces, fail or {}
+        self.tag = "2.4.0"  # the Kubeflow Pipelines version its health reply names
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -117,7 +118,7 @@ class FakeKFP:
                 if fake.status != 200:
                     return self._reply({"error": "nope"}, fake.status)
                 if url.path == "/apis/v2beta1/healthz":
-                    return self._reply({"commit_sha": "0cc5c6f", "tag_name": "2.4.0",
+                    return self._reply({"commit_sha": "0cc5c6f", "tag_name": fake.tag,
                                         "multi_user": bool(fake.token or fake.cookie)})
                 if self._forbidden(query.get("namespace")):
                     return
@@ -479,3 +480,15 @@ def test_upload_twice_adds_a_version_to_the_pipeline(capsys):
     versions = kfp_api.posts("/apis/v2beta1/pipelines/upload_version")
     assert [v["pipelineid"] for v in versions] == ["pl-1"] * 3 and len(kfp_api.pipelines) == 1
     assert [v["display_name"] for v in kfp_api.versions] == ["ffr-retrain", again.version_name, "v3"]
+
+
+@pytest.mark.parametrize("tag, warned", [("2.3.0", True), ("2.4.0", False), ("2.17.3", False)])
+def test_upload_warns_where_the_run_form_treats_falsy_defaults_as_missing(capsys, tag, warned):
+    """Kubeflow Pipelines before 2.4 marks every field whose default is 0, false or empty as
+    "Missing parameter" and keeps Start disabled: ffr's pipelines have such defaults, so `ffr
+    upload` says so, naming the version and what to do; newer servers get no warning."""
+    with FakeKFP() as kfp_api:
+        kfp_api.tag = tag
+        assert main(["upload", "ffr", "--host", kfp_api.url]) == 0
+    err = capsys.readouterr().err
+    assert ("Missing parameter" in err and f"Kubeflow Pipelines {tag}" in err and "2.4" in err) == warned, err

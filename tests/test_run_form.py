@@ -52,6 +52,25 @@ def test_every_parameter_input_and_output_is_described(compiled, name):
                 assert not missing, f"{comp} {side} {kind} without a description: {missing}"
 
 
+@pytest.mark.parametrize("name", PIPELINES.names())
+def test_the_pipeline_description_guides_the_stock_run_form(compiled, name):
+    """Kubeflow's own run form shows the pipeline's description but none of the fields': the
+    description says what to fill in (by fields that exist), where each is described, and the
+    Kubeflow Pipelines version the form needs."""
+    description = compiled[name]["pipelineInfo"]["description"]
+    fields = set(compiled[name]["root"]["inputDefinitions"]["parameters"])
+    assert "Kubeflow Pipelines 2.4 or later" in description
+    if name == "sweep":
+        assert {"config", "stage_store"} <= fields and "config (YAML)" in description
+        return
+    data = {"retrain": ["data_repo", "data_path", "data_rev"]}.get(name, ["source", "source_adapter"])
+    named = [*data, "bias_rate", "backbone", "image_size", "weights", "device", "mlflow_uri",
+             "registered_model_name", "gate_floor"]
+    assert set(named) <= fields, set(named) - fields
+    assert all(re.search(rf"\b{f}\b", description) for f in named)
+    assert "alphabetically" in description and "ffr run <pipeline> --help" in description
+
+
 def test_parameter_docs_cover_exactly_the_pipelines_parameters_and_every_registered_name():
     from ffr.train.backbones import BACKBONES
     from ffr.train.objectives import OBJECTIVES

@@ -90,6 +90,8 @@ def cmd_upload(args) -> int:
     what = "created with its first version" if up.created else "has a new version"
     print(f"pipeline {up.pipeline_name!r} ({up.pipeline_id}) {what} {up.version_name!r} ({up.version_id}) "
           f"on {args.host}")
+    if up.warning:
+        print(f"ffr: warning: {up.warning}", file=sys.stderr)
     return 0
 
 

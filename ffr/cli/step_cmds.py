@@ -7,6 +7,7 @@ cell does) and hands it to :func:`ffr.steps.train_stage`; the DVC training stage
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ffr.cli.common import config_parent, tracker, tracking_parent, write_csv
@@ -23,7 +24,8 @@ def cmd_train(args) -> int:
     request = StageRequest.for_stage(cfg, stage_plan(args.stage, args.strategy), args.seed, args.strategy)
     request = request.with_refs(train_data=args.train, val_data=args.val, init=args.init, out=args.out)
     with tracker(args, args.stage, Path(args.out).parent) as t:
-        summary = train_stage(request, tracker=t, names={**CONFIG_NAMES, "seed": "--seed"})
+        summary = train_stage(request, tracker=t, names={**CONFIG_NAMES, "seed": "--seed"},
+                              echo=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True))
     if args.history_csv:  # per-epoch scalars for `dvc plots`
         history = stage_files(args.out)[1]
         write_csv(args.history_csv, [json.loads(line) for line in history.read_text().splitlines()])
@@ -72,8 +74,17 @@ def cmd_dvc_pipeline(args) -> int:
 
     out = Path(args.out)
     code = args.code if args.code is not None else ("ffr" if (out / "ffr" / "__init__.py").is_file() else "")
-    for path in write_dvc_pipeline(out, args.strategy, code or None):
+    written = write_dvc_pipeline(out, args.strategy, code or None)
+    for path in written:
         print(f"wrote {path}")
+    from ffr.dvc_pipeline import PLOTS_TEMPLATE
+
+    if not any(p.name == PLOTS_TEMPLATE for p in written):
+        print("ffr: note: `dvc plots show` will load its plotting library from a CDN (blank offline); install "
+              "ffr[plots] and rerun for a page that draws with no network", file=sys.stderr)
+    elif not (out / ".dvc").is_dir():
+        print(f"no DVC project here yet: after `dvc init`, rerun this command or pass --html-template "
+              f"{PLOTS_TEMPLATE} to `dvc plots show`")
     return 0
 
 
@@ -89,6 +100,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--history-csv", help="also write the per-epoch metrics as CSV (for plots)")
+    p.add_argument("--quiet", action="store_true", help="no line per epoch on stderr (the summary line stays)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[tracking_parent()], help="group metrics of a checkpoint on a split")

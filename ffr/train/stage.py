@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -121,6 +123,32 @@ class StageResult:
         return {**out, "mlflow_model_uri": self.model_uri} if self.model_uri else out
 
 
+def announce_budget(stage: str, settings, rows: int, meta: dict, echo: Callable[[str], None] | None) -> int:
+    """The epochs the stage will run (:func:`ffr.train.loop.planned_epochs`), recorded in
+    ``meta`` (``epochs_planned``); when ``min_steps`` raised the epochs asked for, said through
+    ``echo``: an explicit epoch count is never changed silently."""
+    from ffr.train import distributed as dist
+    from ffr.train.loop import planned_epochs
+
+    planned = planned_epochs(settings, math.ceil(rows / dist.world_size()), dist.per_rank_batch(settings.batch_size))
+    meta["epochs_planned"] = planned
+    if planned > settings.epochs and echo is not None:
+        echo(f"{stage}: {settings.epochs} epochs raised to {planned} to reach min_steps={settings.min_steps} "
+             f"optimizer steps on {rows} images (set min_steps=0 to train exactly {settings.epochs})")
+    return planned
+
+
+def epoch_line(stage: str, rec: dict, planned: int, elapsed: float) -> str:
+    """One epoch as a log line: loss, validation WGA, elapsed time and the time left at most."""
+    done = rec["epoch"] + 1
+    def num(k):
+        v = rec.get(k)
+        return "—" if v is None or v != v else f"{v:.3f}"
+    left = elapsed / done * max(0, planned - done)
+    return (f"{stage}: epoch {done}/{planned}  loss {num('train/loss')}  val WGA {num('val/worst_group_acc')}  "
+            f"balanced {num('val/balanced_acc')}  {elapsed:.0f} s, at most {left:.0f} s left")
+
+
 def identity(objective) -> str:
     """What of an objective a stage key depends on: its name and options."""
     return objective.name + (json.dumps(objective.options, sort_keys=True) if objective.options else "")
@@ -138,7 +166,8 @@ def objectives(request: StageRequest):
 
 def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
               tensors: Callable[[Manifest], Any] | None = None, tracker: Tracker | None = None,
-              progress: bool = False, desc: str | None = None, sources: dict | None = None) -> StageResult:
+              progress: bool = False, desc: str | None = None, sources: dict | None = None,
+              echo: Callable[[str], None] | None = None) -> StageResult:
     """Train (or reuse) the stage ``spec`` and return its result.
 
     Args:
@@ -155,6 +184,9 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
         progress: Show a progress bar over epochs.
         desc: The progress bar's label.
         sources: Where the ``train`` and ``val`` manifests were read from, for the tracker.
+        echo: Receives a line per epoch (loss, validation WGA, elapsed time, ETA) and the
+            announcement of epochs raised to reach ``min_steps``: a command's terminal, a pod's log.
+            The raise is recorded in the checkpoint's metadata either way (``epochs_planned``).
 
     Returns:
         The stage's :class:`StageResult`. Under ``torchrun`` every rank trains and gets the
@@ -218,13 +250,18 @@ def run_stage(spec: StageSpec, out: str | os.PathLike | None = None, *, cache_di
             partial = temp_beside(history)
             partial.unlink(missing_ok=True)
 
+            train = decode(spec.train)
+            planned = announce_budget(spec.name, settings, len(train), meta, echo)
+            started = time.time()
+
             def log(rec):
                 rec = {"stage": spec.name, **rec}
                 with partial.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 tracker.log_metrics(*epoch_metrics(rec))
+                if echo is not None and rec["epoch"] >= 0:
+                    echo(epoch_line(spec.name, rec, planned, time.time() - started))
 
-            train = decode(spec.train)
             try:
                 result = fit(model, train, val, trainer, settings, device, seed=r.seed, log=log, progress=progress,
                              desc=desc or spec.name)

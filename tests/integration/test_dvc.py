@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ffr.dvc_pipeline import write_plots_template
 from ffr.integrations.dvc import dir_digest, locked_outputs
 from tests.integration.servers import BIN, DUMMY_AWS, binary
 
@@ -71,16 +73,23 @@ def test_repro_sweep_push_and_pull_into_a_fresh_clone(tmp_path, s3_env, bucket):
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([git, "init", "-q"], proj, env)
     run([dvc, "init", "-q"], proj, env)
+    assert write_plots_template(proj) == proj / "dvc_plots.html"  # what ffr dvc-pipeline writes beside dvc.yaml
     run([dvc, "remote", "add", "-d", "s3store", f"s3://{bucket}/dvc"], proj, env)
     run([dvc, "remote", "modify", "--local", "s3store", "endpointurl", s3_env.url], proj, env)
 
-    run([dvc, "repro", "-q"], proj, env)
+    repro = subprocess.run([dvc, "repro"], cwd=proj, env=env, capture_output=True, text=True)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    assert "is empty" not in repro.stdout + repro.stderr  # no output or dependency DVC finds empty
     metrics = json.loads((proj / "metrics" / "test.json").read_text())
     assert 0 <= metrics["worst_group_acc"] <= 1
     shown = json.loads(run([dvc, "metrics", "show", "--json"], proj, env))
     assert "worst_group_acc" in json.dumps(shown)
     plots = json.loads(run([dvc, "plots", "show", "--json"], proj, env))
     assert {"plots/test_groups.csv", "plots/finetune_history.csv"} <= set(json.dumps(plots).replace('"', " ").split())
+    run([dvc, "plots", "show", "-o", "plots_page"], proj, env)  # plain `dvc plots show`: .dvc/config names the page
+    page = (proj / "plots_page" / "index.html").read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page), "the page loads a script from elsewhere"
+    assert "vegaEmbed" in page and "test_groups" in page
     locked = locked_outputs(proj / "dvc.lock")
     assert locked["data/prepared"] == dir_digest(proj / "data" / "prepared")
     assert locked["data/source"] == dir_digest(proj / "data" / "source")

@@ -219,6 +219,31 @@ def _api_errors(host: str, creds: Credentials, doing: str):
 
 
 # -------------------------------------------------------------------------------------- endpoint
+MIN_FORM_KFP = (2, 4)  # older run forms treat a default of 0, false or "" as missing (KFP issue 11515)
+
+
+def run_form_problem(host: str, credentials: Credentials | None = None, timeout: float = 10.0) -> str:
+    """What the Kubeflow UI's run form at ``host`` gets wrong about ffr's pipelines, or "": a
+    Kubeflow Pipelines older than 2.4 (its version from ``GET /apis/v1beta1/healthz``,
+    ``tag_name``) marks every field whose default is 0, false or empty as "Missing parameter" and
+    keeps Start disabled until each is typed in. Unknown versions say nothing."""
+    creds, tag = credentials or Credentials(), ""
+    for api in ("v2beta1", "v1beta1"):  # the version: tag_name of either health reply
+        try:
+            request = urllib.request.Request(f"{host.rstrip('/')}/apis/{api}/healthz", headers=creds.headers())
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                tag = str(json.loads(r.read()).get("tag_name") or "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if tag:
+            break
+    found = re.match(r"v?(\d+)\.(\d+)", tag)
+    if not found or tuple(map(int, found.groups())) >= MIN_FORM_KFP:
+        return ""
+    return (f"Kubeflow Pipelines {tag} at {host}: its run form marks the fields whose default is 0, false or "
+            f"empty (min_steps, patience, weights, mlflow_uri, ...) as \"Missing parameter\" and keeps Start "
+            f"disabled until each is typed in (fixed in Kubeflow Pipelines {'.'.join(map(str, MIN_FORM_KFP))}); "
+            "type the defaults in, start runs with `ffr submit`, or upgrade")
 def check_endpoint(host: str, credentials: Credentials | None = None, timeout: float = 10.0) -> dict:
     """Fail fast, with a clear message, when ``host`` is not a reachable Kubeflow Pipelines API
     or refuses the credential (``GET /apis/v2beta1/healthz``, sent with it). kfp.Client would
@@ -381,6 +406,7 @@ class Upload:
     pipeline_name: str
     version_name: str
     created: bool
+    warning: str = ""   # what the cluster's run form will get wrong (:func:`run_form_problem`)
 
 
 def upload(host: str, name: str = "ffr", pipeline_name: str | None = None, version: str | None = None,
@@ -420,9 +446,10 @@ def upload(host: str, name: str = "ffr", pipeline_name: str | None = None, versi
                 v = client.upload_pipeline_version(package, version, pipeline_id=found[0].pipeline_id,
                                                    description=description)
                 return Upload(_answer(v.pipeline_id, "a pipeline id", host), v.pipeline_version_id, pipeline_name,
-                              version, created=False)
+                              version, created=False, warning=run_form_problem(host, creds))
             p = client.upload_pipeline(package, pipeline_name, description=description, namespace=namespace)
             first = client.list_pipeline_versions(p.pipeline_id, page_size=1,
                                                   sort_by="created_at desc").pipeline_versions or []
     return Upload(_answer(p.pipeline_id, "a pipeline id", host), first[0].pipeline_version_id if first else None, pipeline_name,
-                  first[0].display_name if first else pipeline_name, created=True)
+                  first[0].display_name if first else pipeline_name, created=True,
+                  warning=run_form_problem(host, creds))

@@ -25,7 +25,7 @@ from ffr.kubeflow.components import (balance_data, check_config, collect_shards,
                                      fetch_data_revision, finish_tracking, plan_baselines, prepare_data,
                                      register_model,
                                      start_tracking, synthesize_shard, train_model)
-from ffr.kubeflow.pipelines.parameters import documented
+from ffr.kubeflow.pipelines.parameters import documented, form_guide
 from ffr.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 from ffr.plugins import Registry
 from ffr.promotion import GATE_FLOOR, GATE_MARGIN, GATE_TOLERANCE
@@ -173,7 +173,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
     p = platform or Platform()
 
     @dsl.pipeline(name="ffr", description="From Fake to Real: pretrain on balanced synthetic images, "
-                                          "fine-tune on real ones, report worst-group accuracy.")
+                                          "fine-tune on real ones, report worst-group accuracy." + form_guide())
     @documented()
     def ffr_pipeline(
         source: str = "demo",
@@ -235,7 +235,8 @@ def build_comparison_pipeline(platform: Platform | None = None):
     p = platform or Platform()
 
     @dsl.pipeline(name="ffr-comparison", description="The baselines (none, USB, ASB) and FFR on one prepared "
-                                                     "dataset and one synthetic pool, compared in one report.")
+                                                     "dataset and one synthetic pool, compared in one report."
+                                                     + form_guide())
     @documented()
     def comparison_pipeline(
         source: str = "demo",
@@ -303,7 +304,9 @@ def build_retrain_pipeline(platform: Platform | None = None):
     p = platform or Platform()
 
     @dsl.pipeline(name="ffr-retrain", description="Retrain FFR on a data revision, register the model as the "
-                                                  "challenger and promote it only if it beats the champion.")
+                                                  "challenger and promote it only if it beats the champion."
+                                                  + form_guide("data_repo (a git URL of a DVC project; empty: the "
+                                                               "demo), data_path, data_rev, bias_rate"))
     @documented()
     def retrain_pipeline(
         data_repo: str = "",

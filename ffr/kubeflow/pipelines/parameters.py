@@ -135,6 +135,22 @@ PARAMETER_DOCS: dict[str, str] = {
 }
 
 
+MIN_FORM_NOTE = (" Needs Kubeflow Pipelines 2.4 or later: older run forms mark the fields whose default is 0, "
+                 "false or empty as missing (ffr upload warns).")
+
+
+def form_guide(data: str = "source (a dataset folder or s3:// URI; source_adapter, source_options), bias_rate") -> str:
+    """What a pipeline's description tells the person at the Kubeflow UI's run form, which lists
+    the fields alphabetically and shows none of their descriptions: that every default works, which
+    fields to fill in for their own data and model, where each field is described, and the Kubeflow
+    Pipelines version the form needs."""
+    return (" Run form: every field has a working default (the built-in demo benchmark), so Start runs as it is. "
+            f"Your data: {data}. Your model: backbone, image_size, weights (a pretrained state dict), device. "
+            "Tracking: mlflow_uri (empty: the ffr-mlflow secret), registered_model_name, gate_floor. The form "
+            "lists the fields alphabetically without descriptions: `ffr run <pipeline> --help` and "
+            "docs/kubeflow.md (The run form) describe each." + MIN_FORM_NOTE)
+
+
 def documented(returns: str | None = None) -> Callable:
     """Decorator (under ``@dsl.pipeline``) giving a pipeline function a Google-style docstring:
     its own text, an ``Args:`` entry per parameter from :data:`PARAMETER_DOCS` and ``returns``

@@ -446,7 +446,8 @@ def main_table(run: LocalRun) -> str:
     text = f"{results_text(run.results)}\n\nrun folder: {run.run_dir} ({run.seconds:.0f} s)"
     if run.mlflow_uri and run.mlflow_uri.startswith("sqlite:"):
         text += (f"\nMLflow: mlflow ui --backend-store-uri {run.mlflow_uri} --port 5000  "
-                 "(then open http://127.0.0.1:5000)")
+                 "(then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning: a run folder's "
+                 "store holds one experiment, id 1)")
     elif run.mlflow_uri:
         text += f"\nMLflow: {run.mlflow_uri}"
     for line in registration_lines(run.run_dir):

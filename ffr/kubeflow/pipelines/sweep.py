@@ -19,7 +19,7 @@ from ffr.kubeflow.components import (check_sweep_config, evaluate_sweep_batch, p
                                      prepare_sweep_data, register_sweep_selection, sweep_report, sweep_work,
                                      train_sweep_batch)
 from ffr.kubeflow.pipelines.definitions import PIPELINES, _exit_handler, _tracked, _tracking
-from ffr.kubeflow.pipelines.parameters import documented
+from ffr.kubeflow.pipelines.parameters import MIN_FORM_NOTE, documented
 from ffr.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 from ffr.promotion import GATE_FLOOR, GATE_MARGIN, GATE_TOLERANCE
 
@@ -59,7 +59,7 @@ def build_sweep_pipeline(platform: Platform | None = None):
                                                 "the search), every shared stage trained once into the stage "
                                                 "store, hyperparameters chosen by mean validation WGA over seeds, "
                                                 "tables with 95% intervals, the chosen FFR registered. Fill in "
-                                                "config (YAML) and stage_store (s3://bucket/prefix).")
+                                                "config (YAML) and stage_store (s3://bucket/prefix)." + MIN_FORM_NOTE)
     @documented()
     def sweep_pipeline(
         config: str = DEFAULT_CONFIG,
