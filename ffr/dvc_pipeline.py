@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 # The training settings each stage's params.yaml section holds (a stage's ``--set`` overrides).
-STAGE_KEYS = ("epochs", "lr", "batch_size", "min_steps", "patience")
+STAGE_KEYS = ("epochs", "lr", "batch_size", "min_steps", "patience", "lpft_epochs")
 HEADER = """\
 # Written by `ffr dvc-pipeline --strategy {strategy}` from the strategy's stage plan (ffr/balance.py): do
 # not edit by hand, rerun the command. The stages run the `ffr` CLI (the same entry points the Kubeflow

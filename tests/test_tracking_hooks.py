@@ -104,3 +104,30 @@ def test_compare_reports_a_nested_run_per_cell_and_stage(tmp_path):
         assert [len(c.of("log_model")) for c in cell.children] == [0] * (len(stages) - 1) + [1]
     assert [c[1][0].rsplit("/", 1)[-1] for c in rec.of("log_artifact")] == \
         ["results.md", "results.html", "results.csv", "results.json", "group_accuracy.png"]
+
+
+def test_a_dataset_two_steps_log_at_once_is_linked_not_a_failure():
+    """Two evaluation steps of a pipeline log the same test split at the same moment: MLflow's SQL
+    store inserts the dataset twice and one insert fails on its unique key. The tracker tries
+    again (the dataset exists then) and fails on any other error at once."""
+    pytest.importorskip("mlflow")
+    from mlflow.exceptions import MlflowException
+
+    from ffr.integrations.mlflow_tracker import MlflowTracker
+
+    class Client:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def log_inputs(self, run_id, inputs):
+            self.calls += 1
+            if self.errors:
+                raise MlflowException(self.errors.pop(0))
+
+    race = Client(["(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name"])
+    MlflowTracker("r", client=race)._log_inputs([])
+    assert race.calls == 2
+    other = Client(["RESOURCE_DOES_NOT_EXIST: run r"])
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        MlflowTracker("r", client=other)._log_inputs([])
+    assert other.calls == 1

@@ -160,8 +160,23 @@ class MlflowTracker:
                          profile=json.dumps({"num_rows": record["rows"], "synthetic": record.get("synthetic", 0),
                                              "groups": record.get("groups", {})}))
         tags = [InputTag("mlflow.data.context", context)] + [InputTag(f"ffr.{k}", v) for k, v in info.items()]
-        self.client.log_inputs(self.run_id, [DatasetInput(entity, tags)])
+        self._log_inputs([DatasetInput(entity, tags)])
         self.set_tags({f"data.{context}.{k}": v for k, v in info.items()})
+
+    def _log_inputs(self, inputs: list, attempts: int = 4) -> None:
+        """``log_inputs``, again when a concurrent run created the same dataset first: MLflow's
+        SQL store creates a dataset by "look up, then insert", so two steps of a pipeline logging
+        the same test split at once make one of them fail on the table's unique key; the next
+        attempt finds the dataset and links it."""
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(attempts):
+            try:
+                return self.client.log_inputs(self.run_id, inputs)
+            except MlflowException as e:
+                if "UNIQUE constraint" not in str(e) and "IntegrityError" not in str(e) or attempt + 1 == attempts:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     # -- evaluations and figures
     def log_evaluation(self, metrics: dict, prefix: str) -> None:
@@ -221,8 +236,8 @@ class MlflowTracker:
         with the class, the probabilities and the version), once per training run."""
         from ffr.integrations.serving import log_servable
 
-        with _active(self.run_id):
-            info = log_servable(copy_to_cpu(model), _plain(meta))
+        with _active(self.run_id):  # the model says what it is and where it was logged from, as its run does
+            info = log_servable(copy_to_cpu(model), _plain(meta), tags={**self.what, **self.source} or None)
         self.model_uri = info.model_uri
         self.set_tags({"ffr.model_uri": info.model_uri, "ffr.model_classes": json.dumps(meta["classes"])})
         self._flush_selection(info.model_id)  # the Logged Model page shows the selected checkpoint's numbers

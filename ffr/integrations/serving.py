@@ -172,10 +172,10 @@ def example_png(size: int) -> bytes:
     return buf.getvalue()
 
 
-def log_servable(model, meta: dict, name: str = MODEL_NAME):
+def log_servable(model, meta: dict, name: str = MODEL_NAME, tags: dict | None = None):
     """Log ``model`` (a classifier with its checkpoint metadata) to the active MLflow run as the
-    servable pyfunc, from code (:mod:`ffr.integrations.serving_model`); returns MLflow's model
-    info."""
+    servable pyfunc, from code (:mod:`ffr.integrations.serving_model`), with the logged model's
+    ``tags`` (what it is, where it was logged from); returns MLflow's model info."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -193,7 +193,7 @@ def log_servable(model, meta: dict, name: str = MODEL_NAME):
             name=name, python_model=str(Path(__file__).with_name("serving_model.py")), artifacts={"checkpoint": str(ckpt)},
             code_paths=[str(Path(ffr.__file__).parent)], pip_requirements=_requirements(),
             signature=infer_signature(example, output), input_example=example,
-            metadata={"ffr": json.loads(json.dumps(meta, default=str))})
+            metadata={"ffr": json.loads(json.dumps(meta, default=str))}, tags=tags)
 
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> list[str]:

@@ -126,6 +126,7 @@ def test_registered_version_links_to_its_logged_model_and_run(ui, browser):
     wait_for(lambda: model_id in browser.current_url and "val/worst_group_acc" in page_text(browser),
              "the logged model's page with the selected checkpoint's validation metrics", driver=browser,
              shot="logged-model")
+    assert "ffr comparison pipeline: finetune" in page_text(browser)  # logged from: not executor_main.py
     browser.save_screenshot(str(artifacts_dir() / "mlflow-logged-model.png"))
 
 

@@ -70,6 +70,7 @@ def test_repro_sweep_push_and_pull_into_a_fresh_clone(tmp_path, s3_env, bucket):
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["prepare"]["per_digit"] = 12   # smaller than the demo default: test time
     params["pretrain"]["epochs"] = params["finetune"]["epochs"] = 2
+    params["finetune"]["lpft_epochs"] = 1
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([git, "init", "-q"], proj, env)
     run([dvc, "init", "-q"], proj, env)
