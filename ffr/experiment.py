@@ -21,6 +21,7 @@ from typing import Any, Callable
 from ffr.balance import STRATEGIES, pool_requirement
 from ffr.config import ExperimentConfig, save_config, with_overrides
 from ffr.grid import Cell, draw_cell, plan_cells
+from ffr.metrics import with_train_weighting
 from ffr.paths import inside, write_atomic, write_json
 from ffr.data.cache import ImageCache, open_cache
 from ffr.data.manifest import Manifest
@@ -137,7 +138,8 @@ def run_cell(cell: Cell, real: Manifest, pool: Manifest | None, cell_dir: str | 
                        "history": str(result.history), "objective": request.objective,
                        "objective_state": result.objective_state, "n_train": len(stage.train),
                        "best_epoch": result.best_epoch, "val": result.val,
-                       "test": evaluate(result.model, test, device, tcfg.normalize, tcfg.eval_batch_size, tcfg.amp),
+                       "test": with_train_weighting(evaluate(result.model, test, device, tcfg.normalize,
+                                                             tcfg.eval_batch_size, tcfg.amp), drawn.split),
                        "request": request.to_dict(), "train_data": dataset_record(stage.train)})
     if dist.is_main():  # the cell's stages' histories, in order (rank 0 alone wrote them)
         write_atomic(cell_dir / "history.jsonl", "".join(line + "\n" for line in history_lines))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ffr.data.manifest import DatasetCard
+from ffr.data.manifest import DatasetCard, group_key
 
 
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017) and SubpopBench
@@ -150,11 +150,32 @@ def confusion_matrix(pred, label, num_classes: int) -> np.ndarray:
     return np.bincount(label * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
+def train_weighted_acc(metrics: dict, train_counts: dict[str, int]) -> float | None:
+    """Average accuracy as the group-robustness literature reports it (the Waterbirds
+    convention): each group's accuracy weighted by the group's share of the *training* set, not of
+    the evaluated split. ``metrics``: a group evaluation (:func:`metrics_from_tally`);
+    ``train_counts``: training images per group (``"<label>_<bias>"``). Groups absent from either
+    side are left out; None when nothing is left."""
+    pairs = [(train_counts.get(g, 0), v["acc"]) for g, v in metrics["groups"].items() if v["acc"] is not None]
+    total = sum(n for n, _ in pairs)
+    return sum(n * acc for n, acc in pairs) / total if total else None
+
+
+def with_train_weighting(metrics: dict, train) -> dict:
+    """``metrics`` with ``train_weighted_acc`` (:func:`train_weighted_acc`) over the real training
+    rows of ``train`` (a manifest); unchanged when it has none."""
+    rows = train.select(split="train", source="real")
+    if len(rows):
+        counts = {group_key(*g): int(n) for g, n in rows.group_counts().items()}
+        metrics["train_weighted_acc"] = train_weighted_acc(metrics, counts)
+    return metrics
+
+
 def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     """Stable scalar names for trackers: ``<prefix>/worst_group_acc``,
     ``<prefix>/group/<label>_<bias>/acc`` ... (absent groups are omitted)."""
     out = {}
-    for k in ("worst_group_acc", "balanced_acc", "average_acc", "ece", "worst_group_ece"):
+    for k in ("worst_group_acc", "balanced_acc", "average_acc", "train_weighted_acc", "ece", "worst_group_ece"):
         if metrics.get(k) is not None:
             out[f"{prefix}/{k}"] = float(metrics[k])
     for g, v in metrics["groups"].items():

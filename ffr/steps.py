@@ -253,18 +253,20 @@ def evaluate_model(model, meta: dict, data_dir: str | os.PathLike, split: str = 
     evaluated (:func:`evaluate_step` for a checkpoint; the promotion gate for a registered
     champion)."""
     from ffr.data.loading import TensorData
-    from ffr.metrics import GroupTally, confusion_matrix, metrics_from_tally
+    from ffr.metrics import GroupTally, confusion_matrix, metrics_from_tally, with_train_weighting
     from ffr.train.loop import predict
     from ffr.train.runtime import resolve_device
 
     dev = resolve_device(device)
-    data = Manifest.load(data_dir).select(split=split, source="real")
+    everything = Manifest.load(data_dir)
+    data = everything.select(split=split, source="real")
     if list(data.card.classes) != list(meta["classes"]):
         raise ValueError(f"{what}: model classes {meta['classes']} differ from {data_dir}'s {data.card.classes}")
     tensors = TensorData.from_manifest(data, int(meta["image_size"]))
     pred, conf = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"), confidence=True)
     metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups, conf),
                                  data.card)
+    with_train_weighting(metrics, everything)  # the literature's "average accuracy"
     metrics["split"] = split
     metrics["confusion"] = confusion_matrix(pred, tensors.labels, len(data.card.classes)).tolist()
     metrics["classes"] = list(data.card.classes)

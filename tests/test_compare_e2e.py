@@ -47,6 +47,8 @@ def test_compare_tiny_grid_and_resume(tmp_path, capsys):
         accs = [g["acc"] for g in t["groups"].values()]
         assert t["worst_group_acc"] == pytest.approx(min(accs))
         assert t["balanced_acc"] == pytest.approx(sum(accs) / 4)
+        assert min(accs) <= t["train_weighted_acc"] <= max(accs)  # weighted by the real training groups
+    assert "test avg acc (train-weighted)" in (out / "results.md").read_text()
     ffr = [r for r in records if r["strategy"] == "ffr"]
     assert [s["name"] for s in ffr[0]["stages"]] == ["pretrain", "finetune"]
     # exactly one learning rate is selected, and it is the one with the better mean val WGA

@@ -85,3 +85,17 @@ def test_calibration_error_per_group_from_binned_confidences(card):
     assert "ece" not in group_metrics(pred, label, group, card)
     flat = flat_metrics(m, "test")
     assert flat["test/group/" + card.group_keys[1] + "/ece"] == pytest.approx(0.4) and "test/worst_group_ece" in flat
+
+
+def test_train_weighted_average_is_the_waterbirds_convention(card):
+    """"Average accuracy" as the group-robustness papers report it: each group's test accuracy
+    weighted by the group's share of the training set (here 90/5/3/2 %), not of the test set."""
+    from ffr.metrics import train_weighted_acc
+
+    m = group_metrics([0, 0, 0, 1, 1, 1, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+                      [0, 0, 0, 0, 1, 2, 2, 3, 3, 3], card)  # accs 0.75, 0.0, 0.5, 1.0
+    train = {"cat_indoor": 90, "cat_outdoor": 5, "dog_indoor": 3, "dog_outdoor": 2}
+    assert train_weighted_acc(m, train) == pytest.approx((90 * 0.75 + 5 * 0 + 3 * 0.5 + 2 * 1.0) / 100)
+    assert train_weighted_acc(m, {}) is None
+    m["train_weighted_acc"] = train_weighted_acc(m, train)
+    assert flat_metrics(m, "test")["test/train_weighted_acc"] == pytest.approx(0.71)

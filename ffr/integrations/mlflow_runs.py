@@ -218,9 +218,10 @@ def log_summary_to(tracking_uri: str, experiment: str, pipeline_run_id: str, res
                    files: dict[str, str] | None = None, metrics: bool = True, table: str | None = None) -> str | None:
     """Put a pipeline's headline on its parent run (found by ``pipeline_run_id``): with
     ``metrics``, per strategy of ``results`` (strategy → :func:`ffr.steps.evaluate_step` metrics)
-    ``<strategy>/test/worst_group_acc``, ``balanced_acc``, ``average_acc`` (each evaluation step
-    logs its own strategy's once; the report step adds none); with several strategies the
-    per-group accuracy figure; ``files`` (artifact path → local file, e.g. the comparison table);
+    ``<strategy>/test/worst_group_acc``, ``balanced_acc``, ``average_acc``, ``train_weighted_acc``
+    (each evaluation step logs its own strategy's once; the report step adds none); with several
+    strategies the per-group accuracy figure; ``files`` (artifact path → local file, e.g. the
+    comparison table);
     ``table`` (Markdown) as the Comparison section of the run's description. Returns the parent
     run's id (None when there is none)."""
     parent = pipeline_run(tracking_uri, experiment, pipeline_run_id)
@@ -229,7 +230,8 @@ def log_summary_to(tracking_uri: str, experiment: str, pipeline_run_id: str, res
     tracker = MlflowTracker(parent)
     if metrics:
         tracker.log_metrics({f"{s}/test/{k}": float(m[k]) for s, m in results.items()
-                             for k in ("worst_group_acc", "balanced_acc", "average_acc") if m.get(k) is not None})
+                             for k in ("worst_group_acc", "balanced_acc", "average_acc", "train_weighted_acc")
+                             if m.get(k) is not None})
     if len(results) > 1:
         tracker._figure(lambda ax: _strategy_bars(ax, results), "figures/group_accuracy_by_strategy.png")
     for artifact_path, local in (files or {}).items():

@@ -103,8 +103,8 @@ def summary_rows(records: list[dict]) -> list[dict]:
         row = {"dataset": ds, "objective": obj, "bias_rate": rate, "strategy": strat, "seeds": len(rs),
                "candidates": len(searched[(ds, obj, rate, strat)]), "hparams": _hp_key(rs[0].get("hparams"))}
         for split, metric in (("test", "worst_group_acc"), ("test", "balanced_acc"), ("test", "average_acc"),
-                              ("val", "worst_group_acc")):
-            vals = [r[split][metric] for r in rs]
+                              ("test", "train_weighted_acc"), ("val", "worst_group_acc")):
+            vals = [r[split].get(metric) for r in rs]  # train_weighted_acc: absent from older records
             row[f"{split}_{metric}_mean"] = _mean(vals)
             row[f"{split}_{metric}_std"] = _std(vals)
         for metric in ("worst_group_acc", "balanced_acc"):
@@ -125,7 +125,7 @@ def summary_metrics(records: list[dict]) -> dict[str, float]:
     out = {}
     for r in rows:
         name = (f"{r['dataset']}/" if several_ds else "") + (f"{r['objective']}/" if several_obj else "") + r["strategy"]
-        for metric in ("worst_group_acc", "balanced_acc", "average_acc"):
+        for metric in ("worst_group_acc", "balanced_acc", "average_acc", "train_weighted_acc"):
             value = r[f"test_{metric}_mean"]
             if value is not None:
                 out[f"{name}/test/{metric}" + (f"@{r['bias_rate']}" if several_rate else "")] = float(value)
@@ -146,15 +146,18 @@ def markdown_table(records: list[dict]) -> str:
     accuracy, mean ± std over seeds."""
     rows = summary_rows(records)
     many = len({r["dataset"] for r in rows}) > 1
+    weighted = any(r["test_train_weighted_acc_mean"] is not None for r in rows)  # records made before it: none
     lines = [("| dataset " if many else "") + "| objective | bias rate | strategy | test WGA | test WGA 95% CI "
-             "| test balanced acc | test avg acc | val WGA | seeds | candidates | hparams |",
-             ("|---" if many else "") + "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| test balanced acc | test avg acc |" + (" test avg acc (train-weighted) |" if weighted else "")
+             + " val WGA | seeds | candidates | hparams |",
+             ("|---" if many else "") + "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if weighted else "")]
     for r in rows:
         lines.append(
             (f"| {r['dataset']} " if many else "") + f"| {r['objective']} | {r['bias_rate']} | {r['strategy']} | "
             f"{_pm(r['test_worst_group_acc_mean'], r['test_worst_group_acc_std'])} | {_ci(r, 'worst_group_acc')} | "
             f"{_pm(r['test_balanced_acc_mean'], r['test_balanced_acc_std'])} | "
             f"{_pm(r['test_average_acc_mean'], r['test_average_acc_std'])} | "
+            + (f"{_pm(r['test_train_weighted_acc_mean'], r['test_train_weighted_acc_std'])} | " if weighted else "") +
             f"{_pm(r['val_worst_group_acc_mean'], r['val_worst_group_acc_std'])} | {r['seeds']} | "
             f"{r['candidates']} | `{r['hparams']}` |")
     return "\n".join(lines)
@@ -223,7 +226,8 @@ def summary_html(records: list[dict]) -> str:
     cols = [("dataset", "dataset"), ("objective", "objective"), ("bias rate", "bias_rate"), ("strategy", "strategy"),
             ("seeds", "seeds"), ("candidates", "candidates")]
     metrics = [("test WGA", "test_worst_group_acc"), ("test balanced", "test_balanced_acc"),
-               ("test average", "test_average_acc"), ("val WGA", "val_worst_group_acc")]
+               ("test average", "test_average_acc"), ("test average (train-weighted)", "test_train_weighted_acc"),
+               ("val WGA", "val_worst_group_acc")]
     head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols + metrics)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for _, k in cols)
                    + "".join(f"<td>{_pm(r[k + '_mean'], r[k + '_std'])}</td>" for _, k in metrics) + "</tr>"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ffr.data.manifest import Manifest, group_key
 
-SUMMARY = (("worst_group_acc", "worst-group acc"), ("balanced_acc", "balanced acc"), ("average_acc", "average acc"))
+SUMMARY = (("worst_group_acc", "worst-group acc"), ("balanced_acc", "balanced acc"), ("average_acc", "average acc"),
+           ("train_weighted_acc", "average acc, train-weighted"))
 
 
 def _acc(v) -> str:
