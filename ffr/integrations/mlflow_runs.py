@@ -10,10 +10,9 @@ import os
 from typing import Any, Iterator
 
 from ffr.integrations.mlflow_server import TrackingError, configure, guarded, provenance, source_tags
-from ffr.integrations.mlflow_tracker import WHAT, MlflowTracker, _strategy_bars
+from ffr.integrations.mlflow_tracker import NOTE, WHAT, MlflowTracker, _strategy_bars, describe
 from ffr.paths import redact_uri
 
-NOTE = "mlflow.note.content"   # the description MLflow's UI shows (Markdown) for a run or an experiment
 EXPERIMENT_NOTE = (
     "Runs of [ffr](https://github.com/ffr-project/ffr) (From Fake to Real): a parent run per pipeline or "
     "`ffr compare`, a nested run per strategy, grid cell and training stage. Every run is tagged with what it "
@@ -54,30 +53,6 @@ def ui_link(tracking_uri: str, experiment_id: str | None = None) -> str:
     view (MLflow 3 opens a GenAI view by default, whatever the experiment's kind)."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else base
-
-
-def _sections(note: str) -> dict[str, str]:
-    out, title = {}, ""
-    for line in (note or "").splitlines(keepends=True):
-        if line.startswith("## "):
-            title = line[3:].strip()
-        out[title] = out.get(title, "") + line
-    return out
-
-
-def describe(client, run_id: str, title: str, text: str) -> None:
-    """Set section ``title`` (a ``## title`` Markdown section) of run ``run_id``'s description,
-    keeping its other sections: the comparison and the gate's verdict are written by different
-    steps of a pipeline."""
-    sections = _sections(client.get_run(run_id).data.tags.get(NOTE, ""))
-    body = "\n".join(line for line in text.strip().splitlines() if not line.startswith("# "))  # no 2nd title
-    sections[title] = f"## {title}\n\n{body.strip()}\n\n"
-    client.set_tag(run_id, NOTE, "".join(sections[k] for k in sorted(sections, key=_SECTION_ORDER))[:60000])
-
-
-def _SECTION_ORDER(title: str) -> tuple:
-    order = ["", "Comparison", "Promotion gate"]
-    return (order.index(title) if title in order else len(order), title)
 
 
 @contextlib.contextmanager

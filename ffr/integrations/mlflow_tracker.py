@@ -30,6 +30,7 @@ _BAD_KEY = re.compile(r"[^\w\-. /:]")
 # table groups, filters (tags.`ffr.strategy` = 'ffr') and compares runs by them.
 WHAT = ("ffr.pipeline", "ffr.strategy", "ffr.objective", "ffr.bias_rate", "ffr.seed", "ffr.candidate")
 STAGE_TAG = "ffr.stage"
+NOTE = "mlflow.note.content"   # the description MLflow's UI shows (Markdown) for a run or an experiment
 
 
 def is_count(key: str) -> bool:
@@ -120,8 +121,6 @@ class MlflowTracker:
 
     def set_description(self, text: str) -> None:
         """The run's description, under a ``## Comparison`` section (other sections are kept)."""
-        from ffr.integrations.mlflow_runs import describe
-
         describe(self.client, self.run_id, "Comparison", text)
 
     def log_artifact(self, path: str) -> None:
@@ -249,6 +248,30 @@ class MlflowTracker:
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(_key(k), float(v), ts, step, model_id=model_id)
                                                     for k, v in metrics.items() if v is not None and not is_count(k)])
+
+
+def _sections(note: str) -> dict[str, str]:
+    out, title = {}, ""
+    for line in (note or "").splitlines(keepends=True):
+        if line.startswith("## "):
+            title = line[3:].strip()
+        out[title] = out.get(title, "") + line
+    return out
+
+
+def describe(client, run_id: str, title: str, text: str) -> None:
+    """Set section ``title`` (a ``## title`` Markdown section) of run ``run_id``'s description,
+    keeping its other sections: the comparison and the gate's verdict are written by different
+    steps of a pipeline."""
+    sections = _sections(client.get_run(run_id).data.tags.get(NOTE, ""))
+    body = "\n".join(line for line in text.strip().splitlines() if not line.startswith("# "))  # no 2nd title
+    sections[title] = f"## {title}\n\n{body.strip()}\n\n"
+    client.set_tag(run_id, NOTE, "".join(sections[k] for k in sorted(sections, key=_SECTION_ORDER))[:60000])
+
+
+def _SECTION_ORDER(title: str) -> tuple:
+    order = ["", "Comparison", "Promotion gate"]
+    return (order.index(title) if title in order else len(order), title)
 
 
 def copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:

@@ -333,7 +333,8 @@ def register_pipeline_model(tracking_uri: str | None, name: str, checkpoint: str
     from mlflow.entities import RunTag
 
     from ffr.data.manifest import Manifest
-    from ffr.integrations.mlflow_runs import describe, inherited, mlflow_run, pipeline_run
+    from ffr.integrations.mlflow_runs import inherited, mlflow_run, pipeline_run
+    from ffr.integrations.mlflow_tracker import describe
     from ffr.train.loop import load_checkpoint
 
     parent = pipeline_run(uri, experiment, pipeline_run_id)
