@@ -68,7 +68,7 @@ def _menu_item(driver, text: str):
     return next((e for e in items if e.text.strip() == text), None)
 
 
-def test_runs_table_groups_by_strategy(ui, browser):
+def test_runs_table_groups_by_strategy(browser, ui):  # the browser first: no Chromium, no pipeline run
     url, client, experiment_id, parent = ui
     browser.get(f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
     wait_for(lambda: parent.info.run_name in page_text(browser), "the pipeline's run in the runs table",
@@ -88,7 +88,7 @@ def test_runs_table_groups_by_strategy(ui, browser):
     browser.save_screenshot(str(artifacts_dir() / "mlflow-runs-grouped-by-strategy.png"))
 
 
-def test_pipeline_run_shows_the_comparison_and_the_verdict(ui, browser):
+def test_pipeline_run_shows_the_comparison_and_the_verdict(browser, ui):
     url, client, experiment_id, parent = ui
     browser.get(f"{url}/#/experiments/{experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning")
     wait_for(lambda: "Comparison" in page_text(browser), "the comparison in the run's description",
@@ -107,7 +107,7 @@ def test_pipeline_run_shows_the_comparison_and_the_verdict(ui, browser):
     browser.save_screenshot(str(artifacts_dir() / "mlflow-pipeline-run.png"))
 
 
-def test_registered_version_links_to_its_logged_model_and_run(ui, browser):
+def test_registered_version_links_to_its_logged_model_and_run(browser, ui):
     from selenium.webdriver.common.by import By
 
     url, client, experiment_id, parent = ui
