@@ -529,3 +529,66 @@ def test_a_full_disk_while_saving_a_model_keeps_the_previous_one(tmp_path, monke
     err = capsys.readouterr().err
     assert f"{out}: no space left on the device" in err and "Traceback" not in err
     assert _snapshot(out.parent) == before
+
+
+def test_a_full_disk_during_synthesis_is_named_and_the_rerun_finishes_it(tmp_path, monkeypatch, capsys):
+    """ENOSPC part way through rendering: exit 2 naming the file and the cause, no traceback, the
+    images already written kept and no half-written one left; a rerun with space renders the rest
+    and reuses what was there."""
+    import errno
+
+    from PIL import Image
+
+    ds = _dataset(tmp_path / "ds")
+    out = tmp_path / "synthetic"
+    real_save, saved = Image.Image.save, []
+
+    def save(self, fp, *args, **kwargs):
+        if len(saved) == 3:  # the fourth image: the disk is full after a few bytes
+            Path(fp).write_bytes(b"\x89PNG partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    argv = ["synthesize", "--card", str(ds / "card.json"), "--per-group", "2", "--quiet", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ffr: error:" in err and "no space left on the device" in err and "Traceback" not in err
+    kept = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.png")}
+    assert len(kept) == 3 and not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert main(argv) == 0
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.png")}
+    assert all(after[name] == data for name, data in kept.items()) and len(after) >= 8  # 4 groups × 2
+
+
+def test_a_full_disk_when_a_grid_writes_its_tables_keeps_every_cell(tmp_path, monkeypatch, capsys):
+    """ENOSPC as `ffr compare` writes results.json after its cells trained: exit 2 naming the
+    file, no traceback, every cell's record kept; the rerun trains nothing and writes the tables."""
+    import errno
+
+    import ffr.paths
+    from ffr.config import save_config
+    from test_concurrency import folder_dataset, tiny
+
+    cfg = tmp_path / "grid.yaml"
+    save_config(tiny(folder_dataset(tmp_path / "ds")), cfg)
+    out = tmp_path / "out"
+    real_replace = ffr.paths.os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == "results.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(ffr.paths.os, "replace", replace)
+    argv = ["compare", "--config", str(cfg), "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "results.json: no space left on the device" in err and "Traceback" not in err
+    cells = {p: p.read_bytes() for p in out.glob("cells/*/record.json")}
+    assert cells and not (out / "results.json").exists() and not list(out.glob("results.json*"))
+    monkeypatch.setattr(ffr.paths.os, "replace", real_replace)
+    assert main(argv) == 0
+    assert (out / "results.json").is_file() and {p: p.read_bytes() for p in out.glob("cells/*/record.json")} == cells

@@ -286,8 +286,11 @@ def _write_png(img, dest: Path, record: dict) -> None:
     info = PngInfo()
     info.add_text(META_KEY, json.dumps(record, sort_keys=True, separators=(",", ":")))
     tmp = dest.with_name(dest.name + ".tmp")
-    img.convert("RGB").save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, dest)
+    try:
+        img.convert("RGB").save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, dest)
+    finally:  # a failed write (a full disk) leaves no half-written file: the rerun renders it again
+        tmp.unlink(missing_ok=True)
 
 
 _NO_RECORD: dict = {}  # sentinel: the image decodes but carries no (valid) record
