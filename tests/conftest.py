@@ -19,6 +19,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """Drop logging handlers whose stream an earlier test's output capture has closed (a library
+    that configured logging in-process, the KFP local runner's, holds pytest's capture file of
+    that test). Logged to, such a handler prints "--- Logging error --- Traceback" into the
+    current test's stderr, which tests that assert no traceback reach the user would misread; a
+    command run by a user has no such handler."""
+    import logging
+
+    for logger in [logging.getLogger(), *[lg for lg in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(lg, logging.Logger)]]:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _no_inherited_tracking_uri(monkeypatch):
     """Every test starts without ``$MLFLOW_TRACKING_URI`` and leaves none behind.
     ``mlflow.set_tracking_uri`` writes the variable into ``os.environ`` (so that subprocesses
