@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -83,8 +82,8 @@ def test_runs_table_groups_by_strategy(browser, ui):  # the browser first: no Ch
     for strategy in ("ffr", "none", "usb", "asb"):
         wait_for(lambda: f"Group: {strategy}" in page_text(browser), f"a group of the {strategy} runs",
                  driver=browser, shot="runs-grouped")
-    text = page_text(browser)
-    assert "evaluate ffr" in text and "pretrain" in text and "finetune" in text  # the nested runs, grouped
+    wait_for(lambda: all(n in page_text(browser) for n in ("evaluate ffr", "pretrain", "finetune")),
+             "the nested runs in their groups", driver=browser, shot="runs-grouped")
     browser.save_screenshot(str(artifacts_dir() / "mlflow-runs-grouped-by-strategy.png"))
 
 
@@ -99,11 +98,14 @@ def test_pipeline_run_shows_the_comparison_and_the_verdict(browser, ui):
     decision = parent.data.tags["gate.decision"]
     wait_for(lambda: "Promotion gate" in page_text(browser), "the gate's verdict in the run's description",
              driver=browser, shot="pipeline-run")
-    text = page_text(browser)
-    assert "worst-group acc" in text and all(s in text for s in ("none", "usb", "asb", "ffr"))
-    verdict = text.split("Promotion gate", 1)[1]
-    assert decision in verdict and "version 1" in verdict
-    assert "ffr comparison pipeline" in text  # its Source
+    def shown():
+        text = page_text(browser)
+        verdict = text.split("Promotion gate", 1)[-1]
+        return ("worst-group acc" in text and all(s in text for s in ("none", "usb", "asb", "ffr"))
+                and decision in verdict and "version 1" in verdict
+                and "ffr comparison pipeline" in text)  # its Source
+    wait_for(shown, "the comparison table, the verdict with its version and the Source", driver=browser,
+             shot="pipeline-run")
     browser.save_screenshot(str(artifacts_dir() / "mlflow-pipeline-run.png"))
 
 
@@ -116,17 +118,22 @@ def test_registered_version_links_to_its_logged_model_and_run(browser, ui):
     browser.get(f"{url}/#/models/ffr/versions/1")
     wait_for(lambda: "Source Run" in page_text(browser), "the version's source run", driver=browser,
              shot="model-version")
-    links = {a.get_attribute("href") or "" for a in browser.find_elements(By.TAG_NAME, "a")}
-    assert any(h.endswith(f"/runs/{version.run_id}") for h in links), links
-    assert any(h.endswith(f"/models/{model_id}") for h in links), links
-    text = page_text(browser)
-    assert "gate.decision" in text and "lineage.data.test.dvc_md5" in text
+    def linked():
+        links = {a.get_attribute("href") or "" for a in browser.find_elements(By.TAG_NAME, "a")}
+        both = (any(h.endswith(f"/runs/{version.run_id}") for h in links)
+                and any(h.endswith(f"/models/{model_id}") for h in links))
+        return links if both else None
+    links = wait_for(linked, "links to the version's source run and logged model", driver=browser,
+                     shot="model-version")
+    wait_for(lambda: "gate.decision" in page_text(browser) and "lineage.data.test.dvc_md5" in page_text(browser),
+             "the version's gate and lineage tags", driver=browser, shot="model-version")
     browser.save_screenshot(str(artifacts_dir() / "mlflow-model-version.png"))
     browser.get(next(h for h in links if h.endswith(f"/models/{model_id}")))
     wait_for(lambda: model_id in browser.current_url and "val/worst_group_acc" in page_text(browser),
              "the logged model's page with the selected checkpoint's validation metrics", driver=browser,
              shot="logged-model")
-    assert "ffr comparison pipeline: finetune" in page_text(browser)  # logged from: not executor_main.py
+    wait_for(lambda: "ffr comparison pipeline: finetune" in page_text(browser),  # logged from: not executor_main.py
+             "where the model was logged from", driver=browser, shot="logged-model")
     browser.save_screenshot(str(artifacts_dir() / "mlflow-logged-model.png"))
 
 
