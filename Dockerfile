@@ -61,7 +61,7 @@ RUN python3 requirements.py pyproject.toml kubeflow,diffusion,s3,tracking > /tmp
 COPY README.md ./
 COPY ffr ./ffr
 RUN pip install --no-deps --no-build-isolation . \
-    && python3 -c "import ffr, ffr.kubeflow.components, ffr.kubeflow.pipelines, kfp, torch, torchvision, mlflow, dvc, s3fs, diffusers; print('ffr', ffr.__version__, 'kfp', kfp.__version__, 'torch', torch.__version__)" \
+    && python3 -c "import ffr, ffr.integrations.kubeflow.components, ffr.integrations.kubeflow.pipelines, kfp, torch, torchvision, mlflow, dvc, s3fs, diffusers; print('ffr', ffr.__version__, 'kfp', kfp.__version__, 'torch', torch.__version__)" \
     && rm -rf /opt/ffr/build /opt/ffr/*.egg-info
 
 # Declared last: every RUN after an ARG sees it, so a new revision declared earlier would

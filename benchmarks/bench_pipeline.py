@@ -26,8 +26,8 @@ def in_process(params: dict, workdir: Path) -> tuple[float, list[tuple[str, floa
     """The ffr pipeline's steps, called one after the other in this process."""
     from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
-    from ffr.kubeflow.components import (balance_data, collect_shards, evaluate_model, prepare_data, synthesize_shard,
-                            train_model)
+    from ffr.integrations.kubeflow.components import (balance_data, collect_shards, evaluate_model, prepare_data,
+                                                      synthesize_shard, train_model)
 
     def art(cls, name):
         return cls(name=name, uri=str(workdir / name), metadata={})
@@ -73,7 +73,7 @@ def main() -> None:
     params = {"demo_per_digit": a.per_digit, "bias_rate": 0.95, "num_shards": a.shards, "pretrain_epochs": a.epochs,
               "finetune_epochs": a.epochs, "min_steps": 0, "patience": 0, "device": "cpu"}
 
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.pipelines.run import run_local
 
     with tempfile.TemporaryDirectory(prefix="ffr-bench-") as tmp:
         tmp = Path(tmp)

@@ -2,7 +2,8 @@
 
 The core library: group-annotated manifests, bias-rate splits, synthesis backends, balancing
 strategies, training objectives and the group evaluator. It imports no orchestration package
-(kfp, mlflow, dvc); those adapters live in ``ffr.integrations``, ``ffr/kubeflow/components/`` and ``ffr/kubeflow/pipelines/``.
+(kfp, mlflow, dvc); those adapters live in ``ffr.integrations`` (the Kubeflow components and
+pipelines in ``ffr.integrations.kubeflow``).
 """
 
 __version__ = "0.1.0"

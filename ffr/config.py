@@ -15,7 +15,7 @@ from ffr.rules import RULES, ConfigError, Problem, check
 
 # ------------------------------------------------------------------------------------ defaults
 # The one place for the training defaults. ``TrainConfig``, ``ExperimentConfig``, the pipelines'
-# run form (ffr/kubeflow/pipelines/definitions.py) read these names; the Kubeflow components' signatures must
+# run form (ffr/integrations/kubeflow/pipelines/definitions.py) read these names; the Kubeflow components' signatures must
 # hold literals (KFP ships a lightweight component's source alone), so tests/test_defaults.py
 # checks that every component and pipeline default equals the constant here.
 EPOCHS = 40              # epochs of every stage

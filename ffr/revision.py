@@ -16,8 +16,7 @@ import ffr
 
 # What the Dockerfile copies into the image: a change to anything else (docs, tests) leaves the
 # image as it was, so it does not mark the tag dirty.
-IMAGE_SOURCES = ("Dockerfile", "pyproject.toml", "constraints.txt", "README.md", "docker", "ffr", "components",
-                 "pipelines")
+IMAGE_SOURCES = ("Dockerfile", "pyproject.toml", "constraints.txt", "README.md", "docker", "ffr")
 REVISION_LENGTH = 12
 # What `make push` writes: {"<repository>:<tag>": "sha256:..."} for each image it pushed, in the
 # checkout (``$FFR_PUSH_RECORD`` names another file, e.g. one a CI job keeps).

@@ -24,7 +24,7 @@ def _module_imports(path: Path) -> set[str]:
 
 
 # Packages that may import the orchestration and tracking libraries: the glue, kept at the edge.
-EDGES = ("integrations", "kubeflow")
+EDGES = ("integrations",)  # Kubeflow too: ffr/integrations/kubeflow/
 
 
 def _core_files():
@@ -39,7 +39,7 @@ def test_core_imports_no_orchestration_package():
         bad = _module_imports(path) & FORBIDDEN
         if bad:
             offenders[str(path.relative_to(ROOT))] = sorted(bad)
-    assert offenders == {}, f"ffr core imports {offenders}; move that code to ffr/integrations/ or ffr/kubeflow/"
+    assert offenders == {}, f"ffr core imports {offenders}; move that code to ffr/integrations/"
 
 
 def _ffr_imports(path: Path) -> set[str]:
@@ -55,7 +55,7 @@ def _ffr_imports(path: Path) -> set[str]:
     return names
 
 
-# The only modules outside ffr/kubeflow/ that may import it: the CLI's pipeline commands.
+# The only modules outside ffr/integrations/kubeflow/ that may import it: the CLI's pipeline commands.
 KUBEFLOW_USERS = {"ffr/cli/pipeline_cmds.py"}
 
 
@@ -65,12 +65,12 @@ def test_only_the_clis_pipeline_commands_import_the_kubeflow_package():
     offenders = {}
     for path in (ROOT / "ffr").rglob("*.py"):
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith("ffr/kubeflow/") or rel in KUBEFLOW_USERS:
+        if rel.startswith("ffr/integrations/kubeflow/") or rel in KUBEFLOW_USERS:
             continue
-        bad = sorted(n for n in _ffr_imports(path) if n.startswith("ffr.kubeflow"))
+        bad = sorted(n for n in _ffr_imports(path) if n.startswith("ffr.integrations.kubeflow"))
         if bad:
             offenders[rel] = bad
-    assert offenders == {}, f"imports of ffr.kubeflow outside the CLI's pipeline commands: {offenders}"
+    assert offenders == {}, f"imports of ffr.integrations.kubeflow outside the CLI's pipeline commands: {offenders}"
 
 
 def test_the_installed_packages_claim_no_generic_names():

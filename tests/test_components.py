@@ -13,7 +13,7 @@ pytest.importorskip("kfp")
 
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model  # noqa: E402
 
-from ffr.kubeflow.components import (ALL, balance_data, base_image, check_config, collect_shards,  # noqa: E402
+from ffr.integrations.kubeflow.components import (ALL, balance_data, base_image, check_config, collect_shards,  # noqa: E402
                                      comparison_report, evaluate_model, fetch_data_revision, prepare_data,
                                      synthesize_shard, train_model)
 from ffr.rules import ConfigError  # noqa: E402

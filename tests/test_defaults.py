@@ -12,14 +12,14 @@ pytest.importorskip("kfp")
 
 from types import SimpleNamespace  # noqa: E402
 
-from ffr.kubeflow.components import ALL  # noqa: E402
+from ffr.integrations.kubeflow.components import ALL  # noqa: E402
 from ffr import config, promotion  # noqa: E402
 from ffr.balance import STRATEGIES  # noqa: E402
 from ffr.cli import build_parser  # noqa: E402
 from ffr.config import ExperimentConfig, TrainConfig  # noqa: E402
-from ffr.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
-from ffr.kubeflow.pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
-from ffr.kubeflow.pipelines.run import pipeline_parameters  # noqa: E402
+from ffr.integrations.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
+from ffr.integrations.kubeflow.pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
+from ffr.integrations.kubeflow.pipelines.run import pipeline_parameters  # noqa: E402
 
 # the project's defaults: training and data (ffr.config), the promotion gate (ffr.promotion)
 defaults = SimpleNamespace(**{k: v for m in (config, promotion) for k, v in vars(m).items() if k.isupper()})

@@ -184,7 +184,7 @@ def test_stage_cache_entries_swapped_under_each_others_keys_are_never_used(tmp_p
 # ----------------------------------------------------------------------------- credentials
 @pytest.mark.parametrize("kind", ["token", "cookie", "sa_token_path"])
 def test_a_credential_with_a_line_break_is_refused_without_showing_it(kind, tmp_path):
-    from ffr.kubeflow.pipelines.cluster import Credentials, PipelineError
+    from ffr.integrations.kubeflow.pipelines.cluster import Credentials, PipelineError
 
     secret = "s3cret-part-one\ns3cret-part-two"
     value = secret
@@ -197,7 +197,7 @@ def test_a_credential_with_a_line_break_is_refused_without_showing_it(kind, tmp_
 
 
 def test_redaction_also_hides_a_secret_as_a_repr_escapes_it():
-    from ffr.kubeflow.pipelines.cluster import Credentials
+    from ffr.integrations.kubeflow.pipelines.cluster import Credentials
 
     token = "t\u00f6ken-0123"
     creds = Credentials(token=token)
@@ -206,7 +206,7 @@ def test_redaction_also_hides_a_secret_as_a_repr_escapes_it():
 
 
 def test_a_run_hands_its_steps_a_tracking_uri_without_the_password():
-    from ffr.kubeflow.pipelines.run import _without_password
+    from ffr.integrations.kubeflow.pipelines.run import _without_password
 
     env: dict = {}
     params, mlflow = _without_password({"mlflow_uri": "http://alice:s3cret@host:5000/base"}, None, env)
@@ -218,7 +218,7 @@ def test_a_run_hands_its_steps_a_tracking_uri_without_the_password():
 
 
 def test_the_run_log_never_holds_a_password(tmp_path):
-    from ffr.kubeflow.pipelines.run import _Tee
+    from ffr.integrations.kubeflow.pipelines.run import _Tee
 
     with open(tmp_path / "run.log", "w") as log:
         tee = _Tee(log, None)
@@ -304,8 +304,8 @@ def test_a_kubeflow_api_answering_garbage_is_never_a_success(argv, what, capsys)
 
 
 def test_a_cron_that_never_fires_is_refused():
-    from ffr.kubeflow.pipelines.cluster import validate_cron
-    from ffr.kubeflow.pipelines.run import PipelineError
+    from ffr.integrations.kubeflow.pipelines.cluster import validate_cron
+    from ffr.integrations.kubeflow.pipelines.run import PipelineError
 
     for never in ("0 0 3 31 2 *", "0 0 3 30 FEB ?", "0 0 3 31 4,6,9,11 *"):
         with pytest.raises(PipelineError, match="never occurs"):
@@ -358,7 +358,7 @@ def test_a_bad_service_setting_is_named(name, value, monkeypatch, capsys):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     argv = ["submit", "--host", "http://127.0.0.1:9"] if name.startswith("FFR_KFP") else ["data", "validate", "s3://b/d"]
     if name.startswith("FFR_KFP"):
-        from ffr.kubeflow.pipelines.cluster import request_timeout
+        from ffr.integrations.kubeflow.pipelines.cluster import request_timeout
 
         with pytest.raises(ValueError, match=f"\\${name}: expected"):
             request_timeout()

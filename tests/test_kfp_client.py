@@ -26,8 +26,8 @@ import yaml
 pytest.importorskip("kfp")
 
 from ffr.cli import main  # noqa: E402
-from ffr.kubeflow.pipelines.cluster import Credentials, check_endpoint, schedule, submit, upload, validate_cron  # noqa: E402
-from ffr.kubeflow.pipelines.run import PipelineError  # noqa: E402
+from ffr.integrations.kubeflow.pipelines.cluster import Credentials, check_endpoint, schedule, submit, upload, validate_cron  # noqa: E402
+from ffr.integrations.kubeflow.pipelines.run import PipelineError  # noqa: E402
 
 TOKEN = "s3cr3t-t0ken-4711"
 COOKIE = "authservice_session=MTcwNjk0-s3ss10n"
@@ -223,7 +223,7 @@ def no_kfp_context(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for var in ("KF_PIPELINES_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_COOKIE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr("ffr.kubeflow.pipelines.cluster.SA_TOKEN_DEFAULT", str(tmp_path / "no-pod-token"))  # tests run in a pod too
+    monkeypatch.setattr("ffr.integrations.kubeflow.pipelines.cluster.SA_TOKEN_DEFAULT", str(tmp_path / "no-pod-token"))  # tests run in a pod too
 
 
 def free_port_url() -> str:

@@ -85,7 +85,7 @@ def _rebuilds_train_config(node: ast.FunctionDef) -> list[int]:
     return lines
 
 
-@pytest.mark.parametrize("entry", ["ffr.kubeflow.components.train.train_model", "ffr.cli.step_cmds.cmd_train"])
+@pytest.mark.parametrize("entry", ["ffr.integrations.kubeflow.components.train.train_model", "ffr.cli.step_cmds.cmd_train"])
 def test_settings_reach_the_loop_as_one_request(entry):
     """From the Kubeflow train step and from ``ffr train`` to ``fit``: every function below the
     entry point takes the stage as one request (or the spec that holds it; the Kubeflow step's
@@ -175,9 +175,9 @@ def test_every_rule_is_written_once():
 def test_compile_refuses_what_the_check_step_refuses_in_its_words(tmp_path, capsys, param, line):
     pytest.importorskip("kfp")
     from ffr.cli import main
-    from ffr.kubeflow.components import check_config
-    from ffr.kubeflow.pipelines import get_pipeline
-    from ffr.kubeflow.pipelines.run import parse_params, pipeline_parameters, typed_params
+    from ffr.integrations.kubeflow.components import check_config
+    from ffr.integrations.kubeflow.pipelines import get_pipeline
+    from ffr.integrations.kubeflow.pipelines.run import parse_params, pipeline_parameters, typed_params
     from ffr.rules import ConfigError
 
     out = tmp_path / "c.yaml"
@@ -285,10 +285,10 @@ def test_a_three_stage_strategy_runs_through_compare(three_stages, tmp_path):
 
 @pytest.mark.slow
 def test_a_three_stage_strategy_runs_through_the_comparison_pipeline(three_stages, tmp_path):
-    """Registered here, unknown to ffr/kubeflow/: the comparison pipeline runs it as a baseline (every
+    """Registered here, unknown to ffr/integrations/kubeflow/: the comparison pipeline runs it as a baseline (every
     stage in plan order in one step) on the KFP local runner."""
     pytest.importorskip("kfp")
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.pipelines.run import run_local
 
     run = run_local("comparison", {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1,
                                    "finetune_epochs": 1, "train_epochs": 1, "min_steps": 0, "device": "cpu",
@@ -305,7 +305,7 @@ def test_the_report_is_composed_once_for_the_cli_and_the_report_step(tmp_path, c
     from kfp.dsl import HTML, Metrics
 
     from ffr.cli import main
-    from ffr.kubeflow.components import comparison_report
+    from ffr.integrations.kubeflow.components import comparison_report
 
     def evaluation(strategy, wga):
         path = tmp_path / f"{strategy}.json"

@@ -17,18 +17,18 @@ from google.protobuf import json_format  # noqa: E402
 from kfp import components as kfp_components  # noqa: E402
 from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
-from ffr.kubeflow.components import base_image  # noqa: E402
+from ffr.integrations.kubeflow.components import base_image  # noqa: E402
 from ffr.cli import main  # noqa: E402
 from ffr.data.manifest import group_key  # noqa: E402
 from ffr.steps import prepare_step as prepare  # noqa: E402
 from ffr.results.views import format_group_table  # noqa: E402
-from ffr.kubeflow.pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
-from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
+from ffr.integrations.kubeflow.pipelines import PIPELINES, Platform, get_pipeline  # noqa: E402
+from ffr.integrations.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
 from ffr.rules import ConfigError  # noqa: E402
 
 TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
         "device": "cpu"}
-# Executor name prefix → step kind (ffr/kubeflow/pipelines/platform.py).
+# Executor name prefix → step kind (ffr/integrations/kubeflow/pipelines/platform.py).
 KINDS = {"exec-check-config": "check", "exec-plan-baselines": "check", "exec-check-sweep-config": "check",
          "exec-sweep-work": "check", "exec-prepare-sweep-data": "synthesis", "exec-plan-sweep-stages": "data",
          "exec-train-sweep-batch": "train", "exec-evaluate-sweep-batch": "evaluate", "exec-sweep-report": "evaluate",
@@ -427,7 +427,7 @@ def test_a_failed_step_closes_the_pipelines_mlflow_runs_as_failed(tmp_path):
 def test_progress_lines_lose_colour_codes_off_a_terminal_and_keep_them_on_one():
     import io
 
-    from ffr.kubeflow.pipelines.run import _Tee
+    from ffr.integrations.kubeflow.pipelines.run import _Tee
 
     class Terminal(io.StringIO):
         def isatty(self):

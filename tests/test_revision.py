@@ -49,7 +49,7 @@ def test_without_a_checkout_the_image_revision_is_used(tmp_path, monkeypatch):
 
 
 def test_a_recorded_push_pins_the_compiled_image(checkout, monkeypatch):
-    from ffr.kubeflow.components.image import base_image
+    from ffr.integrations.kubeflow.components.image import base_image
 
     digest = "sha256:" + "ab" * 32
     ref = f"registry.example.com/team/ffr:{revision.image_tag()}"

@@ -15,9 +15,9 @@ import yaml
 pytest.importorskip("kfp")
 
 from ffr.cli import main  # noqa: E402
-from ffr.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
-from ffr.kubeflow.pipelines.parameters import PARAMETER_DOCS, documented  # noqa: E402
-from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, typed_params  # noqa: E402
+from ffr.integrations.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
+from ffr.integrations.kubeflow.pipelines.parameters import PARAMETER_DOCS, documented  # noqa: E402
+from ffr.integrations.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, typed_params  # noqa: E402
 
 
 def spec_of(path) -> dict:
@@ -148,6 +148,6 @@ def test_help_lists_the_pipeline_parameters(capsys, argv, expected):
 def test_other_commands_do_not_build_the_pipelines():
     # The list is built only for --help: parsing any command line (even `ffr run`) imports no kfp.
     code = ("import sys; from ffr.cli import build_parser; build_parser().parse_args(['run', '--param', 'seed=1']); "
-            "print(sorted(m for m in ('kfp', 'ffr.kubeflow.pipelines.definitions') if m in sys.modules))")
+            "print(sorted(m for m in ('kfp', 'ffr.integrations.kubeflow.pipelines.definitions') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

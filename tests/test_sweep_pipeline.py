@@ -86,7 +86,7 @@ def test_the_sweep_pipeline_is_checked_before_it_is_compiled_and_compiles_for_a_
     # header comment repeats the defaults (a multi-line default would break it)
     assert "\n" not in spec.root.input_definitions.parameters["config"].default_value.string_value
     # loaded back, its integer defaults (stored as 8.0) pass the check the first step makes
-    from ffr.kubeflow.pipelines.run import pipeline_parameters, typed_params
+    from ffr.integrations.kubeflow.pipelines.run import pipeline_parameters, typed_params
 
     loaded = components.load_component_from_file(str(out))
     assert pipeline_parameters(loaded)["stages_per_task"] == 8 and typed_params("sweep", loaded, {}) == {}
@@ -95,7 +95,7 @@ def test_the_sweep_pipeline_is_checked_before_it_is_compiled_and_compiles_for_a_
 @pytest.mark.slow
 def test_the_sweep_pipeline_gives_ffr_sweeps_numbers_and_trains_each_stage_once(tmp_path):
     from ffr.experiment import sweep
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.pipelines.run import run_local
     from ffr.checks import sweep_config
 
     text = yaml.safe_dump(TINY)

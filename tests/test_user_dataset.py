@@ -78,7 +78,7 @@ def test_compare_trains_a_folder_dataset(folder, tmp_path):
 def test_kubeflow_ffr_pipeline_on_a_folder_source(folder, tmp_path):
     """The `ffr` pipeline's prepare step reads the folder through the same adapter."""
     pytest.importorskip("kfp")
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.pipelines.run import run_local
 
     params = {"source": str(folder), "source_adapter": "folder", "bias_rate": 0.9, "min_val_per_group": 2,
               "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0, "image_size": 16,

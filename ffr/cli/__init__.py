@@ -4,7 +4,7 @@ One module per command family, each with its commands and, beside them, the pars
 them (``add_parsers``): :mod:`~ffr.cli.data_cmds` (data, prepare, synthesize, balance),
 :mod:`~ffr.cli.step_cmds` (train, evaluate), :mod:`~ffr.cli.grid_cmds` (compare, sweep, probe),
 :mod:`~ffr.cli.pipeline_cmds` (run, compile, submit, schedule, upload: the only ones that import
-:mod:`ffr.kubeflow`), :mod:`~ffr.cli.model_cmds` (promote, serve).
+:mod:`ffr.integrations.kubeflow`), :mod:`~ffr.cli.model_cmds` (promote, serve).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``ffr run / compile / submit / schedule / upload``: the Kubeflow pipelines, run locally by the KFP
 local runner, compiled, or sent to a Kubeflow Pipelines endpoint. The only commands that import
-:mod:`ffr.kubeflow` (and so kfp), lazily, when they run. Their ``--param`` values are checked as
+:mod:`ffr.integrations.kubeflow` (and so kfp), lazily, when they run. Their ``--param`` values are checked as
 the pipelines' first step checks the run form (:mod:`ffr.runform`) before anything is compiled or
 sent."""
 
@@ -13,10 +13,10 @@ import sys
 
 
 def _platform(args):
-    """Cluster settings from the command line (the kfp glue in ``ffr.kubeflow.pipelines`` is imported lazily:
+    """Cluster settings from the command line (the kfp glue in ``ffr.integrations.kubeflow.pipelines`` is imported lazily:
     the core package never imports kfp)."""
-    from ffr.kubeflow.components.image import base_image
-    from ffr.kubeflow.pipelines.platform import Platform, parse_node_selector, parse_shm_size, parse_toleration
+    from ffr.integrations.kubeflow.components.image import base_image
+    from ffr.integrations.kubeflow.pipelines.platform import Platform, parse_node_selector, parse_shm_size, parse_toleration
     from ffr.rules import require
 
     require("parallelism", args.parallelism, "--parallelism")
@@ -27,7 +27,7 @@ def _platform(args):
 
 
 def cmd_run(args) -> int:
-    from ffr.kubeflow.pipelines.run import main_table, parse_params, run_local
+    from ffr.integrations.kubeflow.pipelines.run import main_table, parse_params, run_local
 
     inherited = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow = args.mlflow
@@ -49,8 +49,8 @@ def cmd_run(args) -> int:
 
 def cmd_compile(args) -> int:
     platform = _platform(args)
-    from ffr.kubeflow.pipelines.definitions import get_pipeline
-    from ffr.kubeflow.pipelines.run import compile_pipeline, parse_params, typed_params
+    from ffr.integrations.kubeflow.pipelines.definitions import get_pipeline
+    from ffr.integrations.kubeflow.pipelines.run import compile_pipeline, parse_params, typed_params
 
     params = typed_params(args.pipeline, get_pipeline(args.pipeline, platform), parse_params(args.param))
     out = compile_pipeline(args.pipeline, args.out or f"{args.pipeline}-pipeline.yaml", platform, params)
@@ -61,8 +61,8 @@ def cmd_compile(args) -> int:
 
 def cmd_submit(args) -> int:
     platform = _platform(args)
-    from ffr.kubeflow.pipelines.cluster import Credentials, submit
-    from ffr.kubeflow.pipelines.run import parse_params
+    from ffr.integrations.kubeflow.pipelines.cluster import Credentials, submit
+    from ffr.integrations.kubeflow.pipelines.run import parse_params
 
     run_id = submit(args.host, args.pipeline, parse_params(args.param), args.experiment, args.run_name, platform,
                     args.namespace, Credentials.from_args(args))
@@ -72,8 +72,8 @@ def cmd_submit(args) -> int:
 
 def cmd_schedule(args) -> int:
     platform = _platform(args)
-    from ffr.kubeflow.pipelines.cluster import Credentials, schedule
-    from ffr.kubeflow.pipelines.run import parse_params
+    from ffr.integrations.kubeflow.pipelines.cluster import Credentials, schedule
+    from ffr.integrations.kubeflow.pipelines.run import parse_params
 
     job_id = schedule(args.host, args.cron, args.pipeline, parse_params(args.param), args.experiment, args.name,
                       platform, args.namespace, credentials=Credentials.from_args(args))
@@ -83,7 +83,7 @@ def cmd_schedule(args) -> int:
 
 def cmd_upload(args) -> int:
     platform = _platform(args)
-    from ffr.kubeflow.pipelines.cluster import Credentials, upload
+    from ffr.integrations.kubeflow.pipelines.cluster import Credentials, upload
 
     up = upload(args.host, args.pipeline, args.name, args.version, args.description, platform, args.namespace,
                 Credentials.from_args(args))
@@ -104,8 +104,8 @@ class _PipelineHelp(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from ffr.kubeflow.pipelines.definitions import get_pipeline
-        from ffr.kubeflow.pipelines.parameters import format_parameters
+        from ffr.integrations.kubeflow.pipelines.definitions import get_pipeline
+        from ffr.integrations.kubeflow.pipelines.parameters import format_parameters
 
         name = getattr(namespace, "pipeline", None) or "ffr"
         try:

@@ -1,5 +1,6 @@
 """Adapters to external services — object storage (S3 through s3fs), MLflow tracking and registry,
-DVC: the only place in ``ffr`` that imports them. The core reaches them lazily, when a URI or a
+DVC, Kubeflow Pipelines (:mod:`ffr.integrations.kubeflow`): the only place in ``ffr`` that imports
+them. The core reaches them lazily, when a URI or a
 tracker asks."""
 
 

@@ -1,7 +1,7 @@
 """The one stage driver: everything that happens to one training stage, whoever asks for it.
 
 ``ffr train`` and the DVC stages (:func:`ffr.steps.train_stage`), the Kubeflow train step
-(``ffr/kubeflow/components/train.py``), the data-parallel rank entry (:mod:`ffr.launch`) and every grid cell
+(``ffr/integrations/kubeflow/components/train.py``), the data-parallel rank entry (:mod:`ffr.launch`) and every grid cell
 of ``ffr compare`` / ``ffr sweep`` (:func:`ffr.experiment.run_cell`) describe a stage as a
 :class:`StageSpec` and call :func:`run_stage`, which
 

@@ -60,7 +60,7 @@ def test_labels_user_and_revision(root):
 
 
 def test_the_image_has_its_own_python_with_everything_the_components_import(root):
-    code = ("import json, os, sys, ffr, ffr.kubeflow.components as components, ffr.kubeflow.pipelines, kfp, torch, torchvision, mlflow, dvc, s3fs, diffusers;"
+    code = ("import json, os, sys, ffr, ffr.integrations.kubeflow.components as components, ffr.integrations.kubeflow.pipelines, kfp, torch, torchvision, mlflow, dvc, s3fs, diffusers;"
             "from ffr.integrations import serving;"
             "print(json.dumps({'ffr': ffr.__file__, 'python': sys.executable, 'uid': os.getuid(),"
             " 'components': len(components.ALL), 'tag': __import__('ffr.revision').revision.image_tag()}))")
@@ -81,8 +81,8 @@ def test_the_image_has_its_own_python_with_everything_the_components_import(root
 
 
 def test_comparison_pipeline_runs_every_step_in_the_image(root, in_image):
-    from ffr.kubeflow.components.image import base_image
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.components.image import base_image
+    from ffr.integrations.kubeflow.pipelines.run import run_local
     from chroot import ChrootTaskHandler
 
     run = run_local("comparison", {**TINY, "train_epochs": 1}, root.runs, progress=False, mlflow="local",
@@ -109,7 +109,7 @@ def test_comparison_pipeline_runs_every_step_in_the_image(root, in_image):
 
 
 def test_retrain_pipeline_fetches_its_data_in_the_image(root, in_image):
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.pipelines.run import run_local
     from chroot import ChrootTaskHandler
 
     run = run_local("retrain", {k: v for k, v in TINY.items() if k != "demo_per_digit"} | {"bias_rate": 0.95},
@@ -123,8 +123,8 @@ def test_the_sweep_pipeline_compiled_for_a_cluster_runs_in_the_image(root, in_im
     the data, the plan, the levels of training into the stage store, the cells, the report."""
     import yaml
 
-    from ffr.kubeflow.pipelines.platform import Platform
-    from ffr.kubeflow.pipelines.run import compile_pipeline, run_local
+    from ffr.integrations.kubeflow.pipelines.platform import Platform
+    from ffr.integrations.kubeflow.pipelines.run import compile_pipeline, run_local
     from chroot import ChrootTaskHandler
 
     config = {"data": {"dataset": "demo", "image_size": 16, "demo": {"per_digit": 10, "image_size": 16}},

@@ -17,7 +17,7 @@ pytest.importorskip("dvc")
 
 from kfp.dsl import Dataset, Metrics, Model  # noqa: E402
 
-from ffr.kubeflow.components import register_model  # noqa: E402
+from ffr.integrations.kubeflow.components import register_model  # noqa: E402
 from ffr.train.request import StageRequest  # noqa: E402
 from ffr.steps import evaluate_step, train_stage  # noqa: E402
 from ffr.train.loop import TrainConfig  # noqa: E402
@@ -71,7 +71,7 @@ def test_retrain_promotes_on_new_data_keeps_the_history_and_rolls_back(tmp_path,
     from mlflow import MlflowClient
 
     from ffr.cli import main
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.pipelines.run import run_local
     from ffr.promotion import Evaluation, GatePolicy, decide
 
     env = _env(tmp_path, {**DUMMY_AWS})

@@ -81,7 +81,7 @@ def test_a_half_upload_is_no_stage_and_a_dead_claim_is_taken_over(bucket, tmp_pa
 def test_the_sweep_pipeline_shares_its_stages_through_the_bucket(bucket, s3_env, tmp_path):
     import yaml
 
-    from ffr.kubeflow.pipelines.run import run_local
+    from ffr.integrations.kubeflow.pipelines.run import run_local
     from tests.test_sweep_pipeline import TINY, train_outputs
 
     params = {"config": yaml.safe_dump(TINY), "stage_store": f"s3://{bucket}/sweep-stages", "stages_per_task": 4,

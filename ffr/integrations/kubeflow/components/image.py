@@ -1,7 +1,7 @@
 """The container image the components run in: the project's image, tagged
 ``<version>-<git revision>`` (:func:`ffr.revision.image_tag`), the tag `make image` builds.
 
-A pipeline is built for one image (:class:`ffr.kubeflow.pipelines.platform.Platform`'s ``image``,
+A pipeline is built for one image (:class:`ffr.integrations.kubeflow.pipelines.platform.Platform`'s ``image``,
 ``ffr compile --image``): a repository (``registry.example.com/team/ffr`` →
 ``…/ffr:<version>-<revision>``, pinned to the pushed digest when `make push` recorded one in
 ``build/pushed-images.json``) or a full reference with a tag or digest (``…/ffr:0.1.0-cuda``),

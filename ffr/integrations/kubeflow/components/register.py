@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from ffr.kubeflow.components.image import COMPONENT_OPTIONS
+from ffr.integrations.kubeflow.components.image import COMPONENT_OPTIONS
 
 
 @dsl.component(**COMPONENT_OPTIONS)

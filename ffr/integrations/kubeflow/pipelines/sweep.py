@@ -15,12 +15,12 @@ import json
 from kfp import dsl
 
 from ffr.balance import STRATEGIES
-from ffr.kubeflow.components import (check_sweep_config, evaluate_sweep_batch, plan_sweep_stages,
+from ffr.integrations.kubeflow.components import (check_sweep_config, evaluate_sweep_batch, plan_sweep_stages,
                                      prepare_sweep_data, register_sweep_selection, sweep_report, sweep_work,
                                      train_sweep_batch)
-from ffr.kubeflow.pipelines.definitions import PIPELINES, _exit_handler, _tracked, _tracking
-from ffr.kubeflow.pipelines.parameters import MIN_FORM_NOTE, documented
-from ffr.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
+from ffr.integrations.kubeflow.pipelines.definitions import PIPELINES, _exit_handler, _tracked, _tracking
+from ffr.integrations.kubeflow.pipelines.parameters import MIN_FORM_NOTE, documented
+from ffr.integrations.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 from ffr.promotion import GATE_FLOOR, GATE_MARGIN, GATE_TOLERANCE
 
 # What the run form starts with: the built-in digits benchmark, every strategy, ERM, 3 seeds and

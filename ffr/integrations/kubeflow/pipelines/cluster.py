@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import ffr
-from ffr.kubeflow.pipelines.definitions import get_pipeline
-from ffr.kubeflow.pipelines.platform import Platform
+from ffr.integrations.kubeflow.pipelines.definitions import get_pipeline
+from ffr.integrations.kubeflow.pipelines.platform import Platform
 from ffr.integrations import ServiceError
-from ffr.kubeflow.pipelines.cron import validate_cron
-from ffr.kubeflow.pipelines.run import PipelineError, compile_pipeline, typed_params
+from ffr.integrations.kubeflow.pipelines.cron import validate_cron
+from ffr.integrations.kubeflow.pipelines.run import PipelineError, compile_pipeline, typed_params
 
 
 class KubeflowUnavailable(PipelineError, ServiceError):

@@ -5,7 +5,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
 
-from ffr.kubeflow.components.image import COMPONENT_OPTIONS
+from ffr.integrations.kubeflow.components.image import COMPONENT_OPTIONS
 
 
 @dsl.component(**COMPONENT_OPTIONS)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import ffr
 from ffr.results.views import format_group_table
-from ffr.kubeflow.pipelines.definitions import get_pipeline
-from ffr.kubeflow.pipelines.platform import Platform
+from ffr.integrations.kubeflow.pipelines.definitions import get_pipeline
+from ffr.integrations.kubeflow.pipelines.platform import Platform
 
 
 class PipelineError(ValueError):
@@ -32,7 +32,7 @@ class PipelineError(ValueError):
 def pipeline_parameters(pipeline) -> dict:
     """The pipeline's parameters and their defaults, as the run form shows them (an integer
     parameter's default is an int, also in a pipeline loaded back from its YAML, which stores 8 as 8.0)."""
-    from ffr.kubeflow.pipelines.parameters import parameter_types
+    from ffr.integrations.kubeflow.pipelines.parameters import parameter_types
 
     types = parameter_types(pipeline)
     return {k: int(v.default) if types[k] is int and isinstance(v.default, float) and v.default.is_integer()
@@ -392,7 +392,7 @@ def typed_params(name: str, pipeline, params: dict, check: bool = True) -> dict:
     ``check``, the run form they make with the other parameters' defaults is then checked as the
     pipeline's first step checks it (:func:`ffr.runform.check_form`: the same refusal, in the same
     words, before anything is compiled, run or sent to a cluster)."""
-    from ffr.kubeflow.pipelines.parameters import parameter_types
+    from ffr.integrations.kubeflow.pipelines.parameters import parameter_types
 
     _check_params(name, pipeline, params)
     types = parameter_types(pipeline)
@@ -477,5 +477,5 @@ def registration_lines(run_dir: str | os.PathLike) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # pragma: no cover - convenience: python -m ffr.kubeflow.pipelines.run [name]
+if __name__ == "__main__":  # pragma: no cover - convenience: python -m ffr.integrations.kubeflow.pipelines.run [name]
     print(main_table(run_local(sys.argv[1] if len(sys.argv) > 1 else "ffr")))

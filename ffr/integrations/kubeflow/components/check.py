@@ -4,7 +4,7 @@ from typing import List, NamedTuple
 
 from kfp import dsl
 
-from ffr.kubeflow.components.image import COMPONENT_OPTIONS
+from ffr.integrations.kubeflow.components.image import COMPONENT_OPTIONS
 
 
 @dsl.component(**COMPONENT_OPTIONS)

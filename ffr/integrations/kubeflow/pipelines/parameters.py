@@ -162,7 +162,7 @@ def documented(returns: str | None = None) -> Callable:
         missing = [n for n in names if not PARAMETER_DOCS.get(n)]
         if missing:
             raise KeyError(f"pipeline function {fn.__name__}: parameter(s) {missing} have no description in "
-                           "ffr/kubeflow/pipelines/parameters.py PARAMETER_DOCS")
+                           "ffr/integrations/kubeflow/pipelines/parameters.py PARAMETER_DOCS")
         args = "".join(f"    {n}: {PARAMETER_DOCS[n]}\n" for n in names)
         # "Output" names a pipeline's return value in KFP's reading of the Returns section.
         tail = f"\nReturns:\n    Output: {returns}\n" if returns else ""

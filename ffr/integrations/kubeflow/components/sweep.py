@@ -8,7 +8,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
 
-from ffr.kubeflow.components.image import COMPONENT_OPTIONS
+from ffr.integrations.kubeflow.components.image import COMPONENT_OPTIONS
 
 
 @dsl.component(**COMPONENT_OPTIONS)

@@ -44,7 +44,7 @@ class Platform:
     many iterations of each fan-out (synthesis shards, baselines) run at once (0: no cap).
     ``retries`` (with exponential backoff from ``backoff``) apply to the ``retry_steps``;
     ``cached_steps`` may reuse earlier results. ``image``: the image every step runs in (see
-    :func:`ffr.kubeflow.components.image.base_image`; empty: the project's default).
+    :func:`ffr.integrations.kubeflow.components.image.base_image`; empty: the project's default).
     """
 
     gpu: bool = False
@@ -63,7 +63,7 @@ class Platform:
     retry_steps: tuple = (SYNTHESIS, TRAIN)
     cached_steps: tuple = (DATA, SYNTHESIS)  # never CHECK: its fingerprint of the data must be fresh
     secrets: dict = field(default_factory=_default_secrets)
-    image: str = ""           # the component image (ffr.kubeflow.components.image.base_image); "": the default
+    image: str = ""           # the component image (ffr.integrations.kubeflow.components.image.base_image); "": the default
     image_env: bool = True    # every step's $FFR_IMAGE names its image (lineage of runs and models)
 
     @classmethod
@@ -95,7 +95,7 @@ class Platform:
             task.set_retry(self.retries, backoff_duration=self.backoff, backoff_factor=self.backoff_factor,
                            backoff_max_duration=self.backoff_max)
         task.set_caching_options(kind in self.cached_steps)
-        from ffr.kubeflow.components.image import base_image
+        from ffr.integrations.kubeflow.components.image import base_image
 
         image = base_image(self.image)
         if task.container_spec is not None:

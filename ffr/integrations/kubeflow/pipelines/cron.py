@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ffr.kubeflow.pipelines.run import PipelineError
+from ffr.integrations.kubeflow.pipelines.run import PipelineError
 
 _FIELDS = [  # (name, low, high, names) of the 6 fields of a Kubeflow cron expression
     ("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None),

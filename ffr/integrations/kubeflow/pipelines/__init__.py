@@ -8,11 +8,11 @@ the launchers behind ``ffr run / compile``, :mod:`pipelines.cluster` those behin
 schedule / upload``.
 """
 
-from ffr.kubeflow.pipelines import definitions
-from ffr.kubeflow.pipelines.definitions import (PIPELINES, build_comparison_pipeline, build_ffr_pipeline, build_retrain_pipeline,
+from ffr.integrations.kubeflow.pipelines import definitions
+from ffr.integrations.kubeflow.pipelines.definitions import (PIPELINES, build_comparison_pipeline, build_ffr_pipeline, build_retrain_pipeline,
                                    get_pipeline)
-from ffr.kubeflow.pipelines.platform import Platform
-from ffr.kubeflow.pipelines.sweep import build_sweep_pipeline  # registers the sweep pipeline
+from ffr.integrations.kubeflow.pipelines.platform import Platform
+from ffr.integrations.kubeflow.pipelines.sweep import build_sweep_pipeline  # registers the sweep pipeline
 
 __all__ = ["PIPELINES", "Platform", "get_pipeline", "build_ffr_pipeline", "build_comparison_pipeline",
            "build_retrain_pipeline", "build_sweep_pipeline", "ffr_pipeline", "comparison_pipeline", "retrain_pipeline"]

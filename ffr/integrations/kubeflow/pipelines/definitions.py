@@ -1,8 +1,8 @@
-"""The pipelines. Each is built by a function of the :class:`~ffr.kubeflow.pipelines.platform.Platform`
+"""The pipelines. Each is built by a function of the :class:`~ffr.integrations.kubeflow.pipelines.platform.Platform`
 (image, GPU requests, retries, secrets), registered in :data:`PIPELINES` under the name the CLI uses.
 
 Every parameter has a default, so the Kubeflow UI's run form starts a full run as it is, and a
-description (:mod:`ffr.kubeflow.pipelines.parameters`). The training defaults are the project's
+description (:mod:`ffr.integrations.kubeflow.pipelines.parameters`). The training defaults are the project's
 (:mod:`ffr.config`'s constants, the same ``ffr compare`` and ``ffr train`` use) on the built-in
 demo benchmark.
 
@@ -21,12 +21,12 @@ from kfp import dsl
 
 from ffr import config as defaults
 from ffr.balance import STRATEGIES
-from ffr.kubeflow.components import (balance_data, check_config, collect_shards, comparison_report, evaluate_model,
+from ffr.integrations.kubeflow.components import (balance_data, check_config, collect_shards, comparison_report, evaluate_model,
                                      fetch_data_revision, finish_tracking, plan_baselines, prepare_data,
                                      register_model,
                                      start_tracking, synthesize_shard, train_model)
-from ffr.kubeflow.pipelines.parameters import documented, form_guide
-from ffr.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
+from ffr.integrations.kubeflow.pipelines.parameters import documented, form_guide
+from ffr.integrations.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 from ffr.plugins import Registry
 from ffr.promotion import GATE_FLOOR, GATE_MARGIN, GATE_TOLERANCE
 from ffr.runform import PRODUCT
