@@ -38,6 +38,8 @@ _STAGE_FIELDS = {("train", "epochs"): "train_epochs", ("pretrain", "epochs"): "p
                  ("pretrain", "lr"): "pretrain_lr", ("finetune", "epochs"): "finetune_epochs",
                  ("finetune", "lr"): "finetune_lr"}
 _GATE = ("gate_margin", "gate_tolerance", "gate_floor")
+# What a ``baselines`` entry may set besides its strategy (config.BASELINES holds the defaults).
+BASELINE_KEYS = ("lr", "weight_decay")
 
 
 def _baselines(values: dict) -> list[dict]:
@@ -59,7 +61,8 @@ def _form_name(field: str, values: dict) -> str:
         return "objective_options"
     for i, b in enumerate(_baselines(values)):
         if isinstance(b, dict) and field.startswith(f"overrides.{b.get('strategy')}."):
-            return f"baselines[{i}].lr"
+            key = field.rsplit(".", 1)[-1]
+            return f"baselines[{i}].{key if key in BASELINE_KEYS else 'lr'}"
     stage, _, key = field.partition(".")
     if stage in ("train", "pretrain", "finetune") and key:
         if (stage, key) in _STAGE_FIELDS:
@@ -70,8 +73,12 @@ def _form_name(field: str, values: dict) -> str:
     return field
 
 
-def _stage(values: dict, epochs_field: str, lr: Any, options: dict) -> TrainConfig:
-    fields = {"epochs": values.get(epochs_field, TrainConfig.epochs), "lr": lr,
+def _stage(values: dict, stage: str, epochs_field: str, lr: Any, options: dict) -> TrainConfig:
+    """A stage's settings: the project's defaults for that stage (FFR's step 2 is LP-FT), the
+    form's fields, then ``options``."""
+    defaults = dataclasses.asdict(getattr(ExperimentConfig(), stage))
+    fields = {**{k: v for k, v in defaults.items() if v != getattr(TrainConfig, k, v)},
+              "epochs": values.get(epochs_field, TrainConfig.epochs), "lr": lr,
               **{k: values[k] for k in ("batch_size", "min_steps", "max_steps", "patience") if k in values},
               **options}
     return from_dict(TrainConfig, fields, "finetune_options" if options else epochs_field)
@@ -121,8 +128,9 @@ def form_config(values: dict) -> tuple[ExperimentConfig, list[Problem]]:
 
     strategies, overrides = [], {}
     for i, b in enumerate(_baselines(values)):
-        if not isinstance(b, dict) or set(b) - {"strategy", "lr"} or "strategy" not in b:
-            problems.append(Problem(f"baselines[{i}]", f"expected {{strategy: NAME, lr: NUMBER}}, got {b!r}"))
+        if not isinstance(b, dict) or set(b) - {"strategy", *BASELINE_KEYS} or "strategy" not in b:
+            problems.append(Problem(f"baselines[{i}]", "expected {strategy: NAME, lr: NUMBER} (weight_decay: NUMBER "
+                                    f"optional), got {b!r}"))
             continue
         name = b["strategy"]
         if name not in STRATEGIES or name == PRODUCT:
@@ -130,7 +138,8 @@ def form_config(values: dict) -> tuple[ExperimentConfig, list[Problem]]:
             problems.append(Problem(f"baselines[{i}].strategy", f"unknown baseline {name!r}; known: {known}"))
             continue
         strategies.append(name)
-        overrides[name] = {f"{plan.name}.lr": b.get("lr", cfg.train.lr) for plan in STRATEGIES.get(name).stages}
+        settings = {"lr": b.get("lr", cfg.train.lr), "weight_decay": b.get("weight_decay", cfg.train.weight_decay)}
+        overrides[name] = {f"{plan.name}.{k}": v for plan in STRATEGIES.get(name).stages for k, v in settings.items()}
     cfg.strategies = list(dict.fromkeys(strategies + [PRODUCT]))
     cfg.overrides = overrides
 
@@ -148,7 +157,7 @@ def form_config(values: dict) -> tuple[ExperimentConfig, list[Problem]]:
                                      ("pretrain", "pretrain_epochs", values.get("pretrain_lr", cfg.pretrain.lr), {}),
                                      ("finetune", "finetune_epochs", values.get("finetune_lr", cfg.finetune.lr), step2)):
         try:
-            setattr(cfg, stage, _stage(values, epochs, lr, extra))
+            setattr(cfg, stage, _stage(values, stage, epochs, lr, extra))
         except ConfigError as e:  # "<field>: <what>" of from_dict
             field, _, text = str(e).partition(": ")
             problems.append(Problem(field, text))

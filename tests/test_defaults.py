@@ -16,7 +16,7 @@ from ffr.integrations.kubeflow.components import ALL  # noqa: E402
 from ffr import config, promotion  # noqa: E402
 from ffr.balance import STRATEGIES  # noqa: E402
 from ffr.cli import build_parser  # noqa: E402
-from ffr.config import ExperimentConfig, TrainConfig  # noqa: E402
+from ffr.config import ExperimentConfig, TrainConfig, with_overrides  # noqa: E402
 from ffr.integrations.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
 from ffr.integrations.kubeflow.pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
 from ffr.integrations.kubeflow.pipelines.run import pipeline_parameters  # noqa: E402
@@ -64,9 +64,14 @@ def test_configs_read_the_same_constants():
     cfg = ExperimentConfig()
     assert TrainConfig().epochs == cfg.train.epochs == cfg.pretrain.epochs == cfg.finetune.epochs == defaults.EPOCHS
     assert (cfg.train.lr, cfg.pretrain.lr, cfg.finetune.lr) == (defaults.LR, defaults.PRETRAIN_LR, defaults.FINETUNE_LR)
-    assert cfg.overrides["asb"]["train.lr"] == defaults.ASB_LR
-    assert {b["strategy"]: b["lr"] for b in DEFAULT_BASELINES} == {"none": defaults.LR, "usb": defaults.LR,
+    assert cfg.finetune.lpft_epochs == defaults.FINETUNE_LPFT_EPOCHS and cfg.pretrain.lpft_epochs == 0
+    # each baseline's settings: the run form's default list and, where they differ from train's, the overrides
+    assert DEFAULT_BASELINES == [{"strategy": s, **v} for s, v in defaults.BASELINES.items()]
+    assert {b["strategy"]: b["lr"] for b in DEFAULT_BASELINES} == {"none": defaults.LR, "usb": defaults.USB_LR,
                                                                    "asb": defaults.ASB_LR}
+    for s, settings in defaults.BASELINES.items():
+        effective = with_overrides(cfg, cfg.overrides.get(s, {}))
+        assert {k: getattr(effective.train, k) for k in settings} == settings, s
     assert cfg.synthesis.batch_size == defaults.SYNTHESIS_BATCH_SIZE
     assert set(cfg.strategies) == set(STRATEGIES.names())
 
@@ -81,3 +86,18 @@ def test_cli_defaults_are_the_projects():
         (defaults.GATE_MARGIN, defaults.GATE_TOLERANCE, defaults.GATE_FLOOR)
     assert promotion.GatePolicy() == promotion.GatePolicy(defaults.GATE_MARGIN, defaults.GATE_TOLERANCE,
                                                           defaults.GATE_FLOOR)
+
+
+def test_the_run_form_defaults_train_what_a_config_without_a_recipe_trains():
+    """A comparison started from the run form as it opens trains the stages ``ffr compare`` with
+    no recipe trains: FFR's step 2 as LP-FT, each baseline at its evidence-chosen settings."""
+    from ffr.runform import form_config
+
+    params = pipeline_parameters(get_pipeline("comparison"))
+    cfg, problems = form_config(params)
+    assert problems == []
+    plain = ExperimentConfig()
+    assert cfg.finetune.lpft_epochs == plain.finetune.lpft_epochs == defaults.FINETUNE_LPFT_EPOCHS
+    for s in ("none", "usb", "asb"):
+        ours, theirs = with_overrides(cfg, cfg.overrides.get(s, {})), with_overrides(plain, plain.overrides.get(s, {}))
+        assert (ours.train.lr, ours.train.weight_decay) == (theirs.train.lr, theirs.train.weight_decay), s

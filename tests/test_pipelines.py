@@ -356,14 +356,14 @@ def test_run_form_problems_are_all_listed():
 
     assert problems() == []
     bad = problems(objective="groupdro", objective_options={"etaa": 1}, backbone="resnet5",
-                   finetune_options={"lpft_epochs": 5, "lr": 1},
+                   finetune_options={"lpft_epochs": -1, "lr": 1},
                    baselines=[{"strategy": "nonee", "lr": 1e-3}, {"strategy": "usb", "lr": -1}],
                    synthesis_backend="dalle", bias_rate=1.0, num_shards=0, device="gpu")
     text = "\n".join(bad)
     for needle in ("objective_options: ", "resnet5", "finetune_options: ['lr']", "nonee", "baselines[1].lr: -1",
                    "dalle", "bias_rate: 1.0", "num_shards: 0", "device: 'gpu'"):
         assert needle in text, needle
-    assert any(p.startswith("finetune_options.lpft_epochs: 5") for p in problems(finetune_options={"lpft_epochs": 5}))
+    assert any(p.startswith("finetune_options.lpft_epochs: -1") for p in problems(finetune_options={"lpft_epochs": -1}))
     # The built-in benchmark is named on the run form too: a typo, or a digits-only size on another.
     assert problems(demo_name="galaxies") == []
     [name] = problems(demo_name="face")

@@ -157,13 +157,13 @@ def test_pivot_table_layout():
 
 
 def test_search_alternatives_are_one_axis():
-    variants = [{}, {"l2sp": 0.1, "lpft_epochs": 1}, {"freeze_stages": 2}]
+    variants = [{}, {"l2sp": 0.1, "lpft_epochs": 1}, {"freeze_stages": 2, "lpft_epochs": 0}]
     cfg = tiny_cfg(search={"ffr": {"finetune": variants}})
     assert _grid(cfg.search, "ffr", "erm") == [{"finetune": v} for v in variants]
     assert _grid(cfg.search, "none", "erm") == [{}]
     effs = [c.config for c in plan_cells(cfg) if c.strategy == "ffr" and c.objective == "erm"]
     assert [(e.finetune.l2sp, e.finetune.lpft_epochs, e.finetune.freeze_stages) for e in effs] == \
-        [(0.0, 0, 0), (0.1, 1, 0), (0.0, 0, 2)]
+        [(0.0, 5, 0), (0.1, 1, 0), (0.0, 0, 2)]  # {} keeps the default step 2, LP-FT
     assert effs[1].finetune.epochs == 2   # the rest of the stage config is kept
 
 

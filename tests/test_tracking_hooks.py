@@ -46,7 +46,7 @@ def test_null_tracker_satisfies_the_protocol():
 def test_flatten_and_epoch_metrics():
     cfg = load_config(None, ["finetune.lr=0.01"])
     flat = flatten(cfg)
-    assert flat["finetune.lr"] == 0.01 and flat["data.image_size"] == 32 and flat["overrides.asb.train.lr"] == 1e-4
+    assert flat["finetune.lr"] == 0.01 and flat["data.image_size"] == 32 and flat["overrides.usb.train.lr"] == 3e-4
     assert flat["strategies"] == ["none", "usb", "asb", "ffr"]
     assert flatten({"a": {}}) == {"a": "{}"}
     assert epoch_metrics({"epoch": 3, "train/loss": 0.5, "val/worst_group_acc": 1, "note": "x"}) == \

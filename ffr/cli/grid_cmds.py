@@ -133,6 +133,24 @@ def cmd_probe_shortcut(args) -> int:
     return 0
 
 
+def cmd_defaults(args) -> int:
+    from ffr.results.defaults import disagreements, read_evidence, report
+
+    candidates = [c for path in args.evidence for c in read_evidence(path)]
+    text = report(candidates)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    if not args.check:
+        return 0
+    differ = disagreements(candidates)
+    for line in differ:
+        print(f"ffr: defaults differ from the evidence: {line}")
+    print("the defaults (ffr.config) are the evidence's choice" if not differ else
+          f"{len(differ)} default(s) differ: set them in ffr/config.py, or say why in docs/sweep.md")
+    return 1 if differ else 0
+
+
 def add_parsers(sub) -> None:
     """``compare``, ``sweep`` and ``probe domain-gap / shortcut``."""
     p = sub.add_parser("compare", parents=[config_parent(), tracking_parent()],
@@ -164,6 +182,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--cells-per-task", type=int, default=16, help="with --plan-for-cluster: the pipeline's "
                                                                  "cells_per_task (default 16)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("defaults", help="the recipe the grids' validation results choose (docs/sweep.md, "
+                                         "Defaults from evidence)")
+    p.add_argument("evidence", nargs="+", metavar="RESULTS",
+                   help="an equal-budget grid's results.json or results.md (or its folder); several: every column "
+                        "of each counts")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 where ffr's defaults differ from the choice (each difference named)")
+    p.add_argument("--out", help="also write the report (Markdown) here")
+    p.set_defaults(func=cmd_defaults)
 
     probe = sub.add_parser("probe", help="diagnostics")
     psub = probe.add_subparsers(dest="probe_command", required=True)

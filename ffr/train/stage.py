@@ -135,6 +135,9 @@ def announce_budget(stage: str, settings, rows: int, meta: dict, echo: Callable[
     if planned > settings.epochs and echo is not None:
         echo(f"{stage}: {settings.epochs} epochs raised to {planned} to reach min_steps={settings.min_steps} "
              f"optimizer steps on {rows} images (set min_steps=0 to train exactly {settings.epochs})")
+    if settings.lpft_epochs >= planned and echo is not None:
+        echo(f"{stage}: all {planned} epochs train the head alone (lpft_epochs={settings.lpft_epochs} is not "
+             f"below the stage's epochs; set lpft_epochs=0 to fine-tune the whole model)")
     return planned
 
 

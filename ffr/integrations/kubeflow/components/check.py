@@ -66,7 +66,8 @@ def check_config(
         finetune_epochs: FFR step 2's epochs.
         finetune_lr: FFR step 2's learning rate.
         train_epochs: The baselines' epochs.
-        baselines: The comparison's baselines, ``[{"strategy": NAME, "lr": X}]``; none: FFR alone.
+        baselines: The comparison's baselines, ``[{"strategy": NAME, "lr": X, "weight_decay": Y}]``
+            (weight_decay optional); none: FFR alone.
         min_steps: Every training step's floor in optimizer steps (0: off).
         max_steps: Every training step's cap in optimizer steps (0: none).
         patience: Epochs without a better validation WGA before a training step stops (0: never).

@@ -33,10 +33,9 @@ from ffr.runform import PRODUCT
 
 PIPELINES: Registry = Registry("pipeline")
 
-# The paper's baselines with their learning rates (ASB trains at 1e-4): the comparison pipeline's
-# default fan-out, editable in the run form.
-DEFAULT_BASELINES = [{"strategy": "none", "lr": defaults.LR}, {"strategy": "usb", "lr": defaults.LR},
-                     {"strategy": "asb", "lr": defaults.ASB_LR}]
+# The baselines with their evidence-chosen settings (ffr.config.BASELINES): the comparison
+# pipeline's default fan-out, editable in the run form.
+DEFAULT_BASELINES = [{"strategy": name, **settings} for name, settings in defaults.BASELINES.items()]
 # The run-form fields the check step reads (the plan and the refusals come from them).
 _FORM = ("objective", "backbone", "weights", "image_size", "batch_size", "seed", "device", "train_processes",
          "pretrain_epochs", "pretrain_lr", "finetune_epochs", "finetune_lr", "train_epochs", "baselines",

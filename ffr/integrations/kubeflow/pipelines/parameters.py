@@ -86,10 +86,11 @@ PARAMETER_DOCS: dict[str, str] = {
     "objective_options": "The objective's options as JSON, e.g. {\"eta\": 0.01} for groupdro, {\"n_refits\": 20} "
                          "for dfr; {} = its defaults.",
     "batch_size": "Training images per batch (over all processes of a step).",
-    "baselines": f"The baselines trained beside FFR, in parallel: a JSON list of {{\"strategy\", \"lr\"}}, "
-                 f"strategy one of {_names(_BASELINES)} (none = real only, usb = synthetic images fill every "
-                 "group up to the largest, asb = the same synthetic budget added evenly to every group), lr its "
-                 "learning rate (the paper's: 1e-3, asb 1e-4).",
+    "baselines": f"The baselines trained beside FFR, in parallel: a JSON list of {{\"strategy\", \"lr\"}} "
+                 f"(and \"weight_decay\", optional), strategy one of {_names(_BASELINES)} (none = real only, usb = "
+                 "synthetic images fill every group up to the largest, asb = the same synthetic budget added "
+                 "evenly to every group), lr its learning rate. The defaults are the settings the equal-budget "
+                 "grids ranked best on validation (docs/sweep.md, Defaults from evidence).",
     "train_epochs": "Epochs of each baseline's training.",
     "pretrain_epochs": "Epochs of FFR step 1 (training on the balanced synthetic images only).",
     "pretrain_lr": "Learning rate of FFR step 1.",
@@ -102,8 +103,9 @@ PARAMETER_DOCS: dict[str, str] = {
                 "accuracy, once min_steps are done (0: no early stopping).",
     "finetune_options": "FFR step 2's variant as JSON, any other training setting, e.g. {\"freeze_stages\": 2}, "
                         "{\"l2sp\": 0.1}, {\"lpft_epochs\": 5}, {\"backbone_lr_mult\": 0.1}, "
-                        "{\"select_init\": true}; {} = plain fine-tuning. An unknown key fails the step, naming "
-                        "it.",
+                        "{\"select_init\": true}, {\"lpft_epochs\": 0} for plain fine-tuning; {} = the default, "
+                        "LP-FT (the first 5 epochs train the head alone: the variant the grids ranked best on "
+                        "validation). An unknown key fails the step, naming it.",
     "train_processes": "Processes per training step, data-parallel in its pod (torchrun, one per GPU: compile "
                        "with --gpu --accelerator-limit N); 1 = one process.",
     "device": "Where training and evaluation run: auto (a GPU when the pod has one, else the CPU), cpu, cuda or "

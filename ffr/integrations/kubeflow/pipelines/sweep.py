@@ -33,7 +33,7 @@ DEFAULT_CONFIG = json.dumps({
     "train": {"epochs": 10, "min_steps": 200}, "pretrain": {"epochs": 10, "min_steps": 200, "lr": 1e-3},
     "finetune": {"epochs": 10, "min_steps": 200}, "overrides": {}, "equal_search": True,
     "search": {**{s: {"train": [{"lr": 1e-3}, {"lr": 1e-4}]} for s in ("none", "usb", "asb")},
-               "ffr": {"finetune": [{"lr": 1e-3}, {"lpft_epochs": 5}]}}})
+               "ffr": {"finetune": [{"lpft_epochs": 0}, {"lpft_epochs": 5}]}}})
 
 
 def plan_depth() -> int:
