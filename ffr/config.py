@@ -47,6 +47,12 @@ BACKBONE = "small_cnn"
 OBJECTIVE = "erm"
 BIAS_RATE = 0.95
 MIN_VAL_PER_GROUP = 10
+# How checkpoints (epochs) and hyperparameters are chosen on validation: worst-group accuracy,
+# then balanced accuracy, then the lower worst-group loss (ffr.metrics.selection_key), which does
+# not saturate when every candidate classifies the validation split perfectly. ``first`` keeps
+# the earlier epoch / the first candidate in order on a full tie (ffr before the tie-break; the
+# committed grids' configs pin it, so their results reproduce).
+TIE_BREAK = "worst_group_loss"
 SYNTHESIS_BACKEND = "procedural"
 SYNTHESIS_BATCH_SIZE = 8
 MAX_ATTEMPTS = 10
@@ -83,6 +89,9 @@ class TrainConfig:
     l2sp: float = 0.0                # weight of the L2-SP pull toward the initial weights
     lpft_epochs: int = 0             # first epochs train the head alone (LP-FT); all of them if >= epochs
     select_init: bool = False        # the starting weights compete in checkpoint selection (epoch -1)
+    # When validation WGA and balanced accuracy tie between epochs (and, in a grid, between the
+    # candidates of a cell): worst_group_loss (the lower wins) or first (the earlier)
+    tie_break: str = TIE_BREAK
 
     def problems(self, where: str = "train") -> list[Problem]:
         """What is wrong with these settings, each field named ``<where>.<field>`` (empty when nothing)."""

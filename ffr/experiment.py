@@ -149,6 +149,7 @@ def run_cell(cell: Cell, real: Manifest, pool: Manifest | None, cell_dir: str | 
         "strategy": cell.strategy, "objective": cfg.objective, "bias_rate": float(cell.bias_rate),
         "seed": int(cell.seed), "objective_options": cfg.objective_options.get(cfg.objective) or {},
         "hparams": cell.hparams or {}, "val": final["val"], "test": final["test"],
+        "tie_break": final["request"]["settings"]["tie_break"],
         "stages": stages, "synthetic_per_group": plan.synthetic_per_group,
         "split": report.after, "absent": report.absent, "seconds": round(time.time() - t0, 2),
         "datasets": {"validation": dataset_record(val_manifest), "test": dataset_record(test_manifest)},

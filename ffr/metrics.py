@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ffr.config import TIE_BREAK
 from ffr.data.manifest import DatasetCard, group_key
 
 
@@ -31,12 +32,19 @@ class GroupTally:
     bin_count: np.ndarray = field(default=None)  # type: ignore[assignment]
     bin_correct: np.ndarray = field(default=None)  # type: ignore[assignment]
     bin_confidence: np.ndarray = field(default=None)  # type: ignore[assignment]
+    # with per-row losses (the true class's negative log-likelihood): their sum and count per group
+    loss_sum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    loss_count: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.correct is None:
             self.correct = np.zeros(self.n_groups, dtype=np.int64)
         if self.total is None:
             self.total = np.zeros(self.n_groups, dtype=np.int64)
+        if self.loss_sum is None:
+            self.loss_sum = np.zeros(self.n_groups, dtype=np.float64)
+        if self.loss_count is None:
+            self.loss_count = np.zeros(self.n_groups, dtype=np.int64)
         shape = (self.n_groups, ECE_BINS)
         if self.bin_count is None:
             self.bin_count = np.zeros(shape, dtype=np.int64)
@@ -45,9 +53,10 @@ class GroupTally:
         if self.bin_confidence is None:
             self.bin_confidence = np.zeros(shape, dtype=np.float64)
 
-    def add(self, pred, label, group, confidence=None) -> "GroupTally":
+    def add(self, pred, label, group, confidence=None, loss=None) -> "GroupTally":
         """Count a batch of predictions (array-likes or tensors of equal length); ``confidence``:
-        the predicted class's probability per row, for the calibration error."""
+        the predicted class's probability per row, for the calibration error; ``loss``: each row's
+        cross-entropy (negative log-likelihood of its label), for the worst-group loss."""
         pred, label, group = (np.asarray(_np(a)).astype(np.int64).ravel() for a in (pred, label, group))
         if not (len(pred) == len(label) == len(group)):
             raise ValueError(f"pred, label and group lengths differ: {len(pred)}, {len(label)}, {len(group)}")
@@ -67,6 +76,12 @@ class GroupTally:
             self.bin_correct += np.bincount(cell, weights=hit, minlength=size).astype(np.int64).reshape(
                 self.n_groups, ECE_BINS)
             self.bin_confidence += np.bincount(cell, weights=conf, minlength=size).reshape(self.n_groups, ECE_BINS)
+        if loss is not None:
+            nll = np.asarray(_np(loss), dtype=np.float64).ravel()
+            if len(nll) != len(pred):
+                raise ValueError(f"loss has {len(nll)} values for {len(pred)} predictions")
+            self.loss_sum += np.bincount(group, weights=nll, minlength=self.n_groups)
+            self.loss_count += np.bincount(group, minlength=self.n_groups).astype(np.int64)
         return self
 
     def __iadd__(self, other: "GroupTally") -> "GroupTally":
@@ -75,6 +90,8 @@ class GroupTally:
         self.bin_count += other.bin_count
         self.bin_correct += other.bin_correct
         self.bin_confidence += other.bin_confidence
+        self.loss_sum += other.loss_sum
+        self.loss_count += other.loss_count
         return self
 
     def ece(self) -> tuple[np.ndarray, float] | None:
@@ -99,7 +116,9 @@ def metrics_from_tally(tally: GroupTally, card: DatasetCard) -> dict:
     """The report for a tally: ``worst_group_acc``, ``worst_group``, ``balanced_acc``,
     ``average_acc``, ``n`` and ``groups`` (``{"<label>_<bias>": {"acc", "n"}}``). With
     confidences counted also ``ece`` (all rows), ``worst_group_ece`` (the largest group ECE) and
-    each group's ``ece``.
+    each group's ``ece``; with losses counted, each group's mean cross-entropy ``loss`` and
+    ``worst_group_loss`` (the largest), the tie-break of checkpoint and hyperparameter selection
+    when worst-group accuracies tie (:func:`selection_key`).
 
     A group with no images is reported with ``acc: None`` and ``n: 0`` and left out of the
     worst-group and balanced figures; if no group has images these are ``None`` too.
@@ -135,7 +154,23 @@ def metrics_from_tally(tally: GroupTally, card: DatasetCard) -> dict:
             groups[k]["ece"] = None if np.isnan(e) else float(e)
         present = [float(e) for e in per_group if not np.isnan(e)]
         out["ece"], out["worst_group_ece"] = overall, max(present) if present else None
+    if tally.loss_count.sum():
+        losses = [float(s) / int(c) for s, c in zip(tally.loss_sum, tally.loss_count) if c > 0]
+        for k, s, c in zip(keys, tally.loss_sum, tally.loss_count):
+            groups[k]["loss"] = float(s) / int(c) if c > 0 else None
+        out["worst_group_loss"] = max(losses)
     return out
+
+
+def selection_key(metrics: dict, tie_break: str = TIE_BREAK) -> tuple:
+    """The order of validation results for selection (larger is better): worst-group accuracy,
+    balanced accuracy, then (``tie_break`` ``worst_group_loss``) minus the worst-group loss.
+    Missing values rank last."""
+    def value(k, sign=1.0):
+        v = metrics.get(k)
+        return sign * v if v is not None else -float("inf")
+    key = (value("worst_group_acc"), value("balanced_acc"))
+    return key + ((value("worst_group_loss", -1.0),) if tie_break == "worst_group_loss" else ())
 
 
 def group_metrics(pred, label, group, card: DatasetCard, confidence=None) -> dict:
@@ -175,7 +210,8 @@ def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     """Stable scalar names for trackers: ``<prefix>/worst_group_acc``,
     ``<prefix>/group/<label>_<bias>/acc`` ... (absent groups are omitted)."""
     out = {}
-    for k in ("worst_group_acc", "balanced_acc", "average_acc", "train_weighted_acc", "ece", "worst_group_ece"):
+    for k in ("worst_group_acc", "balanced_acc", "average_acc", "train_weighted_acc", "ece", "worst_group_ece",
+              "worst_group_loss"):
         if metrics.get(k) is not None:
             out[f"{prefix}/{k}"] = float(metrics[k])
     for g, v in metrics["groups"].items():

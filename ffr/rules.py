@@ -72,6 +72,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (lambda v: _number(v) and v >= 0, "must not be negative"),
     "momentum": (lambda v: _number(v) and 0 <= v < 1, "must be in [0, 1)"),
     "optimizer": (lambda v: v in ("adam", "sgd"), "must be adam or sgd"),
+    "tie_break": (lambda v: v in ("worst_group_loss", "first"), "must be worst_group_loss or first"),
     "amp": (lambda v: v in ("auto", "bf16", "fp16", "off"), "must be auto, bf16, fp16 or off"),
     "normalize": (lambda v: v in ("imagenet", "half"), "must be imagenet or half"),
     "group_by": (lambda v: v in ("auto", "label_bias", "label_bias_source"),

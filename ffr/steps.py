@@ -263,8 +263,8 @@ def evaluate_model(model, meta: dict, data_dir: str | os.PathLike, split: str = 
     if list(data.card.classes) != list(meta["classes"]):
         raise ValueError(f"{what}: model classes {meta['classes']} differ from {data_dir}'s {data.card.classes}")
     tensors = TensorData.from_manifest(data, int(meta["image_size"]))
-    pred, conf = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"), confidence=True)
-    metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups, conf),
+    pred, conf, loss = predict(model.to(dev), tensors, dev, meta.get("normalize", "imagenet"), confidence=True)
+    metrics = metrics_from_tally(GroupTally(data.card.n_groups).add(pred, tensors.labels, tensors.groups, conf, loss),
                                  data.card)
     with_train_weighting(metrics, everything)  # the literature's "average accuracy"
     metrics["split"] = split

@@ -58,7 +58,10 @@ def test_min_steps_adds_epochs_and_max_steps_stops_mid_epoch():
 
 def test_patience_stops_after_no_improvement_but_not_before_min_steps():
     full = run(epochs=30)
-    keys = [(h["val/worst_group_acc"], h["val/balanced_acc"]) for h in full.history]  # the selection's order
+    from ffr.metrics import selection_key
+
+    keys = [selection_key({m: h[f"val/{m}"] for m in ("worst_group_acc", "balanced_acc", "worst_group_loss")})
+            for h in full.history]  # the selection's order
     best, best_epoch, since, stop = None, -1, 0, None  # where patience 2 must stop, from the full run
     for i, k in enumerate(keys):
         if best is None or k > best:

@@ -10,7 +10,7 @@ import pytest
 
 from ffr.cli import main
 from ffr.results.defaults import (Candidate, EvidenceError, _ranks, candidates_from_markdown, candidates_from_records,
-                                  choose, disagreements, flat_overrides, read_evidence, standings)
+                                  choose, disagreements, flat_overrides, read_evidence, standings, ties)
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = [ROOT / "docs/results" / name / "results.md" for name in ("sweep_equal", "galaxies", "faces")]
@@ -28,6 +28,9 @@ def test_the_defaults_are_what_the_committed_grids_choose(capsys):
     assert chosen["usb"] == {"train": {"lr": 0.0003, "weight_decay": 0.001}}
     # 23 columns each (digits 8, galaxies 9, faces 6), 7 candidates in every one
     assert {s: b.columns for s, b in choose(candidates).items()} == {"none": 23, "usb": 23, "asb": 23, "ffr": 23}
+    # how often validation accuracy could not choose: on faces almost always (issue 26 item 3's "before")
+    assert ties(candidates) == {"demo": (11, 32), "demo-faces": (23, 24), "demo-galaxies": (16, 36)}
+    assert "| demo-faces | 23 of 24 |" in out
 
 
 def test_a_default_that_differs_from_the_evidence_is_named(monkeypatch, capsys):

@@ -129,12 +129,15 @@ def test_lpft_trains_the_head_first():
 
 def test_select_init_keeps_the_starting_weights_when_training_only_hurts():
     val = tiny_data(16, 1)
+    torch.manual_seed(0)
     good = train(create_model("small_cnn", 2), epochs=4).model   # learns the red-channel signal
     start = snapshot(good)
-    # a learning rate that wrecks the model: the starting weights must win the selection
-    cfg = TrainConfig(epochs=2, min_steps=0, patience=0, batch_size=8, lr=50.0, optimizer="sgd", momentum=0.0,
+    # training data whose labels are swapped: every step only hurts, the starting weights must win
+    d = tiny_data()
+    swapped = TensorData(d.images, 1 - d.labels, d.biases, d.sources, CARD)
+    cfg = TrainConfig(epochs=2, min_steps=0, patience=0, batch_size=8, lr=0.5, optimizer="sgd", momentum=0.0,
                       select_init=True)
-    result = fit(good, tiny_data(), val, create_objective("erm"), cfg, torch.device("cpu"))
+    result = fit(good, swapped, val, create_objective("erm"), cfg, torch.device("cpu"))
     assert [h["epoch"] for h in result.history] == [-1, 0, 1]
     assert result.history[0]["val/worst_group_acc"] == 1.0 > result.history[-1]["val/worst_group_acc"]
     assert result.best_epoch == -1 and changed(start, result.model) == set()

@@ -176,9 +176,22 @@ def flat_overrides(hparams: str) -> dict:
     return out
 
 
+def ties(candidates: list[Candidate]) -> dict[str, tuple[int, int]]:
+    """Per dataset: (columns whose best mean validation WGA is shared by two or more candidates,
+    columns) — how often accuracy alone could not choose and a tie-break (or the order) did."""
+    columns: dict[tuple, list[float]] = defaultdict(list)
+    for c in candidates:
+        columns[(c.dataset, c.objective, c.bias_rate, c.strategy)].append(c.val_wga)
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (ds, *_), vals in columns.items():
+        out[ds][0] += vals.count(max(vals)) > 1
+        out[ds][1] += 1
+    return {ds: (t, n) for ds, (t, n) in sorted(out.items())}
+
+
 def report(candidates: list[Candidate]) -> str:
     """A Markdown report: per strategy, every candidate's mean rank and selection count, the
-    choice marked."""
+    choice marked; then, per dataset, how many of its columns had a tie at the top."""
     lines = []
     for s, best in choose(candidates).items():
         rows = standings(candidates, s)
@@ -187,6 +200,9 @@ def report(candidates: list[Candidate]) -> str:
         for r in rows:
             lines.append(f"| `{r.hparams}` | {r.mean_rank:.2f} | {r.selected} | {'✓' if r.hparams == best.hparams else ''} |")
         lines.append("")
+    lines += ["**ties at the top** (columns whose best mean validation WGA two or more candidates share)", "",
+              "| dataset | tied columns |", "|---|---|"]
+    lines += [f"| {ds} | {t} of {n} |" for ds, (t, n) in ties(candidates).items()]
     return "\n".join(lines)
 
 

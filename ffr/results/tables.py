@@ -67,15 +67,25 @@ def bootstrap_interval(records: list[dict], metric: str = "worst_group_acc", spl
 def mark_selected(records: list[dict]) -> list[dict]:
     """Set ``selected`` on every record: True for the hyperparameters with the best mean
     validation worst-group accuracy across seeds within its (dataset, strategy, objective, bias
-    rate). Test numbers never take part in the choice."""
+    rate); ties go to the better mean balanced accuracy, then — when the records were trained with
+    the ``worst_group_loss`` tie-break (``tie_break`` in each record) — the lower mean worst-group
+    loss, else to the first candidate in order (:func:`ffr.metrics.selection_key`). Test numbers
+    never take part in the choice."""
+    from ffr.metrics import selection_key
+
     by_cell: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_cell[(r.get("dataset"), r["strategy"], r["objective"], r["bias_rate"])][_hp_key(r.get("hparams"))].append(r)
     for cands in by_cell.values():
+        every = [r for rs in cands.values() for r in rs]
+        tie_break = "worst_group_loss" if all(r.get("tie_break") == "worst_group_loss" for r in every) else "first"
+
         def score(k):
-            vals = [r["val"]["worst_group_acc"] for r in cands[k]]
-            m = _mean(vals)
-            return (m if m is not None else -1.0, _mean([r["val"]["balanced_acc"] for r in cands[k]]) or -1.0)
+            def mean(metric):
+                vals = [r["val"].get(metric) for r in cands[k]]
+                return None if None in vals else _mean(vals)
+            return selection_key({m: mean(m) for m in ("worst_group_acc", "balanced_acc", "worst_group_loss")},
+                                 tie_break)
         best = max(sorted(cands), key=score)
         for k, rs in cands.items():
             for r in rs:

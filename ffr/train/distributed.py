@@ -91,8 +91,10 @@ def reduce_tally(tally: GroupTally) -> GroupTally:
         return tally
     correct, total, count, hits = (sum_over_ranks(torch.from_numpy(a.astype("int64"))).numpy()
                                    for a in (tally.correct, tally.total, tally.bin_count, tally.bin_correct))
-    confidence = sum_over_ranks(torch.from_numpy(tally.bin_confidence.astype("float64"))).numpy()
-    return GroupTally(tally.n_groups, correct, total, count, hits, confidence)
+    confidence, loss_sum = (sum_over_ranks(torch.from_numpy(a.astype("float64"))).numpy()
+                            for a in (tally.bin_confidence, tally.loss_sum))
+    loss_count = sum_over_ranks(torch.from_numpy(tally.loss_count.astype("int64"))).numpy()
+    return GroupTally(tally.n_groups, correct, total, count, hits, confidence, loss_sum, loss_count)
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:

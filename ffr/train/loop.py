@@ -16,7 +16,7 @@ import torch
 
 from ffr.config import TrainConfig  # noqa: F401  (re-exported: the loop's settings)
 from ffr.data.loading import BatchTransform, TensorData
-from ffr.metrics import GroupTally, flat_metrics, metrics_from_tally
+from ffr.metrics import TIE_BREAK, GroupTally, flat_metrics, metrics_from_tally, selection_key
 from ffr.paths import temp_beside
 from ffr.train import distributed as dist
 from ffr.train.runtime import autocast_dtype, configure
@@ -70,22 +70,25 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 def predict(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
             batch_size: int = 512, amp: str = "off", confidence: bool = False):
     """Predicted class of every row of ``data`` (under autocast when ``amp`` asks for it); with
-    ``confidence``, (classes, the predicted class's softmax probability)."""
+    ``confidence``, (classes, the predicted class's softmax probability, each row's cross-entropy
+    against its label)."""
     model.eval()
     tf = BatchTransform(normalize)
     dtype = autocast_dtype(amp, device)
-    out, conf = [], []
+    out, conf, nll = [], [], []
     for start in range(0, len(data), batch_size):
         x = tf(data.images[start:start + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
         out.append(logits.argmax(1).cpu())
         if confidence:
-            conf.append(torch.softmax(logits.float(), 1).amax(1).cpu())
+            logp = torch.log_softmax(logits.float(), 1).cpu()
+            conf.append(logp.amax(1).exp())
+            nll.append(-logp.gather(1, data.labels[start:start + batch_size].long().view(-1, 1)).squeeze(1))
     pred = torch.cat(out) if out else torch.empty(0, dtype=torch.long)
     if not confidence:
         return pred
-    return pred, (torch.cat(conf) if conf else torch.empty(0))
+    return pred, (torch.cat(conf) if conf else torch.empty(0)), (torch.cat(nll) if nll else torch.empty(0))
 
 
 def evaluate(model: torch.nn.Module, data: TensorData, device: torch.device, normalize: str = "imagenet",
@@ -95,18 +98,15 @@ def evaluate(model: torch.nn.Module, data: TensorData, device: torch.device, nor
     it; all get the same exact metrics)."""
     rows = dist.eval_rows(len(data))
     part = data if rows is None else data.subset(rows)
-    pred, conf = predict(model, part, device, normalize, batch_size, amp, confidence=True)
-    tally = dist.reduce_tally(GroupTally(data.card.n_groups).add(pred, part.labels, part.groups, conf))
+    pred, conf, loss = predict(model, part, device, normalize, batch_size, amp, confidence=True)
+    tally = dist.reduce_tally(GroupTally(data.card.n_groups).add(pred, part.labels, part.groups, conf, loss))
     return metrics_from_tally(tally, data.card)
 
 
-def _better(new: dict, best: dict | None) -> bool:
-    """Worst-group accuracy first; balanced accuracy breaks ties."""
-    if best is None:
-        return True
-    key = lambda m: (m["worst_group_acc"] if m["worst_group_acc"] is not None else -1.0,
-                     m["balanced_acc"] if m["balanced_acc"] is not None else -1.0)
-    return key(new) > key(best)
+def _better(new: dict, best: dict | None, tie_break: str = TIE_BREAK) -> bool:
+    """Whether epoch metrics ``new`` beat ``best`` (:func:`ffr.metrics.selection_key`: worst-group
+    accuracy, balanced accuracy, then the tie-break); a full tie keeps the earlier epoch."""
+    return best is None or selection_key(new, tie_break) > selection_key(best, tie_break)
 
 
 def objective_context(train: TensorData, cfg: TrainConfig, device: torch.device, seed: int = 0) -> ObjectiveContext:
@@ -192,7 +192,7 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
         total_steps += steps
         if cfg.max_steps and total_steps >= cfg.max_steps and epoch < epochs - 1:
             stop_reason = "max_steps"
-        if _better(val_metrics, best_val):
+        if _better(val_metrics, best_val, cfg.tie_break):
             best_val, best_epoch, since_best = val_metrics, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
