@@ -25,6 +25,12 @@ EPOCHS = 40              # epochs of every stage
 MIN_STEPS = 1000
 MAX_STEPS = 0            # no cap
 PATIENCE = 10
+# The floor is a ceiling for a stage that has stopped learning: once WARMUP_STEPS steps are taken,
+# a stage whose validation WGA has not improved for WARMUP_STEPS steps (and ``patience`` epochs)
+# ends before min_steps (stop reason ``plateau``). 200 steps is the old default budget of a
+# 600-image set (40 epochs), the least the floor was made to give; 0 turns it off (the floor is
+# then always trained, as before 2026-12). Measured in benchmarks/bench_budget.py.
+WARMUP_STEPS = 200
 LR = 1e-3                # learning rate of a stage trained from scratch on real or mixed data
 PRETRAIN_LR = 1e-4       # FFR step 1 (synthetic pretraining)
 FINETUNE_LR = 1e-3       # FFR step 2 (fine-tuning on real)
@@ -65,10 +71,12 @@ class TrainConfig:
     epochs: int = EPOCHS
     # The budget in optimizer steps (0: off): at least min_steps (more epochs on a small dataset),
     # at most max_steps (the cap wins over the floor); patience stops after that many epochs
-    # without a better validation WGA (never before min_steps).
+    # without a better validation WGA — after min_steps, or before it once warmup_steps are taken
+    # and none of the last warmup_steps steps improved it (0: never before min_steps).
     min_steps: int = MIN_STEPS
     max_steps: int = MAX_STEPS
     patience: int = PATIENCE
+    warmup_steps: int = WARMUP_STEPS
     batch_size: int = BATCH_SIZE
     lr: float = LR
     weight_decay: float = WEIGHT_DECAY

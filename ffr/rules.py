@@ -65,6 +65,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_steps": (lambda v: _integer(v) and v >= 0, "must be 0 (no floor) or more"),
     "max_steps": (lambda v: _integer(v) and v >= 0, "must be 0 (no cap) or more"),
     "patience": (lambda v: _integer(v) and v >= 0, "must be 0 (no early stopping) or more"),
+    "warmup_steps": (lambda v: _integer(v) and v >= 0, "must be 0 (no stop before min_steps) or more"),
     "batch_size": (lambda v: _integer(v) and v >= 2,
                    "must be at least 2 (a batch of one breaks BatchNorm: nothing would train)"),
     "eval_batch_size": (lambda v: _integer(v) and v >= 1, "must be at least 1"),

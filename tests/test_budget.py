@@ -1,6 +1,7 @@
 """The training budget in optimizer steps as well as epochs: ``min_steps`` gives a small dataset
 more epochs, ``max_steps`` caps a big one, ``patience`` stops once validation WGA stops
-improving (never before ``min_steps``); the steps taken and the reason the stage ended are in the
+improving (before ``min_steps`` only once ``warmup_steps`` are taken and the last ``warmup_steps``
+did nothing: ``plateau``); the steps taken and the reason the stage ended are in the
 history, the stage summary and the tracker. With 0 for all three a stage runs ``epochs`` epochs."""
 
 from __future__ import annotations
@@ -81,6 +82,27 @@ def test_patience_stops_after_no_improvement_but_not_before_min_steps():
     assert len(later.history) >= stop + 3
 
 
+def test_a_plateau_ends_a_stage_before_its_floor_once_warmed_up():
+    """4 steps an epoch, a floor of 400 steps (100 epochs): the tiny signal is learnt in a few
+    epochs, so after the 40-step warm-up a stage whose last 40 steps did not improve validation WGA
+    ends there — the floor is a ceiling for a stage that stopped learning. warmup_steps 0 trains the
+    whole floor, as before."""
+    floor = run(epochs=1, min_steps=400, patience=2, warmup_steps=0)
+    assert floor.steps >= 400 and floor.stop_reason in ("patience", "epochs")
+    early = run(epochs=1, min_steps=400, patience=2, warmup_steps=40)
+    assert early.stop_reason == "plateau" and early.history[-1]["stop_reason"] == "plateau"
+    assert 40 <= early.steps < 400
+    last_best = early.history[early.best_epoch]["total_steps"]
+    assert early.steps - last_best >= 40                                  # 40 steps without a better WGA
+    assert all(early.steps - h["total_steps"] < 40 or h["epoch"] <= early.best_epoch for h in early.history[:-1])
+    # the same epochs as the full run up to the stop, and the same model chosen
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "stop_reason"} for h in hs]  # noqa: E731
+    assert strip(early.history) == strip(floor.history[:len(early.history)])
+    assert early.best_epoch == floor.best_epoch or floor.history[floor.best_epoch]["total_steps"] > early.steps
+    # no patience, no early stop of any kind
+    assert run(epochs=1, min_steps=400, patience=0, warmup_steps=40).steps >= 400
+
+
 def test_patience_waits_for_the_end_of_lpfts_head_only_epochs():
     r = run(epochs=30, patience=2, lpft_epochs=6)
     assert len(r.history) >= 6 + 2
@@ -100,7 +122,7 @@ def test_a_cell_trained_without_the_budget_is_not_reused_under_the_default_budge
 
 
 @pytest.mark.parametrize("bad, field", [({"min_steps": -1}, "min_steps"), ({"max_steps": -2}, "max_steps"),
-                                        ({"patience": -1}, "patience")])
+                                        ({"patience": -1}, "patience"), ({"warmup_steps": -5}, "warmup_steps")])
 def test_bad_budgets_are_refused(bad, field):
     with pytest.raises(ConfigError, match=field):
         refuse(TrainConfig(**bad).problems())
@@ -128,3 +150,17 @@ def test_an_explicit_epoch_count_is_honoured_or_its_raise_announced(tmp_path, ca
     else:
         assert planned > 2 and f"2 epochs raised to {planned} to reach min_steps=40" in err
         assert "set min_steps=0 to train exactly 2" in err
+
+
+def test_the_raise_says_a_plateau_may_end_it_sooner():
+    from ffr.train.stage import announce_budget
+
+    said, meta = [], {}
+    planned = announce_budget("finetune", TrainConfig(epochs=40, batch_size=128), 600, meta, said.append)
+    assert planned == meta["epochs_planned"] == 200
+    assert said == ["finetune: 40 epochs raised to 200 to reach min_steps=1000 optimizer steps on 600 images; it "
+                    "ends sooner if validation WGA stops improving for 200 steps (set min_steps=0 to train exactly 40)"]
+    said.clear()
+    announce_budget("finetune", TrainConfig(epochs=3, lpft_epochs=5, min_steps=0), 600, {}, said.append)
+    assert said == ["finetune: all 3 epochs train the head alone (lpft_epochs=5 is not below the stage's epochs; "
+                    "set lpft_epochs=0 to fine-tune the whole model)"]

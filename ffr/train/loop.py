@@ -34,7 +34,7 @@ class FitResult:
     best_val: dict
     history: list[dict] = field(default_factory=list)
     steps: int = 0                  # optimizer steps taken
-    stop_reason: str = "epochs"     # epochs | max_steps | patience
+    stop_reason: str = "epochs"     # epochs | max_steps | patience | plateau (patience before min_steps)
 
 
 def planned_epochs(cfg: TrainConfig, rows: int, batch_size: int) -> int:
@@ -154,7 +154,7 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
         if log is not None and dist.is_main():
             log(history[-1])
     epochs = planned_epochs(cfg, math.ceil(len(train) / dist.world_size()), dist.per_rank_batch(cfg.batch_size))
-    total_steps, since_best, stop_reason = 0, 0, "epochs"
+    total_steps, since_best, best_steps, stop_reason = 0, 0, 0, "epochs"
     bar = None
     if progress:
         from tqdm import tqdm
@@ -193,14 +193,17 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
         if cfg.max_steps and total_steps >= cfg.max_steps and epoch < epochs - 1:
             stop_reason = "max_steps"
         if _better(val_metrics, best_val, cfg.tie_break):
-            best_val, best_epoch, since_best = val_metrics, epoch, 0
+            best_val, best_epoch, since_best, best_steps = val_metrics, epoch, 0, total_steps
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
         # LP-FT's head-only epochs do not count against patience: the stage has not started yet.
-        if stop_reason == "epochs" and cfg.patience and epoch < epochs - 1 and total_steps >= cfg.min_steps \
-                and since_best >= cfg.patience and epoch + 1 - cfg.lpft_epochs >= cfg.patience:
-            stop_reason = "patience"
+        if stop_reason == "epochs" and cfg.patience and epoch < epochs - 1 and since_best >= cfg.patience \
+                and epoch + 1 - cfg.lpft_epochs >= cfg.patience:
+            if total_steps >= cfg.min_steps:
+                stop_reason = "patience"
+            elif cfg.warmup_steps and total_steps >= cfg.warmup_steps and total_steps - best_steps >= cfg.warmup_steps:
+                stop_reason = "plateau"  # before the floor: warmed up, and the last warmup_steps steps did nothing
         record = {"epoch": epoch, "steps": steps, "total_steps": total_steps,
                   "train/loss": dist.mean(float(loss_sum) / steps) if steps else float("nan"),
                   **flat_metrics(val_metrics, "val"), **objective.state()}

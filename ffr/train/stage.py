@@ -133,8 +133,10 @@ def announce_budget(stage: str, settings, rows: int, meta: dict, echo: Callable[
     planned = planned_epochs(settings, math.ceil(rows / dist.world_size()), dist.per_rank_batch(settings.batch_size))
     meta["epochs_planned"] = planned
     if planned > settings.epochs and echo is not None:
+        sooner = (f"; it ends sooner if validation WGA stops improving for {settings.warmup_steps} steps"
+                  if settings.patience and settings.warmup_steps else "")
         echo(f"{stage}: {settings.epochs} epochs raised to {planned} to reach min_steps={settings.min_steps} "
-             f"optimizer steps on {rows} images (set min_steps=0 to train exactly {settings.epochs})")
+             f"optimizer steps on {rows} images{sooner} (set min_steps=0 to train exactly {settings.epochs})")
     if settings.lpft_epochs >= planned and echo is not None:
         echo(f"{stage}: all {planned} epochs train the head alone (lpft_epochs={settings.lpft_epochs} is not "
              f"below the stage's epochs; set lpft_epochs=0 to fine-tune the whole model)")

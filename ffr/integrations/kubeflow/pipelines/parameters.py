@@ -100,7 +100,8 @@ PARAMETER_DOCS: dict[str, str] = {
                  "epochs than its *_epochs (0: off).",
     "max_steps": "Every training step takes at most this many optimizer steps (0: no cap).",
     "patience": "Every training step stops after this many epochs without a better validation worst-group "
-                "accuracy, once min_steps are done (0: no early stopping).",
+                "accuracy, once min_steps are done — or before, once 200 steps are taken and the last 200 "
+                "did not improve it (warmup_steps) — (0: no early stopping).",
     "finetune_options": "FFR step 2's variant as JSON, any other training setting, e.g. {\"freeze_stages\": 2}, "
                         "{\"l2sp\": 0.1}, {\"lpft_epochs\": 5}, {\"backbone_lr_mult\": 0.1}, "
                         "{\"select_init\": true}, {\"lpft_epochs\": 0} for plain fine-tuning; {} = the default, "
