@@ -181,6 +181,38 @@ def test_stage_cache_entries_swapped_under_each_others_keys_are_never_used(tmp_p
     assert again0.val == r0.val and again1.val == r1.val
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder on a read-only file system (a tmpfs mounted read-only): permissions alone do not
+    stop root, a read-only mount does. Skipped where mounting is not allowed."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "none", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount (a read-only tmpfs): root ignores file permissions")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_read_only_stage_cache_on_a_miss_is_a_named_refusal_keeping_what_was_made(tmp_path, read_only_folder,
+                                                                                   capsys):
+    out = tmp_path / "out"
+    code = main(["compare", "--out", str(out), "--stage-cache", str(read_only_folder), "--quiet",
+                 "--set", "strategies=[none]", "--set", "bias_rates=[0.95]", "--set", "seeds=[0]",
+                 "--set", "backbone=tiny_cnn", "--set", "data.demo={per_digit: 30}", "--set", "train.epochs=1",
+                 "--set", "train.min_steps=0", "--set", "train.num_threads=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"ffr: error: {read_only_folder}/") and "the file system is read-only" in err
+    assert (out / "data" / "manifest.csv").is_file() and (out / "config.yaml").is_file()  # what was made is kept
+
+
 # ----------------------------------------------------------------------------- credentials
 @pytest.mark.parametrize("kind", ["token", "cookie", "sa_token_path"])
 def test_a_credential_with_a_line_break_is_refused_without_showing_it(kind, tmp_path):
