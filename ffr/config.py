@@ -148,9 +148,9 @@ class SynthesisConfig:
 class ExperimentConfig:
     """A grid of strategies × bias rates × seeds for one objective, with per-strategy stage
     hyperparameters. ``train`` is the single stage of none/usb/asb, ``pretrain`` and
-    ``finetune`` are FFR's steps 1 and 2. ``overrides`` maps a strategy to dotted overrides
-    (by default USB's evidence-chosen lr and weight decay, :func:`baseline_overrides`); ``search`` maps a strategy (or ``"*"``) to a grid of dotted
-    keys → values, chosen per (strategy, bias rate) by mean validation WGA over seeds;
+    ``finetune`` are FFR's steps 1 and 2. ``overrides`` maps a strategy to dotted overrides (by
+    default USB's evidence-chosen lr and weight decay, :func:`baseline_overrides`); ``search``
+    maps a strategy (or ``"*"``) to a grid of dotted keys → values, chosen per (strategy, bias rate) by mean validation WGA over seeds;
     ``equal_search`` requires every strategy to have as many candidates."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -164,8 +164,9 @@ class ExperimentConfig:
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=LR))
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(lr=PRETRAIN_LR))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=FINETUNE_LR, lpft_epochs=FINETUNE_LPFT_EPOCHS))
-    overrides: dict = field(default_factory=lambda: baseline_overrides())
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=FINETUNE_LR,
+                                                                      lpft_epochs=FINETUNE_LPFT_EPOCHS))
+    overrides: dict = field(default_factory=baseline_overrides)
     search: dict = field(default_factory=dict)
     # Every strategy chooses among as many search candidates (per objective): the check refuses a
     # grid whose search lists give one strategy more chances than another.

@@ -44,6 +44,25 @@ def test_integral_floats_fill_integer_fields():
     assert type(cfg.lr) is float
 
 
+def test_a_partial_stage_mapping_keeps_that_stages_defaults(tmp_path):
+    """``pretrain: {epochs: 3}`` in a YAML changes the epochs only: step 1 keeps its learning rate
+    and step 2 its LP-FT, not a bare TrainConfig's (which once trained step 1 at 1e-3 unasked)."""
+    from ffr import config as defaults
+
+    f = tmp_path / "c.yaml"
+    f.write_text("pretrain: {epochs: 3}\nfinetune: {epochs: 4}\ntrain: {lr: 0.01}\n")
+    cfg = load_config(f)
+    assert (cfg.pretrain.epochs, cfg.pretrain.lr) == (3, defaults.PRETRAIN_LR)
+    assert (cfg.finetune.epochs, cfg.finetune.lr, cfg.finetune.lpft_epochs) == (4, defaults.FINETUNE_LR,
+                                                                                defaults.FINETUNE_LPFT_EPOCHS)
+    assert cfg.train.lr == 0.01 and cfg.train.epochs == defaults.EPOCHS
+    f.write_text("finetune: {epochs: 4, lpft_epochs: 0}\n")
+    assert load_config(f).finetune.lpft_epochs == 0
+    f.write_text("finetune: {epochs: four}\n")
+    with pytest.raises(ConfigError, match="finetune.epochs: expected an integer"):
+        load_config(f)
+
+
 def test_with_overrides_is_a_copy():
     cfg = ExperimentConfig()
     other = with_overrides(cfg, {"train.lr": 0.5})
