@@ -159,7 +159,7 @@ def test_the_raise_says_a_plateau_may_end_it_sooner():
     planned = announce_budget("finetune", TrainConfig(epochs=40, batch_size=128), 600, meta, said.append)
     assert planned == meta["epochs_planned"] == 200
     assert said == ["finetune: 40 epochs raised to 200 to reach min_steps=1000 optimizer steps on 600 images; it "
-                    "ends sooner if validation WGA stops improving for 200 steps (set min_steps=0 to train exactly 40)"]
+                    "ends sooner if validation WGA stops improving for 800 steps (set min_steps=0 to train exactly 40)"]
     said.clear()
     announce_budget("finetune", TrainConfig(epochs=3, lpft_epochs=5, min_steps=0), 600, {}, said.append)
     assert said == ["finetune: all 3 epochs train the head alone (lpft_epochs=5 is not below the stage's epochs; "

@@ -109,6 +109,22 @@ def _better(new: dict, best: dict | None, tie_break: str = TIE_BREAK) -> bool:
     return best is None or selection_key(new, tie_break) > selection_key(best, tie_break)
 
 
+def early_stop(cfg: TrainConfig, epoch: int, total_steps: int, since_best: int, best_steps: int) -> str | None:
+    """Whether a stage ends after ``epoch`` (0-based) for want of progress: ``patience`` once
+    ``min_steps`` are done and ``patience`` epochs brought no better validation WGA; ``plateau``
+    before the floor once ``warmup_steps`` steps are taken and none of the last ``warmup_steps``
+    (since the best, at ``best_steps``) improved it. LP-FT's head-only epochs do not count against
+    patience: the stage has not started yet. None: go on. (The one rule; benchmarks/bench_budget.py
+    replays it on recorded histories.)"""
+    if not cfg.patience or since_best < cfg.patience or epoch + 1 - cfg.lpft_epochs < cfg.patience:
+        return None
+    if total_steps >= cfg.min_steps:
+        return "patience"
+    if cfg.warmup_steps and total_steps >= cfg.warmup_steps and total_steps - best_steps >= cfg.warmup_steps:
+        return "plateau"
+    return None
+
+
 def objective_context(train: TensorData, cfg: TrainConfig, device: torch.device, seed: int = 0) -> ObjectiveContext:
     """What an objective is set up with for training on ``train`` under ``cfg``."""
     group_ids, n_groups = training_groups(train.labels, train.biases, train.sources,
@@ -197,13 +213,8 @@ def fit(model: Classifier, train: TensorData, val: TensorData, objective: Object
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
-        # LP-FT's head-only epochs do not count against patience: the stage has not started yet.
-        if stop_reason == "epochs" and cfg.patience and epoch < epochs - 1 and since_best >= cfg.patience \
-                and epoch + 1 - cfg.lpft_epochs >= cfg.patience:
-            if total_steps >= cfg.min_steps:
-                stop_reason = "patience"
-            elif cfg.warmup_steps and total_steps >= cfg.warmup_steps and total_steps - best_steps >= cfg.warmup_steps:
-                stop_reason = "plateau"  # before the floor: warmed up, and the last warmup_steps steps did nothing
+        if stop_reason == "epochs" and epoch < epochs - 1:
+            stop_reason = early_stop(cfg, epoch, total_steps, since_best, best_steps) or stop_reason
         record = {"epoch": epoch, "steps": steps, "total_steps": total_steps,
                   "train/loss": dist.mean(float(loss_sum) / steps) if steps else float("nan"),
                   **flat_metrics(val_metrics, "val"), **objective.state()}

@@ -14,6 +14,7 @@ import inspect
 from typing import Callable
 
 from ffr.balance import STRATEGIES
+from ffr.config import WARMUP_STEPS
 from ffr.data.sources import ADAPTERS  # importing sources registers the public datasets' adapters
 from ffr.synthesis import SYNTHESIS_BACKENDS
 from ffr.synthesis.filters import FILTERS
@@ -100,8 +101,8 @@ PARAMETER_DOCS: dict[str, str] = {
                  "epochs than its *_epochs (0: off).",
     "max_steps": "Every training step takes at most this many optimizer steps (0: no cap).",
     "patience": "Every training step stops after this many epochs without a better validation worst-group "
-                "accuracy, once min_steps are done — or before, once 200 steps are taken and the last 200 "
-                "did not improve it (warmup_steps) — (0: no early stopping).",
+                f"accuracy, once min_steps are done — or before, once {WARMUP_STEPS} steps are taken and the last "
+                f"{WARMUP_STEPS} did not improve it (warmup_steps) — (0: no early stopping).",
     "finetune_options": "FFR step 2's variant as JSON, any other training setting, e.g. {\"freeze_stages\": 2}, "
                         "{\"l2sp\": 0.1}, {\"lpft_epochs\": 5}, {\"backbone_lr_mult\": 0.1}, "
                         "{\"select_init\": true}, {\"lpft_epochs\": 0} for plain fine-tuning; {} = the default, "
