@@ -18,6 +18,7 @@ from ffr.data.manifest import DatasetCard, group_key
 
 
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017) and SubpopBench
+LOSS_DECIMALS = 6  # group losses are reported to 1e-6
 
 
 @dataclass
@@ -155,10 +156,13 @@ def metrics_from_tally(tally: GroupTally, card: DatasetCard) -> dict:
         present = [float(e) for e in per_group if not np.isnan(e)]
         out["ece"], out["worst_group_ece"] = overall, max(present) if present else None
     if tally.loss_count.sum():
-        losses = [float(s) / int(c) for s, c in zip(tally.loss_sum, tally.loss_count) if c > 0]
-        for k, s, c in zip(keys, tally.loss_sum, tally.loss_count):
-            groups[k]["loss"] = float(s) / int(c) if c > 0 else None
-        out["worst_group_loss"] = max(losses)
+        # rounded to 1e-6: the float32 cross-entropies differ in their last bits with the batch
+        # layout (one process or several), which must not change a report or a tie-break
+        losses = {k: round(float(s) / int(c), LOSS_DECIMALS) if c > 0 else None
+                  for k, s, c in zip(keys, tally.loss_sum, tally.loss_count)}
+        for k, v in losses.items():
+            groups[k]["loss"] = v
+        out["worst_group_loss"] = max(v for v in losses.values() if v is not None)
     return out
 
 
