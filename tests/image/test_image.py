@@ -56,6 +56,9 @@ def test_labels_user_and_revision(root):
     assert root.labels["org.opencontainers.image.version"] == ffr.__version__
     assert root.labels["org.opencontainers.image.revision"] == commit == root.env["FFR_GIT_COMMIT"]
     assert root.labels["org.opencontainers.image.source"].startswith("https://")
+    # the base the image was built from, recorded as OCI says (make image-test passes its own)
+    assert root.labels["org.opencontainers.image.base.name"] == os.environ.get(
+        "FFR_TEST_BASE_IMAGE", "localhost/ffr-debian-base:bookworm")
     assert root.user.split(":")[0] not in ("", "0", "root")
 
 
