@@ -119,6 +119,45 @@ def local_dataset(path: str | os.PathLike) -> Path:
     return fetch_dataset(path)
 
 
+# Where a dataset card's root and images may point (ffr.data.manifest). A root may climb out of
+# its card's folder (a prepared split points back at its source images, a shard record at its
+# pod's folder), but never to the file system's root, into the system's own directories, or into
+# a hidden folder the card's own folder is not in (~/.ssh, ~/.aws, ~/.kube: where credentials
+# live). ffr's own caches and the folders a user lists in $FFR_DATA_ROOTS are always allowed.
+SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc",
+                                      "/run", "/sbin", "/sys"))
+DATA_DIRS_UNDER_SYSTEM = (Path("/dev/shm"),)  # RAM-disk staging is a data folder
+DATA_ROOTS_ENV = "FFR_DATA_ROOTS"
+
+
+def allowed_data_roots() -> list[Path]:
+    """Folders any dataset card may read images from: ffr's caches (``$FFR_CACHE`` or
+    ``~/.cache/ffr``, ``$FFR_S3_CACHE``) and those listed in ``$FFR_DATA_ROOTS``
+    (``os.pathsep``-separated: what a user allows)."""
+    listed = [os.environ.get("FFR_CACHE") or str(Path.home() / ".cache" / "ffr"), os.environ.get("FFR_S3_CACHE", "")]
+    listed += os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep)
+    return [Path(p).expanduser().resolve() for p in listed if p.strip()]
+
+
+def _under(path: Path, folders) -> bool:
+    return any(path == d or d in path.parents for d in folders)
+
+
+def data_path_problem(path: Path, card_folder: Path) -> str | None:
+    """Why a dataset card in ``card_folder`` may not read ``path`` (its root or an image, both
+    resolved), or None. The answer ends a sentence that starts with the path."""
+    if _under(path, allowed_data_roots()) or _under(path, DATA_DIRS_UNDER_SYSTEM):
+        return None
+    if path == Path(path.anchor) or _under(path, SYSTEM_DIRS):
+        return "the file system's root or a system directory: images are read only from data folders"
+    base = Path(os.path.commonpath([str(path), str(card_folder)]))
+    hidden = [part for part in path.relative_to(base).parts if part.startswith(".")]
+    if hidden:
+        return (f"inside the hidden folder {hidden[0]!r}, outside the card's folder {card_folder} (where "
+                f"credentials live, not images); list the folder in ${DATA_ROOTS_ENV} to allow it")
+    return None
+
+
 _COMPLETE = ".ffr-complete"
 
 

@@ -97,6 +97,24 @@ def c_card_root_climbs_to_etc(ws):
     return ["data", "validate", root], "system directory"
 
 
+def c_card_root_climbs_into_a_hidden_folder(ws):
+    # a card from elsewhere whose root reaches ~/.ssh-like folders: refused though the files are images
+    _dataset(ws / ".ssh")
+    root = _dataset(ws / "ds")
+    card = json.loads((root / "card.json").read_text())
+    (root / "card.json").write_text(json.dumps({**card, "root": "../.ssh"}))
+    return ["data", "validate", root], "hidden folder '.ssh'"
+
+
+def c_card_row_reaches_a_hidden_folder(ws):
+    _dataset(ws / ".aws")
+    root = _dataset(ws / "ds")
+    card = json.loads((root / "card.json").read_text())
+    (root / "card.json").write_text(json.dumps({**card, "root": ".."}))  # climbs out, to the folder above
+    _edit(root, lambda df: df.assign(path=[".aws/" + df["path"][0]] + ["ds/" + p for p in df["path"][1:]]))
+    return ["data", "validate", root], "line 2: path '.aws/"
+
+
 def c_batch_size_one(ws):
     root = _dataset(ws / "ds")
     return ["train", "--train", root, "--val", root, "--set", "train.batch_size=1", "--out", ws / "m.pt"], \
@@ -357,3 +375,20 @@ def test_the_console_script_prints_no_traceback(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("ffr: error:") and "Traceback" not in out.stderr
     assert not (tmp_path / "syn").exists() and not (tmp_path.parent / "x").exists()
     shutil.rmtree(tmp_path / "syn", ignore_errors=True)
+
+
+def test_a_hidden_folder_is_read_when_the_card_lives_in_it_or_the_user_lists_it(tmp_path, monkeypatch, capsys):
+    """The refusal is for cards that climb into hidden folders: a dataset kept in one (a cache)
+    validates, and so does a root the user lists in $FFR_DATA_ROOTS."""
+    monkeypatch.delenv("FFR_DATA_ROOTS", raising=False)
+    inside = _dataset(tmp_path / ".cache" / "datasets" / "toy")
+    assert main(["data", "validate", str(inside)]) == 0
+    _dataset(tmp_path / ".private")
+    root = _dataset(tmp_path / "ds")
+    card = json.loads((root / "card.json").read_text())
+    (root / "card.json").write_text(json.dumps({**card, "root": "../.private"}))
+    capsys.readouterr()
+    assert main(["data", "validate", str(root)]) == 2
+    assert "$FFR_DATA_ROOTS" in capsys.readouterr().err
+    monkeypatch.setenv("FFR_DATA_ROOTS", os.pathsep.join(["/nonexistent", str(tmp_path / ".private")]))
+    assert main(["data", "validate", str(root)]) == 0

@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ffr.paths import data_path_problem
+
 REQUIRED_COLUMNS = ("path", "label", "bias", "split", "source")
 SYNTHETIC_COLUMNS = ("prompt", "seed", "generator")
 COLUMNS = REQUIRED_COLUMNS + SYNTHETIC_COLUMNS
@@ -228,7 +230,7 @@ class Manifest:
             raise ManifestError(str(path), [
                 f"missing column {c!r} (columns present: {list(frame.columns)})" for c in missing])
         if validate:
-            problems = validate_frame(frame, card, _root_for(path.parent, card), check_files)
+            problems = validate_frame(frame, card, _root_for(path.parent, card), check_files, card_folder=path.parent)
             if problems:
                 raise ManifestError(str(path), problems)
         return cls(frame, card, _root_for(path.parent, card))
@@ -345,13 +347,6 @@ class Manifest:
         return Manifest(pd.concat(frames, ignore_index=True), card, root)
 
 
-# A card's root may climb out of its folder (a prepared split points back at its source images),
-# but never to the file system's root or into the system's own directories.
-SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc",
-                                      "/sbin", "/sys"))
-DATA_DIRS_UNDER_SYSTEM = (Path("/dev/shm"),)  # RAM-disk staging is a data folder
-
-
 def _line_at(raw: bytes, offset: int) -> int:
     """The 1-based line of byte ``offset`` of ``raw``."""
     return raw.count(b"\n", 0, offset) + 1
@@ -372,12 +367,11 @@ def name_problem(name: str) -> str | None:
 
 
 def _root_for(folder: Path, card: DatasetCard) -> Path:
+    """The card's root, or a refusal naming the card file (:func:`ffr.paths.data_path_problem`)."""
     root = (folder / card.root).resolve()
-    exempt = any(root == d or d in root.parents for d in DATA_DIRS_UNDER_SYSTEM)
-    if root == Path(root.anchor) or (not exempt and any(root == d or d in root.parents for d in SYSTEM_DIRS)):
-        raise ManifestError(str(folder / CARD_FILE),
-                            [f"field 'root' {card.root!r} resolves to {root}, the file system's root or a system "
-                             "directory: images are read only from data folders"])
+    why = data_path_problem(root, folder.resolve())
+    if why:
+        raise ManifestError(str(folder / CARD_FILE), [f"field 'root' {card.root!r} resolves to {root}, {why}"])
     return root
 
 
@@ -387,13 +381,14 @@ def _line(i: int) -> str:
 
 
 def validate_frame(frame: pd.DataFrame, card: DatasetCard, root: Path,
-                   check_files: bool | str = True) -> list[str]:
+                   check_files: bool | str = True, card_folder: Path | None = None) -> list[str]:
     """Every problem of a manifest table, each naming the CSV line, the field and the value.
 
     Checks: required columns; labels and bias values known to the card; split and source
     values; synthetic rows carry a generator; paths stay inside the root; no duplicate path;
     and, with ``check_files``, that every image exists and decodes, and that no image (by
-    content) appears in two splits.
+    content) appears in two splits. Given ``card_folder`` and a root outside it, no image may lie in
+    a hidden folder outside it either (:func:`ffr.paths.data_path_problem`).
 
     ``check_files="decode"`` decodes every pixel too (slower; what ``ffr data validate`` does: a
     truncated JPEG passes the structural check). Training decodes every image anyway and names a
@@ -405,6 +400,7 @@ def validate_frame(frame: pd.DataFrame, card: DatasetCard, root: Path,
         return [f"missing column {c!r} (columns present: {list(frame.columns)})" for c in missing]
     classes, biases = set(card.classes), set(card.bias_values)
     root = Path(root).resolve()
+    outside = card_folder is not None and not (root == Path(card_folder).resolve() or Path(card_folder).resolve() in root.parents)
     seen_path: dict[str, tuple[int, str]] = {}
     for i, row in enumerate(frame.itertuples(index=False)):
         r = row._asdict()
@@ -443,6 +439,11 @@ def validate_frame(frame: pd.DataFrame, card: DatasetCard, root: Path,
         if full != root and root not in full.parents:
             problems.append(f"{where}: path {path!r} escapes the dataset root {root}")
             continue
+        if outside and "/." in "/" + path.replace(os.sep, "/"):
+            why = data_path_problem(full, Path(card_folder).resolve())
+            if why:
+                problems.append(f"{where}: path {path!r} resolves to {full}, {why}")
+                continue
         split = str(r.get("split"))
         key = os.path.normpath(path).replace(os.sep, "/")  # ./x.png and x.png are one file
         if key in seen_path:
