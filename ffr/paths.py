@@ -123,7 +123,8 @@ def local_dataset(path: str | os.PathLike) -> Path:
 # its card's folder (a prepared split points back at its source images, a shard record at its
 # pod's folder), but never to the file system's root, into the system's own directories, or into
 # a hidden folder the card's own folder is not in (~/.ssh, ~/.aws, ~/.kube: where credentials
-# live). ffr's own caches and the folders a user lists in $FFR_DATA_ROOTS are always allowed.
+# live), or into another user's home folder. ffr's own caches and the folders a user lists in
+# $FFR_DATA_ROOTS are always allowed.
 SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc",
                                       "/run", "/sbin", "/sys"))
 DATA_DIRS_UNDER_SYSTEM = (Path("/dev/shm"),)  # RAM-disk staging is a data folder
@@ -143,6 +144,14 @@ def _under(path: Path, folders) -> bool:
     return any(path == d or d in path.parents for d in folders)
 
 
+def _home_of(path: Path) -> Path | None:
+    """The home folder ``path`` lies in (``/home/<user>``, ``/Users/<user>``, ``/root``), or None."""
+    parts = path.parts
+    if len(parts) >= 3 and parts[1] in ("home", "Users"):
+        return Path(*parts[:3])
+    return Path("/root") if len(parts) >= 2 and parts[1] == "root" else None
+
+
 def data_path_problem(path: Path, card_folder: Path) -> str | None:
     """Why a dataset card in ``card_folder`` may not read ``path`` (its root or an image, both
     resolved), or None. The answer ends a sentence that starts with the path."""
@@ -150,6 +159,10 @@ def data_path_problem(path: Path, card_folder: Path) -> str | None:
         return None
     if path == Path(path.anchor) or _under(path, SYSTEM_DIRS):
         return "the file system's root or a system directory: images are read only from data folders"
+    home = _home_of(path)
+    if home is not None and home != _home_of(card_folder) and home != Path.home().resolve():
+        return (f"inside another user's home folder {home}, which the card's folder {card_folder} is not in; "
+                f"list it in ${DATA_ROOTS_ENV} to allow it")
     base = Path(os.path.commonpath([str(path), str(card_folder)]))
     hidden = [part for part in path.relative_to(base).parts if part.startswith(".")]
     if hidden:

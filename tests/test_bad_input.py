@@ -392,3 +392,16 @@ def test_a_hidden_folder_is_read_when_the_card_lives_in_it_or_the_user_lists_it(
     assert "$FFR_DATA_ROOTS" in capsys.readouterr().err
     monkeypatch.setenv("FFR_DATA_ROOTS", os.pathsep.join(["/nonexistent", str(tmp_path / ".private")]))
     assert main(["data", "validate", str(root)]) == 0
+
+
+def test_a_card_may_not_climb_into_another_users_home_folder(tmp_path):
+    """/home/<someone else> is refused for a card that is not in it; the reader's own home and a
+    card inside that home are fine (a rule on paths: nothing needs to exist)."""
+    from ffr.paths import data_path_problem
+
+    mine = Path.home().resolve()
+    other = Path("/home/someone-else-than-" + mine.name)
+    assert "another user's home folder" in data_path_problem(other / "Pictures", tmp_path)
+    assert data_path_problem(other / "Pictures", other / "datasets" / "toy") is None
+    assert data_path_problem(mine / "datasets" / "real", tmp_path) is None
+    assert "hidden folder '.kube'" in data_path_problem(mine / ".kube", mine / "datasets" / "toy")
