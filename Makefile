@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 # which its one-seed FFR, 0.512, clears by 0.012 only): the model is registered and becomes @champion, so
 # the run ends with a model to serve. About 4 minutes on 2 cores; prints the group metrics table
 # and the command that serves the champion. Everything lands in runs/<pipeline>-<time>/.
-DEMO_PARAMS = --param backbone=tiny_cnn --param train_epochs=20 --param pretrain_epochs=20 \
-  --param finetune_epochs=20 --param pretrain_lr=1e-3 \
-  --param min_steps=0 --param patience=0 --param gate_floor=0.4
+DEMO_PARAMS = --param train_backbone=tiny_cnn --param train_baseline_epochs=20 --param train_pretrain_epochs=20 \
+  --param train_finetune_epochs=20 --param train_pretrain_lr=1e-3 \
+  --param train_min_steps=0 --param train_patience=0 --param gate_floor=0.4
 demo: $(STAMP)
 	$(VENV)/bin/ffr run comparison --runs-dir $(RUNS) $(DEMO_PARAMS)
 

@@ -1,6 +1,7 @@
 """The Kubeflow run form read as what it is: one experiment of one bias rate and one seed.
 
-A pipeline's run-form fields (``source``, ``pretrain_lr``, ``baselines`` ...) map onto an
+A pipeline's run-form fields (``data_source``, ``train_pretrain_lr``, ``train_baselines`` ...; read
+here under their short names, :data:`FORM_FIELDS`) map onto an
 :class:`~ffr.config.ExperimentConfig` (:func:`form_config`): the data, the synthesis, the model,
 each stage's settings, the strategies (the baselines and the pipeline's own strategy, FFR). The
 config is checked by the one validator (:func:`ffr.checks.experiment_problems`) and its problems
@@ -40,6 +41,55 @@ _STAGE_FIELDS = {("train", "epochs"): "train_epochs", ("pretrain", "epochs"): "p
 _GATE = ("gate_margin", "gate_tolerance", "gate_floor")
 # What a ``baselines`` entry may set besides its strategy (config.BASELINES holds the defaults).
 BASELINE_KEYS = ("lr", "weight_decay")
+
+# The names the pipelines' run forms show, grouped by prefix (data_, gate_, mlflow_, sweep_,
+# synthesis_, train_): the stock Kubeflow UI lists a form's fields alphabetically, so a prefix per
+# group keeps the data, synthesis, training, tracking and gate fields together. This module, the
+# steps and the MLflow parameters use the short names on the left; a field not listed keeps its
+# name (data_repo, gate_floor, mlflow_uri, synthesis_seed ...). The short names were the form's
+# own before the prefixes (December 2026): ``--param`` still takes them, with a warning
+# (:func:`form_names`), until a later release drops them.
+FORM_FIELDS = {
+    "source": "data_source", "source_adapter": "data_adapter", "source_options": "data_adapter_options",
+    "bias_rate": "data_bias_rate", "min_val_per_group": "data_min_val_per_group", "demo_name": "data_demo_name",
+    "demo_per_digit": "data_demo_per_digit", "num_shards": "synthesis_shards",
+    "backbone": "train_backbone", "weights": "train_weights", "image_size": "train_image_size",
+    "objective": "train_objective", "objective_options": "train_objective_options",
+    "batch_size": "train_batch_size", "baselines": "train_baselines", "train_epochs": "train_baseline_epochs",
+    "pretrain_epochs": "train_pretrain_epochs", "pretrain_lr": "train_pretrain_lr",
+    "finetune_epochs": "train_finetune_epochs", "finetune_lr": "train_finetune_lr",
+    "finetune_options": "train_finetune_options", "min_steps": "train_min_steps", "max_steps": "train_max_steps",
+    "patience": "train_patience", "device": "train_device", "seed": "train_seed",
+    "registered_model_name": "mlflow_registered_model",
+    "config": "sweep_config", "stage_store": "sweep_stage_store", "stages_per_task": "sweep_stages_per_task",
+    "cells_per_task": "sweep_cells_per_task",
+}
+SHORT_NAMES = {form: short for short, form in FORM_FIELDS.items()}
+
+
+def short_names(values: dict) -> dict:
+    """A run form's values under the short names this module reads (either naming accepted)."""
+    return {SHORT_NAMES.get(k, k): v for k, v in values.items()}
+
+
+def form_field(field: str) -> str:
+    """``field`` (a short name, or a path into one: ``finetune_options.lpft_epochs``,
+    ``baselines[0].strategy``) as the run form names it."""
+    head = field.split(".", 1)[0].split("[", 1)[0]
+    return FORM_FIELDS.get(head, head) + field[len(head):]
+
+
+def form_names(params: dict, known) -> tuple[dict, list[str]]:
+    """``params`` given to a pipeline whose parameters are ``known``, with a short name (the form's
+    name before the prefixes) replaced by its form name; and one warning per name replaced."""
+    out, notes = {}, []
+    for key, value in params.items():
+        if key not in known and FORM_FIELDS.get(key) in known:
+            notes.append(f"parameter {key!r} is now {FORM_FIELDS[key]!r} (the run form groups its fields by "
+                         "prefix); the old name still works for now, a later release drops it")
+            key = FORM_FIELDS[key]
+        out[key] = value
+    return out, notes
 
 
 def _baselines(values: dict) -> list[dict]:
@@ -91,6 +141,7 @@ def form_config(values: dict) -> tuple[ExperimentConfig, list[Problem]]:
     from ffr.balance import STRATEGIES
     from ffr.config import DataConfig, SynthesisConfig
 
+    values = short_names(values)
     problems: list[Problem] = []
     cfg = ExperimentConfig()
     demo = {}
@@ -170,6 +221,7 @@ def form_problems(values: dict) -> list[Problem]:
     validator), the synthesis fan-out, the processes per training step and the promotion gate."""
     from ffr.checks import experiment_problems
 
+    values = short_names(values)
     cfg, problems = form_config(values)
     problems += [p.renamed(_form_name(p.field, values)) for p in experiment_problems(cfg)]
     if "num_shards" in values:
@@ -179,19 +231,21 @@ def form_problems(values: dict) -> list[Problem]:
     for name in _GATE:
         if name in values:
             problems += check("fraction", values[name], name)
-    return unique(problems)
+    return unique([p.renamed(form_field(p.field)) for p in problems])
 
 
 def check_form(values: dict, what: str = "run configuration") -> ExperimentConfig:
     """The experiment of a run form, or one :class:`~ffr.rules.ConfigError` listing every
     problem (:func:`form_problems`). The sweep pipeline's form holds its grid as a config document
     (``config``): it is checked as ``ffr sweep`` checks one :func:`ffr.checks.sweep_config`)."""
+    values = short_names(values)
     if "config" in values:
         from ffr.checks import sweep_config
 
-        refuse(check("count", values.get("stages_per_task", 1), "stages_per_task")
-               + check("count", values.get("cells_per_task", 1), "cells_per_task")
-               + [p for name in _GATE if name in values for p in check("fraction", values[name], name)], what)
+        refuse([p.renamed(form_field(p.field)) for p in
+                check("count", values.get("stages_per_task", 1), "stages_per_task")
+                + check("count", values.get("cells_per_task", 1), "cells_per_task")
+                + [p for name in _GATE if name in values for p in check("fraction", values[name], name)]], what)
         return sweep_config(values["config"])
     refuse(form_problems(values), what)
     return form_config(values)[0]
@@ -203,6 +257,7 @@ def run_plan(values: dict) -> dict:
     strategy's training order, with the form's processes per training step."""
     from ffr.grid import plan_cells
 
+    values = short_names(values)
     cfg = check_form(values)
     processes = values.get("train_processes", 1)
     plan = {}
@@ -218,6 +273,7 @@ def check_step(form: dict) -> tuple[dict, list[str], str]:
     the dataset's content fingerprint (:func:`source_fingerprint`)."""
     from ffr.balance import STRATEGIES
 
+    form = short_names(form)
     plan = run_plan(form)
     synthesis_for = [s for s in plan["strategies"] if STRATEGIES.get(s).uses_synthetic]
     return plan, synthesis_for, source_fingerprint(form.get("source", "demo"))

@@ -20,6 +20,7 @@ from ffr.config import ExperimentConfig, TrainConfig, with_overrides  # noqa: E4
 from ffr.integrations.kubeflow.pipelines import PIPELINES, get_pipeline  # noqa: E402
 from ffr.integrations.kubeflow.pipelines.definitions import DEFAULT_BASELINES  # noqa: E402
 from ffr.integrations.kubeflow.pipelines.run import pipeline_parameters  # noqa: E402
+from ffr.runform import short_names  # noqa: E402
 
 # the project's defaults: training and data (ffr.config), the promotion gate (ffr.promotion)
 defaults = SimpleNamespace(**{k: v for m in (config, promotion) for k, v in vars(m).items() if k.isupper()})
@@ -53,7 +54,7 @@ def test_component_defaults_are_the_projects(component):
 
 @pytest.mark.parametrize("name", PIPELINES.names())
 def test_pipeline_defaults_are_the_projects(name):
-    params = pipeline_parameters(get_pipeline(name))
+    params = short_names(pipeline_parameters(get_pipeline(name)))  # the run form's fields by their short names
     rules = {**SHARED, "batch_size": "BATCH_SIZE"}
     checked = {k: (params[k], getattr(defaults, rules[k])) for k in params if k in rules}
     assert checked, f"pipeline {name!r} exposes none of the training defaults"

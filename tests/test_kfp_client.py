@@ -235,7 +235,7 @@ def free_port_url() -> str:
 
 def test_submit_creates_experiment_and_run():
     with FakeKFP() as kfp_api:
-        run_id = submit(kfp_api.url, "ffr", {"pretrain_epochs": 5, "bias_rate": 0.99}, experiment="team-a",
+        run_id = submit(kfp_api.url, "ffr", {"train_pretrain_epochs": 5, "data_bias_rate": 0.99}, experiment="team-a",
                         run_name="nightly")
     assert run_id == "run-42"
     (exp,) = kfp_api.posts("/apis/v2beta1/experiments")
@@ -244,7 +244,7 @@ def test_submit_creates_experiment_and_run():
     assert run["experiment_id"] == "exp-1" and run["display_name"] == "nightly"
     spec = run["pipeline_spec"]
     assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "ffr"
-    assert run["runtime_config"]["parameters"] == {"pretrain_epochs": 5, "bias_rate": 0.99}
+    assert run["runtime_config"]["parameters"] == {"train_pretrain_epochs": 5, "data_bias_rate": 0.99}
     # The compiled form travels whole: resources and the Kubernetes secrets included.
     assert "resourceCpuRequest" in json.dumps(spec["pipeline_spec"])
     assert "ffr-mlflow" in json.dumps(spec["platform_spec"])
@@ -261,14 +261,14 @@ def test_submit_reuses_an_existing_experiment():
 def test_schedule_creates_a_recurring_run_through_the_cli(capsys):
     with FakeKFP() as kfp_api:
         code = main(["schedule", "ffr", "--host", kfp_api.url, "--cron", "0  30 2 * *  MON", "--name", "weekly",
-                     "--param", "finetune_epochs=3"])
+                     "--param", "train_finetune_epochs=3"])
     assert code == 0
     assert "recurring run rr-7" in capsys.readouterr().out
     (job,) = kfp_api.posts("/apis/v2beta1/recurringruns")
     assert job["display_name"] == "weekly"
     assert job["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * MON"
     assert int(job["max_concurrency"]) == 1 and job["no_catchup"] is True and job["mode"] == "ENABLE"
-    assert job["runtime_config"]["parameters"] == {"finetune_epochs": 3}
+    assert job["runtime_config"]["parameters"] == {"train_finetune_epochs": 3}
 
 
 def test_schedule_runs_the_retraining_pipeline_by_default(capsys):

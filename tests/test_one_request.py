@@ -167,10 +167,10 @@ def test_every_rule_is_written_once():
 
 
 @pytest.mark.parametrize("param, line", [
-    ("bias_rate=1.5", "bias_rate: 1.5 must be a number in (0, 1)"),
-    ("finetune_epochs=-3", "finetune_epochs: -3 must be at least 1"),
-    ("demo_name=cats", "demo_name: unknown built-in benchmark 'cats'; known: digits, faces, galaxies"),
-    ("device=cuda:x", "device: 'cuda:x' is not a device: auto, cpu, cuda, cuda:N or mps"),
+    ("data_bias_rate=1.5", "data_bias_rate: 1.5 must be a number in (0, 1)"),
+    ("train_finetune_epochs=-3", "train_finetune_epochs: -3 must be at least 1"),
+    ("data_demo_name=cats", "data_demo_name: unknown built-in benchmark 'cats'; known: digits, faces, galaxies"),
+    ("train_device=cuda:x", "train_device: 'cuda:x' is not a device: auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_compile_refuses_what_the_check_step_refuses_in_its_words(tmp_path, capsys, param, line):
     pytest.importorskip("kfp")
@@ -179,6 +179,7 @@ def test_compile_refuses_what_the_check_step_refuses_in_its_words(tmp_path, caps
     from ffr.integrations.kubeflow.pipelines import get_pipeline
     from ffr.integrations.kubeflow.pipelines.run import parse_params, pipeline_parameters, typed_params
     from ffr.rules import ConfigError
+    from ffr.runform import short_names
 
     out = tmp_path / "c.yaml"
     assert main(["compile", "comparison", "--param", param, "--out", str(out)]) == 2
@@ -188,7 +189,8 @@ def test_compile_refuses_what_the_check_step_refuses_in_its_words(tmp_path, caps
     pipeline = get_pipeline("comparison")
     form = {**pipeline_parameters(pipeline), **typed_params("comparison", pipeline, parse_params([param]), check=False)}
     with pytest.raises(ConfigError) as e:
-        check_config.python_func(**{k: v for k, v in form.items() if k in check_config.component_spec.inputs})
+        # under the step's input names, as the pipeline wires its fields (ffr.runform.short_names)
+        check_config.python_func(**{k: v for k, v in short_names(form).items() if k in check_config.component_spec.inputs})
     assert err == f"ffr: error: {e.value}\n"
 
 
@@ -290,9 +292,9 @@ def test_a_three_stage_strategy_runs_through_the_comparison_pipeline(three_stage
     pytest.importorskip("kfp")
     from ffr.integrations.kubeflow.pipelines.run import run_local
 
-    run = run_local("comparison", {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1,
-                                   "finetune_epochs": 1, "train_epochs": 1, "min_steps": 0, "device": "cpu",
-                                   "baselines": [{"strategy": "none", "lr": 1e-3}, {"strategy": "three", "lr": 1e-3}]},
+    run = run_local("comparison", {"data_demo_per_digit": 10, "data_bias_rate": 0.9, "synthesis_shards": 1, "train_pretrain_epochs": 1,
+                                   "train_finetune_epochs": 1, "train_baseline_epochs": 1, "train_min_steps": 0, "train_device": "cpu",
+                                   "train_baselines": [{"strategy": "none", "lr": 1e-3}, {"strategy": "three", "lr": 1e-3}]},
                     tmp_path / "runs", progress=False)
     assert list(run.results) == ["none", "three", "ffr"]
     assert run.results["three"]["model"]["stage"] == "finetune" and run.results["three"]["model"]["strategy"] == "three"

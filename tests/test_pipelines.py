@@ -26,8 +26,8 @@ from ffr.integrations.kubeflow.pipelines import PIPELINES, Platform, get_pipelin
 from ffr.integrations.kubeflow.pipelines.run import PipelineError, compile_pipeline, pipeline_parameters, run_local  # noqa: E402
 from ffr.rules import ConfigError  # noqa: E402
 
-TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
-        "device": "cpu"}
+TINY = {"data_demo_per_digit": 10, "data_bias_rate": 0.9, "synthesis_shards": 1, "train_pretrain_epochs": 1, "train_finetune_epochs": 1, "train_min_steps": 0,
+        "train_device": "cpu"}
 # Executor name prefix → step kind (ffr/integrations/kubeflow/pipelines/platform.py).
 KINDS = {"exec-check-config": "check", "exec-plan-baselines": "check", "exec-check-sweep-config": "check",
          "exec-sweep-work": "check", "exec-prepare-sweep-data": "synthesis", "exec-plan-sweep-stages": "data",
@@ -222,7 +222,8 @@ def test_the_benchmark_fields_reach_the_check_and_the_data_step(tmp_path, name):
             params = task.inputs.parameters
             wired[base] = {k: params[k].component_input_parameter.removeprefix("pipelinechannel--")
                            for k in ("demo_name", "demo_per_digit")}
-    assert wired == {b: {"demo_name": "demo_name", "demo_per_digit": "demo_per_digit"}
+    # each step's input (its own name) from the run form's field (the form's name)
+    assert wired == {b: {"demo_name": "data_demo_name", "demo_per_digit": "data_demo_per_digit"}
                      for b in ("exec-check-config", "exec-prepare-data")}
 
 
@@ -230,7 +231,7 @@ def test_the_retraining_pipelines_benchmark_field_reaches_the_check_and_the_fetc
     spec, _ = load_compiled(compile_pipeline("retrain", tmp_path / "retrain.yaml"))
     wired = {exe: task.inputs.parameters["demo_name"].component_input_parameter.removeprefix("pipelinechannel--")
              for task, exe in all_tasks(spec) if exe in ("exec-check-config", "exec-fetch-data-revision")}
-    assert wired == {"exec-check-config": "demo_name", "exec-fetch-data-revision": "demo_name"}
+    assert wired == {"exec-check-config": "data_demo_name", "exec-fetch-data-revision": "data_demo_name"}
 
 
 def test_local_platform_has_no_retries_or_secrets(tmp_path):
@@ -261,7 +262,7 @@ def test_unknown_parameter_is_refused_before_anything_is_written(tmp_path):
 def test_failed_local_run_is_recorded_and_cleaned_up(tmp_path):
     runs = tmp_path / "runs"
     with pytest.raises(PipelineError, match="run.log"):
-        run_local("ffr", {"source": str(tmp_path / "no-such-dataset")}, runs, progress=False)
+        run_local("ffr", {"data_source": str(tmp_path / "no-such-dataset")}, runs, progress=False)
     (run_dir,) = runs.iterdir()
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "failed"
@@ -271,7 +272,7 @@ def test_failed_local_run_is_recorded_and_cleaned_up(tmp_path):
 
 def expected_test_counts(tmp_path) -> dict:
     """The test split the tiny settings produce, prepared directly with the library."""
-    m = prepare("demo", tmp_path / "ref", TINY["bias_rate"], 0, 10, {"per_digit": TINY["demo_per_digit"]},
+    m = prepare("demo", tmp_path / "ref", TINY["data_bias_rate"], 0, 10, {"per_digit": TINY["data_demo_per_digit"]},
                 tmp_path / "ref" / "images")
     return {group_key(*g): n for g, n in m.select(split="test").group_counts().items()}
 
@@ -322,7 +323,7 @@ def test_ffr_pipeline_runs_locally_through_the_cli(tmp_path, monkeypatch, capsys
 
 @pytest.mark.slow
 def test_comparison_pipeline_runs_locally(tmp_path):
-    run = run_local("comparison", {**TINY, "train_epochs": 1, "finetune_options": {"select_init": True, "lpft_epochs": 1}},
+    run = run_local("comparison", {**TINY, "train_baseline_epochs": 1, "train_finetune_options": {"select_init": True, "lpft_epochs": 1}},
                     tmp_path / "runs", progress=False)
     assert list(run.results) == ["none", "usb", "asb", "ffr"]
     # the step-2 variant reached FFR's step 2 only (the integer through the runner's JSON too):
@@ -345,32 +346,35 @@ def test_comparison_pipeline_runs_locally(tmp_path):
 def test_run_form_problems_are_all_listed():
     from ffr.runform import form_problems
 
-    ok = dict(objective="erm", backbone="small_cnn", pretrain_epochs=2, pretrain_lr=1e-3, finetune_epochs=2,
-              finetune_lr=1e-3, finetune_options={"lpft_epochs": 1}, objective_options={},
-              baselines=[{"strategy": "none", "lr": 1e-3}], synthesis_backend="procedural", synthesis_filters=[],
-              source="demo", source_adapter="csv", source_options={}, bias_rate=0.95, num_shards=2, device="auto",
-              image_size=32, batch_size=64)
+    ok = dict(train_objective="erm", train_backbone="small_cnn", train_pretrain_epochs=2, train_pretrain_lr=1e-3, train_finetune_epochs=2,
+              train_finetune_lr=1e-3, train_finetune_options={"lpft_epochs": 1}, train_objective_options={},
+              train_baselines=[{"strategy": "none", "lr": 1e-3}], synthesis_backend="procedural", synthesis_filters=[],
+              data_source="demo", data_adapter="csv", data_adapter_options={}, data_bias_rate=0.95, synthesis_shards=2, train_device="auto",
+              train_image_size=32, train_batch_size=64)
 
     def problems(**values):
         return [str(p) for p in form_problems({**ok, **values})]
 
     assert problems() == []
-    bad = problems(objective="groupdro", objective_options={"etaa": 1}, backbone="resnet5",
-                   finetune_options={"lpft_epochs": -1, "lr": 1},
-                   baselines=[{"strategy": "nonee", "lr": 1e-3}, {"strategy": "usb", "lr": -1}],
-                   synthesis_backend="dalle", bias_rate=1.0, num_shards=0, device="gpu")
+    bad = problems(train_objective="groupdro", train_objective_options={"etaa": 1}, train_backbone="resnet5",
+                   train_finetune_options={"lpft_epochs": -1, "lr": 1},
+                   train_baselines=[{"strategy": "nonee", "lr": 1e-3}, {"strategy": "usb", "lr": -1}],
+                   synthesis_backend="dalle", data_bias_rate=1.0, synthesis_shards=0, train_device="gpu")
     text = "\n".join(bad)
-    for needle in ("objective_options: ", "resnet5", "finetune_options: ['lr']", "nonee", "baselines[1].lr: -1",
-                   "dalle", "bias_rate: 1.0", "num_shards: 0", "device: 'gpu'"):
+    # each problem under the run form's own field name
+    for needle in ("train_objective_options: ", "resnet5", "train_finetune_options: ['lr']", "nonee",
+                   "train_baselines[1].lr: -1", "dalle", "data_bias_rate: 1.0", "synthesis_shards: 0",
+                   "train_device: 'gpu'"):
         assert needle in text, needle
-    assert any(p.startswith("finetune_options.lpft_epochs: -1") for p in problems(finetune_options={"lpft_epochs": -1}))
+    assert any(p.startswith("train_finetune_options.lpft_epochs: -1")
+               for p in problems(train_finetune_options={"lpft_epochs": -1}))
     # The built-in benchmark is named on the run form too: a typo, or a digits-only size on another.
     assert problems(demo_name="galaxies") == []
-    [name] = problems(demo_name="face")
-    assert name == "demo_name: unknown built-in benchmark 'face'; known: digits, faces, galaxies"
-    [size] = problems(demo_name="faces", demo_per_digit=10)
-    assert size.startswith("demo_per_digit: ") and "digits benchmark only" in size
-    assert problems(source="/data/mine", demo_name="face") == []  # not the demo: unread
+    [name] = problems(data_demo_name="face")
+    assert name == "data_demo_name: unknown built-in benchmark 'face'; known: digits, faces, galaxies"
+    [size] = problems(data_demo_name="faces", data_demo_per_digit=10)
+    assert size.startswith("data_demo_per_digit: ") and "digits benchmark only" in size
+    assert problems(data_source="/data/mine", data_demo_name="face") == []  # not the demo: unread
 
 
 def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
@@ -389,7 +393,7 @@ def test_source_fingerprint_follows_the_content_not_the_name(tmp_path):
 
 @pytest.mark.slow
 def test_config_error_fails_the_first_step_with_its_cause(tmp_path):
-    bad = {**TINY, "objective": "ermm", "finetune_options": {"freeze_stages": -1}, "demo_name": "face"}
+    bad = {**TINY, "train_objective": "ermm", "train_finetune_options": {"freeze_stages": -1}, "data_demo_name": "face"}
     # refused before a run folder is made, by the check step's own validator ...
     with pytest.raises(ConfigError) as refused:
         run_local("ffr", bad, tmp_path / "refused", progress=False, mlflow="local")

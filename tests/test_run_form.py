@@ -5,6 +5,7 @@ parameter's compiled default after checking its name and type."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -61,14 +62,43 @@ def test_the_pipeline_description_guides_the_stock_run_form(compiled, name):
     fields = set(compiled[name]["root"]["inputDefinitions"]["parameters"])
     assert "Kubeflow Pipelines 2.4 or later" in description
     if name == "sweep":
-        assert {"config", "stage_store"} <= fields and "config (YAML)" in description
+        assert {"sweep_config", "sweep_stage_store"} <= fields and "sweep_config (YAML)" in description
         return
-    data = {"retrain": ["data_repo", "data_path", "data_rev"]}.get(name, ["source", "source_adapter"])
-    named = [*data, "bias_rate", "backbone", "image_size", "weights", "device", "mlflow_uri",
-             "registered_model_name", "gate_floor"]
+    data = {"retrain": ["data_repo", "data_path", "data_rev"]}.get(name, ["data_source", "data_adapter"])
+    named = [*data, "data_bias_rate", "train_backbone", "train_image_size", "train_weights", "train_device", "mlflow_uri",
+             "mlflow_registered_model", "gate_floor"]
     assert set(named) <= fields, set(named) - fields
     assert all(re.search(rf"\b{f}\b", description) for f in named)
     assert "alphabetically" in description and "ffr run <pipeline> --help" in description
+
+
+@pytest.mark.parametrize("name", PIPELINES.names())
+def test_the_alphabetical_run_form_reads_group_by_group(name):
+    """The stock UI sorts the fields by name: every field carries its group's prefix, so each group
+    is one run of the sorted form (data, gate, mlflow, sweep, synthesis, train)."""
+    groups = ("data_", "gate_", "mlflow_", "sweep_", "synthesis_", "train_")
+    fields = sorted(pipeline_parameters(get_pipeline(name)))
+    assert all(f.startswith(groups) for f in fields), [f for f in fields if not f.startswith(groups)]
+    order = [next(g for g in groups if f.startswith(g)) for f in fields]
+    assert order == sorted(order) and len(set(order)) == len([k for k, _ in itertools.groupby(order)])
+
+
+def test_the_names_before_the_prefixes_still_work_with_a_warning(tmp_path, capsys):
+    """``--param`` with a field's old name (before the prefixes) sets the renamed field and says so; a
+    name that was never a field is refused as before; the run form's refusals name the new fields."""
+    from ffr.runform import FORM_FIELDS, SHORT_NAMES
+
+    assert len(SHORT_NAMES) == len(FORM_FIELDS) and not set(FORM_FIELDS.values()) & set(FORM_FIELDS)
+    out = tmp_path / "ffr.yaml"
+    assert main(["compile", "--param", "pretrain_epochs=5", "--param", "bias_rate=0.9", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "ffr: warning: parameter 'pretrain_epochs' is now 'train_pretrain_epochs'" in err
+    assert "'bias_rate' is now 'data_bias_rate'" in err
+    defaults = root_defaults(out)
+    assert (defaults["train_pretrain_epochs"], defaults["data_bias_rate"]) == (5, 0.9)
+    assert "pretrain_epochs" not in defaults and "bias_rate" not in defaults
+    assert main(["compile", "--param", "bias_rate=1.5", "--out", str(tmp_path / "bad.yaml")]) == 2
+    assert "data_bias_rate: 1.5 must be a number in (0, 1)" in capsys.readouterr().err
 
 
 def test_parameter_docs_cover_exactly_the_pipelines_parameters_and_every_registered_name():
@@ -78,7 +108,7 @@ def test_parameter_docs_cover_exactly_the_pipelines_parameters_and_every_registe
     used = set().union(*(pipeline_parameters(get_pipeline(n)) for n in PIPELINES.names()))
     assert set(PARAMETER_DOCS) == used, "PARAMETER_DOCS has stale or missing entries"
     # written out (their registries import torch): held here against the registries
-    for key, registry in (("objective", OBJECTIVES), ("backbone", BACKBONES)):
+    for key, registry in (("train_objective", OBJECTIVES), ("train_backbone", BACKBONES)):
         missing = [n for n in registry.names() if n not in PARAMETER_DOCS[key]]
         assert not missing, f"the {key} description does not name {missing}"
 
@@ -93,19 +123,19 @@ def test_a_parameter_without_a_description_fails_the_build():
 
 def test_compile_param_sets_the_compiled_default(tmp_path, capsys):
     out = tmp_path / "ffr.yaml"
-    assert main(["compile", "--param", "pretrain_epochs=5", "--param", "pretrain_lr=1", "--param", "weights=",
+    assert main(["compile", "--param", "train_pretrain_epochs=5", "--param", "train_pretrain_lr=1", "--param", "train_weights=",
                  "--out", str(out)]) == 0
-    assert "pretrain_epochs=5, pretrain_lr=1.0" in capsys.readouterr().out
+    assert "train_pretrain_epochs=5, train_pretrain_lr=1.0" in capsys.readouterr().out
     defaults = root_defaults(out)
-    assert (defaults["pretrain_epochs"], defaults["pretrain_lr"], defaults["weights"]) == (5, 1.0, "")
-    assert defaults["finetune_epochs"] == pipeline_parameters(get_pipeline("ffr"))["finetune_epochs"]
+    assert (defaults["train_pretrain_epochs"], defaults["train_pretrain_lr"], defaults["train_weights"]) == (5, 1.0, "")
+    assert defaults["train_finetune_epochs"] == pipeline_parameters(get_pipeline("ffr"))["train_finetune_epochs"]
 
 
 @pytest.mark.parametrize("param, message", [
-    ("bogus=1", r"no parameter\(s\) \['bogus'\]; known: .*pretrain_epochs"),
-    ("pretrain_epochs=abc", "'pretrain_epochs' expects int, got 'abc'"),
-    ("pretrain_epochs=1.5", "'pretrain_epochs' expects int, got 1.5"),
-    ("device=3", "'device' expects str, got 3 .*quote it"),
+    ("bogus=1", r"no parameter\(s\) \['bogus'\]; known: .*train_pretrain_epochs"),
+    ("train_pretrain_epochs=abc", "'train_pretrain_epochs' expects int, got 'abc'"),
+    ("train_pretrain_epochs=1.5", "'train_pretrain_epochs' expects int, got 1.5"),
+    ("train_device=3", "'train_device' expects str, got 3 .*quote it"),
     ("synthesis_options=[a]", "'synthesis_options' expects dict"),
 ])
 def test_compile_refuses_an_unknown_parameter_or_a_wrong_type(tmp_path, capsys, param, message):
@@ -119,13 +149,13 @@ def test_compile_refuses_an_unknown_parameter_or_a_wrong_type(tmp_path, capsys, 
 
 def test_typed_params_converts_to_each_parameter_type():
     p = get_pipeline("comparison")
-    typed = typed_params("comparison", p, {"bias_rate": 1, "seed": 3, "source": None, "finetune_options": {"l2sp": 0.1},
-                                           "baselines": [{"strategy": "none", "lr": 0.01}],
+    typed = typed_params("comparison", p, {"data_bias_rate": 1, "train_seed": 3, "data_source": None, "train_finetune_options": {"l2sp": 0.1},
+                                           "train_baselines": [{"strategy": "none", "lr": 0.01}],
                                            "synthesis_filters": ["grayscale"]}, check=False)
-    assert typed["bias_rate"] == 1.0 and isinstance(typed["bias_rate"], float)
-    assert typed["seed"] == 3 and typed["source"] == ""
-    assert typed["baselines"] == [{"strategy": "none", "lr": 0.01}]
-    for bad in ({"seed": True}, {"bias_rate": False}, {"baselines": {}}, {"synthesis_filters": "grayscale"}):
+    assert typed["data_bias_rate"] == 1.0 and isinstance(typed["data_bias_rate"], float)
+    assert typed["train_seed"] == 3 and typed["data_source"] == ""
+    assert typed["train_baselines"] == [{"strategy": "none", "lr": 0.01}]
+    for bad in ({"train_seed": True}, {"data_bias_rate": False}, {"train_baselines": {}}, {"synthesis_filters": "grayscale"}):
         with pytest.raises(PipelineError, match="expects"):
             typed_params("comparison", p, bad, check=False)
 
@@ -147,7 +177,7 @@ def test_help_lists_the_pipeline_parameters(capsys, argv, expected):
 
 def test_other_commands_do_not_build_the_pipelines():
     # The list is built only for --help: parsing any command line (even `ffr run`) imports no kfp.
-    code = ("import sys; from ffr.cli import build_parser; build_parser().parse_args(['run', '--param', 'seed=1']); "
+    code = ("import sys; from ffr.cli import build_parser; build_parser().parse_args(['run', '--param', 'train_seed=1']); "
             "print(sorted(m for m in ('kfp', 'ffr.integrations.kubeflow.pipelines.definitions') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

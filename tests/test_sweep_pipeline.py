@@ -64,7 +64,7 @@ def test_the_sweep_pipeline_is_checked_before_it_is_compiled_and_compiles_for_a_
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TINY, "bias_rates": [1.5], "strategies": ["none", "fffr"]}))
-    assert main(["compile", "sweep", "--param", f"config=@{bad}", "--out", str(tmp_path / "x.yaml")]) == 2
+    assert main(["compile", "sweep", "--param", f"sweep_config=@{bad}", "--out", str(tmp_path / "x.yaml")]) == 2
     err = capsys.readouterr().err
     assert "bias_rates[0]: 1.5 must be a number in (0, 1)" in err and "unknown balancing strategy 'fffr'" in err
     assert not (tmp_path / "x.yaml").exists()
@@ -72,8 +72,8 @@ def test_the_sweep_pipeline_is_checked_before_it_is_compiled_and_compiles_for_a_
     out = tmp_path / "sweep.yaml"
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(TINY))
-    assert main(["compile", "sweep", "--gpu", "--parallelism", "4", "--param", f"config=@{good}",
-                 "--param", "stage_store=s3://bucket/stages", "--out", str(out)]) == 0
+    assert main(["compile", "sweep", "--gpu", "--parallelism", "4", "--param", f"sweep_config=@{good}",
+                 "--param", "sweep_stage_store=s3://bucket/stages", "--out", str(out)]) == 0
     assert components.load_component_from_file(str(out)).name == "ffr-sweep"
     spec, platform = load_compiled(out)
     loops = [t for t in dag_tasks(spec).values() if t.WhichOneof("iterator")]
@@ -81,15 +81,15 @@ def test_the_sweep_pipeline_is_checked_before_it_is_compiled_and_compiles_for_a_
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
     train = json_format.MessageToDict(executors["exec-train-sweep-batch"].struct_value)["container"]
     assert train["resources"]["accelerator"]["resourceCount"] == "1"
-    assert yaml.safe_load(spec.root.input_definitions.parameters["config"].default_value.string_value) == TINY
+    assert yaml.safe_load(spec.root.input_definitions.parameters["sweep_config"].default_value.string_value) == TINY
     # a multi-line config can be given: it becomes one line of JSON in the compiled YAML, whose
     # header comment repeats the defaults (a multi-line default would break it)
-    assert "\n" not in spec.root.input_definitions.parameters["config"].default_value.string_value
+    assert "\n" not in spec.root.input_definitions.parameters["sweep_config"].default_value.string_value
     # loaded back, its integer defaults (stored as 8.0) pass the check the first step makes
     from ffr.integrations.kubeflow.pipelines.run import pipeline_parameters, typed_params
 
     loaded = components.load_component_from_file(str(out))
-    assert pipeline_parameters(loaded)["stages_per_task"] == 8 and typed_params("sweep", loaded, {}) == {}
+    assert pipeline_parameters(loaded)["sweep_stages_per_task"] == 8 and typed_params("sweep", loaded, {}) == {}
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_the_sweep_pipeline_gives_ffr_sweeps_numbers_and_trains_each_stage_once(
 
     text = yaml.safe_dump(TINY)
     reference = sweep(sweep_config(text), tmp_path / "ffr-sweep", progress=False, plots=False)
-    params = {"config": text, "stages_per_task": 3, "cells_per_task": 5}
+    params = {"sweep_config": text, "sweep_stages_per_task": 3, "sweep_cells_per_task": 5}
     run = run_local("sweep", params, tmp_path / "runs", progress=False)
     assert isinstance(run.results, list) and len(run.results) == len(reference) == 16
     by_key = {_key(r): r for r in reference}
@@ -118,7 +118,7 @@ def test_the_sweep_pipeline_gives_ffr_sweeps_numbers_and_trains_each_stage_once(
     store = run.run_dir / "stages"
     assert sorted(p.name for p in store.iterdir()) == sorted(trained)
     # a second run over the same store trains nothing, and gives the same numbers
-    again = run_local("sweep", {**params, "stage_store": str(store)}, tmp_path / "runs", progress=False)
+    again = run_local("sweep", {**params, "sweep_stage_store": str(store)}, tmp_path / "runs", progress=False)
     reports = train_outputs(again.run_dir)
     assert not any(r["trained"] for r in reports) and sorted(k for r in reports for k in r["found"]) == sorted(trained)
     assert [r["test"] for r in again.results] == [r["test"] for r in run.results]

@@ -127,7 +127,7 @@ def _pipeline_parent(default: str = "ffr") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("pipeline", nargs="?", default=default, help=f"ffr, comparison or retrain (default {default})")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="pipeline parameter (value parsed as YAML, e.g. pretrain_epochs=5); repeatable; "
+                   help="pipeline parameter (value parsed as YAML, e.g. train_pretrain_epochs=5); repeatable; "
                         "'ffr run PIPELINE --help' lists them")
     return p
 

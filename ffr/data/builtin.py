@@ -103,8 +103,8 @@ def option_problems(demo: dict | None) -> list[str]:
 
 
 def run_form_options(name: str = DEFAULT, per_digit: int = 0) -> dict:
-    """The ``data.demo`` a Kubeflow run form's ``demo_name`` and ``demo_per_digit`` describe
-    (``demo_per_digit`` 0: the whole benchmark). A per-digit size for another benchmark is a
+    """The ``data.demo`` a Kubeflow run form's ``data_demo_name`` and ``data_demo_per_digit``
+    describe (``data_demo_per_digit`` 0: the whole benchmark). A per-digit size for another benchmark is a
     ValueError, not silently ignored."""
     if not isinstance(per_digit, int) or isinstance(per_digit, bool) or per_digit < 0:
         raise ValueError(f"demo_per_digit {per_digit!r}: expected 0 (the whole benchmark) or a number of images per "

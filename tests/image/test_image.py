@@ -20,8 +20,8 @@ IMAGE = os.environ.get("FFR_TEST_IMAGE", "")
 pytestmark = pytest.mark.skipif(not IMAGE or shutil.which("podman") is None or os.geteuid() != 0,
                                 reason="set FFR_TEST_IMAGE to a built image (make image-test); needs root and podman")
 
-TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1, "min_steps": 0,
-        "device": "cpu"}
+TINY = {"data_demo_per_digit": 10, "data_bias_rate": 0.9, "synthesis_shards": 1, "train_pretrain_epochs": 1, "train_finetune_epochs": 1, "train_min_steps": 0,
+        "train_device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_comparison_pipeline_runs_every_step_in_the_image(root, in_image):
     from ffr.integrations.kubeflow.pipelines.run import run_local
     from chroot import ChrootTaskHandler
 
-    run = run_local("comparison", {**TINY, "train_epochs": 1}, root.runs, progress=False, mlflow="local",
+    run = run_local("comparison", {**TINY, "train_baseline_epochs": 1}, root.runs, progress=False, mlflow="local",
                     runner=in_image)
     assert list(run.results) == ["none", "usb", "asb", "ffr"]
     for strategy, m in run.results.items():
@@ -115,7 +115,7 @@ def test_retrain_pipeline_fetches_its_data_in_the_image(root, in_image):
     from ffr.integrations.kubeflow.pipelines.run import run_local
     from chroot import ChrootTaskHandler
 
-    run = run_local("retrain", {k: v for k, v in TINY.items() if k != "demo_per_digit"} | {"bias_rate": 0.95},
+    run = run_local("retrain", {k: v for k, v in TINY.items() if k != "data_demo_per_digit"} | {"data_bias_rate": 0.95},
                     root.runs, progress=False, mlflow=None, runner=in_image)
     assert "fetch_data_revision" in [f for _, f in ChrootTaskHandler.executed]
     assert list(run.results) == ["ffr"]
@@ -134,7 +134,7 @@ def test_the_sweep_pipeline_compiled_for_a_cluster_runs_in_the_image(root, in_im
               "strategies": ["none", "ffr"], "bias_rates": [0.9], "seeds": [0], "device": "cpu",
               **{s: {"epochs": 1, "min_steps": 0, "batch_size": 32} for s in ("train", "pretrain", "finetune")}}
     compiled = compile_pipeline("sweep", root.runs / "sweep.yaml", Platform(gpu=True, parallelism=4),
-                                {"config": yaml.safe_dump(config)})
+                                {"sweep_config": yaml.safe_dump(config)})
     run = run_local("sweep", {}, root.runs, progress=False, mlflow=None, runner=in_image, compiled=compiled)
     assert sorted({r["strategy"] for r in run.results}) == ["ffr", "none"] and all(r["selected"] for r in run.results)
     functions = [f for _, f in ChrootTaskHandler.executed]

@@ -18,8 +18,8 @@ from tests.integration.servers import Server, binary, free_port
 
 pytestmark = pytest.mark.slow
 
-PARAMS = ["demo_per_digit=10", "bias_rate=0.9", "num_shards=1", "train_epochs=1", "pretrain_epochs=1",
-          "finetune_epochs=1", "min_steps=0", "device=cpu"]
+PARAMS = ["data_demo_per_digit=10", "data_bias_rate=0.9", "synthesis_shards=1", "train_baseline_epochs=1", "train_pretrain_epochs=1",
+          "train_finetune_epochs=1", "train_min_steps=0", "train_device=cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -85,12 +85,12 @@ def test_retrain_promotes_on_new_data_keeps_the_history_and_rolls_back(tmp_path,
     md5 = {"v1": _data_revision(proj, git, dvc, env, "v1", 10), "v2": _data_revision(proj, git, dvc, env, "v2", 14)}
     name = "retrain-test"
     # a mild bias (0.6): a few epochs learn every group, so "better" is a matter of training, not luck
-    base = {"data_repo": str(proj), "data_path": "data", "data_endpoint": s3_env.url, "bias_rate": 0.6,
-            "min_val_per_group": 2, "num_shards": 1, "min_steps": 0, "device": "cpu", "registered_model_name": name,
+    base = {"data_repo": str(proj), "data_path": "data", "data_endpoint": s3_env.url, "data_bias_rate": 0.6,
+            "data_min_val_per_group": 2, "synthesis_shards": 1, "train_min_steps": 0, "train_device": "cpu", "mlflow_registered_model": name,
             "gate_floor": 0.0, "gate_tolerance": 1.0, "gate_margin": 0.0}
-    weak = {"pretrain_epochs": 1, "finetune_epochs": 1, "pretrain_lr": 1e-7, "finetune_lr": 1e-7}
-    strong = {"pretrain_epochs": 4, "finetune_epochs": 10, "pretrain_lr": 1e-3, "finetune_lr": 1e-3,
-              "batch_size": 16, "min_steps": 150}
+    weak = {"train_pretrain_epochs": 1, "train_finetune_epochs": 1, "train_pretrain_lr": 1e-7, "train_finetune_lr": 1e-7}
+    strong = {"train_pretrain_epochs": 4, "train_finetune_epochs": 10, "train_pretrain_lr": 1e-3, "train_finetune_lr": 1e-3,
+              "train_batch_size": 16, "train_min_steps": 150}
     runs = tmp_path / "runs"
     first = run_local("retrain", {**base, **weak, "data_rev": "v1"}, runs, progress=False, mlflow=mlflow_env.url)
     second = run_local("retrain", {**base, **strong, "data_rev": "v2"}, runs, progress=False, mlflow=mlflow_env.url)
@@ -170,8 +170,8 @@ def test_comparison_run_is_readable_in_its_own_store(tmp_path, monkeypatch, caps
     from ffr.cli import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/never-used")  # inherited: must be ignored
-    params = ["demo_per_digit=10", "bias_rate=0.9", "num_shards=1", "train_epochs=1", "pretrain_epochs=1",
-              "finetune_epochs=1", "min_steps=0", "device=cpu"]
+    params = ["data_demo_per_digit=10", "data_bias_rate=0.9", "synthesis_shards=1", "train_baseline_epochs=1", "train_pretrain_epochs=1",
+              "train_finetune_epochs=1", "train_min_steps=0", "train_device=cpu"]
     assert main(["run", "comparison", "--quiet", "--runs-dir", str(tmp_path / "runs"),
                  *[a for p in params for a in ("--param", p)]]) == 0
     printed = capsys.readouterr()

@@ -14,8 +14,8 @@ pytest.importorskip("kfp")
 pytest.importorskip("mlflow")
 
 PASSWORD = "s3cret-Pa55w0rd-4711"
-TINY = {"demo_per_digit": 10, "bias_rate": 0.9, "num_shards": 1, "pretrain_epochs": 1, "finetune_epochs": 1,
-        "min_steps": 0, "patience": 0, "backbone": "tiny_cnn", "image_size": 16, "device": "cpu"}
+TINY = {"data_demo_per_digit": 10, "data_bias_rate": 0.9, "synthesis_shards": 1, "train_pretrain_epochs": 1, "train_finetune_epochs": 1,
+        "train_min_steps": 0, "train_patience": 0, "train_backbone": "tiny_cnn", "train_image_size": 16, "train_device": "cpu"}
 
 
 @pytest.mark.slow

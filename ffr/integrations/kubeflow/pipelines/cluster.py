@@ -324,7 +324,9 @@ def _prepare(host: str, name: str, params: dict, platform: Platform | None, tmp:
     """Check the parameters, then the endpoint (and, on a multi-user cluster, the namespace), then
     compile, then connect: the cheap failures come first. ``params`` are checked and converted to
     their parameters' types in place. Returns (package path, client, namespace)."""
-    params.update(typed_params(name, get_pipeline(name, platform), params))
+    typed = typed_params(name, get_pipeline(name, platform), params)
+    params.clear()  # a parameter given under its old name is now under its run-form name only
+    params.update(typed)
     multi_user = check_endpoint(host, creds).get("multi_user") is True
     if multi_user and not namespace and needs_namespace:
         with contextlib.suppress(OSError):  # inside a pod: its own namespace, as kfp.Client does

@@ -29,7 +29,7 @@ from ffr.integrations.kubeflow.pipelines.parameters import documented, form_guid
 from ffr.integrations.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 from ffr.plugins import Registry
 from ffr.promotion import GATE_FLOOR, GATE_MARGIN, GATE_TOLERANCE
-from ffr.runform import PRODUCT
+from ffr.runform import PRODUCT, short_names
 
 PIPELINES: Registry = Registry("pipeline")
 
@@ -175,40 +175,40 @@ def build_ffr_pipeline(platform: Platform | None = None):
                                           "fine-tune on real ones, report worst-group accuracy." + form_guide())
     @documented()
     def ffr_pipeline(
-        source: str = "demo",
-        source_adapter: str = "csv",
-        source_options: dict = {},
-        bias_rate: float = defaults.BIAS_RATE,
-        seed: int = 0,
-        min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
-        demo_per_digit: int = 0,
-        demo_name: str = "digits",
+        data_source: str = "demo",
+        data_adapter: str = "csv",
+        data_adapter_options: dict = {},
+        data_bias_rate: float = defaults.BIAS_RATE,
+        train_seed: int = 0,
+        data_min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
+        data_demo_per_digit: int = 0,
+        data_demo_name: str = "digits",
         synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
         synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
         synthesis_options: dict = {},
         synthesis_filters: List[str] = [],
-        num_shards: int = 2,
-        backbone: str = defaults.BACKBONE,
-        weights: str = "",
-        image_size: int = defaults.IMAGE_SIZE,
-        objective: str = defaults.OBJECTIVE,
-        batch_size: int = defaults.BATCH_SIZE,
-        pretrain_epochs: int = defaults.EPOCHS,
-        pretrain_lr: float = defaults.PRETRAIN_LR,
-        finetune_epochs: int = defaults.EPOCHS,
-        finetune_lr: float = defaults.FINETUNE_LR,
-        min_steps: int = defaults.MIN_STEPS,
-        max_steps: int = defaults.MAX_STEPS,
-        patience: int = defaults.PATIENCE,
-        finetune_options: dict = {},
-        objective_options: dict = {},
+        synthesis_shards: int = 2,
+        train_backbone: str = defaults.BACKBONE,
+        train_weights: str = "",
+        train_image_size: int = defaults.IMAGE_SIZE,
+        train_objective: str = defaults.OBJECTIVE,
+        train_batch_size: int = defaults.BATCH_SIZE,
+        train_pretrain_epochs: int = defaults.EPOCHS,
+        train_pretrain_lr: float = defaults.PRETRAIN_LR,
+        train_finetune_epochs: int = defaults.EPOCHS,
+        train_finetune_lr: float = defaults.FINETUNE_LR,
+        train_min_steps: int = defaults.MIN_STEPS,
+        train_max_steps: int = defaults.MAX_STEPS,
+        train_patience: int = defaults.PATIENCE,
+        train_finetune_options: dict = {},
+        train_objective_options: dict = {},
         train_processes: int = 1,
-        device: str = "auto",
+        train_device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
         mlflow_artifacts: str = "",
-        registered_model_name: str = "ffr",
+        mlflow_registered_model: str = "ffr",
         gate_margin: float = GATE_MARGIN,
         gate_tolerance: float = GATE_TOLERANCE,
         gate_floor: float = GATE_FLOOR,
@@ -217,7 +217,7 @@ def build_ffr_pipeline(platform: Platform | None = None):
         train step 2 (init = step 1) → evaluate → register (MLflow model registry, promotion gate).
         With a tracking server (``mlflow_uri`` or the ``ffr-mlflow`` secret) every step logs a
         run nested under the pipeline's; without one nothing is tracked or registered."""
-        scope = dict(locals())
+        scope = short_names(locals())
         with _exit_handler(p, mlflow_uri, mlflow_experiment):
             check = _check(p, scope)
             tracking = _tracking(p, check, "ffr", scope)
@@ -238,50 +238,50 @@ def build_comparison_pipeline(platform: Platform | None = None):
                                                      + form_guide())
     @documented()
     def comparison_pipeline(
-        source: str = "demo",
-        source_adapter: str = "csv",
-        source_options: dict = {},
-        bias_rate: float = defaults.BIAS_RATE,
-        seed: int = 0,
-        min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
-        demo_per_digit: int = 0,
-        demo_name: str = "digits",
+        data_source: str = "demo",
+        data_adapter: str = "csv",
+        data_adapter_options: dict = {},
+        data_bias_rate: float = defaults.BIAS_RATE,
+        train_seed: int = 0,
+        data_min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
+        data_demo_per_digit: int = 0,
+        data_demo_name: str = "digits",
         synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
         synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
         synthesis_options: dict = {},
         synthesis_filters: List[str] = [],
-        num_shards: int = 2,
-        backbone: str = defaults.BACKBONE,
-        weights: str = "",
-        image_size: int = defaults.IMAGE_SIZE,
-        objective: str = defaults.OBJECTIVE,
-        batch_size: int = defaults.BATCH_SIZE,
-        baselines: List[dict] = DEFAULT_BASELINES,
-        train_epochs: int = defaults.EPOCHS,
-        pretrain_epochs: int = defaults.EPOCHS,
-        pretrain_lr: float = defaults.PRETRAIN_LR,
-        finetune_epochs: int = defaults.EPOCHS,
-        finetune_lr: float = defaults.FINETUNE_LR,
-        min_steps: int = defaults.MIN_STEPS,
-        max_steps: int = defaults.MAX_STEPS,
-        patience: int = defaults.PATIENCE,
-        finetune_options: dict = {},
-        objective_options: dict = {},
+        synthesis_shards: int = 2,
+        train_backbone: str = defaults.BACKBONE,
+        train_weights: str = "",
+        train_image_size: int = defaults.IMAGE_SIZE,
+        train_objective: str = defaults.OBJECTIVE,
+        train_batch_size: int = defaults.BATCH_SIZE,
+        train_baselines: List[dict] = DEFAULT_BASELINES,
+        train_baseline_epochs: int = defaults.EPOCHS,
+        train_pretrain_epochs: int = defaults.EPOCHS,
+        train_pretrain_lr: float = defaults.PRETRAIN_LR,
+        train_finetune_epochs: int = defaults.EPOCHS,
+        train_finetune_lr: float = defaults.FINETUNE_LR,
+        train_min_steps: int = defaults.MIN_STEPS,
+        train_max_steps: int = defaults.MAX_STEPS,
+        train_patience: int = defaults.PATIENCE,
+        train_finetune_options: dict = {},
+        train_objective_options: dict = {},
         train_processes: int = 1,
-        device: str = "auto",
+        train_device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
         mlflow_artifacts: str = "",
-        registered_model_name: str = "ffr",
+        mlflow_registered_model: str = "ffr",
         gate_margin: float = GATE_MARGIN,
         gate_tolerance: float = GATE_TOLERANCE,
         gate_floor: float = GATE_FLOOR,
     ):
-        """prepare → synthesize → collect, then each baseline of ``baselines`` (``{"strategy",
+        """prepare → synthesize → collect, then each baseline of ``train_baselines`` (``{"strategy",
         "lr"}``, in parallel: balance → train → evaluate) and FFR (balance → step 1 → step 2 →
         evaluate → register), then one comparison report."""
-        scope = dict(locals())
+        scope = short_names(locals())
         with _exit_handler(p, mlflow_uri, mlflow_experiment):
             check = _check(p, scope)
             tracking = _tracking(p, check, "comparison", scope)
@@ -305,57 +305,57 @@ def build_retrain_pipeline(platform: Platform | None = None):
     @dsl.pipeline(name="ffr-retrain", description="Retrain FFR on a data revision, register the model as the "
                                                   "challenger and promote it only if it beats the champion."
                                                   + form_guide("data_repo (a git URL of a DVC project; empty: the "
-                                                               "demo), data_path, data_rev, bias_rate"))
+                                                               "demo), data_path, data_rev, data_bias_rate"))
     @documented()
     def retrain_pipeline(
         data_repo: str = "",
         data_path: str = "data",
         data_rev: str = "",
         data_endpoint: str = "",
-        demo_name: str = "digits",
-        bias_rate: float = defaults.BIAS_RATE,
-        seed: int = 0,
-        min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
+        data_demo_name: str = "digits",
+        data_bias_rate: float = defaults.BIAS_RATE,
+        train_seed: int = 0,
+        data_min_val_per_group: int = defaults.MIN_VAL_PER_GROUP,
         synthesis_backend: str = defaults.SYNTHESIS_BACKEND,
         synthesis_seed: int = 0,
         synthesis_batch_size: int = defaults.SYNTHESIS_BATCH_SIZE,
         synthesis_options: dict = {},
         synthesis_filters: List[str] = [],
-        num_shards: int = 2,
-        backbone: str = defaults.BACKBONE,
-        weights: str = "",
-        image_size: int = defaults.IMAGE_SIZE,
-        objective: str = defaults.OBJECTIVE,
-        batch_size: int = defaults.BATCH_SIZE,
-        pretrain_epochs: int = defaults.EPOCHS,
-        pretrain_lr: float = defaults.PRETRAIN_LR,
-        finetune_epochs: int = defaults.EPOCHS,
-        finetune_lr: float = defaults.FINETUNE_LR,
-        min_steps: int = defaults.MIN_STEPS,
-        max_steps: int = defaults.MAX_STEPS,
-        patience: int = defaults.PATIENCE,
-        finetune_options: dict = {},
-        objective_options: dict = {},
+        synthesis_shards: int = 2,
+        train_backbone: str = defaults.BACKBONE,
+        train_weights: str = "",
+        train_image_size: int = defaults.IMAGE_SIZE,
+        train_objective: str = defaults.OBJECTIVE,
+        train_batch_size: int = defaults.BATCH_SIZE,
+        train_pretrain_epochs: int = defaults.EPOCHS,
+        train_pretrain_lr: float = defaults.PRETRAIN_LR,
+        train_finetune_epochs: int = defaults.EPOCHS,
+        train_finetune_lr: float = defaults.FINETUNE_LR,
+        train_min_steps: int = defaults.MIN_STEPS,
+        train_max_steps: int = defaults.MAX_STEPS,
+        train_patience: int = defaults.PATIENCE,
+        train_finetune_options: dict = {},
+        train_objective_options: dict = {},
         train_processes: int = 1,
-        device: str = "auto",
+        train_device: str = "auto",
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
         mlflow_artifacts: str = "",
-        registered_model_name: str = "ffr",
+        mlflow_registered_model: str = "ffr",
         gate_margin: float = GATE_MARGIN,
         gate_tolerance: float = GATE_TOLERANCE,
         gate_floor: float = GATE_FLOOR,
     ):
         """fetch the dataset at ``data_rev`` of the DVC project ``data_repo`` (folder ``data_path``;
-        empty repo: the built-in benchmark ``demo_name``) → the FFR pipeline → register the model as the challenger
+        empty repo: the built-in benchmark ``data_demo_name``) → the FFR pipeline → register the model as the challenger
         and run the promotion gate against the champion. The data revision (repo, revision,
         commit, DVC version) is recorded in the model version's lineage."""
-        scope = dict(locals())
+        scope = short_names(locals())
         with _exit_handler(p, mlflow_uri, mlflow_experiment):
             check = _check(p, scope)
             tracking = _tracking(p, check, "retrain", scope)
             fetch = p.apply(fetch_data_revision(repo=data_repo, path=data_path, rev=data_rev,
-                                                endpoint_url=data_endpoint, demo_name=demo_name),
+                                                endpoint_url=data_endpoint, demo_name=data_demo_name),
                             DATA, "fetch data revision")
             fetch.set_caching_options(False)  # a branch or tag may move: always ask the repository
             fetch.after(check)

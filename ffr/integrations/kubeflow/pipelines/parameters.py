@@ -30,22 +30,22 @@ _GATE = "Promotion gate (after registration): "
 
 PARAMETER_DOCS: dict[str, str] = {
     # data
-    "source": "The real dataset: demo (a built-in benchmark, demo_name, built in the run) or a "
-              "dataset folder every pod can read (an s3:// URI with the csv adapter), read by source_adapter.",
-    "source_adapter": f"How source is read, one of {_names(ADAPTERS.names())}: csv = manifest.csv + card.json "
+    "data_source": "The real dataset: demo (a built-in benchmark, data_demo_name, built in the run) or a "
+              "dataset folder every pod can read (an s3:// URI with the csv adapter), read by data_adapter.",
+    "data_adapter": f"How data_source is read, one of {_names(ADAPTERS.names())}: csv = manifest.csv + card.json "
                       "(what ffr data import writes), folder = <split>/<class>/<bias>/ image folders, the others = "
-                      "that public dataset as distributed. Ignored for source demo.",
-    "source_options": "The adapter's options as JSON, e.g. {\"label\": \"Blond_Hair\", \"bias\": \"Male\"} for "
+                      "that public dataset as distributed. Ignored for data_source demo.",
+    "data_adapter_options": "The adapter's options as JSON, e.g. {\"label\": \"Blond_Hair\", \"bias\": \"Male\"} for "
                       "celeba; {} = its defaults.",
-    "bias_rate": "Fraction of each class's train and val images that carry the class's majority bias after "
+    "data_bias_rate": "Fraction of each class's train and val images that carry the class's majority bias after "
                  "subsampling, between 0 and 1 exclusive (e.g. 0.95; 0.99 is more biased). The test split is kept "
                  "whole.",
-    "seed": "Seed of the bias-rate subsampling and of every training step (initialisation, data order).",
-    "min_val_per_group": "Real validation images kept per minority group at least, whatever the bias rate "
+    "train_seed": "Seed of the bias-rate subsampling and of every training step (initialisation, data order).",
+    "data_min_val_per_group": "Real validation images kept per minority group at least, whatever the bias rate "
                          "(checkpoint selection needs every group).",
-    "demo_per_digit": "Source demo, digits only: images of each digit kept (10-50 for a quick look); 0 = the "
+    "data_demo_per_digit": "data_source demo, digits only: images of each digit kept (10-50 for a quick look); 0 = the "
                       "whole benchmark.",
-    "demo_name": "The built-in benchmark built in the run when the data is the demo (source demo; retrain: "
+    "data_demo_name": "The built-in benchmark built in the run when the data is the demo (data_source demo; retrain: "
                  "data_repo empty): digits (MNIST digits on textures), "
                  "faces (LFW photographs under a warm or cool cast) or galaxies (Hubble Deep Field sources in a "
                  "red or blue band).",
@@ -72,64 +72,64 @@ PARAMETER_DOCS: dict[str, str] = {
     "synthesis_filters": f"Filters that reject synthetic images (re-rendered with the next attempt's seed), a "
                          f"JSON list of specs; known: {_names(FILTERS.names())}. E.g. [\"grayscale\"] (the "
                          "paper's), [\"grayscale:tolerance=3\", \"clip:model=DIR,min_score=20\"]; [] = none.",
-    "num_shards": "Parallel synthesis steps per group (at most one per image).",
+    "synthesis_shards": "Parallel synthesis steps per group (at most one per image).",
     # training
-    "backbone": "The network: small_cnn (~57k parameters, the demo's), tiny_cnn (half its width), resnet18, "
+    "train_backbone": "The network: small_cnn (~57k parameters, the demo's), tiny_cnn (half its width), resnet18, "
                 "resnet50 (224 px; resnet50 is the paper's), resnet18_small, resnet50_small (a stem for 32-64 px "
                 "images).",
-    "weights": "Pretrained backbone weights: a torchvision-format state dict file every pod can read (e.g. "
+    "train_weights": "Pretrained backbone weights: a torchvision-format state dict file every pod can read (e.g. "
                "ImageNet ResNet-50); empty = random init. Nothing is downloaded.",
-    "image_size": "Training and evaluation image size in pixels (images are resized to size x size): 32 for the "
+    "train_image_size": "Training and evaluation image size in pixels (images are resized to size x size): 32 for the "
                   "demo, 224 for ResNets on photographs.",
-    "objective": "Objective of every step that trains on real data (FFR step 2, the baselines; FFR step 1 is "
+    "train_objective": "Objective of every step that trains on real data (FFR step 2, the baselines; FFR step 1 is "
                  "always erm): erm, resample (group-balanced sampling), groupdro (online GroupDRO), dfr (erm, then "
                  "the last layer refit on the real validation split).",
-    "objective_options": "The objective's options as JSON, e.g. {\"eta\": 0.01} for groupdro, {\"n_refits\": 20} "
+    "train_objective_options": "The objective's options as JSON, e.g. {\"eta\": 0.01} for groupdro, {\"n_refits\": 20} "
                          "for dfr; {} = its defaults.",
-    "batch_size": "Training images per batch (over all processes of a step).",
-    "baselines": f"The baselines trained beside FFR, in parallel: a JSON list of {{\"strategy\", \"lr\"}} "
+    "train_batch_size": "Training images per batch (over all processes of a step).",
+    "train_baselines": f"The baselines trained beside FFR, in parallel: a JSON list of {{\"strategy\", \"lr\"}} "
                  f"(and \"weight_decay\", optional), strategy one of {_names(_BASELINES)} (none = real only, usb = "
                  "synthetic images fill every group up to the largest, asb = the same synthetic budget added "
                  "evenly to every group), lr its learning rate. The defaults are the settings the equal-budget "
                  "grids ranked best on validation (docs/sweep.md, Defaults from evidence).",
-    "train_epochs": "Epochs of each baseline's training.",
-    "pretrain_epochs": "Epochs of FFR step 1 (training on the balanced synthetic images only).",
-    "pretrain_lr": "Learning rate of FFR step 1.",
-    "finetune_epochs": "Epochs of FFR step 2 (fine-tuning step 1's model on the real images only).",
-    "finetune_lr": "Learning rate of FFR step 2.",
-    "min_steps": "Every training step takes at least this many optimizer steps: a small dataset gets more "
-                 "epochs than its *_epochs (0: off).",
-    "max_steps": "Every training step takes at most this many optimizer steps (0: no cap).",
-    "patience": "Every training step stops after this many epochs without a better validation worst-group "
-                f"accuracy, once min_steps are done — or before, once {WARMUP_STEPS} steps are taken and the last "
+    "train_baseline_epochs": "Epochs of each baseline's training.",
+    "train_pretrain_epochs": "Epochs of FFR step 1 (training on the balanced synthetic images only).",
+    "train_pretrain_lr": "Learning rate of FFR step 1.",
+    "train_finetune_epochs": "Epochs of FFR step 2 (fine-tuning step 1's model on the real images only).",
+    "train_finetune_lr": "Learning rate of FFR step 2.",
+    "train_min_steps": "Every training step takes at least this many optimizer steps: a small dataset gets more "
+                 "epochs than its train_*_epochs (0: off).",
+    "train_max_steps": "Every training step takes at most this many optimizer steps (0: no cap).",
+    "train_patience": "Every training step stops after this many epochs without a better validation worst-group "
+                f"accuracy, once train_min_steps are done — or before, once {WARMUP_STEPS} steps are taken and the last "
                 f"{WARMUP_STEPS} did not improve it (warmup_steps) — (0: no early stopping).",
-    "finetune_options": "FFR step 2's variant as JSON, any other training setting, e.g. {\"freeze_stages\": 2}, "
+    "train_finetune_options": "FFR step 2's variant as JSON, any other training setting, e.g. {\"freeze_stages\": 2}, "
                         "{\"l2sp\": 0.1}, {\"lpft_epochs\": 5}, {\"backbone_lr_mult\": 0.1}, "
                         "{\"select_init\": true}, {\"lpft_epochs\": 0} for plain fine-tuning; {} = the default, "
                         "LP-FT (the first 5 epochs train the head alone: the variant the grids ranked best on "
                         "validation). An unknown key fails the step, naming it.",
     "train_processes": "Processes per training step, data-parallel in its pod (torchrun, one per GPU: compile "
                        "with --gpu --accelerator-limit N); 1 = one process.",
-    "device": "Where training and evaluation run: auto (a GPU when the pod has one, else the CPU), cpu, cuda or "
+    "train_device": "Where training and evaluation run: auto (a GPU when the pod has one, else the CPU), cpu, cuda or "
               "cuda:N.",
     # the sweep pipeline
-    "config": "The sweep's grid as YAML, what `ffr sweep --config` reads: data (or datasets), backbone, strategies, "
+    "sweep_config": "The sweep's grid as YAML, what `ffr sweep --config` reads: data (or datasets), backbone, strategies, "
               "objectives, bias_rates, seeds, train/pretrain/finetune settings, search per strategy, equal_search. "
               "Checked in the first step; the default is a small digits grid that runs as it is.",
-    "stage_store": "Where the trained stages are kept, every task reaching it: s3://bucket/prefix (credentials "
+    "sweep_stage_store": "Where the trained stages are kept, every task reaching it: s3://bucket/prefix (credentials "
                    "from the ffr-s3 secret) or a shared folder. Stages are keyed by content: a rerun, or another "
                    "sweep over the same data, trains only what the store lacks. Required on a cluster (ffr run "
                    "uses the run folder).",
-    "stages_per_task": "Trained stages per training task (a task trains them one after the other): fewer, "
+    "sweep_stages_per_task": "Trained stages per training task (a task trains them one after the other): fewer, "
                        "longer tasks for a large grid.",
-    "cells_per_task": "Cells per evaluation task.",
+    "sweep_cells_per_task": "Cells per evaluation task.",
     # tracking and registry
     "mlflow_uri": "MLflow tracking server URI (e.g. http://mlflow.mlflow:5000); empty = $MLFLOW_TRACKING_URI "
                   "(ffr-mlflow secret); neither set: nothing is tracked or registered.",
     "mlflow_experiment": "MLflow experiment of the pipeline's run (its steps' runs nest under it).",
     "mlflow_artifacts": "Artifact root of a new MLflow experiment (e.g. s3://bucket/mlflow); empty = the "
                         "server's default.",
-    "registered_model_name": "Name of the model in the MLflow model registry; the trained model becomes its "
+    "mlflow_registered_model": "Name of the model in the MLflow model registry; the trained model becomes its "
                              "@challenger version.",
     "gate_margin": _GATE + "worst-group accuracy (a fraction, 0-1) the challenger must gain over the @champion "
                            "to replace it, e.g. 0.005 = half a point.",
@@ -143,15 +143,17 @@ MIN_FORM_NOTE = (" Needs Kubeflow Pipelines 2.4 or later: older run forms mark t
                  "false or empty as missing (ffr upload warns).")
 
 
-def form_guide(data: str = "source (a dataset folder or s3:// URI; source_adapter, source_options), bias_rate") -> str:
+def form_guide(data: str = "data_source (a dataset folder or s3:// URI; data_adapter, data_adapter_options), "
+                             "data_bias_rate") -> str:
     """What a pipeline's description tells the person at the Kubeflow UI's run form, which lists
     the fields alphabetically and shows none of their descriptions: that every default works, which
     fields to fill in for their own data and model, where each field is described, and the Kubeflow
     Pipelines version the form needs."""
     return (" Run form: every field has a working default (the built-in demo benchmark), so Start runs as it is. "
-            f"Your data: {data}. Your model: backbone, image_size, weights (a pretrained state dict), device. "
-            "Tracking: mlflow_uri (empty: the ffr-mlflow secret), registered_model_name, gate_floor. The form "
-            "lists the fields alphabetically without descriptions: `ffr run <pipeline> --help` and "
+            f"Your data: {data}. Your model: train_backbone, train_image_size, train_weights (a pretrained state "
+            "dict), train_device. Tracking: mlflow_uri (empty: the ffr-mlflow secret), mlflow_registered_model, "
+            "gate_floor. The form lists the fields alphabetically, so each group shares a prefix (data_, gate_, "
+            "mlflow_, synthesis_, train_), and shows no descriptions: `ffr run <pipeline> --help` and "
             "docs/kubeflow.md (The run form) describe each." + MIN_FORM_NOTE)
 
 

@@ -41,7 +41,7 @@ def pipeline_parameters(pipeline) -> dict:
 
 def parse_params(items: list[str] | None) -> dict:
     """``key=value`` strings (values parsed as YAML: ``3``, ``1e-4``, ``[a, b]``) into a dict;
-    ``key=@FILE`` takes the file's text (the sweep's ``config=@configs/sweep_demo.yaml``)."""
+    ``key=@FILE`` takes the file's text (the sweep's ``sweep_config=@configs/sweep_demo.yaml``)."""
     from ffr.config import parse_set
 
     params = {}
@@ -58,11 +58,20 @@ def parse_params(items: list[str] | None) -> dict:
     return params
 
 
-def _check_params(name: str, pipeline, params: dict) -> None:
+def _check_params(name: str, pipeline, params: dict) -> dict:
+    """``params`` under pipeline ``name``'s names: a name the run form had before its fields were
+    grouped by prefix is replaced, with a warning on stderr (:func:`ffr.runform.form_names`); a
+    name the pipeline does not have is a :class:`PipelineError`."""
+    from ffr.runform import form_names
+
     known = pipeline_parameters(pipeline)
+    params, notes = form_names(params, known)
+    for note in notes:
+        print(f"ffr: warning: {note}", file=sys.stderr)
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise PipelineError(f"pipeline {name!r} has no parameter(s) {unknown}; known: {sorted(known)}")
+    return params
 
 
 # ---------------------------------------------------------------------------------------- local run
@@ -331,7 +340,7 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
         pipeline = components.load_component_from_file(str(compiled))
     else:
         pipeline = get_pipeline(name, Platform.local())
-    _check_params(name, pipeline, params)
+    params = _check_params(name, pipeline, params)
     params = typed_params(name, pipeline, params, check=precheck)  # a 0 for a float parameter is 0.0
     inherited = os.environ.get("MLFLOW_TRACKING_URI")
     shared = mlflow not in (None, "local", "none") and mlflow == inherited
@@ -345,8 +354,8 @@ def run_local(name: str = "ffr", params: dict | None = None, runs_dir: str | os.
     record = {"pipeline": name, "params": params, "run_dir": str(run_dir), "status": "running",
               "started": datetime.now().isoformat(timespec="seconds")}
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    if "stage_store" in pipeline_parameters(pipeline) and not params.get("stage_store"):
-        params["stage_store"] = str(run_dir / "stages")  # the sweep's tasks share the run folder
+    if "sweep_stage_store" in pipeline_parameters(pipeline) and not params.get("sweep_stage_store"):
+        params["sweep_stage_store"] = str(run_dir / "stages")  # the sweep's tasks share the run folder
     tracking = _tracking_params(pipeline, params, mlflow, run_dir)
     mlflow_uri = tracking.get("mlflow_uri") or params.get("mlflow_uri")
     record["mlflow"] = mlflow_uri
@@ -394,7 +403,7 @@ def typed_params(name: str, pipeline, params: dict, check: bool = True) -> dict:
     words, before anything is compiled, run or sent to a cluster)."""
     from ffr.integrations.kubeflow.pipelines.parameters import parameter_types
 
-    _check_params(name, pipeline, params)
+    params = _check_params(name, pipeline, params)
     types = parameter_types(pipeline)
     typed = {}
     for key, value in params.items():

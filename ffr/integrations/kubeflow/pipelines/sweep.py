@@ -1,9 +1,9 @@
 """The ``sweep`` pipeline: the paper's protocol — several seeds, the same search budget for every
 strategy, hyperparameters chosen by mean validation worst-group accuracy, 95% intervals — on the
-cluster, the grid of ``ffr sweep --config`` from the run form's ``config``.
+cluster, the grid of ``ffr sweep --config`` from the run form's ``sweep_config``.
 
 check → open MLflow run → prepare the data (real, synthetic pool, image cache; once) → plan (every
-distinct trained stage once, by key, at its dependency level, in batches of ``stages_per_task``) →
+distinct trained stage once, by key, at its dependency level, in batches of ``sweep_stages_per_task``) →
 for each level, a fan-out of training tasks (``--parallelism`` wide, each on its own pod, GPU
 settings as the other training steps) into the stage store → a fan-out evaluating the cells from
 the store → the report (selection, tables, plots, MLflow) → the selected FFR model registered
@@ -22,6 +22,7 @@ from ffr.integrations.kubeflow.pipelines.definitions import PIPELINES, _exit_han
 from ffr.integrations.kubeflow.pipelines.parameters import MIN_FORM_NOTE, documented
 from ffr.integrations.kubeflow.pipelines.platform import CHECK, DATA, EVALUATE, SYNTHESIS, TRACK, TRAIN, Platform
 from ffr.promotion import GATE_FLOOR, GATE_MARGIN, GATE_TOLERANCE
+from ffr.runform import short_names
 
 # What the run form starts with: the built-in digits benchmark, every strategy, ERM, 3 seeds and
 # the equal-budget protocol with 2 candidates each — a small grid that runs as it is. One line of
@@ -59,24 +60,27 @@ def build_sweep_pipeline(platform: Platform | None = None):
                                                 "the search), every shared stage trained once into the stage "
                                                 "store, hyperparameters chosen by mean validation WGA over seeds, "
                                                 "tables with 95% intervals, the chosen FFR registered. Fill in "
-                                                "config (YAML) and stage_store (s3://bucket/prefix)." + MIN_FORM_NOTE)
+                                                "sweep_config (YAML) and sweep_stage_store (s3://bucket/prefix)." + MIN_FORM_NOTE)
     @documented()
     def sweep_pipeline(
-        config: str = DEFAULT_CONFIG,
-        stage_store: str = "",
-        stages_per_task: int = 8,
-        cells_per_task: int = 16,
+        sweep_config: str = DEFAULT_CONFIG,
+        sweep_stage_store: str = "",
+        sweep_stages_per_task: int = 8,
+        sweep_cells_per_task: int = 16,
         mlflow_uri: str = "",
         mlflow_experiment: str = "ffr",
         mlflow_artifacts: str = "",
-        registered_model_name: str = "ffr",
+        mlflow_registered_model: str = "ffr",
         gate_margin: float = GATE_MARGIN,
         gate_tolerance: float = GATE_TOLERANCE,
         gate_floor: float = GATE_FLOOR,
     ):
         """check → prepare data → plan → train the stages level by level (fan-outs of batches) →
         evaluate the cells (a fan-out) → report → register the selected FFR model."""
-        scope = dict(locals())
+        scope = short_names(locals())
+        config, stage_store = sweep_config, sweep_stage_store
+        stages_per_task, cells_per_task = sweep_stages_per_task, sweep_cells_per_task
+        registered_model_name = mlflow_registered_model
         with _exit_handler(p, mlflow_uri, mlflow_experiment):
             check = p.apply(check_sweep_config(config=config, stage_store=stage_store, stages_per_task=stages_per_task,
                                                cells_per_task=cells_per_task), CHECK, "check configuration")
