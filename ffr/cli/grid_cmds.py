@@ -178,9 +178,9 @@ def add_parsers(sub) -> None:
                         "images per second a worker (measure it: benchmarks/bench_train.py)")
     p.add_argument("--cluster-workers", type=int, default=8, help="with --plan-for-cluster: workers (default 8)")
     p.add_argument("--stages-per-task", type=int, default=8, help="with --plan-for-cluster: the pipeline's "
-                                                                  "stages_per_task (default 8)")
+                                                                  "sweep_stages_per_task (default 8)")
     p.add_argument("--cells-per-task", type=int, default=16, help="with --plan-for-cluster: the pipeline's "
-                                                                 "cells_per_task (default 16)")
+                                                                 "sweep_cells_per_task (default 16)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("defaults", help="the recipe the grids' validation results choose (docs/sweep.md, "
