@@ -110,3 +110,30 @@ def test_the_tie_break_is_a_checked_setting():
         from ffr.rules import refuse
 
         refuse(experiment_problems(load_config(None, ["finetune.tie_break=lowest"])), "config")
+
+
+def test_the_tie_break_replay_counts_ties_and_reads_the_loss_rules_choice():
+    """benchmarks/tie_break_replay.py: seeds averaged per candidate; a column tied on validation
+    WGA and balanced accuracy goes to the lower worst-group loss; the grid's recorded choice is
+    compared, test WGA beside both."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tie_break_replay.py"
+    spec = importlib.util.spec_from_file_location("tie_break_replay", path)
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+
+    def rec(lr, seed, loss, test, selected):
+        return {"dataset": "d", "objective": "erm", "strategy": "none", "bias_rate": 0.95, "seed": seed,
+                "hparams": {"train": {"lr": lr}}, "selected": selected, "test": {"worst_group_acc": test},
+                "val": {"worst_group_acc": 1.0, "balanced_acc": 1.0, "worst_group_loss": loss}}
+
+    records = [rec(1e-3, s, 0.30, 0.90, True) for s in (0, 1)] + [rec(1e-4, s, 0.10 + s, 0.97, False) for s in (0, 1)]
+    [row] = replay.replay(records)
+    assert row["tied"] == 2 and row["candidates"] == 2 and row["same"]
+    # the mean loss decides: 1e-4's (0.10 + 1.10) / 2 = 0.60 is above 1e-3's 0.30
+    assert (row["recorded"], row["worst_group_loss"]) == (0.90, 0.90)
+    records[2]["val"]["worst_group_loss"] = records[3]["val"]["worst_group_loss"] = 0.05
+    [row] = replay.replay(records)
+    assert not row["same"] and (row["recorded"], row["worst_group_loss"]) == (0.90, 0.97)
