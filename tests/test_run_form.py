@@ -99,6 +99,10 @@ def test_the_names_before_the_prefixes_still_work_with_a_warning(tmp_path, capsy
     assert "pretrain_epochs" not in defaults and "bias_rate" not in defaults
     assert main(["compile", "--param", "bias_rate=1.5", "--out", str(tmp_path / "bad.yaml")]) == 2
     assert "data_bias_rate: 1.5 must be a number in (0, 1)" in capsys.readouterr().err
+    assert main(["compile", "--param", "bias_rate=0.9", "--param", "data_bias_rate=0.99", "--out",
+                 str(tmp_path / "twice.yaml")]) == 2
+    assert "'bias_rate' and 'data_bias_rate' name the same parameter" in capsys.readouterr().err
+    assert not (tmp_path / "twice.yaml").exists()
 
 
 def test_parameter_docs_cover_exactly_the_pipelines_parameters_and_every_registered_name():

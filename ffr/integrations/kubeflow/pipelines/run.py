@@ -62,9 +62,13 @@ def _check_params(name: str, pipeline, params: dict) -> dict:
     """``params`` under pipeline ``name``'s names: a name the run form had before its fields were
     grouped by prefix is replaced, with a warning on stderr (:func:`ffr.runform.form_names`); a
     name the pipeline does not have is a :class:`PipelineError`."""
-    from ffr.runform import form_names
+    from ffr.runform import FORM_FIELDS, form_names
 
     known = pipeline_parameters(pipeline)
+    twice = sorted(k for k in params if k not in known and FORM_FIELDS.get(k) in params)
+    if twice:
+        raise PipelineError(f"pipeline {name!r}: {', '.join(f'{k!r} and {FORM_FIELDS[k]!r}' for k in twice)} "
+                            "name the same parameter (its old and its run-form name); give one")
     params, notes = form_names(params, known)
     for note in notes:
         print(f"ffr: warning: {note}", file=sys.stderr)
