@@ -48,9 +48,17 @@ def name_problems(backbone: str | None = None, objectives=(), objective_options:
     if filters:
         from ffr.synthesis.filters import FILTERS
 
+        from ffr.synthesis.filters import option_problem
+
         for spec in filters:
             name = spec.get("name") if isinstance(spec, dict) else str(spec).partition(":")[0].strip()
-            known(FILTERS, name, "synthesis.filters")
+            if known(FILTERS, name, "synthesis.filters"):
+                try:
+                    why = option_problem(spec)
+                except ValueError as e:  # a value that does not parse
+                    why = f"filter {spec!r}: {e}"
+                if why:
+                    out.append(Problem("synthesis.filters", why))
     if adapter is not None:
         from ffr.data.sources import ADAPTERS
 

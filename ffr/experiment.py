@@ -78,9 +78,26 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
     out = Path(workdir) / "synthetic" / f"{cfg.synthesis.backend}-seed{cfg.synthesis.seed}"
     run, _ = synthesize_dataset(cfg.synthesis.backend, real.card, need, out, cfg.synthesis.options,
                                 base_seed=cfg.synthesis.seed, batch_size=cfg.synthesis.batch_size,
-                                filters=cfg.synthesis.filters, max_attempts=cfg.synthesis.max_attempts,
+                                filters=pool_filters(cfg, real, workdir), max_attempts=cfg.synthesis.max_attempts,
                                 progress=progress, record_dir=out)
     return run.manifest
+
+
+def pool_filters(cfg: ExperimentConfig, real: Manifest, workdir: str | os.PathLike) -> list:
+    """The configured synthesis filters, a ``harmful`` one made concrete
+    (:func:`ffr.synthesis.harmful.resolve`): its scorers trained on the real data's split at the
+    grid's first bias rate (seed 0, as the pool's size is planned) with the grid's model and
+    ``train`` settings, kept in ``workdir/scorers``, and its class floors calibrated on the
+    configured backend's images."""
+    from ffr.synthesis.generation import create_backend
+    from ffr.synthesis.harmful import NAME, resolve
+
+    if not any(NAME in str(f) for f in cfg.synthesis.filters):
+        return list(cfg.synthesis.filters)
+    split, _ = bias_rate_split(real, cfg.bias_rates[0], 0, cfg.data.min_val_per_group)
+    backend = create_backend(cfg.synthesis.backend, real.card, **cfg.synthesis.options)
+    return resolve(cfg.synthesis.filters, split, cfg, Path(workdir) / "scorers", backend=backend,
+                   seed=cfg.synthesis.seed)
 
 
 def run_cell(cell: Cell, real: Manifest, pool: Manifest | None, cell_dir: str | os.PathLike,

@@ -135,7 +135,7 @@ def allowed_data_roots() -> list[Path]:
     """Folders any dataset card may read images from: ffr's caches (``$FFR_CACHE`` or
     ``~/.cache/ffr``, ``$FFR_S3_CACHE``) and those listed in ``$FFR_DATA_ROOTS``
     (``os.pathsep``-separated: what a user allows)."""
-    listed = [os.environ.get("FFR_CACHE") or str(Path.home() / ".cache" / "ffr"), os.environ.get("FFR_S3_CACHE", "")]
+    listed = [str(cache_home()), os.environ.get("FFR_S3_CACHE", "")]
     listed += os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep)
     return [Path(p).expanduser().resolve() for p in listed if p.strip()]
 
@@ -174,9 +174,14 @@ def data_path_problem(path: Path, card_folder: Path) -> str | None:
 _COMPLETE = ".ffr-complete"
 
 
+def cache_home() -> Path:
+    """ffr's cache folder: ``$FFR_CACHE`` or ``~/.cache/ffr``."""
+    return Path(os.environ.get("FFR_CACHE") or Path.home() / ".cache" / "ffr")
+
+
 def default_cache_dir() -> Path:
     """Where models fetched from S3 are kept: ``$FFR_CACHE/models`` or ``~/.cache/ffr/models``."""
-    return Path(os.environ.get("FFR_CACHE", Path.home() / ".cache" / "ffr")) / "models"
+    return cache_home() / "models"
 
 
 def fetch_s3_prefix(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:

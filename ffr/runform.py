@@ -165,6 +165,9 @@ def form_config(values: dict) -> tuple[ExperimentConfig, list[Problem]]:
                                     batch_size=values.get("synthesis_batch_size", cfg.synthesis.batch_size),
                                     options=dict(values.get("synthesis_options") or {}),
                                     filters=list(values.get("synthesis_filters") or []))
+    from ffr.synthesis.harmful import pipeline_problem
+
+    problems += [Problem("synthesis_filters", why) for why in map(pipeline_problem, cfg.synthesis.filters) if why]
     cfg.backbone = values.get("backbone", cfg.backbone)
     cfg.weights = values.get("weights") or None
     cfg.objective = values.get("objective", cfg.objective)

@@ -113,6 +113,19 @@ def _filter_spec(name, tmp_path):
         from ffr.synthesis.tiny import build_tiny_clip
 
         return f"clip:model={build_tiny_clip(tmp_path / 'clip')},min_score=-1000"
+    if name == "harmful":  # two untrained scorers (the card's classes, its bias values) built here
+        import torch
+
+        from ffr.train.backbones import create_model
+        from ffr.train.loop import save_checkpoint
+
+        paths = []
+        for what, classes in (("class", ["cat", "dog"]), ("bias", ["indoor", "outdoor"])):
+            torch.manual_seed(0)
+            paths.append(save_checkpoint(tmp_path / f"{what}.pt", create_model("tiny_cnn", 2),
+                                         {"backbone": "tiny_cnn", "classes": classes, "image_size": 16,
+                                          "normalize": "imagenet"}))
+        return f"harmful:model={paths[0]},bias_model={paths[1]},min_class_prob=0.5"
     raise AssertionError(f"filter {name!r} has no spec here: add one")
 
 

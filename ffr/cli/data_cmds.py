@@ -149,10 +149,11 @@ def cmd_synthesize(args) -> int:
     # a fan-out over groups keeps each task's record apart; shards of one --out run side by side
     record = shard_record_dir(args.out, args.shard, args.num_shards, [g for g in card.groups if g in counts]) \
         if args.group else None
+    filters = _resolve_filters(args, card, options)
     made = not Path(args.out).exists()
     try:
         run, record = synthesize_step(card, counts, args.out, args.backend, args.seed, args.batch_size, options,
-                                      args.filter, args.max_attempts, args.shard, args.num_shards, record,
+                                      filters, args.max_attempts, args.shard, args.num_shards, record,
                                       progress=not args.quiet)
     except BaseException:
         if made and Path(args.out).is_dir() and not any(Path(args.out).rglob("*.png")):
@@ -169,6 +170,46 @@ def cmd_synthesize(args) -> int:
         rejected[r["group"]] = rejected.get(r["group"], 0) + 1
     if rejected:
         print("rejected attempts per group: " + ", ".join(f"{g} {n}" for g, n in sorted(rejected.items())))
+    return 0
+
+
+def _resolve_filters(args, card, options: dict) -> list:
+    """``--filter`` specs with a ``harmful`` one made concrete (:func:`ffr.synthesis.harmful.resolve`):
+    scorers trained on ``--real`` (with ``--config``/``--set``'s model and training settings) unless
+    given, and class floors calibrated on this run's backend."""
+    from ffr.synthesis.harmful import NAME, resolve
+
+    if not any(str(f).split(":")[0].strip() == NAME for f in args.filter):
+        return list(args.filter)
+    from ffr.config import load_config
+    from ffr.data.manifest import Manifest
+    from ffr.synthesis.generation import create_backend
+
+    real = Manifest.load(args.real) if args.real else None
+    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    return resolve(args.filter, real, load_config(args.config, args.set), echo=echo,
+                   backend=create_backend(args.backend, card, **options), seed=args.seed)
+
+
+def cmd_synthesize_scorers(args) -> int:
+    from ffr.config import load_config, parse_set
+    from ffr.data.manifest import Manifest
+    from ffr.synthesis.generation import create_backend
+    from ffr.synthesis.harmful import CLASS_QUANTILE, HarmfulFilter, calibrate, train_scorers, write_scorers
+
+    real = Manifest.load(args.real)
+    quantile = CLASS_QUANTILE if args.class_quantile is None else args.class_quantile
+    backend = create_backend(args.backend, real.card, **dict(parse_set(o) for o in args.option))  # refuse before training
+    opts = train_scorers(real, load_config(args.config, args.set), args.out,
+                         echo=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
+    opts["min_class_prob"] = calibrate(HarmfulFilter(**opts), backend, quantile, args.seed)
+    path = write_scorers(args.out, {**opts, "class_quantile": quantile, "backend": args.backend, "seed": args.seed})
+    for option in ("model", "bias_model"):
+        if option in opts:
+            print(f"{'class' if option == 'model' else 'bias'} scorer: {opts[option]}")
+    print("class floors (calibrated on the backend's images): "
+          + ", ".join(f"{g} {v:.3g}" for g, v in opts["min_class_prob"].items()))
+    print(f"filter: harmful:scorers={path}")
     return 0
 
 
@@ -225,8 +266,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data_split)
 
-    p = sub.add_parser("synthesize", help="render synthetic images per group (resumable, shardable); "
-                                          "'synthesize collect' merges shard runs")
+    p = sub.add_parser("synthesize", parents=[config_parent()],
+                       help="render synthetic images per group (resumable, shardable); 'synthesize collect' "
+                            "merges shard runs, 'synthesize scorers' trains the harmful filter's scorers")
     p.add_argument("--card", help="card.json of the dataset (default: --real's)")
     p.add_argument("--backend", default=defaults.SYNTHESIS_BACKEND, help="synthesis backend: procedural, diffusers, folder")
     p.add_argument("--model", help="diffusers: hub id, local directory or s3:// URI")
@@ -244,7 +286,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.SYNTHESIS_BATCH_SIZE,
                    help=f"images rendered together (default {defaults.SYNTHESIS_BATCH_SIZE})")
     p.add_argument("--filter", action="append", default=[], metavar="SPEC",
-                   help="grayscale[:tolerance=3] or clip:model=DIR[,min_score=20]; repeatable")
+                   help="grayscale[:tolerance=3], clip:model=DIR[,min_score=20] or harmful[:model=CKPT,"
+                        "bias_model=CKPT,class_quantile=0.1] (scorers trained on --real, with --config/--set's "
+                        "model and training settings, when not given); repeatable")
     p.add_argument("--max-attempts", type=int, default=defaults.MAX_ATTEMPTS, help="attempts per image before giving up")
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -254,6 +298,20 @@ def add_parsers(sub) -> None:
     c.add_argument("shards", nargs="+", help="record directories of the shard runs (out/shards/...)")
     c.add_argument("--out", required=True, dest="out")
     c.set_defaults(func=cmd_synthesize_collect)
+    c = ssub.add_parser("scorers", parents=[config_parent()],
+                        help="train the harmful filter's class and bias scorers on a prepared dataset's real "
+                             "train rows (selected on its val rows); prints the filter spec that uses them")
+    c.add_argument("--real", required=True, help="prepared real dataset directory (ffr prepare)")
+    c.add_argument("--out", required=True, help="the scorers (OUT/<key>/model.pt) and OUT/harmful.json, what "
+                                                 "harmful:scorers= reads")
+    c.add_argument("--backend", default=defaults.SYNTHESIS_BACKEND, help="the backend whose images calibrate the "
+                                                                         "class floors (the pool's)")
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="backend option; repeatable")
+    c.add_argument("--seed", type=int, default=0, help="the pool's base seed (calibration images use others)")
+    c.add_argument("--class-quantile", type=float, help="share of each group's images the class test prunes "
+                                                        "(default 0.1; 0: no class test)")
+    c.add_argument("--quiet", action="store_true", help="no line per epoch")
+    c.set_defaults(func=cmd_synthesize_scorers)
 
     p = sub.add_parser("prepare", parents=[config_parent()], help="load a dataset and split it to a bias rate")
     p.add_argument("--bias-rate", type=float, required=True)

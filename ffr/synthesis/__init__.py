@@ -15,3 +15,5 @@ from ffr.synthesis.generation import (  # noqa: F401
 
 # Built-in backends register themselves on import (diffusers itself is imported only when used).
 from ffr.synthesis import diffusers_backend, folder, procedural  # noqa: E402,F401
+# ... and so do the filters that need more than the image (the harmful-sample scorers).
+from ffr.synthesis import harmful  # noqa: E402,F401

@@ -21,22 +21,48 @@ from ffr.plugins import Registry
 FILTERS: Registry = Registry("image filter")
 
 
+def spec_options(spec) -> dict | None:
+    """A filter spec as ``{"name": ..., **options}``: from ``"name"``, ``"name:key=value,..."``
+    (values parsed as YAML scalars) or a mapping; None for a filter object."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    if not isinstance(spec, str):
+        return None
+    from ffr.config import parse_set
+
+    name, _, rest = spec.partition(":")
+    return {"name": name.strip(), **dict(parse_set(item) for item in filter(None, (s.strip() for s in rest.split(","))))}
+
+
+def option_problem(spec) -> str | None:
+    """What is wrong with the options of a registered filter's ``spec`` (an option its
+    constructor does not take), or None. A filter's ``resolved_options`` are options that are
+    made concrete before it is built (``harmful``'s ``class_quantile``)."""
+    import inspect
+
+    opts = spec_options(spec)
+    if not opts or opts.get("name") not in FILTERS:
+        return None
+    cls = FILTERS.get(opts.pop("name"))
+    for key in getattr(cls, "resolved_options", ()):
+        opts.pop(key, None)
+    try:
+        inspect.signature(cls).bind(**opts)
+    except TypeError as e:
+        return f"filter {spec!r}: {e}"
+    return None
+
+
 def make_filter(spec):
     """A filter from a spec: a filter object (returned as is), ``"name"``,
     ``"name:key=value,key=value"`` (values parsed as YAML scalars) or ``{"name": ..., **options}``."""
     if callable(spec) and hasattr(spec, "spec"):
         return spec
-    if isinstance(spec, dict):
-        opts = dict(spec)
-        name = opts.pop("name", None)
-        if name is None:
-            raise ValueError(f"filter spec {spec!r} has no 'name'")
-        return FILTERS.get(name)(**opts)
-    from ffr.config import parse_set
-
-    name, _, rest = str(spec).partition(":")
-    opts = dict(parse_set(item) for item in filter(None, (s.strip() for s in rest.split(","))))
-    return FILTERS.get(name.strip())(**opts)
+    opts = spec_options(spec)
+    name = opts.pop("name", None)
+    if name is None:
+        raise ValueError(f"filter spec {spec!r} has no 'name'")
+    return FILTERS.get(name)(**opts)
 
 
 @FILTERS.register("grayscale")

@@ -38,7 +38,9 @@ def synthesize_shard(
             "prompts": "spuco_animals", "steps": 25}`` (diffusers) or ``{"source": "DIR"}``
             (folder); an unknown key fails the step with a message naming it.
         filters: Image filters that reject an image, which is then re-rendered with the next
-            attempt's seed: ``grayscale[:tolerance=3]``, ``clip:model=DIR[,min_score=20]``.
+            attempt's seed: ``grayscale[:tolerance=3]``, ``clip:model=DIR[,min_score=20]``,
+            ``harmful:scorers=URI`` (harmful-sample pruning; the ``harmful.json`` that
+            ``ffr synthesize scorers`` writes, a path or ``s3://`` URI the pod reads).
         max_attempts: Attempts per image before the step fails.
 
     Returns:

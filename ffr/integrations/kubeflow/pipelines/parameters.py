@@ -71,7 +71,9 @@ PARAMETER_DOCS: dict[str, str] = {
                          "backend's defaults. An unknown key fails the step, naming it.",
     "synthesis_filters": f"Filters that reject synthetic images (re-rendered with the next attempt's seed), a "
                          f"JSON list of specs; known: {_names(FILTERS.names())}. E.g. [\"grayscale\"] (the "
-                         "paper's), [\"grayscale:tolerance=3\", \"clip:model=DIR,min_score=20\"]; [] = none.",
+                         "paper's), [\"grayscale:tolerance=3\", \"clip:model=DIR,min_score=20\"], "
+                         "[\"harmful:scorers=s3://bucket/scorers/harmful.json\"] (harmful-sample pruning with the "
+                         "scorers `ffr synthesize scorers` trained); [] = none.",
     "synthesis_shards": "Parallel synthesis steps per group (at most one per image).",
     # training
     "train_backbone": "The network: small_cnn (~57k parameters, the demo's), tiny_cnn (half its width), resnet18, "
