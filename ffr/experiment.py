@@ -78,17 +78,21 @@ def prepare_pool(cfg: ExperimentConfig, real: Manifest, need: dict[tuple[str, st
     out = Path(workdir) / "synthetic" / f"{cfg.synthesis.backend}-seed{cfg.synthesis.seed}"
     run, _ = synthesize_dataset(cfg.synthesis.backend, real.card, need, out, cfg.synthesis.options,
                                 base_seed=cfg.synthesis.seed, batch_size=cfg.synthesis.batch_size,
-                                filters=pool_filters(cfg, real, workdir), max_attempts=cfg.synthesis.max_attempts,
-                                progress=progress, record_dir=out)
+                                filters=pool_filters(cfg, real, workdir, progress),
+                                max_attempts=cfg.synthesis.max_attempts, progress=progress, record_dir=out)
+    if progress and run.rejections:  # what the filters pruned, per group (all of it: rejections.csv)
+        print("synthetic pool: rejected attempts per group: " + ", ".join(
+            f"{g} {n}" for g, n in run.rejected_per_group().items()) + f" (record: {out / 'rejections.csv'})",
+            file=sys.stderr, flush=True)
     return run.manifest
 
 
-def pool_filters(cfg: ExperimentConfig, real: Manifest, workdir: str | os.PathLike) -> list:
+def pool_filters(cfg: ExperimentConfig, real: Manifest, workdir: str | os.PathLike, progress: bool = False) -> list:
     """The configured synthesis filters, a ``harmful`` one made concrete
     (:func:`ffr.synthesis.harmful.resolve`): its scorers trained on the real data's split at the
     grid's first bias rate (seed 0, as the pool's size is planned) with the grid's model and
     ``train`` settings, kept in ``workdir/scorers``, and its class floors calibrated on the
-    configured backend's images."""
+    configured backend's images. ``progress``: a line per scorer epoch on stderr."""
     from ffr.synthesis.generation import create_backend
     from ffr.synthesis.harmful import NAME, resolve
 
@@ -96,7 +100,8 @@ def pool_filters(cfg: ExperimentConfig, real: Manifest, workdir: str | os.PathLi
         return list(cfg.synthesis.filters)
     split, _ = bias_rate_split(real, cfg.bias_rates[0], 0, cfg.data.min_val_per_group)
     backend = create_backend(cfg.synthesis.backend, real.card, **cfg.synthesis.options)
-    return resolve(cfg.synthesis.filters, split, cfg, Path(workdir) / "scorers", backend=backend,
+    echo = (lambda line: print(f"harmful-sample scorers: {line}", file=sys.stderr, flush=True)) if progress else None
+    return resolve(cfg.synthesis.filters, split, cfg, Path(workdir) / "scorers", echo=echo, backend=backend,
                    seed=cfg.synthesis.seed)
 
 

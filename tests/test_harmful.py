@@ -150,14 +150,17 @@ def test_bad_harmful_options_exit_2_naming_them(tmp_path, make_dataset, capsys):
 
 
 @pytest.mark.slow
-def test_compare_prunes_the_pool_it_shares(tmp_path):
+def test_compare_prunes_the_pool_it_shares(tmp_path, capsys):
     cfg = {"data": {"dataset": "demo", "image_size": 16, "demo": {"per_digit": 40, "image_size": 16}},
            "strategies": ["usb", "ffr"], "bias_rates": [0.9], "seeds": [0],
            "synthesis": {"filters": ["harmful:class_quantile=0.3"]},
            **{s: {"epochs": 1, "min_steps": 0, "patience": 0, "batch_size": 64} for s in ("train", "pretrain", "finetune")}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
-    assert main(["compare", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "--quiet"]) == 0
+    assert main(["compare", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err                       # what it does shows: the scorers' epochs, the pruning
+    assert "harmful-sample scorers: scorer-class: epoch 1/1" in err and "scorer-bias: epoch 1/1" in err
+    assert "synthetic pool: rejected attempts per group: high_brick " in err
     pool_dir = next((out / "synthetic").iterdir())
     info = json.loads((pool_dir / "synthesis.json").read_text())
     assert info["filters"][0].startswith("harmful(") and info["rejected"] > 0

@@ -165,11 +165,8 @@ def cmd_synthesize(args) -> int:
     print(format_group_counts({"images": {g: per_group[g] for g in counts}}))
     print(f"{len(run.manifest)} images ({run.info['resumed']} kept from an earlier run, {run.info['rejected']} "
           f"attempts rejected) in {Path(args.out).resolve()}; record: {record}")
-    rejected = {}
-    for r in run.rejections:
-        rejected[r["group"]] = rejected.get(r["group"], 0) + 1
-    if rejected:
-        print("rejected attempts per group: " + ", ".join(f"{g} {n}" for g, n in sorted(rejected.items())))
+    if run.rejections:
+        print("rejected attempts per group: " + ", ".join(f"{g} {n}" for g, n in run.rejected_per_group().items()))
     return 0
 
 

@@ -129,6 +129,13 @@ class SynthesisRun:
     rejections: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
+    def rejected_per_group(self) -> dict[str, int]:
+        """Rejected attempts per group (``label_bias``), sorted by group: what the filters pruned."""
+        out: dict[str, int] = {}
+        for r in self.rejections:
+            out[r["group"]] = out.get(r["group"], 0) + 1
+        return dict(sorted(out.items()))
+
 
 def run_synthesis(backend: SynthesisBackend, card: DatasetCard, counts: dict[tuple[str, str], int],
                   out_dir: str | os.PathLike, base_seed: int = 0, batch_size: int = SYNTHESIS_BATCH_SIZE,
