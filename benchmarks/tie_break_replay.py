@@ -35,6 +35,19 @@ def columns(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
     return out
 
 
+DECIDERS = ("validation WGA", "balanced accuracy", "worst-group loss", "order")
+
+
+def decided_by(val: list[dict]) -> str:
+    """Which key of :func:`ffr.metrics.selection_key` (with the loss tie-break) separates the best
+    of a column's candidates (their seed-mean validation metrics) from the runner-up: validation
+    WGA, balanced accuracy, worst-group loss, or none of them ("order": the first candidate)."""
+    if len(val) < 2:
+        return DECIDERS[0]
+    first, second = sorted((selection_key(v, "worst_group_loss") for v in val), reverse=True)[:2]
+    return next((name for name, a, b in zip(DECIDERS, first, second) if a != b), DECIDERS[-1])
+
+
 def replay(records: list[dict]) -> list[dict]:
     """One row per column: tied or not, and the test WGA of the recorded and the replayed choice."""
     rows = []
@@ -46,6 +59,7 @@ def replay(records: list[dict]) -> list[dict]:
         by_loss = max(val, key=lambda h: selection_key(val[h], "worst_group_loss"))
         rows.append({"column": key, "candidates": len(cands),
                      "tied": sum(v["worst_group_acc"] == best for v in val.values()),
+                     "decided_by": decided_by(list(val.values())),
                      "recorded": test[recorded], "worst_group_loss": test[by_loss], "same": recorded == by_loss})
     return rows
 
@@ -69,6 +83,9 @@ def main(argv=None) -> None:
           f"{np.mean([r['recorded'] for r in rows]):.3f}, of the loss tie-break's "
           f"{np.mean([r['worst_group_loss'] for r in rows]):.3f} (higher in {better} columns, lower in {worse}, "
           f"the same in {len(rows) - better - worse})")
+    counts = {name: sum(r["decided_by"] == name for r in rows) for name in DECIDERS}
+    print("columns decided by " + ", ".join(f"{name} {n}" for name, n in counts.items()) +
+          " (the first that separates the best candidate from the runner-up)")
 
 
 if __name__ == "__main__":

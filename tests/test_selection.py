@@ -131,9 +131,16 @@ def test_the_tie_break_replay_counts_ties_and_reads_the_loss_rules_choice():
 
     records = [rec(1e-3, s, 0.30, 0.90, True) for s in (0, 1)] + [rec(1e-4, s, 0.10 + s, 0.97, False) for s in (0, 1)]
     [row] = replay.replay(records)
-    assert row["tied"] == 2 and row["candidates"] == 2 and row["same"]
+    assert row["tied"] == 2 and row["candidates"] == 2 and row["same"] and row["decided_by"] == "worst-group loss"
     # the mean loss decides: 1e-4's (0.10 + 1.10) / 2 = 0.60 is above 1e-3's 0.30
     assert (row["recorded"], row["worst_group_loss"]) == (0.90, 0.90)
     records[2]["val"]["worst_group_loss"] = records[3]["val"]["worst_group_loss"] = 0.05
     [row] = replay.replay(records)
     assert not row["same"] and (row["recorded"], row["worst_group_loss"]) == (0.90, 0.97)
+    for r in records[2:]:
+        r["val"]["worst_group_loss"] = 0.30      # a full tie: the candidates' order decides
+    assert replay.replay(records)[0]["decided_by"] == "order"
+    records[0]["val"]["balanced_acc"] = records[1]["val"]["balanced_acc"] = 0.99
+    assert replay.replay(records)[0]["decided_by"] == "balanced accuracy"
+    records[0]["val"]["worst_group_acc"] = 0.5
+    assert replay.replay(records)[0]["decided_by"] == "validation WGA"
